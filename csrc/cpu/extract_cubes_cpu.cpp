@@ -1,0 +1,194 @@
+// CPU kernel of rubikops::extract_cubes.
+//
+// One pass over the output: rows (b, m, c, i0, i1) of length w_out are spread
+// over threads with at::parallel_for; each row is written contiguously and read
+// with unit or reversed stride whenever the code keeps W as the fastest axis,
+// so the inner loops vectorise.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../extract_cubes.h"
+#include "../extract_cubes_checks.h"
+
+namespace rubikops {
+namespace {
+
+template <typename F>
+void dispatch_dtype(c10::ScalarType t, const char* arg, F&& f) {
+  switch (t) {
+    case c10::kFloat: f(float{}); break;
+    case c10::kDouble: f(double{}); break;
+    case c10::kHalf: f(c10::Half{}); break;
+    case c10::kBFloat16: f(c10::BFloat16{}); break;
+    case c10::kShort: f(int16_t{}); break;
+    case c10::kByte: f(uint8_t{}); break;
+    default: TORCH_CHECK_TYPE(false, "rubikops.extract_cubes: unsupported dtype for ", arg, ": ", t);
+  }
+}
+
+struct CubeJob {
+  int64_t start;    // element offset of output voxel (0, 0, 0) of channel 0
+  int64_t step[3];  // signed source strides along the three output axes
+  bool masked;
+};
+
+// A row of w voxels: out[i] = cast(src[i * step]) with optional intensity
+// arithmetic.  `step` is specialised for +1 and -1 so those loops vectorise.
+template <typename in_t, typename out_t, typename op_t, bool ARITH>
+void copy_row(const in_t* __restrict__ src, int64_t step, out_t* __restrict__ dst, int64_t w, op_t s,
+              op_t t, op_t lo, op_t hi) {
+  auto convert = [&](in_t x) -> out_t {
+    if constexpr (ARITH) {
+      op_t v = static_cast<op_t>(x) * s + t;
+      v = v < lo ? lo : (v > hi ? hi : v);  // NaN passes through, as in torch.clamp
+      return static_cast<out_t>(v);
+    } else if constexpr (std::is_same_v<in_t, out_t>) {
+      return x;
+    } else {
+      return static_cast<out_t>(static_cast<op_t>(x));
+    }
+  };
+  if (step == 1) {
+    if constexpr (!ARITH && std::is_same_v<in_t, out_t>) {
+      std::memcpy(dst, src, sizeof(out_t) * w);
+    } else {
+      for (int64_t i = 0; i < w; ++i) dst[i] = convert(src[i]);
+    }
+  } else if (step == -1) {
+    for (int64_t i = 0; i < w; ++i) dst[i] = convert(src[-i]);
+  } else {
+    for (int64_t i = 0; i < w; ++i) dst[i] = convert(src[i * step]);
+  }
+}
+
+template <typename in_t, typename out_t>
+void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
+  using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
+  const at::Tensor& src = a.source;
+  const int64_t B = a.origins.size(0), M = a.origins.size(1);
+  const int64_t N = src.size(0), C = src.size(1);
+  const int64_t dims[3] = {src.size(2), src.size(3), src.size(4)};
+  const int64_t src_stride[3] = {src.stride(2), src.stride(3), src.stride(4)};
+  const int64_t* size = a.cube_size;
+  const int64_t o1 = size[1], o2 = size[2];
+  const bool arith = a.arithmetic;
+
+  // Per-cube geometry, done once (B * M entries).  Indices and origins are
+  // clamped so that no input can make the kernel leave the source.
+  auto origins = a.origins.to(at::kLong).contiguous();
+  auto index = a.index ? a.index->to(at::kLong).contiguous() : at::Tensor();
+  auto rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
+  auto mask = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
+  const int64_t* org = origins.data_ptr<int64_t>();
+  std::vector<CubeJob> jobs(B * M);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = clamp_index(index.defined() ? index.data_ptr<int64_t>()[b] : b, 0, N - 1);
+    for (int64_t m = 0; m < M; ++m) {
+      CubeJob& j = jobs[b * M + m];
+      const int64_t code = rotations.defined() ? rotations.data_ptr<int64_t>()[b * M + m] : 0;
+      cube_geometry(code, size, src_stride, &j.start, j.step);
+      j.start += n * src.stride(0);
+      for (int k = 0; k < 3; ++k)
+        j.start += clamp_index(org[(b * M + m) * 3 + k], 0, dims[k] - size[k]) * src_stride[k];
+      j.masked = mask.defined() && mask.data_ptr<bool>()[b * M + m];
+    }
+  }
+  std::vector<op_t> scale(B, static_cast<op_t>(a.scale_value)), shift(B, static_cast<op_t>(a.shift_value));
+  if (a.scale) {
+    auto s = a.scale->to(at::kDouble).contiguous();
+    for (int64_t b = 0; b < B; ++b) scale[b] = static_cast<op_t>(s.data_ptr<double>()[b]);
+  }
+  if (a.shift) {
+    auto s = a.shift->to(at::kDouble).contiguous();
+    for (int64_t b = 0; b < B; ++b) shift[b] = static_cast<op_t>(s.data_ptr<double>()[b]);
+  }
+  const op_t lo = a.clamp_lo ? static_cast<op_t>(*a.clamp_lo) : -std::numeric_limits<op_t>::infinity();
+  const op_t hi = a.clamp_hi ? static_cast<op_t>(*a.clamp_hi) : std::numeric_limits<op_t>::infinity();
+  const out_t fill = static_cast<out_t>(a.fill);
+  const uint64_t threshold = keep_threshold(a.keep_prob);
+  const uint64_t seed = static_cast<uint64_t>(a.seed);
+
+  const in_t* src_ptr = src.const_data_ptr<in_t>();
+  out_t* out_ptr = out.mutable_data_ptr<out_t>();
+  const int64_t rows_per_cube = C * size[0] * o1;
+  const int64_t rows = B * M * rows_per_cube;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(o2, 1));
+
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t cube = r / rows_per_cube;
+      const int64_t within = r - cube * rows_per_cube;
+      const int64_t c = within / (size[0] * o1);
+      const int64_t i0 = (within / o1) % size[0];
+      const int64_t i1 = within % o1;
+      const CubeJob& j = jobs[cube];
+      const int64_t b = cube / M;
+      out_t* dst = out_ptr + r * o2;
+      const in_t* row_src = src_ptr + j.start + c * src.stride(1) + i0 * j.step[0] + i1 * j.step[1];
+      if (j.masked && threshold == 0) {
+        std::fill(dst, dst + o2, fill);
+        continue;
+      }
+      if (arith) {
+        copy_row<in_t, out_t, op_t, true>(row_src, j.step[2], dst, o2, scale[b], shift[b], lo, hi);
+      } else {
+        copy_row<in_t, out_t, op_t, false>(row_src, j.step[2], dst, o2, op_t(1), op_t(0), lo, hi);
+      }
+      if (j.masked && threshold < (uint64_t(1) << 24)) {
+        const uint64_t k0 = static_cast<uint64_t>(r * o2);
+        for (int64_t i = 0; i < o2; ++i)
+          if (!keep_voxel(seed, k0 + i, threshold)) dst[i] = fill;
+      }
+    }
+  });
+}
+
+at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                                  const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
+                                  const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
+                                  const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                  double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                  std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
+                                  at::Tensor& out) {
+  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
+  check_out(a, out);
+  if (out.numel() == 0) return out;
+  dispatch_dtype(source.scalar_type(), "source", [&](auto in_tag) {
+    using in_t = decltype(in_tag);
+    dispatch_dtype(out.scalar_type(), "out_dtype", [&](auto out_tag) {
+      using out_t = decltype(out_tag);
+      extract_cubes_kernel<in_t, out_t>(a, out);
+    });
+  });
+  return out;
+}
+
+at::Tensor extract_cubes_cpu(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                             const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
+                             const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
+                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                             double scale_value, double shift_value, std::optional<double> clamp_lo,
+                             std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype) {
+  at::Tensor out = at::empty(output_shape(source, origins, cube_size),
+                             source.options().dtype(resolve_out_dtype(source, out_dtype)));
+  return extract_cubes_out_cpu(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
+                               scale_value, shift_value, clamp_lo, clamp_hi, out_dtype, out);
+}
+
+}  // namespace
+}  // namespace rubikops
+
+TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
+  m.impl("extract_cubes", &rubikops::extract_cubes_cpu);
+  m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
+}

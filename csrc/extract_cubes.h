@@ -1,0 +1,73 @@
+// Shared, dependency-free helpers for every extract_cubes backend (C++ and CUDA).
+// Keep this header free of torch includes: it is compiled by nvcc in CI, where
+// only the CUDA toolkit is present.
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define RUBIKOPS_HD __host__ __device__ __forceinline__
+#else
+#define RUBIKOPS_HD inline
+#endif
+
+namespace rubikops {
+
+constexpr int kNumCodes = 48;
+
+// The six spatial axis orders, lexicographic (code = 8 * order + flip bits).
+RUBIKOPS_HD int axis_order(int p, int a) {
+  // (0,1,2) (0,2,1) (1,0,2) (1,2,0) (2,0,1) (2,1,0): one byte per order
+  // (lowest byte first), two bits per entry.
+  return static_cast<int>((0x061209211824ull >> (8 * p + 2 * a)) & 3);
+}
+
+// Output geometry of one cube: output voxel (i0, i1, i2) reads
+// source[start + i0*step[0] + i1*step[1] + i2*step[2]] (element offsets).
+// Out-of-range codes are reduced mod 48, and a code whose axis order would
+// change a non-cubic cube's shape falls back to the identity order (flips
+// kept); both only matter with validate=False, where the kernels must still
+// stay in bounds.
+RUBIKOPS_HD void cube_geometry(int64_t code, const int64_t size[3], const int64_t src_stride[3],
+                               int64_t* start, int64_t step[3]) {
+  code %= kNumCodes;
+  if (code < 0) code += kNumCodes;
+  int p = static_cast<int>(code >> 3);
+  int flips = static_cast<int>(code & 7);
+  if (size[axis_order(p, 0)] != size[0] || size[axis_order(p, 1)] != size[1] ||
+      size[axis_order(p, 2)] != size[2]) {
+    p = 0;
+  }
+  int64_t s = 0;
+  for (int a = 0; a < 3; ++a) {
+    const int64_t st = src_stride[axis_order(p, a)];
+    if ((flips >> a) & 1) {
+      s += st * (size[a] - 1);
+      step[a] = -st;
+    } else {
+      step[a] = st;
+    }
+  }
+  *start = s;
+}
+
+RUBIKOPS_HD int64_t clamp_index(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Rubik's Cube+ keep decision for output voxel k (splitmix64, normative).
+RUBIKOPS_HD bool keep_voxel(uint64_t seed, uint64_t k, uint64_t threshold) {
+  uint64_t z = seed + (k + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (z >> 40) < threshold;
+}
+
+// floor(keep_prob * 2^24), clamped to [0, 2^24].
+inline uint64_t keep_threshold(double keep_prob) {
+  if (!(keep_prob > 0.0)) return 0;
+  if (keep_prob >= 1.0) return uint64_t(1) << 24;
+  return static_cast<uint64_t>(keep_prob * double(1 << 24));
+}
+
+}  // namespace rubikops

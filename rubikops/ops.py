@@ -1,0 +1,448 @@
+"""Registration of the rubikops torch ops, their fake and autograd rules, and
+backend choice.
+
+``torch.ops.rubikops.extract_cubes`` is defined by the compiled library
+(``csrc/extract_cubes.cpp``) with a CPU kernel and, where built, a CUDA kernel.
+This module adds what every backend shares: the fake (meta) kernel for
+torch.compile, the autograd formula, the Triton op, and the fallbacks used when
+the compiled library or a device kernel is missing.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from numbers import Integral, Real
+from typing import Optional, Sequence
+
+import torch
+
+from . import reference
+from .rotations import NUM_CODES, preserves_shape
+
+# Keep in sync with csrc/extract_cubes.cpp (tests/test_ops.py checks it).
+_ARGS = (
+    "Tensor source, Tensor origins, int[] cube_size, Tensor? index, Tensor? rotations, Tensor? mask, "
+    "float fill, float keep_prob, int seed, Tensor? scale, Tensor? shift, float scale_value, "
+    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype"
+)
+EXTRACT_CUBES_SCHEMA = f"extract_cubes({_ARGS}) -> Tensor"
+EXTRACT_CUBES_OUT_SCHEMA = f"extract_cubes.out({_ARGS}, *, Tensor(a!) out) -> Tensor(a!)"
+
+BACKENDS = ("auto", "compiled", "triton", "torch")
+
+# ---------------------------------------------------------------------------
+# Loading the compiled library
+# ---------------------------------------------------------------------------
+_LOAD_ERROR: Optional[str] = None
+try:
+    from . import _C  # noqa: F401  (registers the ops with the dispatcher)
+except ImportError as exc:  # pragma: no cover - exercised when the build is missing
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+HAS_COMPILED = _LOAD_ERROR is None
+_fallback_lib: Optional[torch.library.Library] = None
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, key))
+    except RuntimeError:
+        return False
+
+
+def _reference_from_schema(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed,
+                           scale, shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype):
+    """Call the reference with the op's flat schema arguments."""
+    if scale is None and scale_value != 1.0:
+        scale = scale_value
+    if shift is None and not (shift_value == 0.0 and math.copysign(1.0, shift_value) < 0):
+        shift = shift_value
+    clamp = None if clamp_lo is None and clamp_hi is None else (clamp_lo, clamp_hi)
+    return reference.extract_cubes(
+        source, origins, cube_size, index=index, rotations=rotations, mask=mask, fill=fill,
+        keep_prob=keep_prob, seed=seed, scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype)
+
+
+if not HAS_COMPILED:
+    warnings.warn(
+        f"rubikops: the compiled library could not be loaded ({_LOAD_ERROR}); extract_cubes falls back "
+        "to the slow plain-torch reference on CPU. Rebuild with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning, stacklevel=2)
+    _fallback_lib = torch.library.Library("rubikops", "DEF")
+    _fallback_lib.define(EXTRACT_CUBES_SCHEMA)
+    _fallback_lib.define(EXTRACT_CUBES_OUT_SCHEMA)
+
+    def _fallback_out(*args, out):
+        return out.copy_(_reference_from_schema(*args))
+
+    _fallback_lib.impl("extract_cubes", _reference_from_schema, "CompositeExplicitAutograd")
+    _fallback_lib.impl("extract_cubes.out", _fallback_out, "CompositeExplicitAutograd")
+
+HAS_CUDA_KERNEL = _has_kernel("rubikops::extract_cubes", "CUDA")
+
+# ---------------------------------------------------------------------------
+# Fake kernels (shapes only) for torch.compile / FakeTensor
+# ---------------------------------------------------------------------------
+
+
+def _out_shape(source, origins, cube_size):
+    return (origins.shape[0], origins.shape[1], source.shape[1], *[int(s) for s in cube_size])
+
+
+@torch.library.register_fake("rubikops::extract_cubes")
+def _extract_cubes_fake(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                        shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype):
+    dtype = out_dtype or reference.default_out_dtype(source.dtype)
+    return source.new_empty(_out_shape(source, origins, cube_size), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# Backward: scatter-add of grad_out * scale, zero where masked out or clamped
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rubikops::extract_cubes_backward", mutates_args=())
+def extract_cubes_backward(
+    grad: torch.Tensor, source: torch.Tensor, origins: torch.Tensor, cube_size: Sequence[int],
+    index: Optional[torch.Tensor], rotations: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+    keep_prob: float, seed: int, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+    scale_value: float, shift_value: float, clamp_lo: Optional[float], clamp_hi: Optional[float],
+) -> torch.Tensor:
+    """Gradient of extract_cubes w.r.t. source (any device).
+
+    Overlapping boxes and repeated indices accumulate (index_add_)."""
+    compute = reference.opmath_dtype(source.dtype, grad.dtype)
+    B, M = origins.shape[0], origins.shape[1]
+    per_sample = (B, 1, 1, 1, 1, 1)
+    g = grad.to(compute)
+    g = g * (scale.to(compute).view(per_sample) if scale is not None else scale_value)
+    if clamp_lo is not None or clamp_hi is not None:
+        # Recompute the unclamped value: torch.clamp passes the gradient where lo <= v <= hi.
+        v = torch.ops.rubikops.extract_cubes(source, origins, cube_size, index, rotations, None, 0.0, 0.0, 0,
+                                             scale, shift, scale_value, shift_value, None, None, compute)
+        inside = torch.ones_like(v, dtype=torch.bool)
+        if clamp_lo is not None:
+            inside &= v >= clamp_lo
+        if clamp_hi is not None:
+            inside &= v <= clamp_hi
+        g = g * inside
+    if mask is not None:
+        dropped = mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand(g.shape)
+        if keep_prob > 0:
+            dropped = dropped & ~reference.keep_mask(g.numel(), keep_prob, seed, g.device).view(g.shape)
+        g = g.masked_fill(dropped, 0)
+    offs = reference.source_offsets(source.shape, origins, cube_size, index, rotations)
+    flat = torch.zeros(source.numel(), dtype=compute, device=source.device)
+    flat.index_add_(0, offs.reshape(-1), g.reshape(-1))
+    return flat.view(source.shape).to(source.dtype)
+
+
+@extract_cubes_backward.register_fake
+def _extract_cubes_backward_fake(grad, source, *args):
+    return torch.empty_like(source, memory_format=torch.contiguous_format)
+
+
+_SAVED = ("origins", "index", "rotations", "mask", "scale", "shift")
+
+
+def _setup_context(ctx, inputs, output):
+    (source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
+     scale_value, shift_value, clamp_lo, clamp_hi, out_dtype) = inputs
+    ctx.save_for_backward(source, origins, index, rotations, mask, scale, shift)
+    ctx.scalars = (list(cube_size), keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi)
+
+
+def _backward(ctx, grad):
+    source, origins, index, rotations, mask, scale, shift = ctx.saved_tensors
+    cube_size, keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi = ctx.scalars
+    grad_source = torch.ops.rubikops.extract_cubes_backward(
+        grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale, shift,
+        scale_value, shift_value, clamp_lo, clamp_hi)
+    return (grad_source,) + (None,) * 15
+
+
+torch.library.register_autograd("rubikops::extract_cubes", _backward, setup_context=_setup_context)
+
+# ---------------------------------------------------------------------------
+# Triton backend (lazy: importing Triton costs ~1 s and is optional)
+# ---------------------------------------------------------------------------
+_triton_op = None
+_TRITON_ERROR: Optional[str] = None
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _get_triton_op():
+    global _triton_op
+    if _triton_op is None:
+        from .triton.extract_cubes import register
+        _triton_op = register()
+    return _triton_op
+
+
+def _register_triton_as_cuda_fallback():
+    """With no compiled CUDA kernel, CUDA tensors go to the Triton kernel."""
+    global _cuda_fallback_lib
+    _cuda_fallback_lib = torch.library.Library("rubikops", "IMPL")
+
+    def _cuda(*args):
+        return _get_triton_op()(*args)
+
+    def _cuda_out(*args, out):
+        return _get_triton_op().out(*args, out=out)
+
+    _cuda_fallback_lib.impl("extract_cubes", _cuda, "CUDA")
+    _cuda_fallback_lib.impl("extract_cubes.out", _cuda_out, "CUDA")
+
+
+_cuda_fallback_lib = None
+if not HAS_CUDA_KERNEL and triton_available():
+    _register_triton_as_cuda_fallback()
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _fail(cls, arg: str, problem: str):
+    raise cls(f"rubikops.extract_cubes: {arg} {problem}")
+
+
+def _check_int_tensor(t, name, shape, device):
+    if not isinstance(t, torch.Tensor):
+        _fail(TypeError, name, f"must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.int32, torch.int64):
+        _fail(TypeError, name, f"must be int32 or int64, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        _fail(ValueError, name, f"must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.device != device:
+        _fail(ValueError, name, f"is on {t.device} but source is on {device}")
+
+
+def _check_per_sample(v, name, B, device):
+    if v is None or isinstance(v, torch.Tensor):
+        if isinstance(v, torch.Tensor):
+            if not v.dtype.is_floating_point:
+                _fail(TypeError, name, f"as a tensor must be floating point, got {v.dtype}")
+            if tuple(v.shape) != (B,):
+                _fail(ValueError, name, f"as a tensor must have shape ({B},) (one value per sample), got {tuple(v.shape)}")
+            if v.device != device:
+                _fail(ValueError, name, f"is on {v.device} but source is on {device}")
+        return
+    if isinstance(v, bool) or not isinstance(v, Real):
+        _fail(TypeError, name, f"must be None, a float or a (B,) tensor, got {type(v).__name__}")
+    if not math.isfinite(float(v)):
+        _fail(ValueError, name, f"must be finite, got {v}")
+
+
+def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                           shift, clamp, out_dtype, out, data_checks: bool = True):
+    """Raise a ValueError/TypeError naming the argument for every bad input.
+
+    Shape, dtype and device checks always run; ``data_checks`` adds the checks
+    that read tensor values (origins and indices in range, valid codes), which
+    cost a device sync on GPU."""
+    if not isinstance(source, torch.Tensor):
+        _fail(TypeError, "source", f"must be a torch.Tensor, got {type(source).__name__}")
+    if source.dim() != 5:
+        _fail(ValueError, "source", f"must be 5-D (N, C, D, H, W), got shape {tuple(source.shape)}")
+    if source.dtype not in reference.SOURCE_DTYPES:
+        _fail(TypeError, "source", f"has unsupported dtype {source.dtype}; supported: "
+              + ", ".join(str(d).replace('torch.', '') for d in reference.SOURCE_DTYPES))
+    dev = source.device
+    if not isinstance(origins, torch.Tensor):
+        _fail(TypeError, "origins", f"must be a torch.Tensor, got {type(origins).__name__}")
+    if origins.dim() != 3 or origins.shape[2] != 3:
+        _fail(ValueError, "origins", f"must have shape (B, M, 3), got {tuple(origins.shape)}")
+    B, M = origins.shape[0], origins.shape[1]
+    _check_int_tensor(origins, "origins", (B, M, 3), dev)
+    try:
+        size = tuple(int(s) for s in cube_size)
+        ok = len(size) == 3 and all(isinstance(s, Integral) or float(s).is_integer() for s in cube_size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        _fail(TypeError, "cube_size", f"must be three integers (d, h, w), got {cube_size!r}")
+    N, C, D, H, W = source.shape
+    for a, (s, extent, axis) in enumerate(zip(size, (D, H, W), "DHW")):
+        if s < 1:
+            _fail(ValueError, "cube_size", f"must be positive, got {size}")
+        if s > extent:
+            _fail(ValueError, "cube_size", f"{size} does not fit in the source volume ({axis} = {extent})")
+    if index is None:
+        if N != B:
+            _fail(ValueError, "index", f"is None, so source.shape[0] ({N}) must equal B = origins.shape[0] ({B})")
+    else:
+        _check_int_tensor(index, "index", (B,), dev)
+    if rotations is not None:
+        _check_int_tensor(rotations, "rotations", (B, M), dev)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            _fail(TypeError, "mask", f"must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if tuple(mask.shape) != (B, M):
+            _fail(ValueError, "mask", f"must have shape ({B}, {M}), got {tuple(mask.shape)}")
+        if mask.device != dev:
+            _fail(ValueError, "mask", f"is on {mask.device} but source is on {dev}")
+    if isinstance(fill, bool) or not isinstance(fill, Real):
+        _fail(TypeError, "fill", f"must be a number, got {type(fill).__name__}")
+    if isinstance(keep_prob, bool) or not isinstance(keep_prob, Real) or not 0.0 <= float(keep_prob) <= 1.0:
+        _fail(ValueError, "keep_prob", f"must be a number in [0, 1], got {keep_prob!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not -(1 << 63) <= int(seed) < (1 << 64):
+        _fail(ValueError, "seed", f"must be an integer in [-2**63, 2**64), got {seed!r}")
+    _check_per_sample(scale, "scale", B, dev)
+    _check_per_sample(shift, "shift", B, dev)
+    if clamp is not None:
+        if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+            _fail(TypeError, "clamp", f"must be None or (lo, hi), got {clamp!r}")
+        lo, hi = clamp
+        for v in (lo, hi):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, Real) or math.isnan(v)):
+                _fail(TypeError, "clamp", f"bounds must be numbers or None, got {clamp!r}")
+        if lo is not None and hi is not None and lo > hi:
+            _fail(ValueError, "clamp", f"has lo > hi: {clamp!r}")
+    odt = out_dtype or reference.default_out_dtype(source.dtype)
+    if not isinstance(odt, torch.dtype) or odt not in reference.SOURCE_DTYPES:
+        _fail(TypeError, "out_dtype", f"is not a supported dtype: {out_dtype!r}")
+    arithmetic = scale is not None or shift is not None or clamp is not None
+    if not odt.is_floating_point and (odt != source.dtype or arithmetic):
+        _fail(TypeError, "out_dtype", f"{odt} is integer; an integer output is only allowed as a plain copy "
+              "of a source of the same dtype (no scale, shift or clamp)")
+    if out is not None:
+        shape = (B, M, C, *size)
+        if not isinstance(out, torch.Tensor):
+            _fail(TypeError, "out", f"must be a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != shape:
+            _fail(ValueError, "out", f"must have shape {shape}, got {tuple(out.shape)}")
+        if out.dtype != odt:
+            _fail(TypeError, "out", f"must have dtype {odt} (out_dtype), got {out.dtype}")
+        if out.device != dev:
+            _fail(ValueError, "out", f"is on {out.device} but source is on {dev}")
+        if not out.is_contiguous():
+            _fail(ValueError, "out", "must be contiguous")
+    if not data_checks or B * M == 0:
+        return
+    # Value checks (a device sync on GPU): one transfer of the small tensors.
+    lo_ok = bool((origins >= 0).all())
+    dims = torch.tensor([D, H, W], device=dev)
+    hi_ok = bool((origins + torch.tensor(size, device=dev) <= dims).all())
+    if not (lo_ok and hi_ok):
+        bad = ((origins < 0) | (origins + torch.tensor(size, device=dev) > dims)).any(-1).nonzero()[0].tolist()
+        _fail(ValueError, "origins", f"[{bad[0]}, {bad[1]}] = {origins[bad[0], bad[1]].tolist()} puts a "
+              f"{size} box outside the volume of shape {(D, H, W)}")
+    if index is not None and B and not bool(((index >= 0) & (index < N)).all()):
+        b = int(((index < 0) | (index >= N)).nonzero()[0, 0])
+        _fail(ValueError, "index", f"[{b}] = {int(index[b])} is out of range for source.shape[0] = {N}")
+    if rotations is not None:
+        if not bool(((rotations >= 0) & (rotations < NUM_CODES)).all()):
+            bad = ((rotations < 0) | (rotations >= NUM_CODES)).nonzero()[0].tolist()
+            _fail(ValueError, "rotations", f"[{bad[0]}, {bad[1]}] = {int(rotations[bad[0], bad[1]])} is not a "
+                  f"rotation code in [0, {NUM_CODES})")
+        if len(set(size)) > 1:
+            allowed = torch.tensor([preserves_shape(c, size) for c in range(NUM_CODES)], device=dev)
+            ok_codes = allowed[rotations.long()]
+            if not bool(ok_codes.all()):
+                bad = (~ok_codes).nonzero()[0].tolist()
+                _fail(ValueError, "rotations", f"[{bad[0]}, {bad[1]}] = {int(rotations[bad[0], bad[1]])} "
+                      f"reorders the axes of a non-cubic cube {size} (it would change its shape)")
+
+
+# ---------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    name = backend or os.environ.get("RUBIKOPS_BACKEND") or "auto"
+    name = {"cpu": "compiled", "cuda": "compiled", "reference": "torch"}.get(name, name)
+    if name not in BACKENDS:
+        raise ValueError(f"rubikops.extract_cubes: backend must be one of {BACKENDS} (or cpu/cuda), got {name!r}")
+    if name == "auto":
+        return "compiled"  # the dispatcher picks the device kernel (Triton where CUDA was not built)
+    if name == "triton":
+        if not triton_available():
+            raise RuntimeError("rubikops.extract_cubes: backend='triton' needs the triton package")
+        if device.type == "cpu" and not interpreter_enabled():
+            raise RuntimeError("rubikops.extract_cubes: backend='triton' on CPU tensors runs in the Triton "
+                               "interpreter; set TRITON_INTERPRET=1 before importing rubikops")
+    return name
+
+
+def extract_cubes(
+    source: torch.Tensor,
+    origins: torch.Tensor,
+    cube_size: Sequence[int],
+    *,
+    index: Optional[torch.Tensor] = None,
+    rotations: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    fill: float = 0.0,
+    keep_prob: float = 0.0,
+    seed: int = 0,
+    scale=None,
+    shift=None,
+    clamp: Optional[tuple] = None,
+    out_dtype: Optional[torch.dtype] = None,
+    out: Optional[torch.Tensor] = None,
+    validate: bool = True,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Cut, reorder, turn, mask and scale cubes out of a batch of volumes in one pass.
+
+    Returns a contiguous (B, M, C, d, h, w) tensor: cube ``m`` of sample ``b``
+    is the box ``source[index[b], :, z:z+d, y:y+h, x:x+w]`` at ``origins[b, m]``,
+    turned by rotation code ``rotations[b, m]`` (see :mod:`rubikops.rotations`),
+    with intensity ``float(x) * scale + shift`` clamped to ``clamp`` and cast to
+    ``out_dtype``; masked cubes hold ``fill`` except for voxels kept with
+    probability ``keep_prob`` (reproducible from ``seed``).  Differentiable with
+    respect to a floating ``source``.  ``validate=False`` skips the checks that
+    read tensor values (a device sync); the kernels still never leave the source.
+    """
+    validate_extract_cubes(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                           shift, clamp, out_dtype, out, data_checks=validate)
+    name = resolve_backend(backend, source.device)
+    size = [int(s) for s in cube_size]
+    if name == "torch":
+        result = reference.extract_cubes(source, origins, size, index=index, rotations=rotations, mask=mask,
+                                         fill=fill, keep_prob=keep_prob, seed=seed, scale=scale, shift=shift,
+                                         clamp=clamp, out_dtype=out_dtype)
+        return out.copy_(result) if out is not None else result
+    seed = int(seed)
+    seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    scale_t = scale if isinstance(scale, torch.Tensor) else None
+    shift_t = shift if isinstance(shift, torch.Tensor) else None
+    scale_value = 1.0 if scale is None or scale_t is not None else float(scale)
+    # -0.0 is the exact additive identity (x + -0.0 == x, also for x = -0.0).
+    shift_value = -0.0 if shift is None or shift_t is not None else float(shift)
+    lo, hi = clamp if clamp is not None else (None, None)
+    args = (source, origins, size, index, rotations, mask, float(fill), float(keep_prob), seed, scale_t, shift_t,
+            scale_value, shift_value, None if lo is None else float(lo), None if hi is None else float(hi),
+            out_dtype)
+    op = _get_triton_op() if name == "triton" else torch.ops.rubikops.extract_cubes
+    if out is not None:
+        if torch.is_grad_enabled() and source.requires_grad:
+            raise RuntimeError("rubikops.extract_cubes: out= does not support autograd (source requires grad); "
+                               "call without out=")
+        return op.out(*args, out=out)
+    return op(*args)
+
+
+def available_backends() -> dict:
+    """Which backends this installation has, and why one is missing."""
+    return {
+        "compiled_cpu": HAS_COMPILED and _has_kernel("rubikops::extract_cubes", "CPU"),
+        "compiled_cuda": HAS_CUDA_KERNEL,
+        "triton": triton_available(),
+        "torch_reference": True,
+        "load_error": _LOAD_ERROR,
+    }

@@ -1,0 +1,171 @@
+"""Plain-torch reference of ``extract_cubes``, written to be read.
+
+This is the specification the kernels are tested against, and the fallback
+when the compiled library is missing.  ``extract_cubes`` is a per-cube loop of
+slicing, :func:`rubikops.rotations.apply_code`, arithmetic and masking;
+``source_offsets`` is an independent vectorised formulation (advanced
+indexing) used by the backward pass and the benchmarks.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .rotations import AXIS_ORDERS, apply_code
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INT_DTYPES = (torch.int16, torch.uint8)
+SOURCE_DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+# splitmix64 constants (Steele, Lea, Flood 2014), as signed int64 bit patterns.
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def default_out_dtype(source_dtype: torch.dtype) -> torch.dtype:
+    return source_dtype if source_dtype.is_floating_point else torch.float32
+
+
+def opmath_dtype(source_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the intensity arithmetic runs in: float64 when either side is
+    float64, float32 otherwise (also for half, bfloat16 and integer inputs)."""
+    return torch.float64 if torch.float64 in (source_dtype, out_dtype) else torch.float32
+
+
+def _lshr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def keep_mask(numel: int, keep_prob: float, seed: int, device=None) -> torch.Tensor:
+    """The Rubik's Cube+ keep decision for output voxels 0..numel-1 (bool).
+
+    splitmix64 of ``seed + (k+1) * golden``; keep iff the top 24 bits are below
+    ``floor(keep_prob * 2**24)``.  All arithmetic mod 2**64 on int64 bit patterns.
+    """
+    seed = int(seed) & ((1 << 64) - 1)
+    seed = seed - (1 << 64) if seed >= (1 << 63) else seed
+    k = torch.arange(1, numel + 1, dtype=torch.int64, device=device)
+    z = k * _GOLDEN + seed
+    z = (z ^ _lshr(z, 30)) * _MIX1
+    z = (z ^ _lshr(z, 27)) * _MIX2
+    z = z ^ _lshr(z, 31)
+    threshold = int(keep_prob * (1 << 24))
+    return _lshr(z, 40) < threshold
+
+
+def _per_sample(value, b: int, dtype: torch.dtype):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value[b].to(dtype)
+    return torch.tensor(float(value), dtype=dtype)
+
+
+def extract_cubes(
+    source: torch.Tensor,
+    origins: torch.Tensor,
+    cube_size: Sequence[int],
+    *,
+    index: Optional[torch.Tensor] = None,
+    rotations: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    fill: float = 0.0,
+    keep_prob: float = 0.0,
+    seed: int = 0,
+    scale=None,
+    shift=None,
+    clamp: Optional[tuple] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Reference semantics of :func:`rubikops.extract_cubes` (no validation)."""
+    d, h, w = (int(s) for s in cube_size)
+    B, M = origins.shape[0], origins.shape[1]
+    out_dtype = out_dtype or default_out_dtype(source.dtype)
+    compute = opmath_dtype(source.dtype, out_dtype)
+    arithmetic = scale is not None or shift is not None or clamp is not None
+    lo, hi = clamp if clamp is not None else (None, None)
+
+    cubes = []
+    for b in range(B):
+        n = int(index[b]) if index is not None else b
+        s, t = _per_sample(scale, b, compute), _per_sample(shift, b, compute)
+        for m in range(M):
+            z, y, x = (int(v) for v in origins[b, m])
+            box = source[n, :, z:z + d, y:y + h, x:x + w]
+            if rotations is not None:
+                box = apply_code(box, int(rotations[b, m]))
+            if arithmetic or box.dtype != out_dtype:
+                v = box.to(compute)
+                if s is not None:
+                    v = v * s
+                if t is not None:
+                    v = v + t
+                if lo is not None or hi is not None:
+                    v = v.clamp(lo, hi)
+                box = v.to(out_dtype)
+            cubes.append(box)
+    out = torch.stack(cubes).reshape(B, M, source.shape[1], d, h, w)
+
+    if mask is not None:
+        fill_t = torch.tensor(fill, dtype=out_dtype, device=out.device)
+        masked = mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand_as(out)
+        if keep_prob > 0:
+            keep = keep_mask(out.numel(), keep_prob, seed, out.device).view(out.shape)
+            masked = masked & ~keep
+        out = torch.where(masked, fill_t, out)
+    return out.contiguous()
+
+
+def source_offsets(
+    source_shape: Sequence[int],
+    origins: torch.Tensor,
+    cube_size: Sequence[int],
+    index: Optional[torch.Tensor] = None,
+    rotations: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Linear offsets into a *contiguous* source of every output voxel.
+
+    Returns an int64 tensor of shape (B, M, C, d, h, w): output voxel
+    ``out[b, m, c, i0, i1, i2]`` reads ``source.flatten()[offsets[b, m, c, i0, i1, i2]]``.
+    Vectorised (no Python loop over cubes), so it also serves as the
+    "advanced indexing" baseline in the benchmarks.
+    """
+    N, C, D, H, W = (int(s) for s in source_shape)
+    size = [int(s) for s in cube_size]
+    dev = origins.device
+    B, M = origins.shape[0], origins.shape[1]
+    origins = origins.to(torch.int64)
+    n = index.to(torch.int64) if index is not None else torch.arange(B, device=dev)
+
+    if rotations is None:
+        codes = torch.zeros(B, M, dtype=torch.int64, device=dev)
+    else:
+        codes = rotations.to(torch.int64)
+    orders = torch.tensor(AXIS_ORDERS, dtype=torch.int64, device=dev)[codes // 8]  # (B, M, 3)
+    flips = torch.stack([(codes >> a) & 1 for a in range(3)], dim=-1)  # (B, M, 3)
+
+    # Output grid coordinates, one (d, h, w) volume per output axis.
+    grid = torch.meshgrid(*[torch.arange(s, device=dev) for s in size], indexing="ij")
+    coords = [torch.zeros(B, M, *size, dtype=torch.int64, device=dev) for _ in range(3)]
+    for a in range(3):  # output axis a reads source axis orders[..., a]
+        i = grid[a].expand(B, M, *size)
+        f = flips[..., a].view(B, M, 1, 1, 1)
+        i = torch.where(f.bool(), size[a] - 1 - i, i)
+        for s in range(3):
+            sel = (orders[..., a] == s).view(B, M, 1, 1, 1)
+            coords[s] = torch.where(sel, i, coords[s])
+    z = coords[0] + origins[..., 0].view(B, M, 1, 1, 1)
+    y = coords[1] + origins[..., 1].view(B, M, 1, 1, 1)
+    x = coords[2] + origins[..., 2].view(B, M, 1, 1, 1)
+    spatial = (z * H + y) * W + x  # (B, M, d, h, w)
+    base = n.view(B, 1, 1, 1, 1, 1) * (C * D * H * W) + torch.arange(C, device=dev).view(1, 1, C, 1, 1, 1) * (D * H * W)
+    return base + spatial.unsqueeze(2)
+
+
+def extract_cubes_gather(source, origins, cube_size, *, index=None, rotations=None) -> torch.Tensor:
+    """Pure data movement through advanced indexing (one gather)."""
+    offs = source_offsets(source.shape, origins, cube_size, index, rotations)
+    return source.contiguous().view(-1)[offs]
