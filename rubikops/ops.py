@@ -97,6 +97,11 @@ def _extract_cubes_fake(source, origins, cube_size, index, rotations, mask, fill
     return source.new_empty(_out_shape(source, origins, cube_size), dtype=dtype)
 
 
+@torch.library.register_fake("rubikops::extract_cubes.out")
+def _extract_cubes_out_fake(*args, out):
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Backward: scatter-add of grad_out * scale, zero where masked out or clamped
 # ---------------------------------------------------------------------------
@@ -338,22 +343,22 @@ def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, f
     hi_ok = bool((origins + torch.tensor(size, device=dev) <= dims).all())
     if not (lo_ok and hi_ok):
         bad = ((origins < 0) | (origins + torch.tensor(size, device=dev) > dims)).any(-1).nonzero()[0].tolist()
-        _fail(ValueError, "origins", f"[{bad[0]}, {bad[1]}] = {origins[bad[0], bad[1]].tolist()} puts a "
+        _fail(ValueError, f"origins[{bad[0]}, {bad[1]}]", f"= {origins[bad[0], bad[1]].tolist()} puts a "
               f"{size} box outside the volume of shape {(D, H, W)}")
     if index is not None and B and not bool(((index >= 0) & (index < N)).all()):
         b = int(((index < 0) | (index >= N)).nonzero()[0, 0])
-        _fail(ValueError, "index", f"[{b}] = {int(index[b])} is out of range for source.shape[0] = {N}")
+        _fail(ValueError, f"index[{b}]", f"= {int(index[b])} is out of range for source.shape[0] = {N}")
     if rotations is not None:
         if not bool(((rotations >= 0) & (rotations < NUM_CODES)).all()):
             bad = ((rotations < 0) | (rotations >= NUM_CODES)).nonzero()[0].tolist()
-            _fail(ValueError, "rotations", f"[{bad[0]}, {bad[1]}] = {int(rotations[bad[0], bad[1]])} is not a "
+            _fail(ValueError, f"rotations[{bad[0]}, {bad[1]}]", f"= {int(rotations[bad[0], bad[1]])} is not a "
                   f"rotation code in [0, {NUM_CODES})")
         if len(set(size)) > 1:
             allowed = torch.tensor([preserves_shape(c, size) for c in range(NUM_CODES)], device=dev)
             ok_codes = allowed[rotations.long()]
             if not bool(ok_codes.all()):
                 bad = (~ok_codes).nonzero()[0].tolist()
-                _fail(ValueError, "rotations", f"[{bad[0]}, {bad[1]}] = {int(rotations[bad[0], bad[1]])} "
+                _fail(ValueError, f"rotations[{bad[0]}, {bad[1]}]", f"= {int(rotations[bad[0], bad[1]])} "
                       f"reorders the axes of a non-cubic cube {size} (it would change its shape)")
 
 

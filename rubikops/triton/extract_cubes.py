@@ -161,6 +161,8 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
     arith = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
         or scale_value != 1.0 or not (shift_value == 0.0 and str(shift_value).startswith("-"))
     threshold = reference_threshold(keep_prob)
+    if threshold >= (1 << 24):  # keep_prob == 1: a masked cube keeps every voxel
+        mask = None
     params = source  # dummy pointer when unused
     params_in_tensor = f64 and (arith or mask is not None)
     if params_in_tensor:

@@ -1,0 +1,188 @@
+"""extract_cubes on every backend against the plain-torch reference."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rubikops
+from rubikops import reference
+from rubikops.rotations import NUM_CODES, PAPER_ROTATIONS, preserves_shape
+
+from .testing import ALL_DTYPES, BACKENDS, FLOAT_DTYPES, LAYOUTS, Case, assert_matches, random_case, run
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_dtypes_and_layouts(backend, dtype, layout):
+    case = random_case(1, dtype=dtype, layout=layout, with_index=True)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B,M", [(1, 1), (1, 8), (3, 8), (2, 27)])
+def test_batch_shapes(backend, B, M):
+    case = random_case(2, B=B, M=M, C=2)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cube", [(5, 7, 3), (1, 1, 1), (4, 4, 9), (7, 5, 5), (11, 13, 12)])
+def test_odd_cube_sizes(backend, cube):
+    case = random_case(3, cube=cube, codes="all", with_index=True)  # 'all' = codes that keep the shape
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_code_on_cubic_cubes(backend):
+    for code in range(NUM_CODES):
+        case = random_case(100 + code, codes=code, B=1, M=2, cube=(4, 4, 4), vol=(7, 6, 9))
+        assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keep_prob", [0.0, 0.3, 1.0])
+def test_masking(backend, keep_prob):
+    case = random_case(4, mask=0.5, keep_prob=keep_prob, fill=-7.5, with_index=True)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale,shift", [("float", None), (None, "float"), ("tensor", "tensor"), ("float", "tensor")])
+@pytest.mark.parametrize("dtype,out_dtype", [(torch.float32, None), (torch.int16, torch.float32),
+                                             (torch.uint8, torch.bfloat16), (torch.float16, torch.float32),
+                                             (torch.float64, None), (torch.bfloat16, None)], ids=str)
+def test_intensity(backend, scale, shift, dtype, out_dtype):
+    case = random_case(5, dtype=dtype, scale=scale, shift=shift, out_dtype=out_dtype)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("clamp", [(-50.0, 80.0), (None, 0.0), (-10.0, None)])
+def test_clamp_and_everything_at_once(backend, clamp):
+    case = random_case(6, dtype=torch.int16, scale="tensor", shift="float", clamp=clamp, mask=0.5, keep_prob=0.3,
+                       out_dtype=torch.float16, with_index=True, layout="strided", C=2)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int32_origins_and_index(backend):
+    case = random_case(7, int_origins=torch.int32, with_index=True)
+    case.kwargs["index"] = case.kwargs["index"].int()
+    case.kwargs["rotations"] = case.kwargs["rotations"].int()
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_buffer_is_written_and_returned(backend):
+    case = random_case(8, dtype=torch.bfloat16, mask=0.4)
+    name, device = backend
+    exp = reference.extract_cubes(case.source, case.origins, case.cube_size, **case.kwargs)
+    out = torch.full(exp.shape, 123.0, dtype=exp.dtype, device=device)
+    for step in range(2):  # reuse the same buffer
+        result = run(case, backend, out=out)
+        assert result.data_ptr() == out.data_ptr()
+        assert torch.equal(out.cpu(), exp)
+
+
+def test_out_dtype_identity_copy_of_integers():
+    case = random_case(9, dtype=torch.uint8, out_dtype=torch.uint8, mask=0.5, fill=3)
+    assert_matches(run(case, ("compiled", "cpu")), case)
+
+
+def test_overlapping_boxes_and_repeated_index():
+    case = random_case(10, B=3, M=5, N=2, with_index=True, vol=(6, 6, 6), cube=(5, 5, 5))
+    case.kwargs["index"] = torch.tensor([1, 1, 0])
+    assert_matches(run(case, ("compiled", "cpu")), case)
+
+
+def test_keep_mask_matches_numpy_splitmix64():
+    """The normative hash, computed independently with NumPy uint64."""
+    seed, n, p = 0xDEADBEEFCAFEF00D, 5000, 0.3
+    k = np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + (k + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    expect = (z >> np.uint64(40)) < np.uint64(math.floor(p * 2**24))
+    got = reference.keep_mask(n, p, seed)
+    assert np.array_equal(got.numpy(), expect)
+    assert abs(expect.mean() - p) < 0.03
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_mask_is_backend_independent_with_large_seed(backend):
+    case = random_case(11, mask=1.0, keep_prob=0.5, cube=(4, 4, 4))
+    case.kwargs["seed"] = 2**64 - 12345  # above 2**63: passed as its int64 bit pattern
+    out = run(case, backend)
+    assert_matches(out, case)
+    kept = (out.cpu() != 0).double().mean().item()
+    assert 0.4 < kept < 0.6
+
+
+def test_large_seed_reference_equals_negative_alias():
+    a = reference.keep_mask(100, 0.5, 2**64 - 1)
+    b = reference.keep_mask(100, 0.5, -1)
+    assert torch.equal(a, b)
+
+
+def test_paper_codes_turn_the_cube():
+    """ROT180_H flips D and W, ROT180_W flips D and H (independent of the kernels)."""
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 1, 2, 3, 4)
+    origins = torch.zeros(1, 3, 3, dtype=torch.long)
+    rot = torch.tensor([PAPER_ROTATIONS])
+    out = rubikops.extract_cubes(x, origins, (2, 3, 4), rotations=rot)
+    assert torch.equal(out[0, 0, 0], x[0, 0])
+    assert torch.equal(out[0, 1, 0], x[0, 0].flip(0).flip(2))
+    assert torch.equal(out[0, 2, 0], x[0, 0].flip(0).flip(1))
+
+
+def test_gather_formulation_agrees_with_loop_reference():
+    for seed in range(5):
+        case = random_case(200 + seed, with_index=True, codes="all", C=2, layout="strided")
+        exp = reference.extract_cubes(case.source, case.origins, case.cube_size, index=case.kwargs["index"],
+                                      rotations=case.kwargs["rotations"])
+        got = reference.extract_cubes_gather(case.source, case.origins, case.cube_size,
+                                             index=case.kwargs["index"], rotations=case.kwargs["rotations"])
+        assert torch.equal(got, exp)
+
+
+def test_torch_backend_is_the_reference():
+    case = random_case(12, mask=0.5, keep_prob=0.3, scale="tensor")
+    assert_matches(run(case, ("torch", "cpu")), case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_validate_false_never_leaves_the_source(backend):
+    """Wild origins, indices and codes are clamped; the result equals the
+    reference on the clamped inputs."""
+    gen = torch.Generator().manual_seed(13)
+    src = torch.randn(3, 1, 9, 8, 7, generator=gen)
+    B, M, cube = 4, 6, (3, 3, 3)
+    origins = torch.randint(-50, 50, (B, M, 3), generator=gen)
+    index = torch.randint(-5, 8, (B,), generator=gen)
+    codes = torch.randint(-100, 100, (B, M), generator=gen)
+    name, device = backend
+    out = rubikops.extract_cubes(src.to(device), origins.to(device), cube, index=index.to(device),
+                                 rotations=codes.to(device), validate=False, backend=name)
+    hi = torch.tensor([9 - 3, 8 - 3, 7 - 3])
+    clamped = torch.minimum(torch.maximum(origins, torch.zeros(3, dtype=torch.long)), hi)
+    exp = reference.extract_cubes(src, clamped, cube, index=index.clamp(0, 2), rotations=codes % 48)
+    assert torch.equal(out.cpu(), exp)
+
+
+def test_non_cubic_invalid_code_with_validate_false_keeps_shape():
+    src = torch.randn(1, 1, 6, 6, 6)
+    origins = torch.zeros(1, 1, 3, dtype=torch.long)
+    code = 8 * 5 + 3  # axis order (2, 1, 0) on a 2x3x4 cube: would change its shape
+    out = rubikops.extract_cubes(src, origins, (2, 3, 4), rotations=torch.tensor([[code]]), validate=False)
+    assert out.shape == (1, 1, 1, 2, 3, 4)
+    assert torch.equal(out[0, 0], src[0, :, :2, :3, :4].flip(1).flip(2))  # flips kept, order ignored
+
+
+def test_empty_batch():
+    src = torch.randn(0, 1, 8, 8, 8)
+    out = rubikops.extract_cubes(src, torch.zeros(0, 8, 3, dtype=torch.long), (4, 4, 4))
+    assert out.shape == (0, 8, 1, 4, 4, 4)
