@@ -186,3 +186,42 @@ def test_empty_batch():
     src = torch.randn(0, 1, 8, 8, 8)
     out = rubikops.extract_cubes(src, torch.zeros(0, 8, 3, dtype=torch.long), (4, 4, 4))
     assert out.shape == (0, 8, 1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cube,vol", [((36, 36, 36), (40, 41, 39)), ((5, 36, 36), (9, 40, 37))])
+def test_large_cubes_every_shape_keeping_code(backend, cube, vol):
+    """Cubes larger than the CUDA kernel's 32x32 tiles, with every code that
+    keeps the shape (W-moving codes take the tiled path on CUDA)."""
+    allowed = [c for c in range(NUM_CODES) if preserves_shape(c, cube)]
+    case = random_case(30, B=2, M=len(allowed) // 2, cube=cube, vol=vol, codes="none", mask=0.5, keep_prob=0.5)
+    case.kwargs["rotations"] = torch.tensor(allowed).view(2, -1)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.parametrize("dtype,cube", [(torch.float32, (40, 40, 40)), (torch.float16, (47, 45, 45))], ids=str)
+def test_large_output_takes_streaming_path(dtype, cube):
+    """Outputs of 8 MB and more are written with non-temporal stores on CPU;
+    odd row lengths exercise the unaligned head and tail."""
+    case = random_case(31, dtype=dtype, B=6, M=8, cube=cube, vol=(48, 47, 49), codes="flips", mask=0.3,
+                       keep_prob=0.2, with_index=True)
+    out = run(case, ("compiled", "cpu"))
+    assert out.nbytes >= 8 << 20
+    assert_matches(out, case)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["compiled", "triton"])
+def test_cuda_64bit_offsets(name):
+    """A source of more than 2**31 voxels: offsets must not wrap."""
+    if name == "compiled" and not rubikops.ops.HAS_CUDA_KERNEL:
+        pytest.skip("CUDA kernel not built")
+    src = torch.empty(2, 1, 1040, 1040, 1040, dtype=torch.uint8, device="cuda")  # 2.25e9 voxels
+    src[1, 0, -9:, -9:, -9:] = torch.randint(0, 256, (9, 9, 9), dtype=torch.uint8, device="cuda")
+    origins = torch.tensor([[[1031, 1031, 1031]]], device="cuda")
+    index = torch.tensor([1], device="cuda")
+    rot = torch.tensor([[5]], device="cuda")
+    out = rubikops.extract_cubes(src, origins, (9, 9, 9), index=index, rotations=rot, backend=name)
+    expect = rubikops.apply_code(src[1, :, -9:, -9:, -9:].cpu(), 5).float()
+    assert torch.equal(out[0, 0].cpu(), expect)

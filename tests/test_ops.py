@@ -191,3 +191,25 @@ def test_direct_op_call_checks_shapes_in_cpp():
     with pytest.raises(ValueError, match="index"):
         torch.ops.rubikops.extract_cubes(src, torch.zeros(2, 1, 3, dtype=torch.long), [4, 4, 4], None, None, None,
                                          0.0, 0.0, 0, None, None, 1.0, -0.0, None, None, None)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["compiled", "triton"])
+def test_cuda_opcheck_and_compile(name):
+    case = random_case(27, dtype=torch.float32, scale="tensor", mask=0.5, keep_prob=0.3, with_index=True).to("cuda")
+    args = _op_args(case)
+    op = torch.ops.rubikops.extract_cubes.default if name == "compiled" else \
+        (ops._get_triton_op(), torch.ops.rubikops.extract_cubes_triton.default)[1]
+    torch.library.opcheck(op, args)
+    kw = case.kwargs
+
+    @torch.compile(fullgraph=True)
+    def step(src, origins, rot, mask, scale, index):
+        return rubikops.extract_cubes(src, origins, (6, 6, 6), index=index, rotations=rot, mask=mask, keep_prob=0.3,
+                                      seed=kw["seed"], scale=scale, validate=False, backend=name) + 1
+
+    got = step(case.source, case.origins, kw["rotations"], kw["mask"], kw["scale"], kw["index"])
+    expect = reference.extract_cubes(case.source.cpu(), case.origins.cpu(), case.cube_size,
+                                     **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    torch.testing.assert_close(got.cpu(), expect + 1)

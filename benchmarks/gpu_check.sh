@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command for a machine with an NVIDIA GPU: build rubikops with its CUDA
+# kernel, run the CUDA tests, run the GPU benchmark, print a short table last.
+#   bash benchmarks/gpu_check.sh            (results also copied to $OUT if set)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+if [ -z "${CUDA_HOME:-}" ]; then
+  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); export CUDA_HOME
+fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} RUBIKOPS_USE_NINJA=1
+echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+t0=$(date +%s)
+if ! $PY setup.py build_ext --inplace > build.log 2>&1; then
+  tail -40 build.log; echo "BUILD FAILED"; exit 1
+fi
+grep "rubikops build" build.log
+echo "build: $(( $(date +%s) - t0 )) s"
+$PY -m rubikops.info
+t0=$(date +%s)
+timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tail -30
+echo "cuda tests: $(( $(date +%s) - t0 )) s"
+timeout 240 $PY benchmarks/run.py --device cuda --triton-sweep > bench.log 2>&1
+rc=$?
+tail -45 bench.log
+if [ -n "${OUT:-}" ]; then cp bench.log build.log "$OUT"/ 2>/dev/null; cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null; fi
+exit $rc

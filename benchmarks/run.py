@@ -1,0 +1,232 @@
+"""rubikops benchmarks: the op against copy ceilings and the pipelines users run today.
+
+    python benchmarks/run.py                 # CPU, ~1-2 minutes on 2 cores
+    python benchmarks/run.py --quick         # CPU, smaller, under 30 s
+    python benchmarks/run.py --device cuda   # GPU: both backends, ceilings, baselines
+    python benchmarks/run.py --compare benchmarks/results/OLD.json
+
+Every row: median time with p20-p80 spread, effective GB/s (bytes read +
+bytes written), % of the copy ceiling measured in the same run, and speed-up
+against the baseline named in the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import utils  # noqa: E402
+
+import rubikops  # noqa: E402
+from rubikops import reference  # noqa: E402
+from rubikops.rotations import PAPER_ROTATIONS, ROT180_H, ROT180_W, make_code  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def make_workload(B, M, cube, vol, dtype, device, codes="paper", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    source = (torch.randn(B, 1, vol, vol, vol, generator=g) * 100).to(dtype).to(device)
+    origins = torch.randint(0, vol - cube + 1, (B, M, 3), generator=g).to(device)
+    if codes == "paper":
+        rot = torch.tensor(PAPER_ROTATIONS)[torch.randint(0, 3, (B, M), generator=g)]
+    elif codes == "w-moving":  # axis orders that put source W elsewhere (e.g. 90-degree turns)
+        moving = [c for c in range(48) if rubikops.rotations.moves_w(c)]
+        rot = torch.tensor(moving)[torch.randint(0, len(moving), (B, M), generator=g)]
+    else:
+        rot = None
+    return source, origins, rot.to(device) if rot is not None else None
+
+
+def numpy_puzzle_loop(volumes: np.ndarray, origins: np.ndarray, rot: np.ndarray, cube: int):
+    """Per-sample NumPy puzzle generation as public Rubik's cube code does it:
+    slice each cube, np.flip it for its rotation, stack, then batch."""
+    batch = []
+    for b in range(volumes.shape[0]):
+        cubes = []
+        for m in range(origins.shape[1]):
+            z, y, x = origins[b, m]
+            c = volumes[b, :, z:z + cube, y:y + cube, x:x + cube]
+            code = rot[b, m]
+            if code == ROT180_H:
+                c = np.flip(c, axis=(1, 3))
+            elif code == ROT180_W:
+                c = np.flip(c, axis=(1, 2))
+            cubes.append(c)
+        batch.append(np.stack(cubes))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(batch)))
+
+
+def torch_loop(source, origins, rot, cube):
+    """The naive torch baseline: per-sample slicing, torch.flip, torch.stack."""
+    o = origins.tolist()
+    r = rot.tolist()
+    batch = []
+    for b in range(source.shape[0]):
+        cubes = []
+        for m in range(len(o[b])):
+            z, y, x = o[b][m]
+            c = source[b, :, z:z + cube, y:y + cube, x:x + cube]
+            c = rubikops.apply_code(c, r[b][m])
+            cubes.append(c)
+        batch.append(torch.stack(cubes))
+    return torch.stack(batch)
+
+
+def bench_cpu(args) -> list[utils.Row]:
+    dev = torch.device("cpu")
+    B, M, cube, vol = (8, 8, 32, 96) if args.quick else (16, 8, 48, 128)
+    rep = 5 if args.quick else 15
+    source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev)
+    wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 paper-rot"
+    out = torch.empty(B, M, 1, cube, cube, cube)
+    nbytes = 2 * out.numel() * 4
+    rows = []
+    t_clone = utils.time_fn(lambda: out.clone(), dev, repeats=rep)
+    src_buf = torch.randn_like(out)
+    t_copy = utils.time_fn(lambda: out.copy_(src_buf), dev, repeats=rep)
+    clone_gbs, copy_gbs = nbytes / t_clone.median_s / 1e9, nbytes / t_copy.median_s / 1e9
+    rows.append(utils.Row("ceiling: torch.clone (allocating)", wl, t_clone, nbytes))
+    rows.append(utils.Row("ceiling: copy_ into existing", wl, t_copy, nbytes))
+
+    vols_np, org_np, rot_np = source.numpy(), origins.numpy(), rot.numpy()
+    t_np = utils.time_fn(lambda: numpy_puzzle_loop(vols_np, org_np, rot_np, cube), dev, warmup=1, repeats=max(3, rep // 3))
+    base = t_np.median_s
+    rows.append(utils.Row("baseline: NumPy per-sample loop", wl, t_np, nbytes, baseline_s=base))
+    t_tl = utils.time_fn(lambda: torch_loop(source, origins, rot, cube), dev, warmup=1, repeats=max(3, rep // 3))
+    rows.append(utils.Row("baseline: torch per-sample loop", wl, t_tl, nbytes, baseline_s=base))
+    t_g = utils.time_fn(lambda: reference.extract_cubes_gather(source, origins, (cube,) * 3, rotations=rot), dev,
+                        warmup=1, repeats=max(3, rep // 3))
+    rows.append(utils.Row("baseline: torch gather (advanced indexing)", wl, t_g, nbytes, baseline_s=base))
+
+    kw = dict(rotations=rot, validate=False)
+    t_ref = utils.time_fn(lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, backend="torch", **kw), dev,
+                          warmup=1, repeats=max(3, rep // 3))
+    rows.append(utils.Row("rubikops torch reference", wl, t_ref, nbytes, baseline_s=base))
+    t_alloc = utils.time_fn(lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, **kw), dev, repeats=rep)
+    rows.append(utils.Row("rubikops compiled CPU (allocating)", wl, t_alloc, nbytes, clone_gbs, base))
+    t_out = utils.time_fn(lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, out=out, **kw), dev,
+                          repeats=rep)
+    rows.append(utils.Row("rubikops compiled CPU (out=)", wl, t_out, nbytes, copy_gbs, base))
+    mask = torch.rand(B, M, generator=torch.Generator().manual_seed(1)) < 0.5
+    t_full = utils.time_fn(lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, out=out, mask=mask,
+                                                          keep_prob=0.3, seed=3, scale=0.01, shift=-0.5,
+                                                          clamp=(-1.0, 1.0), **kw), dev, repeats=rep)
+    rows.append(utils.Row("rubikops CPU out= +mask+keep+scale+clamp", wl, t_full, nbytes, copy_gbs, base))
+    _add_puzzle_rows(rows, dev, B, cube, vol, out, copy_gbs, base, rep)
+    return rows
+
+
+def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
+    """Whole puzzle (sampling + op) next to the bare op, when the puzzle module exists."""
+    try:
+        from rubikops.puzzle import RubikCube
+    except ImportError:
+        return
+    source = torch.randn(B, 1, vol, vol, vol, device=dev)
+    puzzle = RubikCube(grid=(2, 2, 2), cube_size=cube, num_permutations=100, gap=(0, 10), rotations="paper",
+                       normalize=None, validate=False)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    wl = f"B={B} M=8 {cube}^3 from {vol}^3 f32 puzzle"
+    nbytes = 2 * out.numel() * 4
+    t = utils.time_fn(lambda: puzzle(source, generator=gen, out=out), dev, repeats=rep)
+    rows.append(utils.Row("rubikops whole puzzle (sample + op, out=)", wl, t, nbytes, ceiling, base))
+
+
+def bench_cuda(args) -> list[utils.Row]:
+    dev = torch.device("cuda")
+    B, M, cube, vol = 32, 8, 64, 160
+    rows = []
+    backends = [("compiled", "rubikops CUDA C++")] if rubikops.ops.HAS_CUDA_KERNEL else []
+    backends.append(("triton", "rubikops Triton"))
+    for dtype in (torch.float32, torch.bfloat16):
+        esize = torch.tensor([], dtype=dtype).element_size()
+        tag = str(dtype).replace("torch.", "")
+        source, origins, rot = make_workload(B, M, cube, vol, dtype, dev, "paper")
+        out = torch.empty(B, M, 1, cube, cube, cube, dtype=dtype, device=dev)
+        nbytes = 2 * out.numel() * esize
+        wl = f"B={B} M={M} {cube}^3 from {vol}^3 {tag}"
+        t_clone = utils.time_fn(lambda: out.clone(), dev)
+        ceil = nbytes / t_clone.median_s / 1e9
+        rows.append(utils.Row(f"ceiling: torch.clone [{tag}]", wl, t_clone, nbytes))
+        t_naive = utils.time_fn(lambda: torch_loop(source, origins, rot, cube), dev, warmup=1, repeats=5)
+        base = t_naive.median_s
+        rows.append(utils.Row(f"baseline: torch per-sample loop [{tag}]", wl, t_naive, nbytes, ceil, base))
+        t_g = utils.time_fn(lambda: reference.extract_cubes_gather(source, origins, (cube,) * 3, rotations=rot), dev)
+        rows.append(utils.Row(f"baseline: torch gather [{tag}]", wl, t_g, nbytes, ceil, base))
+        for codes in ("paper", "w-moving", "none"):
+            _, _, rot_c = make_workload(B, M, cube, vol, dtype, dev, codes)
+            for name, label in backends:
+                f = lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot_c,  # noqa: E731
+                                                   validate=False, backend=name)
+                t = utils.time_fn(f, dev)
+                rows.append(utils.Row(f"{label} [{tag}, {codes}]", wl, t, nbytes, ceil, base))
+                if codes == "paper":
+                    f = lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot_c,  # noqa: E731
+                                                       validate=False, backend=name, out=out)
+                    t = utils.time_fn(f, dev)
+                    rows.append(utils.Row(f"{label} out= [{tag}, {codes}]", wl, t, nbytes, ceil, base))
+        if dtype == torch.float32:
+            _add_puzzle_rows(rows, dev, B, cube, vol, out, ceil, base, 20)
+    # int16 CT in, float32 out with the fused window (scale/shift/clamp).
+    src16 = torch.randint(-1024, 3072, (B, 1, vol, vol, vol), dtype=torch.int16, device=dev)
+    _, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
+    nbytes = out.numel() * (2 + 4)
+    wl = f"B={B} M={M} {cube}^3 from {vol}^3 int16->f32 window"
+    out32 = torch.empty(B, M, 1, cube, cube, cube, device=dev)
+    t_clone = utils.time_fn(lambda: out32.clone(), dev)
+    ceil = 2 * out32.numel() * 4 / t_clone.median_s / 1e9
+    for name, label in backends:
+        f = lambda: rubikops.extract_cubes(src16, origins, (cube,) * 3, rotations=rot, validate=False,  # noqa: E731
+                                           backend=name, scale=1 / 200, shift=-0.2, clamp=(-1.0, 1.0),
+                                           out_dtype=torch.float32, out=out32)
+        rows.append(utils.Row(f"{label} int16 window", wl, utils.time_fn(f, dev), nbytes, ceil))
+    if args.triton_sweep:
+        source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
+        nbytes = 2 * B * M * cube ** 3 * 4
+        for block in (1024, 2048, 4096):
+            for warps in (4, 8):
+                os.environ["RUBIKOPS_TRITON_BLOCK"], os.environ["RUBIKOPS_TRITON_WARPS"] = str(block), str(warps)
+                f = lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot,  # noqa: E731
+                                                   validate=False, backend="triton", out=out_f32)
+                out_f32 = torch.empty(B, M, 1, cube, cube, cube, device=dev)
+                rows.append(utils.Row(f"sweep: Triton BLOCK={block} warps={warps}", "f32 paper",
+                                      utils.time_fn(f, dev), nbytes, rows[0].gbs))
+        os.environ.pop("RUBIKOPS_TRITON_BLOCK")
+        os.environ.pop("RUBIKOPS_TRITON_WARPS")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="smaller workload, under 30 s")
+    p.add_argument("--triton-sweep", action="store_true", help="(cuda) also sweep Triton block sizes")
+    p.add_argument("--compare", metavar="FILE", help="print time ratios against an earlier results JSON")
+    p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
+    args = p.parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch")
+    info = utils.machine_info(dev)
+    print(f"rubikops {rubikops.__version__} @ {utils.git_revision()} | " +
+          ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"backends: {rubikops.available_backends()}")
+    rows = bench_cpu(args) if dev.type == "cpu" else bench_cuda(args)
+    print()
+    print(utils.format_table(rows))
+    print("\n% ceil: GB/s against the copy ceiling of the same run (clone for allocating rows, copy_ for out= rows "
+          "on CPU; clone on GPU). vs base: speed-up against the NumPy loop (CPU) or the torch loop (GPU).")
+    if not args.no_save:
+        print(f"results: {utils.write_results(rows, dev, vars(args), RESULTS)}")
+    if args.compare:
+        print(utils.compare(rows, args.compare))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

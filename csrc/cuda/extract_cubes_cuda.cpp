@@ -1,0 +1,103 @@
+// Torch registration of the CUDA kernel (the kernels themselves live in
+// extract_cubes_cuda.cu, which nvcc compiles without torch headers).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../extract_cubes.h"
+#include "../extract_cubes_checks.h"
+#include "extract_cubes_cuda.h"
+
+namespace rubikops {
+namespace {
+
+cuda::DType to_dtype(c10::ScalarType t) {
+  switch (t) {
+    case c10::kFloat: return cuda::DType::kFloat32;
+    case c10::kDouble: return cuda::DType::kFloat64;
+    case c10::kHalf: return cuda::DType::kFloat16;
+    case c10::kBFloat16: return cuda::DType::kBFloat16;
+    case c10::kShort: return cuda::DType::kInt16;
+    case c10::kByte: return cuda::DType::kUInt8;
+    default: TORCH_CHECK_TYPE(false, "rubikops.extract_cubes: unsupported dtype ", t);
+  }
+}
+
+// int64 views of the small index tensors (a no-op when they already are).
+at::Tensor as_long(const at::Tensor& t) { return t.to(at::kLong).contiguous(); }
+
+at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                                   const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
+                                   const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
+                                   const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                   double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                   std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
+                                   at::Tensor& out) {
+  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
+  check_out(a, out);
+  if (out.numel() == 0) return out;
+  const c10::cuda::CUDAGuard guard(source.device());
+  at::Tensor org = as_long(origins);
+  at::Tensor idx = index ? as_long(*index) : at::Tensor();
+  at::Tensor rot = rotations ? as_long(*rotations) : at::Tensor();
+  at::Tensor msk = mask ? mask->to(at::kBool).contiguous() : at::Tensor();
+  at::Tensor scl = scale ? scale->to(at::kDouble).contiguous() : at::Tensor();
+  at::Tensor sft = shift ? shift->to(at::kDouble).contiguous() : at::Tensor();
+
+  cuda::ExtractCubesParams p{};
+  p.src = source.const_data_ptr();
+  p.out = out.mutable_data_ptr();
+  p.origins = org.const_data_ptr<int64_t>();
+  p.index = idx.defined() ? idx.const_data_ptr<int64_t>() : nullptr;
+  p.rotations = rot.defined() ? rot.const_data_ptr<int64_t>() : nullptr;
+  p.mask = msk.defined() ? msk.const_data_ptr<bool>() : nullptr;
+  p.scale = scl.defined() ? scl.const_data_ptr<double>() : nullptr;
+  p.shift = sft.defined() ? sft.const_data_ptr<double>() : nullptr;
+  p.in_dtype = to_dtype(source.scalar_type());
+  p.out_dtype = to_dtype(out.scalar_type());
+  p.N = source.size(0);
+  p.C = source.size(1);
+  p.D = source.size(2);
+  p.H = source.size(3);
+  p.W = source.size(4);
+  p.B = origins.size(0);
+  p.M = origins.size(1);
+  for (int k = 0; k < 5; ++k) p.src_stride[k] = source.stride(k);
+  for (int k = 0; k < 3; ++k) p.cube[k] = a.cube_size[k];
+  p.scale_value = scale_value;
+  p.shift_value = shift_value;
+  p.clamp_lo = clamp_lo ? *clamp_lo : -std::numeric_limits<double>::infinity();
+  p.clamp_hi = clamp_hi ? *clamp_hi : std::numeric_limits<double>::infinity();
+  p.fill = fill;
+  p.arithmetic = a.arithmetic;
+  p.seed = static_cast<uint64_t>(seed);
+  p.threshold = keep_threshold(keep_prob);
+  const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+at::Tensor extract_cubes_cuda(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                              const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
+                              const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
+                              const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                              double scale_value, double shift_value, std::optional<double> clamp_lo,
+                              std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype) {
+  at::Tensor out = at::empty(output_shape(source, origins, cube_size),
+                             source.options().dtype(resolve_out_dtype(source, out_dtype)));
+  return extract_cubes_out_cuda(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                                shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype, out);
+}
+
+}  // namespace
+}  // namespace rubikops
+
+TORCH_LIBRARY_IMPL(rubikops, CUDA, m) {
+  m.impl("extract_cubes", &rubikops::extract_cubes_cuda);
+  m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cuda);
+}

@@ -1,0 +1,224 @@
+// CUDA kernel of rubikops::extract_cubes.
+//
+// One block writes one part of one (b, m, c) cube, picked by the cube's code:
+//  - codes that keep W as the output's fastest axis (the paper's rotations):
+//    each thread writes VEC consecutive outputs with one 16-byte store and
+//    reads a unit- or reversed-stride run of the source row;
+//  - codes that move W: a 32x32 tile in the plane (output axis fed by source W,
+//    output W) goes through shared memory, so reads run along source W and
+//    writes along output W, both coalesced.
+// Both paths share one launch (the block decides from its cube's code).
+// Only cuda_runtime and the fp16/bf16 headers are included, so CI can compile
+// this file with nvcc on a machine without a CUDA build of torch.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../extract_cubes.h"
+#include "extract_cubes_cuda.h"
+
+namespace rubikops {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 32;
+
+template <typename T> __device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
+template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename op_t, typename T> __device__ __forceinline__ op_t to_op(T x) {
+  if constexpr (std::is_same_v<op_t, double> && std::is_same_v<T, double>) return x;
+  else if constexpr (std::is_same_v<op_t, double>) return static_cast<double>(to_float(x));
+  else return to_float(x);
+}
+
+// op_t -> out_t with torch's rounding (double goes through float on its way to 16-bit floats).
+template <typename out_t, typename op_t> __device__ __forceinline__ out_t from_op(op_t v) {
+  if constexpr (std::is_same_v<out_t, __half>) return __float2half_rn(static_cast<float>(v));
+  else if constexpr (std::is_same_v<out_t, __nv_bfloat16>) return __float2bfloat16_rn(static_cast<float>(v));
+  else return static_cast<out_t>(v);
+}
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+template <typename in_t, typename out_t, typename op_t>
+struct Converter {
+  bool arithmetic;
+  op_t scale, shift, lo, hi;
+  __device__ __forceinline__ out_t operator()(in_t x) const {
+    if constexpr (std::is_same_v<in_t, out_t>) {
+      if (!arithmetic) return x;  // bit-exact copy
+    }
+    op_t v = to_op<op_t>(x);
+    if (arithmetic) {
+      // No fused multiply-add: the result must match the CPU kernel bit for bit.
+      v = add_rn(mul_rn(v, scale), shift);
+      v = v < lo ? lo : (v > hi ? hi : v);  // NaN passes through, as in torch.clamp
+    }
+    return from_op<out_t>(v);
+  }
+};
+
+struct CubeGeom {
+  int64_t start;    // source offset of output voxel (0, 0, 0), channel included
+  int64_t step[3];  // signed source strides along the output axes
+  int w_axis;       // output axis fed by source W (2 when W stays fastest)
+};
+
+__device__ __forceinline__ CubeGeom cube_geom(const ExtractCubesParams& p, int64_t cube) {
+  const int64_t c = cube % p.C;
+  const int64_t bm = cube / p.C;
+  const int64_t b = bm / p.M;
+  const int64_t n = clamp_index(p.index ? p.index[b] : b, 0, p.N - 1);
+  const int64_t dims[3] = {p.D, p.H, p.W};
+  const int64_t src_stride[3] = {p.src_stride[2], p.src_stride[3], p.src_stride[4]};
+  CubeGeom g;
+  const int64_t code = p.rotations ? p.rotations[bm] : 0;
+  cube_geometry(code, p.cube, src_stride, &g.start, g.step);
+  g.start += n * p.src_stride[0] + c * p.src_stride[1];
+  for (int k = 0; k < 3; ++k) g.start += clamp_index(p.origins[bm * 3 + k], 0, dims[k] - p.cube[k]) * src_stride[k];
+  // Which output axis reads along source W (|step| == W stride, checked in
+  // order 2, 1, 0 so that W-keeping codes always take the vector path).
+  g.w_axis = 2;
+  int64_t c2 = ((code % kNumCodes) + kNumCodes) % kNumCodes;
+  int order_p = static_cast<int>(c2 >> 3);
+  if (p.cube[axis_order(order_p, 0)] == p.cube[0] && p.cube[axis_order(order_p, 1)] == p.cube[1] &&
+      p.cube[axis_order(order_p, 2)] == p.cube[2]) {
+    for (int a = 0; a < 3; ++a)
+      if (axis_order(order_p, a) == 2) g.w_axis = a;
+  }
+  return g;
+}
+
+template <typename out_t>
+__device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool masked, int64_t k, out_t v, out_t fill) {
+  if (!masked) return v;
+  if (p.threshold == 0) return fill;
+  return keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold) ? v : fill;
+}
+
+template <typename in_t, typename out_t, typename op_t, int VEC>
+__global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
+  __shared__ out_t tile[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
+  const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
+  out_t* __restrict__ out = static_cast<out_t*>(p.out);
+  const int64_t cube = blockIdx.x;
+  const int64_t b = cube / p.C / p.M;
+  const int64_t d0 = p.cube[0], d1 = p.cube[1], d2 = p.cube[2];
+  const int64_t cube_numel = d0 * d1 * d2;
+  const CubeGeom g = cube_geom(p, cube);
+  const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
+  Converter<in_t, out_t, op_t> cvt{p.arithmetic, static_cast<op_t>(p.scale ? p.scale[b] : p.scale_value),
+                                   static_cast<op_t>(p.shift ? p.shift[b] : p.shift_value),
+                                   static_cast<op_t>(p.clamp_lo), static_cast<op_t>(p.clamp_hi)};
+  const out_t fill = from_op<out_t>(static_cast<op_t>(p.fill));
+  const int64_t out_base = cube * cube_numel;
+
+  if (g.w_axis == 2) {
+    // Vector path: VEC consecutive outputs of one row per thread.
+    for (int64_t blk = blockIdx.y; blk < blocks_per_cube; blk += gridDim.y) {
+      const int64_t e = (blk * kThreads + threadIdx.x) * VEC;
+      if (e >= cube_numel) continue;
+      const int64_t i2 = e % d2, i1 = (e / d2) % d1, i0 = e / (d2 * d1);
+      const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + i2 * g.step[2];
+      if constexpr (VEC > 1) {
+        struct alignas(sizeof(out_t) * VEC) Pack { out_t v[VEC]; } pack;
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) pack.v[v] = apply_mask(p, masked, out_base + e + v, cvt(s[v * g.step[2]]), fill);
+        *reinterpret_cast<Pack*>(out + out_base + e) = pack;
+      } else {
+        out[out_base + e] = apply_mask(p, masked, out_base + e, cvt(s[0]), fill);
+      }
+    }
+    return;
+  }
+
+  // Tiled path: the plane (a = w_axis, output W) in 32x32 tiles; `o` is the
+  // remaining output axis.
+  const int a = g.w_axis;
+  const int o = 1 - a;  // a is 0 or 1 here
+  const int64_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
+  const int64_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
+  const int64_t tiles = dout * ta * t2;
+  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8
+  for (int64_t blk = blockIdx.y; blk < tiles; blk += gridDim.y) {
+    const int64_t io = blk / (ta * t2);
+    const int64_t ja = (blk / t2) % ta * kTile, j2 = blk % t2 * kTile;
+    const int64_t base = g.start + io * g.step[o];
+    for (int r = ty; r < kTile; r += kThreads / kTile) {  // read: tx runs along source W
+      const int64_t ia = ja + tx, i2 = j2 + r;
+      if (ia < da && i2 < d2) tile[r][tx] = cvt(src[base + ia * g.step[a] + i2 * g.step[2]]);
+    }
+    __syncthreads();
+    for (int r = ty; r < kTile; r += kThreads / kTile) {  // write: tx runs along output W
+      const int64_t ia = ja + r, i2 = j2 + tx;
+      if (ia < da && i2 < d2) {
+        const int64_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
+        const int64_t k = out_base + (i0 * d1 + i1) * d2 + i2;
+        out[k] = apply_mask(p, masked, k, tile[tx][r], fill);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <typename in_t, typename out_t>
+cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
+  using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
+  constexpr int kVec = 16 / sizeof(out_t) > 8 ? 8 : 16 / sizeof(out_t);  // 16-byte stores
+  const int64_t cubes = p.B * p.M * p.C;
+  const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
+  if (cubes == 0 || numel == 0) return cudaSuccess;
+  const bool aligned = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && p.cube[2] % kVec == 0;
+  // y covers the larger of the two paths' block counts; each block of a cube
+  // whose path needs fewer simply has no work.
+  const int64_t tiled = p.cube[0] * ((p.cube[1] + kTile - 1) / kTile) * ((p.cube[2] + kTile - 1) / kTile);
+  const int64_t tiled_alt = p.cube[1] * ((p.cube[0] + kTile - 1) / kTile) * ((p.cube[2] + kTile - 1) / kTile);
+  const int64_t vec = aligned ? (numel / kVec + kThreads - 1) / kThreads : (numel + kThreads - 1) / kThreads;
+  int64_t y = vec > tiled ? vec : tiled;
+  y = y > tiled_alt ? y : tiled_alt;
+  if (cubes > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  dim3 grid(static_cast<unsigned>(cubes), static_cast<unsigned>(y < 65535 ? y : 65535));
+  if (aligned)
+    extract_cubes_kernel<in_t, out_t, op_t, kVec><<<grid, kThreads, 0, stream>>>(p, vec);
+  else
+    extract_cubes_kernel<in_t, out_t, op_t, 1><<<grid, kThreads, 0, stream>>>(p, vec);
+  return cudaGetLastError();
+}
+
+template <typename F>
+cudaError_t dispatch(DType t, F&& f) {
+  switch (t) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat64: return f(double{});
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+    case DType::kInt16: return f(int16_t{});
+    case DType::kUInt8: return f(uint8_t{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t stream) {
+  return dispatch(p.in_dtype, [&](auto in_tag) {
+    using in_t = decltype(in_tag);
+    return dispatch(p.out_dtype, [&](auto out_tag) {
+      using out_t = decltype(out_tag);
+      constexpr bool out_float = !std::is_integral_v<out_t>;
+      if constexpr (out_float || std::is_same_v<in_t, out_t>) {
+        return launch_typed<in_t, out_t>(p, stream);
+      } else {
+        return cudaErrorInvalidValue;  // integer outputs are plain copies of the same dtype (checked before)
+      }
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace rubikops

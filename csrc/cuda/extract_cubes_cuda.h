@@ -1,0 +1,35 @@
+// Plain-C++ interface between the CUDA kernels (extract_cubes_cuda.cu, built
+// with nvcc and no torch headers) and their torch registration
+// (extract_cubes_cuda.cpp).
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace rubikops {
+namespace cuda {
+
+enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16, kInt16, kUInt8 };
+
+struct ExtractCubesParams {
+  const void* src;
+  void* out;
+  const int64_t* origins;    // (B, M, 3)
+  const int64_t* index;      // (B,) or null
+  const int64_t* rotations;  // (B, M) or null
+  const bool* mask;          // (B, M) or null
+  const double* scale;       // (B,) or null
+  const double* shift;       // (B,) or null
+  DType in_dtype, out_dtype;
+  int64_t N, C, D, H, W, B, M;
+  int64_t src_stride[5];
+  int64_t cube[3];
+  double scale_value, shift_value, clamp_lo, clamp_hi, fill;
+  bool arithmetic;
+  uint64_t seed, threshold;  // keep iff splitmix64 top 24 bits < threshold
+};
+
+// Launches the forward kernel on `stream`; returns the launch error, if any.
+cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace rubikops
