@@ -1,6 +1,6 @@
 // Plain-C++ interface between the CUDA kernels (extract_cubes_cuda.cu, built
 // with nvcc and no torch headers) and their torch registration
-// (extract_cubes_cuda.cpp).
+// (extract_cubes_cuda_registration.cpp).
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
