@@ -11,6 +11,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 if [ -z "${CUDA_HOME:-}" ]; then
   CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); export CUDA_HOME
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} RUBIKOPS_USE_NINJA=1
 echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 t0=$(date +%s)

@@ -8,8 +8,10 @@ compile to multiply-shift, and a training run uses one cube size.
 from __future__ import annotations
 
 import os
+from typing import Optional, Sequence
 
 import torch
+from torch import Tensor
 import triton
 import triton.language as tl
 
@@ -227,8 +229,12 @@ class _TritonExtractCubes:
 def register() -> _TritonExtractCubes:
     from .. import ops
 
-    def functional(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-                   scale_value, shift_value, clamp_lo, clamp_hi, out_dtype):
+    # Annotated so that torch.library can infer the schema where triton_op
+    # takes none (torch 2.11).
+    def functional(source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
+                   rotations: Optional[Tensor], mask: Optional[Tensor], fill: float, keep_prob: float, seed: int,
+                   scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
+                   clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype]) -> Tensor:
         _check(source, origins, cube_size, out_dtype)
         odt = out_dtype or reference.default_out_dtype(source.dtype)
         out = torch.empty(ops._out_shape(source, origins, cube_size), dtype=odt, device=source.device)
@@ -236,8 +242,11 @@ def register() -> _TritonExtractCubes:
                 scale_value, shift_value, clamp_lo, clamp_hi, out)
         return out
 
-    def out_variant(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-                    scale_value, shift_value, clamp_lo, clamp_hi, out_dtype, out):
+    def out_variant(source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
+                    rotations: Optional[Tensor], mask: Optional[Tensor], fill: float, keep_prob: float, seed: int,
+                    scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
+                    clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype],
+                    out: Tensor) -> None:
         _check(source, origins, cube_size, out_dtype)
         _launch(runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
                 scale_value, shift_value, clamp_lo, clamp_hi, out)
@@ -255,9 +264,8 @@ def register() -> _TritonExtractCubes:
     else:
         from torch.library import triton_op, wrap_triton
         runner = wrap_triton
-        func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=(), schema=schema)
-        out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",),
-                           schema=out_schema)
+        func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
+        out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",))
     torch.library.register_fake("rubikops::extract_cubes_triton", ops._extract_cubes_fake)
     torch.library.register_autograd("rubikops::extract_cubes_triton", ops._backward, setup_context=ops._setup_context)
     return _TritonExtractCubes(func_op, out_op)
