@@ -22,10 +22,11 @@ grep "rubikops build" build.log
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -m rubikops.info
 t0=$(date +%s)
-timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tail -30
+timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
+grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
 echo "cuda tests: $(( $(date +%s) - t0 )) s"
-timeout 240 $PY benchmarks/run.py --device cuda --triton-sweep > bench.log 2>&1
+timeout 240 $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
 rc=$?
 tail -45 bench.log
-if [ -n "${OUT:-}" ]; then cp bench.log build.log "$OUT"/ 2>/dev/null; cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null; fi
+if [ -n "${OUT:-}" ]; then cp bench.log build.log tests.log "$OUT"/ 2>/dev/null; cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null; fi
 exit $rc

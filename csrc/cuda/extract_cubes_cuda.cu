@@ -22,6 +22,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTile = 32;
+constexpr int kUnroll = 4;  // packs per thread in the vector path
 
 template <typename T> __device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
 template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
@@ -106,32 +107,53 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
   __shared__ out_t tile[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
   out_t* __restrict__ out = static_cast<out_t*>(p.out);
-  const int64_t cube = blockIdx.x;
+  // Blocks of one cube are consecutive in launch order, so the blocks in
+  // flight stream through a few source boxes rather than hundreds.
+  const int64_t cube = blockIdx.x / blocks_per_cube;
+  const uint32_t blk = static_cast<uint32_t>(blockIdx.x - cube * blocks_per_cube);
   const int64_t b = cube / p.C / p.M;
-  const int64_t d0 = p.cube[0], d1 = p.cube[1], d2 = p.cube[2];
-  const int64_t cube_numel = d0 * d1 * d2;
+  // In-cube coordinates in 32-bit arithmetic (a cube holds < 2^31 voxels,
+  // checked at launch); source and output offsets stay 64-bit.
+  const uint32_t d0 = p.cube[0], d1 = p.cube[1], d2 = p.cube[2];
+  const uint32_t cube_numel = d0 * d1 * d2;
   const CubeGeom g = cube_geom(p, cube);
   const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
   Converter<in_t, out_t, op_t> cvt{p.arithmetic, static_cast<op_t>(p.scale ? p.scale[b] : p.scale_value),
                                    static_cast<op_t>(p.shift ? p.shift[b] : p.shift_value),
                                    static_cast<op_t>(p.clamp_lo), static_cast<op_t>(p.clamp_hi)};
   const out_t fill = from_op<out_t>(static_cast<op_t>(p.fill));
-  const int64_t out_base = cube * cube_numel;
+  const int64_t out_base = cube * static_cast<int64_t>(cube_numel);
 
   if (g.w_axis == 2) {
-    // Vector path: VEC consecutive outputs of one row per thread.
-    for (int64_t blk = blockIdx.y; blk < blocks_per_cube; blk += gridDim.y) {
-      const int64_t e = (blk * kThreads + threadIdx.x) * VEC;
-      if (e >= cube_numel) continue;
-      const int64_t i2 = e % d2, i1 = (e / d2) % d1, i0 = e / (d2 * d1);
-      const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + i2 * g.step[2];
-      if constexpr (VEC > 1) {
-        struct alignas(sizeof(out_t) * VEC) Pack { out_t v[VEC]; } pack;
+    // Vector path: kUnroll packs of VEC consecutive outputs per thread; all
+    // loads are issued before any store so that several are in flight.
+    const uint32_t nvec = cube_numel / VEC, d2v = d2 / VEC;
+    const uint32_t first = blk * (kThreads * kUnroll) + threadIdx.x;
+    in_t raw[kUnroll][VEC];
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) pack.v[v] = apply_mask(p, masked, out_base + e + v, cvt(s[v * g.step[2]]), fill);
-        *reinterpret_cast<Pack*>(out + out_base + e) = pack;
-      } else {
-        out[out_base + e] = apply_mask(p, masked, out_base + e, cvt(s[0]), fill);
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t v = first + u * kThreads;
+      if (v < nvec) {
+        const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
+        const uint32_t i0 = row / d1, i1 = row - i0 * d1;
+        const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t v = first + u * kThreads;
+      if (v < nvec) {
+        const int64_t k = out_base + static_cast<int64_t>(v) * VEC;
+        if constexpr (VEC > 1) {
+          struct alignas(sizeof(out_t) * VEC) Pack { out_t v[VEC]; } pack;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) pack.v[e] = apply_mask(p, masked, k + e, cvt(raw[u][e]), fill);
+          *reinterpret_cast<Pack*>(out + k) = pack;  // one 16-byte store
+        } else {
+          out[k] = apply_mask(p, masked, k, cvt(raw[u][0]), fill);
+        }
       }
     }
     return;
@@ -141,24 +163,26 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
   // remaining output axis.
   const int a = g.w_axis;
   const int o = 1 - a;  // a is 0 or 1 here
-  const int64_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
-  const int64_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
-  const int64_t tiles = dout * ta * t2;
-  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8
-  for (int64_t blk = blockIdx.y; blk < tiles; blk += gridDim.y) {
-    const int64_t io = blk / (ta * t2);
-    const int64_t ja = (blk / t2) % ta * kTile, j2 = blk % t2 * kTile;
-    const int64_t base = g.start + io * g.step[o];
-    for (int r = ty; r < kTile; r += kThreads / kTile) {  // read: tx runs along source W
-      const int64_t ia = ja + tx, i2 = j2 + r;
+  const uint32_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
+  const uint32_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
+  const uint32_t tiles = dout * ta * t2;
+  const uint32_t tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8
+  for (uint32_t t = blk; t < tiles; t += static_cast<uint32_t>(blocks_per_cube)) {
+    const uint32_t io = t / (ta * t2);
+    const uint32_t ja = (t / t2) % ta * kTile, j2 = t % t2 * kTile;
+    const int64_t base = g.start + static_cast<int64_t>(io) * g.step[o];
+#pragma unroll
+    for (uint32_t r = ty; r < kTile; r += kThreads / kTile) {  // read: tx runs along source W
+      const uint32_t ia = ja + tx, i2 = j2 + r;
       if (ia < da && i2 < d2) tile[r][tx] = cvt(src[base + ia * g.step[a] + i2 * g.step[2]]);
     }
     __syncthreads();
-    for (int r = ty; r < kTile; r += kThreads / kTile) {  // write: tx runs along output W
-      const int64_t ia = ja + r, i2 = j2 + tx;
+#pragma unroll
+    for (uint32_t r = ty; r < kTile; r += kThreads / kTile) {  // write: tx runs along output W
+      const uint32_t ia = ja + r, i2 = j2 + tx;
       if (ia < da && i2 < d2) {
-        const int64_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
-        const int64_t k = out_base + (i0 * d1 + i1) * d2 + i2;
+        const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
+        const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
         out[k] = apply_mask(p, masked, k, tile[tx][r], fill);
       }
     }
@@ -173,20 +197,16 @@ cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   const int64_t cubes = p.B * p.M * p.C;
   const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
   if (cubes == 0 || numel == 0) return cudaSuccess;
+  if (numel >= (int64_t(1) << 31)) return cudaErrorInvalidValue;  // checked with a message before
   const bool aligned = reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && p.cube[2] % kVec == 0;
-  // y covers the larger of the two paths' block counts; each block of a cube
-  // whose path needs fewer simply has no work.
-  const int64_t tiled = p.cube[0] * ((p.cube[1] + kTile - 1) / kTile) * ((p.cube[2] + kTile - 1) / kTile);
-  const int64_t tiled_alt = p.cube[1] * ((p.cube[0] + kTile - 1) / kTile) * ((p.cube[2] + kTile - 1) / kTile);
-  const int64_t vec = aligned ? (numel / kVec + kThreads - 1) / kThreads : (numel + kThreads - 1) / kThreads;
-  int64_t y = vec > tiled ? vec : tiled;
-  y = y > tiled_alt ? y : tiled_alt;
-  if (cubes > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  dim3 grid(static_cast<unsigned>(cubes), static_cast<unsigned>(y < 65535 ? y : 65535));
+  const int64_t per_block = int64_t(kThreads) * kUnroll * (aligned ? kVec : 1);
+  const int64_t blocks_per_cube = (numel + per_block - 1) / per_block;
+  if (cubes * blocks_per_cube > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(cubes * blocks_per_cube));
   if (aligned)
-    extract_cubes_kernel<in_t, out_t, op_t, kVec><<<grid, kThreads, 0, stream>>>(p, vec);
+    extract_cubes_kernel<in_t, out_t, op_t, kVec><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
   else
-    extract_cubes_kernel<in_t, out_t, op_t, 1><<<grid, kThreads, 0, stream>>>(p, vec);
+    extract_cubes_kernel<in_t, out_t, op_t, 1><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
   return cudaGetLastError();
 }
 

@@ -41,6 +41,9 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
                                  shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
   check_out(a, out);
   if (out.numel() == 0) return out;
+  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
+                    "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x", a.cube_size[1], "x", a.cube_size[2],
+                    " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
   const c10::cuda::CUDAGuard guard(source.device());
   at::Tensor org = as_long(origins);
   at::Tensor idx = index ? as_long(*index) : at::Tensor();
