@@ -25,6 +25,7 @@ t0=$(date +%s)
 timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
 echo "cuda tests: $(( $(date +%s) - t0 )) s"
+timeout 120 $PY benchmarks/triton_op_probe.py 2>&1 | grep "triton_op probe" || true
 timeout 240 $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
 rc=$?
 tail -45 bench.log

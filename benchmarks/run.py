@@ -185,19 +185,34 @@ def bench_cuda(args) -> list[utils.Row]:
                                            backend=name, scale=1 / 200, shift=-0.2, clamp=(-1.0, 1.0),
                                            out_dtype=torch.float32, out=out32)
         rows.append(utils.Row(f"{label} int16 window", wl, utils.time_fn(f, dev), nbytes, ceil))
-    if args.triton_sweep:
-        source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
-        nbytes = 2 * B * M * cube ** 3 * 4
-        for block in (1024, 2048, 4096):
-            for warps in (4, 8):
-                os.environ["RUBIKOPS_TRITON_BLOCK"], os.environ["RUBIKOPS_TRITON_WARPS"] = str(block), str(warps)
-                f = lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot,  # noqa: E731
-                                                   validate=False, backend="triton", out=out_f32)
-                out_f32 = torch.empty(B, M, 1, cube, cube, cube, device=dev)
-                rows.append(utils.Row(f"sweep: Triton BLOCK={block} warps={warps}", "f32 paper",
-                                      utils.time_fn(f, dev), nbytes, rows[0].gbs))
-        os.environ.pop("RUBIKOPS_TRITON_BLOCK")
-        os.environ.pop("RUBIKOPS_TRITON_WARPS")
+    if args.variants:
+        rows += _variants(dev, B, M, cube, vol)
+    return rows
+
+
+def _variants(dev, B, M, cube, vol):
+    """Tuning knobs, each on the paper's codes with out=: CUDA packs per thread
+    and Triton program sizes, for float32 and bfloat16."""
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        tag = str(dtype).replace("torch.", "")
+        source, origins, rot = make_workload(B, M, cube, vol, dtype, dev, "paper")
+        out = torch.empty(B, M, 1, cube, cube, cube, dtype=dtype, device=dev)
+        nbytes = 2 * out.numel() * out.element_size()
+        ceil = nbytes / utils.time_fn(lambda: out.clone(), dev).median_s / 1e9
+        f = lambda name: (lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot,  # noqa: E731
+                                                         validate=False, backend=name, out=out))
+        knobs = [("compiled", {"RUBIKOPS_CUDA_UNROLL": str(u)}) for u in (4, 8)] if rubikops.ops.HAS_CUDA_KERNEL else []
+        esize = out.element_size()
+        knobs += [("triton", {"RUBIKOPS_TRITON_BLOCK": str(blk // esize), "RUBIKOPS_TRITON_WARPS": str(w)})
+                  for blk in (4096, 8192, 16384) for w in (4, 8)]
+        for name, env in knobs:
+            os.environ.update(env)
+            label = " ".join(f"{k.split('_')[-1].lower()}={v}" for k, v in env.items())
+            rows.append(utils.Row(f"variant: {name} {label} [{tag}]", "paper out=", utils.time_fn(f(name), dev),
+                                  nbytes, ceil))
+            for k in env:
+                os.environ.pop(k)
     return rows
 
 
@@ -205,7 +220,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="smaller workload, under 30 s")
-    p.add_argument("--triton-sweep", action="store_true", help="(cuda) also sweep Triton block sizes")
+    p.add_argument("--variants", action="store_true", help="(cuda) also time the kernels' tuning knobs")
     p.add_argument("--compare", metavar="FILE", help="print time ratios against an earlier results JSON")
     p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
     args = p.parse_args(argv)

@@ -70,7 +70,10 @@ def test_gradcheck(backend):
 
     # Under the interpreter every forward costs ~100 ms: fast mode checks random
     # projections of the Jacobian instead of all 600 columns.
-    assert torch.autograd.gradcheck(f, (src,), eps=1e-6, atol=1e-8, fast_mode=name == "triton")
+    # On CUDA the backward's index_add_ accumulates with atomics, so repeated
+    # backward passes may differ in the last bits (nondet_tol).
+    assert torch.autograd.gradcheck(f, (src,), eps=1e-6, atol=1e-8, fast_mode=name == "triton",
+                                    nondet_tol=1e-12 if device == "cuda" else 0.0)
 
 
 def test_gradient_equals_reference_autograd():

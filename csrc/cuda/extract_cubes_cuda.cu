@@ -22,7 +22,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTile = 32;
-constexpr int kUnroll = 4;  // packs per thread in the vector path
 
 template <typename T> __device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
 template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
@@ -102,7 +101,7 @@ __device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool ma
   return keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold) ? v : fill;
 }
 
-template <typename in_t, typename out_t, typename op_t, int VEC>
+template <typename in_t, typename out_t, typename op_t, int VEC, int kUnroll>
 __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
   __shared__ out_t tile[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
@@ -190,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
   }
 }
 
-template <typename in_t, typename out_t>
+template <typename in_t, typename out_t, int kUnroll>
 cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
   constexpr int kVec = 16 / sizeof(out_t) > 8 ? 8 : 16 / sizeof(out_t);  // 16-byte stores
@@ -204,9 +203,9 @@ cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   if (cubes * blocks_per_cube > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(cubes * blocks_per_cube));
   if (aligned)
-    extract_cubes_kernel<in_t, out_t, op_t, kVec><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
+    extract_cubes_kernel<in_t, out_t, op_t, kVec, kUnroll><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
   else
-    extract_cubes_kernel<in_t, out_t, op_t, 1><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
+    extract_cubes_kernel<in_t, out_t, op_t, 1, kUnroll><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
   return cudaGetLastError();
 }
 
@@ -232,7 +231,8 @@ cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t strea
       using out_t = decltype(out_tag);
       constexpr bool out_float = !std::is_integral_v<out_t>;
       if constexpr (out_float || std::is_same_v<in_t, out_t>) {
-        return launch_typed<in_t, out_t>(p, stream);
+        // Packs in flight per thread in the vector path (see docs/performance.md).
+        return p.unroll >= 8 ? launch_typed<in_t, out_t, 8>(p, stream) : launch_typed<in_t, out_t, 4>(p, stream);
       } else {
         return cudaErrorInvalidValue;  // integer outputs are plain copies of the same dtype (checked before)
       }

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <limits>
 
 #include "../extract_cubes.h"
@@ -80,6 +81,8 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
   p.arithmetic = a.arithmetic;
   p.seed = static_cast<uint64_t>(seed);
   p.threshold = keep_threshold(keep_prob);
+  const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
+  p.unroll = unroll ? std::atoi(unroll) : 4;
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;

@@ -146,12 +146,17 @@ def _extract_cubes_kernel(
     tl.store(out_ptr + out_offs, y, mask=valid)
 
 
-def _block_size(cube_numel: int, device: torch.device) -> tuple[int, int]:
+def _block_size(cube_numel: int, device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
     """(BLOCK, num_warps).  Under the interpreter each program costs ~5 ms
     whatever its size, so take whole cubes at once."""
     if device.type != "cuda":
         return min(triton.next_power_of_2(cube_numel), 1 << 16), 1
-    block = int(os.environ.get("RUBIKOPS_TRITON_BLOCK", "2048"))
+    # 8 KB of output per program: H100, f32 paper codes, B=32 x 8 cubes of
+    # 64^3 (2-D grid): BLOCK 1024/2048/4096 with 4 warps gave 56.1/57.1/56.4 %
+    # of the clone ceiling, so the size matters little; bytes, not elements,
+    # set it so that 16-bit outputs get the same bytes per program.
+    esize = torch.empty((), dtype=dtype).element_size()
+    block = int(os.environ.get("RUBIKOPS_TRITON_BLOCK", str(8192 // esize)))
     warps = int(os.environ.get("RUBIKOPS_TRITON_WARPS", "4"))
     return min(block, max(128, triton.next_power_of_2(cube_numel))), warps
 
@@ -177,7 +182,7 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
                                clamp_hi if clamp_hi is not None else 0.0, fill], dtype=torch.float64,
                               device=source.device)
     via_f32 = f64 and odt in (torch.float16, torch.bfloat16)  # match torch: double -> float -> half
-    block, warps = _block_size(CD * CH * CW, source.device)
+    block, warps = _block_size(CD * CH * CW, source.device, odt)
     grid = (B * M * C * triton.cdiv(CD * CH * CW, block),)
     dummy = source
     kernel_runner(_extract_cubes_kernel)[grid](
@@ -231,6 +236,11 @@ class _TritonExtractCubes:
         return out
 
 
+def use_triton_op() -> bool:
+    """torch.library.triton_op only on a real GPU and when asked for."""
+    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "0") not in ("", "0")
+
+
 def register() -> _TritonExtractCubes:
     from .. import ops
 
@@ -258,19 +268,23 @@ def register() -> _TritonExtractCubes:
 
     schema = ops.EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
     out_schema = schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()")
-    if _INTERPRET:
-        # triton_op cannot be opchecked or compiled on CPU tensors under the
-        # interpreter; a plain custom op around the same launcher can.
+    if use_triton_op():
+        # Lets inductor trace into the kernel.  On torch 2.11 + Triton 3.6
+        # (H100) torch.compile of this op failed inside inductor with
+        # "AttributeError: 'int' object has no attribute 'xreplace'", so it is
+        # opt-in (RUBIKOPS_TRITON_OP=1) until that is understood.
+        from torch.library import triton_op, wrap_triton
+        runner = wrap_triton
+        func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
+        out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",))
+    else:
+        # An opaque custom op around the same launcher: opcheck and
+        # torch.compile(fullgraph=True) pass with it on CPU (interpreter) and GPU.
         runner = lambda k: k  # noqa: E731
         func_op = torch.library.custom_op("rubikops::extract_cubes_triton", functional, mutates_args=(),
                                           schema=schema)
         out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", out_variant,
                                          mutates_args=("out",), schema=out_schema)
-    else:
-        from torch.library import triton_op, wrap_triton
-        runner = wrap_triton
-        func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
-        out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",))
     torch.library.register_fake("rubikops::extract_cubes_triton", ops._extract_cubes_fake)
     torch.library.register_autograd("rubikops::extract_cubes_triton", ops._backward, setup_context=ops._setup_context)
     return _TritonExtractCubes(func_op, out_op)

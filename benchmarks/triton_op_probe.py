@@ -1,0 +1,29 @@
+"""Does torch.compile trace rubikops' Triton kernel as a torch.library.triton_op
+on this machine?  Informational (prints OK or the error); run by gpu_check.sh."""
+import os
+import sys
+
+os.environ["RUBIKOPS_TRITON_OP"] = "1"
+import torch  # noqa: E402
+
+import rubikops  # noqa: E402
+
+if not torch.cuda.is_available():
+    sys.exit("triton_op probe: needs a CUDA GPU")
+src = torch.randn(2, 1, 16, 16, 16, device="cuda")
+origins = torch.randint(0, 8, (2, 8, 3), device="cuda")
+rot = torch.randint(0, 48, (2, 8), device="cuda")
+
+
+@torch.compile(fullgraph=True)
+def f(s, o, r):
+    return rubikops.extract_cubes(s, o, (8, 8, 8), rotations=r, validate=False, backend="triton") * 2
+
+
+try:
+    got = f(src, origins, rot)
+    ok = torch.equal(got, 2 * rubikops.extract_cubes(src, origins, (8, 8, 8), rotations=rot, backend="compiled"))
+    print(f"triton_op probe: torch.compile {'OK' if ok else 'WRONG RESULT'} (torch {torch.__version__})")
+except Exception as exc:  # noqa: BLE001 - report whatever inductor raises
+    print(f"triton_op probe: torch.compile failed on torch {torch.__version__}: {type(exc).__name__}: "
+          f"{str(exc).splitlines()[0][:300]}")
