@@ -26,7 +26,7 @@ struct ExtractCubesParams {
   double scale_value, shift_value, clamp_lo, clamp_hi, fill;
   bool arithmetic;
   uint64_t seed, threshold;  // keep iff splitmix64 top 24 bits < threshold
-  int unroll;                // 4 or 8 vector packs per thread
+  int unroll;                // vector packs per thread: 4, 8, or 0 for the default
 };
 
 // Launches the forward kernel on `stream`; returns the launch error, if any.

@@ -82,7 +82,7 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
   p.seed = static_cast<uint64_t>(seed);
   p.threshold = keep_threshold(keep_prob);
   const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
-  p.unroll = unroll ? std::atoi(unroll) : 4;
+  p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
