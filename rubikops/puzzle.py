@@ -1,0 +1,286 @@
+"""The Rubik's cube puzzle (Zhuang et al., MICCAI 2019) and Rubik's Cube+
+(Zhu et al., MedIA 2020), sampled on the batch's device and cut with one
+``extract_cubes`` call.
+
+Conventions (normative, so labels can be checked):
+
+- grid cell ``j = (jz * gy + jy) * gx + jx``;
+- ``puzzle.permutations`` is (K, M) int64 and output cube ``m`` of sample ``b``
+  is grid cell ``permutations[targets.permutation[b], m]``;
+- ``rotations="paper"``: ``targets.rotation`` is (B, M, 2) float, (horizontal,
+  vertical): cube m is ``ROT180_H`` of its box when ``rotation[b, m, 0] == 1``,
+  ``ROT180_W`` when ``rotation[b, m, 1] == 1``, never both;
+  ``rotations="all"``: (B, M) int64 index into ``rubikops.PROPER_ROTATIONS``;
+- ``targets.mask[b, m] == 1`` marks a masked cube;
+- ``targets.origins`` is the (B, M, 3) tensor given to ``extract_cubes``.
+
+Geometry: along each axis, cells have pitch ``cube + lo + J`` with
+``J = (hi - lo) // 2``; each cube sits at a uniform offset in [0, J] inside its
+cell, so the gap between neighbouring cubes is in [lo, hi] (the paper: about
+10 voxels).  The whole crop lands uniformly over the valid positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import ops
+from .permutations import load_permutation_set, permutation_set
+from .rotations import PAPER_ROTATIONS, PROPER_ROTATIONS, ROT180_H, ROT180_W, apply_code, inverse
+
+ROTATION_MODES = ("paper", "all", "none")
+
+
+@dataclass
+class PuzzleTargets:
+    """Labels of a batch of puzzles (all on the batch's device)."""
+
+    permutation: torch.Tensor  # (B,) int64 index into puzzle.permutations
+    rotation: torch.Tensor     # (B, M, 2) float for "paper"/"none", (B, M) int64 for "all"
+    mask: torch.Tensor         # (B, M) float, 1 = masked
+    origins: torch.Tensor      # (B, M, 3) int64, box corners in output order
+    codes: torch.Tensor        # (B, M) int64 rotation codes applied (rubikops.rotations)
+    index: torch.Tensor        # (B,) int64 volume of each sample
+
+    def to(self, device) -> "PuzzleTargets":
+        return PuzzleTargets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _triple(v, name) -> tuple[int, int, int]:
+    if isinstance(v, int):
+        v = (v, v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 3:
+        raise ValueError(f"RubikCube: {name} must be an int or three ints, got {v!r}")
+    return v
+
+
+class RubikCube:
+    """Sample Rubik's cube puzzles from a batch (or bank) of volumes.
+
+    ``cubes, targets = puzzle(volumes, index=None, generator=None, out=None)``
+    returns the cubes (B, M, C, d, h, w) and :class:`PuzzleTargets`.
+    """
+
+    def __init__(
+        self,
+        grid: Sequence[int] = (2, 2, 2),
+        cube_size: Union[int, Sequence[int]] = 32,
+        num_permutations: int = 100,
+        *,
+        permutations: Union[None, str, torch.Tensor] = None,
+        permutation_method: str = "maxmin",
+        permutation_seed: int = 0,
+        gap: Union[int, Sequence[int]] = (0, 10),
+        rotations: str = "paper",
+        mask_prob: float = 0.0,
+        mask_keep_prob: float = 0.0,
+        mask_fill: float = 0.0,
+        normalize=None,
+        validate: bool = True,
+        backend: Optional[str] = None,
+    ):
+        self.grid = _triple(grid, "grid")
+        if min(self.grid) < 1 or self.num_cells < 2:
+            raise ValueError(f"RubikCube: grid needs at least two cells, got {self.grid}")
+        self.cube_size = _triple(cube_size, "cube_size")
+        if min(self.cube_size) < 1:
+            raise ValueError(f"RubikCube: cube_size must be positive, got {self.cube_size}")
+        lo, hi = (gap, gap) if isinstance(gap, int) else tuple(int(g) for g in gap)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"RubikCube: gap must be an int >= 0 or (lo, hi) with 0 <= lo <= hi, got {gap!r}")
+        self.gap = (lo, hi)
+        if rotations not in ROTATION_MODES:
+            raise ValueError(f"RubikCube: rotations must be one of {ROTATION_MODES}, got {rotations!r}")
+        if rotations == "all" and len(set(self.cube_size)) != 1:
+            raise ValueError(f"RubikCube: rotations='all' needs cubic cubes, got cube_size {self.cube_size}")
+        self.rotation_mode = rotations
+        for name, p in (("mask_prob", mask_prob), ("mask_keep_prob", mask_keep_prob)):
+            if not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"RubikCube: {name} must be in [0, 1], got {p!r}")
+        self.mask_prob, self.mask_keep_prob, self.mask_fill = float(mask_prob), float(mask_keep_prob), float(mask_fill)
+        self.normalize = self._check_normalize(normalize)
+        if isinstance(permutations, torch.Tensor):
+            perms = permutations.to(torch.int64)
+            if perms.dim() != 2 or perms.shape[1] != self.num_cells:
+                raise ValueError(f"RubikCube: permutations must be (K, {self.num_cells}), got {tuple(perms.shape)}")
+        elif isinstance(permutations, str):
+            perms = load_permutation_set(permutations, self.num_cells)
+        elif permutations is None:
+            perms = permutation_set(self.num_cells, int(num_permutations), permutation_method, permutation_seed)
+        else:
+            raise TypeError(f"RubikCube: permutations must be None, a .npy path or a tensor, got {type(permutations)}")
+        self.permutations = perms
+        self.validate = validate
+        self.backend = backend
+        self._device_cache: dict = {}
+
+    # -- configuration -------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def num_permutations(self) -> int:
+        return self.permutations.shape[0]
+
+    @property
+    def jitter(self) -> int:
+        return (self.gap[1] - self.gap[0]) // 2
+
+    @property
+    def pitch(self) -> tuple[int, int, int]:
+        return tuple(c + self.gap[0] + self.jitter for c in self.cube_size)
+
+    @property
+    def crop_size(self) -> tuple[int, int, int]:
+        """Extent of the region one puzzle covers (the volume must be at least this big)."""
+        return tuple((g - 1) * p + c + self.jitter for g, p, c in zip(self.grid, self.pitch, self.cube_size))
+
+    @staticmethod
+    def _check_normalize(normalize):
+        if normalize is None or normalize in ("cube", "zscore"):
+            return normalize
+        if isinstance(normalize, (tuple, list)) and len(normalize) == 3 and normalize[0] == "window":
+            lo, hi = float(normalize[1]), float(normalize[2])
+            if not lo < hi:
+                raise ValueError(f"RubikCube: normalize window needs lo < hi, got {normalize!r}")
+            return ("window", lo, hi)
+        raise ValueError("RubikCube: normalize must be None, 'cube' (per cube to [-1, 1], as in the paper), "
+                         f"'zscore' (per volume) or ('window', lo, hi) (e.g. a CT HU window), got {normalize!r}")
+
+    def _on(self, device):
+        key = str(device)
+        if key not in self._device_cache:
+            cells = torch.stack(torch.meshgrid(*[torch.arange(g) for g in self.grid], indexing="ij"), -1).view(-1, 3)
+            self._device_cache[key] = dict(
+                perms=self.permutations.to(device),
+                cells=(cells * torch.tensor(self.pitch)).to(device),  # (n_cells, 3) cell corner in the crop
+                paper=torch.tensor(PAPER_ROTATIONS, device=device),
+                proper=torch.tensor(PROPER_ROTATIONS, device=device),
+                crop=torch.tensor(self.crop_size, device=device),
+            )
+        return self._device_cache[key]
+
+    # -- sampling ------------------------------------------------------------------------
+    def sample(self, batch: int, volume_shapes: torch.Tensor, index: torch.Tensor,
+               generator: Optional[torch.Generator] = None):
+        """Draw puzzle parameters on ``index``'s device (no host sync).
+
+        ``volume_shapes``: (N, 3) spatial extents of the volumes (same device).
+        Returns ``(origins, codes, mask, targets)``."""
+        dev = index.device
+        c = self._on(dev)
+        M = self.num_cells
+        rand = lambda *shape: torch.rand(*shape, generator=generator, device=dev)  # noqa: E731
+        free = volume_shapes[index] - c["crop"]  # (B, 3) >= 0 (checked by the caller)
+        start = (rand(batch, 3) * (free + 1)).long()
+        jitter = (rand(batch, M, 3) * (self.jitter + 1)).long()
+        cell_origin = start[:, None, :] + c["cells"][None] + jitter  # (B, n_cells, 3) in grid-cell order
+        perm = (rand(batch) * self.num_permutations).long().clamp_(max=self.num_permutations - 1)
+        order = c["perms"][perm]  # (B, M): output m shows grid cell order[b, m]
+        origins = torch.gather(cell_origin, 1, order[..., None].expand(batch, M, 3))
+        if self.rotation_mode == "paper":
+            state = (rand(batch, M) * 3).long().clamp_(max=2)  # 0 none, 1 horizontal, 2 vertical
+            codes = c["paper"][state]
+            rotation = torch.stack([state == 1, state == 2], -1).float()
+        elif self.rotation_mode == "all":
+            rot_idx = (rand(batch, M) * 24).long().clamp_(max=23)
+            codes = c["proper"][rot_idx]
+            rotation = rot_idx
+        else:
+            codes = torch.zeros(batch, M, dtype=torch.long, device=dev)
+            rotation = torch.zeros(batch, M, 2, device=dev)
+        mask = rand(batch, M) < self.mask_prob if self.mask_prob > 0 else torch.zeros(batch, M, dtype=torch.bool,
+                                                                                       device=dev)
+        targets = PuzzleTargets(permutation=perm, rotation=rotation, mask=mask.float(), origins=origins,
+                                codes=codes, index=index)
+        return origins, codes, mask, targets
+
+    def __call__(self, volumes: torch.Tensor, index: Optional[torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None, out: Optional[torch.Tensor] = None, *,
+                 volume_shapes: Optional[torch.Tensor] = None, seed: Optional[int] = None,
+                 stats: Optional[tuple] = None):
+        """Cut a batch of puzzles.
+
+        volumes: (N, C, D, H, W) on any device.  index: (B,) volume per sample
+        (None: B = N, one puzzle per volume).  volume_shapes: (N, 3) true
+        extents when volumes are zero-padded to a common shape (a bank).
+        seed: the keep-mask seed (default: drawn from ``generator``).
+        stats: per-volume (mean, std), each (N,), for normalize='zscore'."""
+        if not isinstance(volumes, torch.Tensor) or volumes.dim() != 5:
+            raise ValueError(f"RubikCube: volumes must be a 5-D tensor (N, C, D, H, W), got "
+                             f"{getattr(volumes, 'shape', type(volumes))}")
+        dev = volumes.device
+        N = volumes.shape[0]
+        if index is None:
+            index = torch.arange(N, device=dev)
+        B = index.shape[0]
+        if volume_shapes is None:
+            if any(v < c for v, c in zip(volumes.shape[2:], self.crop_size)):
+                raise ValueError(f"RubikCube: volumes of spatial shape {tuple(volumes.shape[2:])} are smaller than "
+                                 f"the puzzle's crop {self.crop_size} (grid {self.grid}, cube {self.cube_size}, "
+                                 f"gap {self.gap})")
+            volume_shapes = torch.tensor(volumes.shape[2:], device=dev).expand(N, 3)
+        elif self.validate and bool((volume_shapes < torch.tensor(self.crop_size, device=dev)).any()):
+            bad = int((volume_shapes < torch.tensor(self.crop_size, device=dev)).any(1).nonzero()[0, 0])
+            raise ValueError(f"RubikCube: volume {bad} of shape {volume_shapes[bad].tolist()} is smaller than the "
+                             f"puzzle's crop {self.crop_size}")
+        origins, codes, mask, targets = self.sample(B, volume_shapes, index, generator)
+        scale = shift = clamp = None
+        if self.normalize == "zscore":
+            mean, std = stats if stats is not None else _volume_stats(volumes)
+            scale = (1.0 / std.clamp_min(1e-6))[index].double()
+            shift = (-mean[index] * scale).double()
+        elif isinstance(self.normalize, tuple):
+            _, lo, hi = self.normalize
+            scale, shift, clamp = 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo), (-1.0, 1.0)
+        out_dtype = None if volumes.dtype.is_floating_point else torch.float32
+        if seed is None:
+            seed = 0 if self.mask_keep_prob == 0 else int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                                         device=dev).item())
+        cubes = ops.extract_cubes(
+            volumes, origins, self.cube_size, index=index, rotations=codes if self.rotation_mode != "none" else None,
+            mask=mask if self.mask_prob > 0 else None, fill=self.mask_fill, keep_prob=self.mask_keep_prob, seed=seed,
+            scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, validate=self.validate,
+            backend=self.backend)
+        if self.normalize == "cube":
+            cubes = _normalize_cubes(cubes, mask)
+        return cubes, targets
+
+
+def _volume_stats(volumes: torch.Tensor):
+    v = volumes.float().flatten(1)
+    return v.mean(1), v.std(1)
+
+
+def _normalize_cubes(cubes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each cube to [-1, 1] by its own min and max (the paper's normalisation)."""
+    flat = cubes.flatten(2)
+    lo = flat.amin(-1, keepdim=True)
+    hi = flat.amax(-1, keepdim=True)
+    span = (hi - lo).clamp_min(torch.finfo(cubes.dtype).tiny)
+    return ((flat - lo) / span * 2 - 1).view_as(cubes)
+
+
+def solve(cubes: torch.Tensor, targets: PuzzleTargets, permutations: torch.Tensor) -> torch.Tensor:
+    """Undo rotations and permutation: returns (B, n_cells, C, d, h, w) with each
+    cube back in its grid cell (cell j = (jz * gy + jy) * gx + jx)."""
+    B, M = cubes.shape[:2]
+    order = permutations.to(cubes.device)[targets.permutation]  # (B, M)
+    solved = torch.empty_like(cubes)
+    codes = targets.codes.tolist()
+    for b in range(B):
+        for m in range(M):
+            solved[b, int(order[b, m])] = apply_code(cubes[b, m], inverse(codes[b][m]))
+    return solved
+
+
+def assemble(solved: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Tile solved cells (B, n_cells, C, d, h, w) into (B, C, gz*d, gy*h, gx*w) without gaps."""
+    B, n, C, d, h, w = solved.shape
+    gz, gy, gx = grid
+    x = solved.view(B, gz, gy, gx, C, d, h, w).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(B, C, gz * d, gy * h, gx * w)

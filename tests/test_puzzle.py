@@ -1,0 +1,157 @@
+"""RubikCube: labels match transforms exactly; label frequencies are uniform."""
+import math
+
+import pytest
+import torch
+
+import rubikops
+from rubikops import PROPER_ROTATIONS, ROT180_H, ROT180_W, RubikCube, apply_code, solve
+
+from .testing import BACKENDS
+
+
+def coordinate_volumes(n, shape, dtype=torch.float64):
+    """Voxel value = its linear index (plus an offset per volume): every box is unique."""
+    D, H, W = shape
+    base = torch.arange(D * H * W, dtype=dtype).view(1, 1, D, H, W)
+    return torch.cat([base + i * 1e7 for i in range(n)])
+
+
+def box(vol, n, origin, size):
+    z, y, x = origin
+    return vol[n, :, z:z + size[0], y:y + size[1], x:x + size[2]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["paper", "all", "none"])
+@pytest.mark.parametrize("grid,masking", [((2, 2, 2), False), ((2, 2, 2), True), ((3, 3, 3), False)])
+def test_labels_invert_to_the_original_boxes(backend, mode, grid, masking):
+    name, device = backend
+    cube = (5, 5, 5)
+    puzzle = RubikCube(grid=grid, cube_size=cube, num_permutations=30, gap=(1, 5), rotations=mode,
+                       mask_prob=0.5 if masking else 0.0, mask_fill=-1.0, backend=name)
+    vols = coordinate_volumes(3, (26, 27, 25)).to(device)
+    index = torch.tensor([2, 0, 2, 1], device=device)
+    g = torch.Generator(device=device).manual_seed(5)
+    cubes, t = puzzle(vols, index=index, generator=g)
+    M = puzzle.num_cells
+    assert cubes.shape == (4, M, 1, *cube)
+    cubes, vols = cubes.cpu(), vols.cpu()
+    t = t.to("cpu")
+    perms = puzzle.permutations
+    for b in range(4):
+        order = perms[t.permutation[b]]
+        for m in range(M):
+            code = int(t.codes[b, m])
+            if mode == "paper":
+                h, v = t.rotation[b, m].tolist()
+                assert not (h and v)
+                assert code == (ROT180_H if h else ROT180_W if v else 0)
+            elif mode == "all":
+                assert code == PROPER_ROTATIONS[int(t.rotation[b, m])]
+            else:
+                assert code == 0
+            expect = apply_code(box(vols, int(index[b]), t.origins[b, m].tolist(), cube), code)
+            if t.mask[b, m]:
+                assert bool((cubes[b, m] == -1).all())
+            else:
+                assert torch.equal(cubes[b, m], expect)
+        # Solved cells sit on the grid: neighbours along each axis are one pitch apart, +- jitter.
+        solved = solve(cubes, t, perms)
+        cell_origin = torch.empty(M, 3, dtype=torch.long)
+        cell_origin[order] = t.origins[b]
+        for j in range(M):
+            if not t.mask[b, (order == j).nonzero()[0, 0]]:
+                assert torch.equal(solved[b, j], box(vols, int(index[b]), cell_origin[j].tolist(), cube))
+        gz, gy, gx = grid
+        cells = cell_origin.view(gz, gy, gx, 3)
+        for axis in range(3):
+            gaps = cells.narrow(axis, 1, grid[axis] - 1)[..., axis] - cells.narrow(axis, 0, grid[axis] - 1)[..., axis]
+            gaps = gaps - cube[axis]
+            assert int(gaps.min()) >= puzzle.gap[0] and int(gaps.max()) <= puzzle.gap[1]
+
+
+def test_label_frequencies_are_uniform():
+    puzzle = RubikCube(cube_size=4, num_permutations=100, gap=(0, 4), rotations="paper", mask_prob=0.5)
+    vols = torch.zeros(1, 1, 14, 14, 14)
+    index = torch.zeros(4000, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    _, t = puzzle(vols, index=index, generator=g)
+    counts = torch.bincount(t.permutation, minlength=100)
+    assert counts.min() > 0 and counts.numel() == 100  # every index in [0, K), the last one too
+    chi2 = (((counts - 40.0) ** 2) / 40.0).sum().item()
+    assert chi2 < 99 + 5 * math.sqrt(2 * 99)  # chi-square, 99 dof, ~5 sigma
+    n = 4000 * 8
+    h, v = t.rotation[..., 0].sum().item(), t.rotation[..., 1].sum().item()
+    for k in (h, v, n - h - v):
+        assert abs(k / n - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / n)
+    assert abs(t.mask.mean().item() - 0.5) < 5 * math.sqrt(0.25 / n)
+    # the crop position covers the whole valid range
+    start = t.origins.min(1).values
+    assert int(start.min()) == 0 and int(start.max()) == 14 - max(puzzle.crop_size) + puzzle.jitter
+
+
+def test_all_mode_uses_every_proper_rotation():
+    puzzle = RubikCube(cube_size=3, gap=0, rotations="all")
+    _, t = puzzle(torch.zeros(1, 1, 6, 6, 6), index=torch.zeros(500, dtype=torch.long),
+                  generator=torch.Generator().manual_seed(1))
+    assert set(t.rotation.flatten().tolist()) == set(range(24))
+
+
+def test_same_seed_same_puzzles_and_rank_streams():
+    puzzle = RubikCube(cube_size=4, gap=(0, 2))
+    vols = torch.randn(4, 1, 12, 12, 12)
+    a = puzzle(vols, generator=torch.Generator().manual_seed(7))
+    b = puzzle(vols, generator=torch.Generator().manual_seed(7))
+    c = puzzle(vols, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1].origins, b[1].origins)
+    assert not torch.equal(a[1].origins, c[1].origins)
+
+
+def test_normalisations():
+    vols = torch.randint(-1000, 2000, (2, 1, 12, 12, 12), dtype=torch.int16)
+    g = torch.Generator().manual_seed(0)
+    win = RubikCube(cube_size=4, gap=0, normalize=("window", -100.0, 300.0))
+    cubes, t = win(vols, generator=g)
+    assert cubes.dtype == torch.float32 and cubes.min() >= -1 and cubes.max() <= 1
+    raw = RubikCube(cube_size=4, gap=0, rotations="none")(vols.float(), generator=torch.Generator().manual_seed(0))[0]
+    per_cube = RubikCube(cube_size=4, gap=0, rotations="none", normalize="cube")
+    c2, _ = per_cube(vols.float(), generator=torch.Generator().manual_seed(0))
+    flat = c2.flatten(2)
+    assert torch.allclose(flat.amin(-1), torch.tensor(-1.0)) and torch.allclose(flat.amax(-1), torch.tensor(1.0))
+    r = raw.flatten(2)
+    expect = (r - r.amin(-1, keepdim=True)) / (r.amax(-1, keepdim=True) - r.amin(-1, keepdim=True)) * 2 - 1
+    torch.testing.assert_close(flat, expect)
+    z = RubikCube(cube_size=4, gap=0, rotations="none", normalize="zscore")
+    c3, t3 = z(vols.float(), generator=torch.Generator().manual_seed(0))
+    v = vols.float().flatten(1)
+    mean, std = v.mean(1), v.std(1)
+    torch.testing.assert_close(c3, (raw - mean.view(2, 1, 1, 1, 1, 1)) / std.view(2, 1, 1, 1, 1, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_out_buffer_and_keep_masking():
+    puzzle = RubikCube(cube_size=4, gap=0, mask_prob=1.0, mask_keep_prob=0.5, mask_fill=0.0)
+    vols = torch.rand(2, 1, 10, 10, 10) + 1
+    out = torch.empty(2, 8, 1, 4, 4, 4)
+    cubes, t = puzzle(vols, out=out, generator=torch.Generator().manual_seed(0), seed=11)
+    assert cubes.data_ptr() == out.data_ptr()
+    kept = (cubes != 0).float().mean().item()
+    assert 0.4 < kept < 0.6 and bool(t.mask.all())
+
+
+def test_bad_configurations():
+    with pytest.raises(ValueError, match="smaller than the puzzle's crop"):
+        RubikCube(cube_size=8, gap=4)(torch.zeros(1, 1, 16, 30, 30))
+    with pytest.raises(ValueError, match="rotations='all' needs cubic cubes"):
+        RubikCube(cube_size=(4, 4, 2), rotations="all")
+    with pytest.raises(ValueError, match="rotations must be one of"):
+        RubikCube(rotations="spin")
+    with pytest.raises(ValueError, match="gap"):
+        RubikCube(gap=(5, 2))
+    with pytest.raises(ValueError, match="mask_prob"):
+        RubikCube(mask_prob=2)
+    with pytest.raises(ValueError, match="normalize"):
+        RubikCube(normalize="minmax")
+    with pytest.raises(ValueError, match="permutations must be"):
+        RubikCube(permutations=torch.zeros(5, 7, dtype=torch.long))
