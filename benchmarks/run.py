@@ -23,7 +23,8 @@ import utils  # noqa: E402
 
 import rubikops  # noqa: E402
 from rubikops import reference  # noqa: E402
-from rubikops.rotations import PAPER_ROTATIONS, ROT180_H, ROT180_W, make_code  # noqa: E402
+from rubikops.baselines import numpy_puzzle_loop, torch_puzzle_loop as torch_loop  # noqa: E402
+from rubikops.rotations import PAPER_ROTATIONS  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -40,41 +41,6 @@ def make_workload(B, M, cube, vol, dtype, device, codes="paper", seed=0):
     else:
         rot = None
     return source, origins, rot.to(device) if rot is not None else None
-
-
-def numpy_puzzle_loop(volumes: np.ndarray, origins: np.ndarray, rot: np.ndarray, cube: int):
-    """Per-sample NumPy puzzle generation as public Rubik's cube code does it:
-    slice each cube, np.flip it for its rotation, stack, then batch."""
-    batch = []
-    for b in range(volumes.shape[0]):
-        cubes = []
-        for m in range(origins.shape[1]):
-            z, y, x = origins[b, m]
-            c = volumes[b, :, z:z + cube, y:y + cube, x:x + cube]
-            code = rot[b, m]
-            if code == ROT180_H:
-                c = np.flip(c, axis=(1, 3))
-            elif code == ROT180_W:
-                c = np.flip(c, axis=(1, 2))
-            cubes.append(c)
-        batch.append(np.stack(cubes))
-    return torch.from_numpy(np.ascontiguousarray(np.stack(batch)))
-
-
-def torch_loop(source, origins, rot, cube):
-    """The naive torch baseline: per-sample slicing, torch.flip, torch.stack."""
-    o = origins.tolist()
-    r = rot.tolist()
-    batch = []
-    for b in range(source.shape[0]):
-        cubes = []
-        for m in range(len(o[b])):
-            z, y, x = o[b][m]
-            c = source[b, :, z:z + cube, y:y + cube, x:x + cube]
-            c = rubikops.apply_code(c, r[b][m])
-            cubes.append(c)
-        batch.append(torch.stack(cubes))
-    return torch.stack(batch)
 
 
 def bench_cpu(args) -> list[utils.Row]:
