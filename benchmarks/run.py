@@ -88,19 +88,23 @@ def bench_cpu(args) -> list[utils.Row]:
 
 
 def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
-    """Whole puzzle (sampling + op) next to the bare op, when the puzzle module exists."""
-    try:
-        from rubikops.puzzle import RubikCube
-    except ImportError:
-        return
+    """The whole puzzle (sampling + op) against the bare op on the same puzzles."""
+    from rubikops.puzzle import RubikCube
+
     source = torch.randn(B, 1, vol, vol, vol, device=dev)
     puzzle = RubikCube(grid=(2, 2, 2), cube_size=cube, num_permutations=100, gap=(0, 10), rotations="paper",
                        normalize=None, validate=False)
     gen = torch.Generator(device=dev).manual_seed(0)
-    wl = f"B={B} M=8 {cube}^3 from {vol}^3 f32 puzzle"
+    wl = f"B={B} M=8 {cube}^3 from {vol}^3 f32 puzzle crops"
     nbytes = 2 * out.numel() * 4
+    _, targets = puzzle(source, generator=gen, out=out)
+    t_op = utils.time_fn(lambda: rubikops.extract_cubes(source, targets.origins, (cube,) * 3, rotations=targets.codes,
+                                                        out=out, validate=False), dev, repeats=rep)
+    rows.append(utils.Row("rubikops bare op on puzzle origins (out=)", wl, t_op, nbytes, ceiling, base))
     t = utils.time_fn(lambda: puzzle(source, generator=gen, out=out), dev, repeats=rep)
-    rows.append(utils.Row("rubikops whole puzzle (sample + op, out=)", wl, t, nbytes, ceiling, base))
+    rows.append(utils.Row("rubikops whole puzzle (sample + op, out=)", wl, t, nbytes, ceiling, base,
+                          extra={"ratio_to_bare_op": t.median_s / t_op.median_s}))
+    print(f"whole puzzle / bare op on the same kind of puzzles: {t.median_s / t_op.median_s:.2f}x")
 
 
 def bench_cuda(args) -> list[utils.Row]:

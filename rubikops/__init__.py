@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 from . import reference, rotations  # noqa: F401
 from .ops import available_backends, extract_cubes  # noqa: F401
 from .permutations import load_permutation_set, permutation_set  # noqa: F401
-from .puzzle import PuzzleTargets, RubikCube, assemble, solve  # noqa: F401
+from .puzzle import PuzzleTargets, RubikCube, assemble, make_generator, solve  # noqa: F401
 from .rotations import (  # noqa: F401
     IDENTITY,
     PAPER_ROTATIONS,

@@ -251,6 +251,17 @@ class RubikCube:
         return cubes, targets
 
 
+def make_generator(seed: int, rank: int = 0, device="cpu") -> torch.Generator:
+    """A generator for data-parallel rank ``rank``: distinct, reproducible
+    streams per rank from one base seed (splitmix64 of seed and rank)."""
+    mask = (1 << 64) - 1
+    z = (int(seed) + (int(rank) + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return torch.Generator(device=device).manual_seed(z & ((1 << 63) - 1))
+
+
 def _volume_stats(volumes: torch.Tensor):
     v = volumes.float().flatten(1)
     return v.mean(1), v.std(1)

@@ -108,6 +108,14 @@ def test_same_seed_same_puzzles_and_rank_streams():
     assert not torch.equal(a[1].origins, c[1].origins)
 
 
+def test_rank_generators_are_distinct_and_reproducible():
+    puzzle = RubikCube(cube_size=4, gap=(0, 2))
+    vols = torch.randn(4, 1, 12, 12, 12)
+    runs = {r: puzzle(vols, generator=rubikops.make_generator(123, rank=r))[1].origins for r in range(3)}
+    assert torch.equal(runs[1], puzzle(vols, generator=rubikops.make_generator(123, rank=1))[1].origins)
+    assert not torch.equal(runs[0], runs[1]) and not torch.equal(runs[1], runs[2])
+
+
 def test_normalisations():
     vols = torch.randint(-1000, 2000, (2, 1, 12, 12, 12), dtype=torch.int16)
     g = torch.Generator().manual_seed(0)
