@@ -116,6 +116,7 @@ class RubikCube:
         self.validate = validate
         self.backend = backend
         self._device_cache: dict = {}
+        self._calls = 0  # feeds the keep-mask seed (see __call__)
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -238,9 +239,13 @@ class RubikCube:
             _, lo, hi = self.normalize
             scale, shift, clamp = 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo), (-1.0, 1.0)
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
-        if seed is None:
-            seed = 0 if self.mask_keep_prob == 0 else int(torch.randint(0, 2**62, (1,), generator=generator,
-                                                                         device=dev).item())
+        if seed is None and self.mask_keep_prob > 0:
+            # Host-side, so no device sync: the generator's seed and this
+            # puzzle's call count, mixed (reproducible for the same seed and calls).
+            base = generator.initial_seed() if generator is not None else torch.initial_seed()
+            self._calls += 1
+            seed = make_generator(base, rank=self._calls).initial_seed()
+        seed = 0 if seed is None else seed
         cubes = ops.extract_cubes(
             volumes, origins, self.cube_size, index=index, rotations=codes if self.rotation_mode != "none" else None,
             mask=mask if self.mask_prob > 0 else None, fill=self.mask_fill, keep_prob=self.mask_keep_prob, seed=seed,

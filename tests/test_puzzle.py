@@ -163,3 +163,14 @@ def test_bad_configurations():
         RubikCube(normalize="minmax")
     with pytest.raises(ValueError, match="permutations must be"):
         RubikCube(permutations=torch.zeros(5, 7, dtype=torch.long))
+
+
+def test_keep_mask_seed_is_reproducible_without_a_device_sync():
+    vols = torch.rand(2, 1, 10, 10, 10) + 1
+    make = lambda: RubikCube(cube_size=4, gap=0, mask_prob=1.0, mask_keep_prob=0.5)  # noqa: E731
+    a, b = make(), make()
+    first_a = a(vols, generator=torch.Generator().manual_seed(3))[0]
+    first_b = b(vols, generator=torch.Generator().manual_seed(3))[0]
+    assert torch.equal(first_a, first_b)
+    second_a = a(vols, generator=torch.Generator().manual_seed(3))[0]
+    assert not torch.equal((first_a == 0), (second_a == 0))  # a new keep mask on the next call
