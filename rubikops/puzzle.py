@@ -62,6 +62,11 @@ class RubikCube:
 
     ``cubes, targets = puzzle(volumes, index=None, generator=None, out=None)``
     returns the cubes (B, M, C, d, h, w) and :class:`PuzzleTargets`.
+
+    Sampling never syncs with the device.  ``validate=True`` (default) also
+    checks indices and per-volume shapes against the puzzle, which reads them
+    back (one sync per call on GPU); training loops pass ``validate=False``
+    once their data is known good (the kernels still never read out of bounds).
     """
 
     def __init__(
