@@ -7,6 +7,7 @@ compile to multiply-shift, and a training run uses one cube size.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Sequence
 
@@ -170,8 +171,9 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         return
     odt = out.dtype
     f64 = torch.float64 in (source.dtype, odt)
+    shift_is_noop = shift_value == 0.0 and math.copysign(1.0, shift_value) < 0  # -0.0, as in the C++ checks
     arith = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not (shift_value == 0.0 and str(shift_value).startswith("-"))
+        or scale_value != 1.0 or not shift_is_noop
     threshold = reference_threshold(keep_prob)
     if threshold >= (1 << 24):  # keep_prob == 1: a masked cube keeps every voxel
         mask = None
