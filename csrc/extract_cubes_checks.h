@@ -5,6 +5,7 @@
 // in rubikops/ops.py and run when validate=True.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -118,6 +119,23 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   TORCH_CHECK_VALUE(out.is_contiguous(), "rubikops.extract_cubes: out must be contiguous");
   TORCH_CHECK_VALUE(out.device() == a.source.device(), "rubikops.extract_cubes: out is on ", out.device(),
                     " but source is on ", a.source.device());
+}
+
+// The functional op of every backend: allocate the output, then run the
+// backend's out= kernel `OutFn` into it.
+template <auto OutFn>
+at::Tensor extract_cubes_functional(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                                    const std::optional<at::Tensor>& index,
+                                    const std::optional<at::Tensor>& rotations,
+                                    const std::optional<at::Tensor>& mask, double fill, double keep_prob,
+                                    int64_t seed, const std::optional<at::Tensor>& scale,
+                                    const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
+                                    std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                                    std::optional<c10::ScalarType> out_dtype) {
+  at::Tensor out = at::empty(output_shape(source, origins, cube_size),
+                             source.options().dtype(resolve_out_dtype(source, out_dtype)));
+  return OutFn(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,
+               shift_value, clamp_lo, clamp_hi, out_dtype, out);
 }
 
 }  // namespace rubikops

@@ -56,7 +56,7 @@ def _reference_from_schema(source, origins, cube_size, index, rotations, mask, f
     """Call the reference with the op's flat schema arguments."""
     if scale is None and scale_value != 1.0:
         scale = scale_value
-    if shift is None and not (shift_value == 0.0 and math.copysign(1.0, shift_value) < 0):
+    if shift is None and not reference.is_noop_shift(shift_value):
         shift = shift_value
     clamp = None if clamp_lo is None and clamp_hi is None else (clamp_lo, clamp_hi)
     return reference.extract_cubes(

@@ -8,6 +8,8 @@ indexing) used by the backward pass and the benchmarks.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Sequence
 
 import torch
@@ -34,6 +36,18 @@ def opmath_dtype(source_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dty
     return torch.float64 if torch.float64 in (source_dtype, out_dtype) else torch.float32
 
 
+def keep_threshold(keep_prob: float) -> int:
+    """floor(keep_prob * 2**24), in [0, 2**24]: a voxel is kept iff its hash's top 24 bits are below it."""
+    if not keep_prob > 0:
+        return 0
+    return min(int(keep_prob * (1 << 24)), 1 << 24)
+
+
+def is_noop_shift(shift_value: float) -> bool:
+    """-0.0 is what the op's schema carries for shift=None: x + (-0.0) == x for every x."""
+    return shift_value == 0.0 and math.copysign(1.0, shift_value) < 0
+
+
 def _lshr(z: torch.Tensor, k: int) -> torch.Tensor:
     """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
     return (z >> k) & ((1 << (64 - k)) - 1)
@@ -52,8 +66,7 @@ def keep_mask(numel: int, keep_prob: float, seed: int, device=None) -> torch.Ten
     z = (z ^ _lshr(z, 30)) * _MIX1
     z = (z ^ _lshr(z, 27)) * _MIX2
     z = z ^ _lshr(z, 31)
-    threshold = int(keep_prob * (1 << 24))
-    return _lshr(z, 40) < threshold
+    return _lshr(z, 40) < keep_threshold(keep_prob)
 
 
 def _per_sample(value, b: int, dtype: torch.dtype):

@@ -9,7 +9,7 @@ import rubikops
 from rubikops import reference
 from rubikops.rotations import NUM_CODES, PAPER_ROTATIONS, preserves_shape
 
-from .testing import ALL_DTYPES, BACKENDS, FLOAT_DTYPES, LAYOUTS, Case, assert_matches, random_case, run
+from .testing import ALL_DTYPES, BACKENDS, LAYOUTS, assert_matches, random_case, run
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -47,7 +47,7 @@ def test_opcheck_out_variant():
 def test_opcheck_triton_interpreter():
     case = random_case(22, dtype=torch.float64, scale="tensor", mask=0.5, keep_prob=0.3)
     case.source.requires_grad_(True)
-    op = ops._get_triton_op()
+    ops._get_triton_op()  # registers rubikops::extract_cubes_triton
     torch.library.opcheck(torch.ops.rubikops.extract_cubes_triton.default, _op_args(case))
 
 
@@ -202,8 +202,10 @@ def test_direct_op_call_checks_shapes_in_cpp():
 def test_cuda_opcheck_and_compile(name):
     case = random_case(27, dtype=torch.float32, scale="tensor", mask=0.5, keep_prob=0.3, with_index=True).to("cuda")
     args = _op_args(case)
+    if name == "triton":
+        ops._get_triton_op()  # registers rubikops::extract_cubes_triton
     op = torch.ops.rubikops.extract_cubes.default if name == "compiled" else \
-        (ops._get_triton_op(), torch.ops.rubikops.extract_cubes_triton.default)[1]
+        torch.ops.rubikops.extract_cubes_triton.default
     torch.library.opcheck(op, args)
     kw = case.kwargs
 

@@ -28,8 +28,6 @@ def test_proper_rotations_are_the_rotation_group():
     for a, b in itertools.product(R.PROPER_ROTATIONS, repeat=2):
         assert R.compose(a, b) in R.PROPER_ROTATIONS
     x = torch.randn(4, 4, 4)
-    generated = {x.clone()}
-    seen = []
     frontier = [x]
     results = {tuple(x.flatten().tolist())}
     while frontier:

@@ -6,7 +6,6 @@
 // so the inner loops vectorise.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -222,22 +221,10 @@ at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& or
   return out;
 }
 
-at::Tensor extract_cubes_cpu(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                             const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                             const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                             const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                             double scale_value, double shift_value, std::optional<double> clamp_lo,
-                             std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype) {
-  at::Tensor out = at::empty(output_shape(source, origins, cube_size),
-                             source.options().dtype(resolve_out_dtype(source, out_dtype)));
-  return extract_cubes_out_cpu(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-                               scale_value, shift_value, clamp_lo, clamp_hi, out_dtype, out);
-}
-
 }  // namespace
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
-  m.impl("extract_cubes", &rubikops::extract_cubes_cpu);
+  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu>);
   m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
 }

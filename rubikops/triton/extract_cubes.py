@@ -7,7 +7,6 @@ compile to multiply-shift, and a training run uses one cube size.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Sequence
 
@@ -171,10 +170,9 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         return
     odt = out.dtype
     f64 = torch.float64 in (source.dtype, odt)
-    shift_is_noop = shift_value == 0.0 and math.copysign(1.0, shift_value) < 0  # -0.0, as in the C++ checks
     arith = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not shift_is_noop
-    threshold = reference_threshold(keep_prob)
+        or scale_value != 1.0 or not reference.is_noop_shift(shift_value)
+    threshold = reference.keep_threshold(keep_prob)
     if threshold >= (1 << 24):  # keep_prob == 1: a masked cube keeps every voxel
         mask = None
     params = source  # dummy pointer when unused
@@ -202,14 +200,6 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
         BLOCK=block, num_warps=warps,
     )
-
-
-def reference_threshold(keep_prob: float) -> int:
-    if not keep_prob > 0:
-        return 0
-    if keep_prob >= 1:
-        return 1 << 24
-    return int(keep_prob * (1 << 24))
 
 
 def _check(source, origins, cube_size, out_dtype):
