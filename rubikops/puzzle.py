@@ -207,20 +207,31 @@ class RubikCube:
 
     def __call__(self, volumes: torch.Tensor, index: Optional[torch.Tensor] = None,
                  generator: Optional[torch.Generator] = None, out: Optional[torch.Tensor] = None, *,
-                 volume_shapes: Optional[torch.Tensor] = None, seed: Optional[int] = None,
-                 stats: Optional[tuple] = None):
+                 volume_shapes: Optional[torch.Tensor] = None, volume_offsets: Optional[torch.Tensor] = None,
+                 intensity: Optional[tuple] = None, seed: Optional[int] = None, stats: Optional[tuple] = None):
         """Cut a batch of puzzles.
 
         volumes: (N, C, D, H, W) on any device.  index: (B,) volume per sample
         (None: B = N, one puzzle per volume).  volume_shapes: (N, 3) true
         extents when volumes are zero-padded to a common shape (a bank).
+        volume_offsets: (N, 3) where each volume starts inside ``volumes``
+        when they are packed into one (1, C, D, H, W) storage (a
+        :class:`rubikops.data.VolumeBank`); then ``index`` and
+        ``volume_shapes`` still count volumes and targets keep volume-relative
+        origins.  intensity: per-volume (scale, shift), each (N,), mapping
+        stored values to physical ones (quantised int16 banks); fused with
+        the normalisation into the op's scale/shift.
         seed: the keep-mask seed (default: drawn from ``generator``).
-        stats: per-volume (mean, std), each (N,), for normalize='zscore'."""
+        stats: per-volume (mean, std) of physical values, each (N,), for
+        normalize='zscore'."""
         if not isinstance(volumes, torch.Tensor) or volumes.dim() != 5:
             raise ValueError(f"RubikCube: volumes must be a 5-D tensor (N, C, D, H, W), got "
                              f"{getattr(volumes, 'shape', type(volumes))}")
         dev = volumes.device
-        N = volumes.shape[0]
+        packed = volume_offsets is not None
+        if packed and (volume_shapes is None or volumes.shape[0] != 1):
+            raise ValueError("RubikCube: volume_offsets needs volume_shapes and a packed (1, C, D, H, W) storage")
+        N = volume_shapes.shape[0] if packed else volumes.shape[0]
         if index is None:
             index = torch.arange(N, device=dev)
         B = index.shape[0]
@@ -235,14 +246,29 @@ class RubikCube:
             raise ValueError(f"RubikCube: volume {bad} of shape {volume_shapes[bad].tolist()} is smaller than the "
                              f"puzzle's crop {self.crop_size}")
         origins, codes, mask, targets = self.sample(B, volume_shapes, index, generator)
+        op_origins, op_index = origins, index
+        if packed:
+            op_origins = origins + volume_offsets[index]
+            op_index = torch.zeros_like(index)
+        # value = stored * a + b maps stored values to physical ones (per sample)
+        a = b = None
+        if intensity is not None:
+            a, b = intensity[0].double()[index], intensity[1].double()[index]
         scale = shift = clamp = None
         if self.normalize == "zscore":
+            if stats is None and packed:
+                raise ValueError("RubikCube: normalize='zscore' on packed volumes needs stats=(mean, std)")
             mean, std = stats if stats is not None else _volume_stats(volumes)
-            scale = (1.0 / std.clamp_min(1e-6))[index].double()
-            shift = (-mean[index] * scale).double()
+            inv = 1.0 / std.double().clamp_min(1e-6)[index]
+            m = mean.double()[index]
+            scale, shift = (inv, -m * inv) if a is None else (a * inv, (b - m) * inv)
         elif isinstance(self.normalize, tuple):
             _, lo, hi = self.normalize
             scale, shift, clamp = 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo), (-1.0, 1.0)
+            if a is not None:
+                scale, shift = a * scale, b * scale + shift
+        elif a is not None:
+            scale, shift = a, b
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
         if seed is None and self.mask_keep_prob > 0:
             # Host-side, so no device sync: the generator's seed and this
@@ -252,7 +278,7 @@ class RubikCube:
             seed = make_generator(base, rank=self._calls).initial_seed()
         seed = 0 if seed is None else seed
         cubes = ops.extract_cubes(
-            volumes, origins, self.cube_size, index=index, rotations=codes if self.rotation_mode != "none" else None,
+            volumes, op_origins, self.cube_size, index=op_index, rotations=codes if self.rotation_mode != "none" else None,
             mask=mask if self.mask_prob > 0 else None, fill=self.mask_fill, keep_prob=self.mask_keep_prob, seed=seed,
             scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, validate=self.validate,
             backend=self.backend)

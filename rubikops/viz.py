@@ -54,7 +54,7 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
     d = puzzle.cube_size[0]
     n = int(t.index[b])
     start = t.origins[b].min(0).values.tolist()
-    crop = volumes[n, channel].detach().float().cpu()[tuple(slice(s, s + c) for s, c in zip(start, puzzle.crop_size))]
+    crop = volumes[n][channel].detach().float().cpu()[tuple(slice(s, s + c) for s, c in zip(start, puzzle.crop_size))]
     show = min(M, 9)
     cols = max(show, 2 * gz)
     fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.4), squeeze=False)

@@ -1,0 +1,199 @@
+"""Reading NIfTI volumes with nibabel, with clear errors for everything users
+actually hand us (missing, empty, truncated or non-NIfTI files, 2-D and 4-D
+images, NaN voxels, broken spacings).
+
+A :class:`Volume` is channel-first float32 ``data`` (C, X, Y, Z) in the
+file's voxel order (or RAS after reorientation), its 4x4 voxel-to-world
+``affine`` (mm) and where it came from."""
+from __future__ import annotations
+
+import glob as _glob
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class DataError(ValueError):
+    """A problem with a user's data: the message names the file and the problem."""
+
+
+@dataclass
+class Volume:
+    data: np.ndarray                 # (C, X, Y, Z) float32 (or int labels)
+    affine: np.ndarray               # (4, 4) float64 voxel -> world (mm)
+    paths: tuple = ()                # the file(s) it came from, one per channel
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def channels(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def spacing(self) -> tuple:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def orientation(self) -> str:
+        import nibabel as nib
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.paths[0]) if self.paths else "<array>"
+
+
+def is_nifti(path: str) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
+    """Resolve a folder, a glob pattern, a single file or a list of them into
+    a sorted list of cases; a case is a path, or a tuple of paths (one per
+    channel, e.g. T1 and FLAIR) when the list holds tuples/lists."""
+    if isinstance(spec, (list, tuple)):
+        cases = []
+        for item in spec:
+            if isinstance(item, (list, tuple)):
+                cases.append(tuple(str(p) for p in item))
+            else:
+                cases.extend(find_files(item))
+        if not cases:
+            raise DataError(f"data: the list {list(spec)!r} holds no NIfTI files")
+        return cases
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if is_nifti(f))
+        if not found:
+            raise DataError(f"{spec}: folder holds no .nii or .nii.gz files")
+        return found
+    if any(ch in spec for ch in "*?["):
+        found = sorted(p for p in _glob.glob(spec, recursive=True) if is_nifti(p))
+        if not found:
+            raise DataError(f"{spec}: pattern matches no .nii or .nii.gz files")
+        return found
+    if not os.path.exists(spec):
+        raise DataError(f"{spec}: no such file or folder")
+    return [spec]
+
+
+def _read(path: str):
+    import nibabel as nib
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected a NIfTI file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises several types for a bad header
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{path}: {type(img).__name__} is not a NIfTI image")
+    try:
+        arr = np.asarray(img.dataobj, dtype=np.float32 if not _is_label_dtype(img) else None)
+    except Exception as exc:  # EOFError, zlib.error, OSError on truncated .gz
+        raise DataError(f"{path}: truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
+    return img, arr
+
+
+def _is_label_dtype(img) -> bool:
+    hdr = img.header
+    slope, inter = hdr.get_slope_inter()
+    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    return unscaled and np.dtype(hdr.get_data_dtype()).kind in "iu"
+
+
+def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str] = None,
+               allow_nonfinite: bool = False, label: bool = False) -> Volume:
+    """Load one case: a NIfTI file, or several files of one subject on the
+    same grid (stacked as channels).
+
+    frames: what to do with a 4-D file: None (refuse), an int (take that
+    volume), or "channels" (stack its volumes as channels).
+    label: keep integer values (label maps); images are float32."""
+    paths = (path,) if isinstance(path, (str, os.PathLike)) else tuple(path)
+    paths = tuple(os.fspath(p) for p in paths)
+    if not paths:
+        raise DataError("load_nifti: no file given")
+    chans, affine, ref = [], None, None
+    for p in paths:
+        img, arr = _read(p)
+        while arr.ndim > 3 and arr.shape[-1] == 1:  # (X, Y, Z, 1) and (X, Y, Z, 1, 1) are 3-D
+            arr = arr[..., 0]
+        if arr.ndim < 3:
+            raise DataError(f"{p}: {arr.ndim}-D image of shape {arr.shape}, expected a 3-D volume")
+        if arr.ndim == 4:
+            if frames is None:
+                raise DataError(f"{p}: 4-D image of shape {arr.shape}; pass frames=<index> to take one volume "
+                                "or frames='channels' to stack its volumes as channels")
+            if frames == "channels":
+                parts = [arr[..., t] for t in range(arr.shape[-1])]
+            elif isinstance(frames, int) and -arr.shape[-1] <= frames < arr.shape[-1]:
+                parts = [arr[..., frames]]
+            else:
+                raise DataError(f"{p}: frames={frames!r} is not valid for a 4-D image with {arr.shape[-1]} volumes")
+        elif arr.ndim > 4:
+            raise DataError(f"{p}: {arr.ndim}-D image of shape {arr.shape}, expected a 3-D volume")
+        else:
+            parts = [arr]
+        aff = np.asarray(img.affine, dtype=np.float64)
+        _check_affine(p, aff, img)
+        if ref is None:
+            ref, affine = parts[0].shape, aff
+        elif parts[0].shape != ref or not np.allclose(aff, affine, atol=1e-3):
+            raise DataError(f"{p}: grid {parts[0].shape} does not match the case's first file {paths[0]} {ref} "
+                            "(channels of one case must share shape and affine)")
+        for part in parts:
+            if not label and not allow_nonfinite:
+                bad = ~np.isfinite(part)
+                if bad.any():
+                    raise DataError(f"{p}: {int(bad.sum())} voxels are NaN or Inf (pass allow_nonfinite=True "
+                                    "to set them to 0)")
+            chans.append(np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0) if allow_nonfinite else part)
+    data = np.stack(chans, 0)
+    data = data.astype(np.int64 if label else np.float32, copy=False) if label or data.dtype != np.float32 else data
+    if label and np.issubdtype(chans[0].dtype, np.floating):
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise DataError(f"{paths[0]}: label map holds non-integer values")
+    return Volume(np.ascontiguousarray(data), affine, paths, {"dtype": str(chans[0].dtype)})
+
+
+def _raw_zooms(path: str, img) -> tuple:
+    """pixdim[1:4] as stored: nibabel silently takes abs() of negative ones on load."""
+    from nibabel.openers import ImageOpener
+    try:
+        with ImageOpener(path) as f:
+            hdr = type(img.header).from_fileobj(f, check=False)
+        return tuple(float(z) for z in hdr["pixdim"][1:4])
+    except Exception:
+        return tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _check_affine(path: str, aff: np.ndarray, img) -> None:
+    zooms = _raw_zooms(path, img)
+    if any((not np.isfinite(z)) or z <= 0 for z in zooms):
+        raise DataError(f"{path}: voxel spacing {tuple(float(z) for z in zooms)} has a zero, negative or "
+                        "non-finite entry")
+    if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: affine is singular or not finite: {aff.round(3).tolist()}")
+
+
+def save_nifti(volume: Volume, path: str, dtype=None) -> str:
+    """Write channel 0 (or all channels as a 4-D file) atomically."""
+    import nibabel as nib
+    data = volume.data[0] if volume.channels == 1 else np.moveaxis(volume.data, 0, -1)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype or data.dtype), volume.affine)
+    from .cache import atomic_path
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return path
