@@ -248,7 +248,7 @@ class RubikCube:
         origins, codes, mask, targets = self.sample(B, volume_shapes, index, generator)
         op_origins, op_index = origins, index
         if packed:
-            op_origins = origins + volume_offsets[index]
+            op_origins = origins + volume_offsets[index][:, None, :]
             op_index = torch.zeros_like(index)
         # value = stored * a + b maps stored values to physical ones (per sample)
         a = b = None
