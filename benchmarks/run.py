@@ -193,6 +193,7 @@ def main(argv=None):
     p.add_argument("--variants", action="store_true", help="(cuda) also time the kernels' tuning knobs")
     p.add_argument("--compare", metavar="FILE", help="print time ratios against an earlier results JSON")
     p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end pretraining-step rows")
     args = p.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -202,6 +203,9 @@ def main(argv=None):
           ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"backends: {rubikops.available_backends()}")
     rows = bench_cpu(args) if dev.type == "cpu" else bench_cuda(args)
+    if not args.no_e2e:
+        from e2e import bench_e2e
+        rows += bench_e2e(dev, quick=args.quick)
     print()
     print(utils.format_table(rows))
     print("\n% ceil: GB/s against the copy ceiling of the same run (clone for allocating rows, copy_ for out= rows "

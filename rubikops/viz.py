@@ -63,18 +63,18 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
     vmin, vmax = float(cubes[b].min()), float(cubes[b].max())
     for m in range(show):
         ax = axes[0, m]
-        ax.imshow(cubes[b, m, channel, d // 2], cmap="gray", vmin=vmin, vmax=vmax)
+        ax.imshow(cubes[b, m, channel, d // 2].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
         title = _label(puzzle, t, b, m, order[m])
         if predictions is not None and "rotation" in predictions:
             title += f"\npred {predictions['rotation'][m]}"
         ax.set_title(title, fontsize=7)
     for layer in range(gz):
         ax = axes[1, layer]
-        ax.imshow(solved[layer * d + d // 2], cmap="gray", vmin=vmin, vmax=vmax)
+        ax.imshow(solved[layer * d + d // 2].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
         ax.set_title(f"solved, layer {layer}", fontsize=7)
         ax = axes[1, gz + layer]
         z = layer * puzzle.pitch[0] + d // 2
-        ax.imshow(crop[min(z, crop.shape[0] - 1)], cmap="gray")
+        ax.imshow(crop[min(z, crop.shape[0] - 1)].numpy(), cmap="gray")
         ax.set_title(f"original crop, layer {layer}", fontsize=7)
     perm_txt = f"permutation #{int(t.permutation[b])} of {puzzle.num_permutations}: {order}"
     if predictions is not None and "permutation" in predictions:

@@ -1,0 +1,5 @@
+"""Networks: 3D encoders (VGG, ResNet-18, U-Net encoder), the Siamese-Octad
+pretraining network and its loss, and the transfer networks built on a
+pretrained encoder."""
+from .encoders import BACKBONES, ResNet3D18, UNetEncoder3D, VGG3D, build_encoder  # noqa: F401
+from .octad import OctadOutput, SiameseOctad, feature_dim, puzzle_loss, puzzle_metrics  # noqa: F401

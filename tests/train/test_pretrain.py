@@ -1,0 +1,122 @@
+"""train/pretrain.py: config round trip, exact resume after SIGKILL, 2-process
+DDP with gloo, and one-line errors for bad input that leave files alone."""
+import os
+
+import pytest
+import torch
+
+from .helpers import run_subprocess, script, smooth_volumes, tiny_args
+
+pretrain = script("pretrain")
+common = script("common")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return smooth_volumes(tmp_path_factory.mktemp("scans"))
+
+
+def _run(args, capsys):
+    rc = common.run_main(pretrain.main, args)
+    return rc, capsys.readouterr()
+
+
+def test_tiny_run_writes_everything(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--tensorboard"), capsys)
+    assert rc == 0, cap.err
+    for f in ("config.yaml", "encoder.pt", "encoder.json", "metrics.csv", "puzzles.png", "summary.json",
+              "checkpoints/best.pt", "checkpoints/step_0000006.pt", "tensorboard"):
+        assert os.path.exists(out / f), f
+    assert "held-out puzzles: ordering accuracy" in cap.out and "batch generation" in cap.out
+    # encoder.pt is a plain state_dict a fresh encoder takes
+    from rubikops.models import build_encoder
+    enc = build_encoder("vgg", 1, 4)
+    enc.load_state_dict(torch.load(out / "encoder.pt"))
+    rows = open(out / "metrics.csv").read().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 7
+
+
+def test_config_round_trip(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--lr", "0.005", "--gap", "1,2", "--mask-prob", "0.5"),
+                   capsys)
+    assert rc == 0, cap.err
+    cfg, _, _ = pretrain.parse(["--config", str(out / "config.yaml")])
+    saved = pretrain.PretrainConfig(**{**cfg.__dict__})
+    assert cfg.lr == 0.005 and cfg.gap == (1, 2) and cfg.mask_prob == 0.5 and cfg.data == str(data)
+    assert cfg == saved
+    toml = tmp_path / "c.toml"
+    toml.write_text('steps = 7\ncube_size = [10, 12, 8]\nrotations = "all"\n')
+    cfg, _, _ = pretrain.parse(["--config", str(toml), "--steps", "9"])
+    assert cfg.steps == 9 and cfg.cube_size == (10, 12, 8) and cfg.rotations == "all"
+
+
+def test_exact_resume_after_sigkill(data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = run_subprocess(["train/pretrain.py", *tiny_args(data, straight, tmp_path / "cache")])
+    assert r.returncode == 0, r.stderr
+    r = run_subprocess(["train/pretrain.py", *tiny_args(data, killed, tmp_path / "cache")],
+                       env_extra={"RUBIKOPS_TEST_KILL_AT_STEP": "3"})
+    assert r.returncode == -9, (r.returncode, r.stderr)  # SIGKILL after the step-3 checkpoint
+    assert sorted(os.listdir(killed / "checkpoints")) == ["best.pt", "step_0000003.pt"]
+    r = run_subprocess(["train/pretrain.py", "--out", str(killed), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    a = torch.load(straight / "checkpoints" / "step_0000006.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints" / "step_0000006.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert open(straight / "metrics.csv").read().count("\n") == open(killed / "metrics.csv").read().count("\n")
+
+
+def test_ddp_two_processes_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    r = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train/pretrain.py",
+                        *tiny_args(data, out, tmp_path / "cache"), "--device", "cpu"],
+                       env_extra={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 0 of 2" in r.stderr
+    state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=False)
+    assert len(state["rng"]) == 2 and len(state["puzzle_calls"]) == 2  # every rank's streams saved
+    assert state["rng"][0]["generators"]["puzzle"].tolist() != state["rng"][1]["generators"]["puzzle"].tolist()
+
+
+BAD = [
+    (lambda d, t: ["--data", str(t / "missing")], "missing: no such file or folder"),
+    (lambda d, t: ["--data", str(t / "empty")], "empty: folder holds no .nii"),
+    (lambda d, t: ["--data", str(d), "--cube-size", "30"], "smaller than the puzzle's crop"),
+    (lambda d, t: ["--data", str(d), "--backbone", "vit"], "--backbone: unknown backbone 'vit'"),
+    (lambda d, t: ["--data", str(d), "--preset", "nope"], "--preset: unknown preset 'nope'"),
+    (lambda d, t: ["--data", str(d), "--config", str(t / "bad.yaml")], "unknown setting 'learning_rate'"),
+    (lambda d, t: ["--data", str(d), "--lr", "fast"], "lr = 'fast' is not a valid float"),
+    (lambda d, t: ["--data", str(d), "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input_is_one_clear_line(data, tmp_path, capsys, case):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
+    make, msg = BAD[case]
+    given = make(data, tmp_path)
+    args = given + ([] if "--preset" in given else ["--preset", "tiny"]) + [
+        "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--spacing", "1", "--no-progress"]
+    rc, cap = _run(args, capsys)
+    assert rc == 2
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], cap.err
+
+
+def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, cap = _run(tiny_args(data, out, tmp_path / "cache"), capsys)
+    assert rc == 0, cap.err
+    before = {f: open(out / "checkpoints" / f, "rb").read() for f in os.listdir(out / "checkpoints")}
+    rc, cap = _run(tiny_args(data, out, tmp_path / "cache"), capsys)  # fresh run into a used folder
+    assert rc == 2 and "already holds a run" in cap.err and "--resume" in cap.err
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(open(out / "checkpoints" / "step_0000006.pt", "rb").read()[:1000])
+    rc, cap = _run(["--resume", str(bad), "--out", str(out)], capsys)
+    assert rc == 2 and "broken.pt: not a readable checkpoint" in cap.err
+    assert {f: open(out / "checkpoints" / f, "rb").read() for f in os.listdir(out / "checkpoints")} == before

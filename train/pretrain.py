@@ -1,0 +1,463 @@
+"""Pretrain a 3D encoder by solving Rubik's cubes (Zhuang et al., MICCAI 2019;
+Rubik's Cube+ masking, Zhu et al., MedIA 2020).
+
+    python train/pretrain.py                      # the bundled MRI templates, ~5 min on 2 CPU cores
+    python train/pretrain.py --data scans/ --preset paper --device cuda --amp bf16
+    python train/pretrain.py --config my.yaml --steps 20000
+    torchrun --nproc_per_node=4 train/pretrain.py --data scans/ ...
+    python train/pretrain.py --out runs/pretrain --resume   # continue exactly where it stopped
+
+Every batch is cut on the training device from a VolumeBank with one
+extract_cubes launch: no DataLoader workers.  Outputs in --out: config.yaml,
+checkpoints/ (last few + best.pt), encoder.pt (a plain state_dict) and
+encoder.json, metrics.csv, tensorboard/, puzzles.png, summary.json."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
+from common import UserError  # noqa: E402
+
+import rubikops  # noqa: E402
+from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # noqa: E402
+from rubikops.models import BACKBONES, SiameseOctad, build_encoder, puzzle_loss, puzzle_metrics  # noqa: E402
+
+
+def _f(default, help_, typ=None, **kw):
+    return field(default=default, metadata={"help": help_, "type": typ, **kw})
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
+                                   "MRI templates (requirements-data.txt)", "str")
+    spacing: float = _f(2.0, "resample to this spacing in mm (0: keep the files')")
+    intensity: str = _f("zscore", "zscore (MRI), window (CT, see --window) or none")
+    window: tuple = _f((-1000.0, 1000.0), "CT window lo,hi in HU", "floats")
+    crop_foreground: bool = _f(True, "crop each volume to its foreground")
+    foreground_threshold: float = _f(0.0, "foreground: channel 0 above this (file units)")
+    frames: Optional[str] = _f(None, "4-D files: an index or 'channels'", "str")
+    skip_bad: bool = _f(False, "skip unreadable files (listed) instead of stopping")
+    cache_dir: Optional[str] = _f(None, "preprocessing cache (default ~/.cache/rubikops)", "str")
+    storage_dtype: str = _f("float32", "bank storage: float32, bfloat16, float16, int16 (half memory), uint8")
+    holdout: int = _f(-1, "volumes held out for evaluation (-1: one when there are 3 or more)")
+    # puzzle
+    grid: tuple = _f((2, 2, 2), "cubes per axis", "ints")
+    cube_size: tuple = _f((16, 16, 16), "cube edge(s) in voxels", "ints")
+    num_permutations: int = _f(24, "K, the permutation classes")
+    gap: tuple = _f((0, 4), "gap between cubes lo,hi voxels", "ints")
+    rotations: str = _f("paper", "paper (180 deg turns, 2 per cube), all (24 rotations), none")
+    mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
+    mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
+    normalize: str = _f("none", "none, cube (each cube to [-1, 1], the paper), zscore")
+    # model
+    backbone: str = _f("vgg", f"one of {sorted(BACKBONES)} or monai:<NetworkClass>")
+    width: int = _f(8, "channels of the first encoder stage (doubled per stage)")
+    norm: str = _f("batch", "batch, instance or group")
+    hidden: int = _f(128, "hidden units of each head (one hidden layer; 0: linear)")
+    dropout: float = _f(0.1, "dropout in the heads")
+    pool: str = _f("avg", "cube features: avg (global average) or flatten (keeps the layout)")
+    channels: int = _f(1, "input channels (modalities)")
+    # optimisation
+    batch_size: int = _f(16, "puzzles per step (per rank)")
+    steps: int = _f(2000, "optimisation steps")
+    lr: float = _f(2e-3, "peak learning rate")
+    schedule: str = _f("cosine", "cosine, step (x0.1 at 60% and 85%) or constant, after warm-up")
+    warmup_steps: int = _f(30, "linear warm-up steps")
+    optimizer: str = _f("adamw", "adamw or sgd")
+    weight_decay: float = _f(1e-4, "weight decay")
+    momentum: float = _f(0.9, "SGD momentum")
+    alpha: float = _f(1.0, "weight of the permutation loss")
+    beta: float = _f(1.0, "weight of the rotation loss")
+    mask_weight: float = _f(1.0, "weight of the mask loss (Rubik's Cube+)")
+    amp: str = _f("none", "mixed precision: none, bf16 or fp16 (fp16 on GPU only)")
+    compile: bool = _f(False, "torch.compile the network")
+    # run
+    seed: int = _f(0, "seed of everything (weights, puzzles)")
+    device: str = _f("auto", "auto, cpu, cuda")
+    out: str = _f("runs/pretrain", "output folder")
+    log_every: int = _f(10, "steps between log lines")
+    eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
+    checkpoint_every: int = _f(250, "steps between checkpoints")
+    keep_checkpoints: int = _f(3, "checkpoints kept besides best.pt")
+    eval_puzzles: int = _f(128, "fixed held-out puzzles")
+    progress: bool = _f(True, "progress bar")
+    tensorboard: bool = _f(True, "TensorBoard logs (metrics.csv is always written)")
+
+
+PRESETS = {
+    # Zhuang et al. 2019 as far as the paper states it: 2x2x2 cubes, K = 100
+    # permutations chosen for large Hamming distance, random gaps of about 10
+    # voxels, 180-degree turns about two axes, 3D VGG, per-cube normalisation.
+    # What it leaves open (width, cube size, optimiser) is our choice.
+    "paper": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 10), rotations="paper", backbone="vgg", width=32,
+                  cube_size=(32, 32, 32), normalize="cube", batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9,
+                  weight_decay=5e-4, schedule="step", steps=20000, spacing=1.0, hidden=512, dropout=0.5),
+    # Rubik's Cube+ (Zhu et al. 2020): the above plus cube masking and a 3D ResNet-18.
+    "rubikcube_plus": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 10), rotations="paper",
+                           backbone="resnet18", width=32, cube_size=(32, 32, 32), normalize="cube", mask_prob=0.5,
+                           mask_keep_prob=0.0, batch_size=32, optimizer="sgd", lr=0.01, schedule="step",
+                           steps=20000, spacing=1.0, hidden=512, dropout=0.5),
+    # a few-second smoke run (tests, CI)
+    "tiny": dict(spacing=4.0, cube_size=(8, 8, 8), gap=(0, 2), width=4, hidden=32, batch_size=4, steps=6,
+                 eval_every=3, checkpoint_every=3, log_every=1, eval_puzzles=8, num_permutations=8),
+}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python train/pretrain.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML or TOML file of settings (flags override it)")
+    p.add_argument("--preset", help=f"start from a preset: {sorted(PRESETS)}")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from --out's latest checkpoint, or from the checkpoint PATH given")
+    common.add_config_flags(p, PretrainConfig)
+    args = p.parse_args(argv)
+    cfg = common.build_config(PretrainConfig, args, PRESETS, args.preset, args.config)
+    explicit = {f.name for f in dataclasses.fields(PretrainConfig) if getattr(args, f.name) is not None}
+    return cfg, args, explicit
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    def need(ok, msg):
+        if not ok:
+            raise UserError(msg)
+    need(cfg.backbone in BACKBONES or cfg.backbone.startswith("monai:"),
+         f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
+    need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
+    need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none")
+    need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore")
+    need(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+    need(cfg.schedule in ("cosine", "step", "constant"), f"--schedule must be cosine, step or constant")
+    need(cfg.pool in ("flatten", "avg"), f"--pool must be flatten or avg, got {cfg.pool!r}")
+    need(cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
+    need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")
+    need(len(cfg.gap) in (1, 2), "--gap takes lo or lo,hi")
+    need(cfg.steps >= 1 and cfg.batch_size >= 1, "--steps and --batch-size must be positive")
+    need(len(cfg.window) == 2, "--window takes lo,hi")
+
+
+def make_puzzle(cfg: PretrainConfig) -> rubikops.RubikCube:
+    triple = lambda t: tuple(t) * 3 if len(t) == 1 else tuple(t)  # noqa: E731
+    gap = (cfg.gap[0], cfg.gap[0]) if len(cfg.gap) == 1 else tuple(cfg.gap)
+    try:
+        return rubikops.RubikCube(grid=triple(cfg.grid), cube_size=triple(cfg.cube_size),
+                                  num_permutations=cfg.num_permutations, gap=gap, rotations=cfg.rotations,
+                                  mask_prob=cfg.mask_prob, mask_keep_prob=cfg.mask_keep_prob,
+                                  normalize=None if cfg.normalize == "none" else cfg.normalize, validate=False)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def make_model(cfg: PretrainConfig, puzzle: rubikops.RubikCube) -> SiameseOctad:
+    try:
+        encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm) if not cfg.backbone.startswith(
+            "monai:") else build_encoder(cfg.backbone)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--backbone: {exc}") from None
+    return SiameseOctad(encoder, puzzle.num_cells, puzzle.num_permutations, rotation_mode=puzzle.rotation_mode,
+                        mask_head=cfg.mask_prob > 0, hidden=cfg.hidden, dropout=cfg.dropout,
+                        in_channels=cfg.channels, cube_size=puzzle.cube_size, pool=cfg.pool)
+
+
+def load_data(cfg: PretrainConfig, dist: common.Dist):
+    if cfg.data:
+        spec = [s for s in cfg.data.split(",") if s] if "," in cfg.data else cfg.data
+    else:
+        from rubikops.data import default
+        spec = default.pretraining_files()
+    frames = None if cfg.frames is None else (cfg.frames if cfg.frames == "channels" else int(cfg.frames))
+    settings = Preprocessing(spacing=cfg.spacing or None, intensity=cfg.intensity, window=tuple(cfg.window),
+                             crop_foreground=cfg.crop_foreground, foreground_threshold=cfg.foreground_threshold,
+                             frames=frames)
+    report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
+                          progress=cfg.progress and dist.main)
+    if report.skipped and dist.main:
+        print(report.summary(), file=sys.stderr)
+    vols = report.volumes
+    if vols[0].channels != cfg.channels:
+        raise UserError(f"--channels {cfg.channels}, but {vols[0].name} has {vols[0].channels} channel(s)")
+    holdout = cfg.holdout if cfg.holdout >= 0 else (1 if len(vols) >= 3 else 0)
+    if holdout >= len(vols):
+        raise UserError(f"--holdout {holdout} leaves no training volume out of {len(vols)}")
+    return vols[:len(vols) - holdout], vols[len(vols) - holdout:] if holdout else []
+
+
+def lr_factor(cfg: PretrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "step":
+        return 0.1 ** ((t >= 0.6) + (t >= 0.85))
+    return 1.0
+
+
+def fixed_puzzles(bank: VolumeBank, puzzle: rubikops.RubikCube, n: int, seed: int, batch: int) -> list:
+    """Held-out puzzles drawn once, with their own generator (so evaluating never moves the training stream)."""
+    gen = rubikops.make_generator(seed, rank=10_000, device=bank.device)
+    out = []
+    for s in range(0, n, batch):
+        cubes, t = bank.puzzles(puzzle, min(batch, n - s), gen, seed=seed + s + 1)
+        out.append((cubes, t))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, batches, cfg, amp_ctx) -> dict:
+    was = model.training
+    model.eval()
+    sums, count = {}, 0
+    for cubes, t in batches:
+        with amp_ctx():
+            out = model(cubes)
+        loss, _ = puzzle_loss(out, t, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
+        m = {k: float(v) for k, v in puzzle_metrics(out, t, cfg.rotations).items()}
+        m["loss"] = float(loss)
+        n = cubes.shape[0]
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+        count += n
+    model.train(was)
+    return {f"eval/{k}": v / count for k, v in sums.items()}
+
+
+def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
+    from rubikops.viz import draw_puzzle
+    cubes, t = batches[0]
+    was = model.training
+    model.eval()
+    with torch.no_grad(), amp_ctx():
+        out = model(cubes[:1])
+    model.train(was)
+    pred = {"permutation": int(out.permutation[0].argmax())}
+    if cfg.rotations == "paper":
+        p = torch.sigmoid(out.rotation[0].float())
+        pred["rotation"] = ["H" if (p[m].max() > 0.5 and p[m].argmax() == 0) else "V" if p[m].max() > 0.5 else "none"
+                            for m in range(p.shape[0])]
+    draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred)
+
+
+def main(argv=None) -> int:
+    cfg, args, explicit = parse(argv)
+    resume_state = None
+    ckpt_dir = os.path.join(cfg.out, "checkpoints")
+    if args.resume:
+        path = args.resume if args.resume != "latest" else common.Checkpoints(ckpt_dir).latest()
+        if path is None:
+            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+        resume_state = common.Checkpoints.load(path)
+        saved = dict(resume_state["config"])
+        # the saved run's settings win, except what may change between sessions
+        for k in ("steps", "out", "device", "progress", "tensorboard", "log_every", "eval_every",
+                  "checkpoint_every", "keep_checkpoints"):
+            if k in explicit:
+                saved[k] = getattr(cfg, k)
+        cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        ckpt_dir = os.path.join(cfg.out, "checkpoints")
+    elif common.Checkpoints(ckpt_dir).latest() is not None:
+        raise UserError(f"{cfg.out} already holds a run ({common.Checkpoints(ckpt_dir).latest()}); pass --resume "
+                        "to continue it or choose another --out (nothing was overwritten)")
+    check_config(cfg)
+    dist = common.setup_distributed(cfg.device)
+    try:
+        return train(cfg, dist, resume_state)
+    finally:
+        common.cleanup_distributed(dist)
+
+
+def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) -> int:
+    dev = dist.device
+    if cfg.amp == "fp16" and dev.type != "cuda":
+        raise UserError("--amp fp16 needs a GPU; use --amp bf16 on CPU")
+    puzzle = make_puzzle(cfg)
+    train_vols, held_vols = load_data(cfg, dist)
+    try:
+        bank = VolumeBank(train_vols, dev, cfg.storage_dtype,
+                          shard=(dist.rank, dist.world) if dist.world > 1 else None)
+        held = VolumeBank(held_vols or train_vols, dev, cfg.storage_dtype)
+        bank.check_puzzle(puzzle)
+        held.check_puzzle(puzzle)
+    except (DataError, MemoryError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    common.seed_everything(cfg.seed)
+    model = make_model(cfg, puzzle).to(dev)
+    raw_model = model
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = (torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
+           else torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    gen = rubikops.make_generator(cfg.seed, rank=dist.rank, device=dev)
+    step, best = 0, -1.0
+    if resume_state is not None:
+        raw_model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
+        rngs = resume_state["rng"]
+        common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"puzzle": gen})
+        puzzle._calls = int(resume_state["puzzle_calls"][dist.rank])
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    fwd = torch.compile(model) if cfg.compile else model
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    amp_ctx = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else (lambda: _null())
+    os.makedirs(cfg.out, exist_ok=True) if dist.main else None
+    if dist.main:
+        common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
+        print(f"rubikops pretraining: {len(bank)} training volume(s) on rank 0 of {dist.world}, "
+              f"{len(held_vols)} held out; {bank.memory_report()}", file=sys.stderr)
+        print(f"puzzle: grid {puzzle.grid}, cubes {puzzle.cube_size}, K={puzzle.num_permutations}, gap {puzzle.gap},"
+              f" rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}; model {cfg.backbone} width {cfg.width}: "
+              f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f} M parameters on {dev}", file=sys.stderr)
+    eval_batches = fixed_puzzles(held, puzzle, cfg.eval_puzzles, cfg.seed + 7919, cfg.batch_size)
+    logger = common.Logger(cfg.out, dist.main, resume_step=step, tensorboard=cfg.tensorboard)
+    ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
+    bar = common.progress(cfg.steps, step, cfg.progress and dist.main, "pretraining")
+    kill_at = int(os.environ.get("RUBIKOPS_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this step's checkpoint
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    t_gen = t_total = 0.0
+    timed = puzzles_done = 0
+    run_start = time.perf_counter()
+    last_eval: dict = {}
+    acc = {}
+    model.train()
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        cubes, targets = bank.puzzles(puzzle, cfg.batch_size, gen)
+        sync()
+        t1 = time.perf_counter()
+        with amp_ctx():
+            out = fwd(cubes)
+            loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        sync()
+        t2 = time.perf_counter()
+        t_gen += t1 - t0
+        t_total += t2 - t0
+        timed += 1
+        puzzles_done += cfg.batch_size * dist.world
+        metrics = {k: float(v) for k, v in puzzle_metrics(out, targets, cfg.rotations).items()}
+        metrics.update({f"loss_{k}": float(v.detach()) for k, v in parts.items()}, loss=float(loss.detach()))
+        for k, v in metrics.items():
+            acc[k] = acc.get(k, 0.0) + v
+        acc["_n"] = acc.get("_n", 0) + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", order=f"{metrics['order_acc']:.2f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            n = acc.pop("_n")
+            row = dist.mean({f"train/{k}": v / n for k, v in acc.items()})
+            acc = {}
+            row.update({"lr": sched.get_last_lr()[0], "puzzles_per_s": cfg.batch_size * dist.world * timed / t_total,
+                        "batch_gen_fraction": t_gen / t_total})
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_eval = evaluate(raw_model, eval_batches, cfg, amp_ctx)
+                row.update(last_eval)
+                if dist.main:
+                    draw_examples(raw_model, held, eval_batches, puzzle, cfg, os.path.join(cfg.out, "puzzles.png"),
+                                  amp_ctx)
+            logger.log(step, row)
+            t_gen = t_total = 0.0
+            timed = 0
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            score = last_eval.get("eval/order_acc", -1.0)
+            is_best = score > best
+            best = max(best, score)
+            save_checkpoint(ckpts, raw_model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best,
+                            last_eval)
+            if kill_at and step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - run_start
+    if dist.main:
+        finish(cfg, raw_model, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger)
+    logger.close()
+    return 0
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best, metrics) -> None:
+    rng = common.rng_state({"puzzle": gen})
+    calls = [puzzle._calls]
+    if dist.world > 1:
+        rngs, all_calls = [None] * dist.world, [None] * dist.world
+        torch.distributed.all_gather_object(rngs, rng)
+        torch.distributed.all_gather_object(all_calls, puzzle._calls)
+        rng, calls = rngs, all_calls
+    if not dist.main:
+        return
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "scaler": scaler.state_dict(), "step": step, "best": best, "rng": rng, "puzzle_calls": calls,
+             "config": dataclasses.asdict(cfg), "metrics": metrics, "rubikops": rubikops.__version__}
+    ckpts.save(state, step, best=is_best)
+    save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step)
+
+
+def save_encoder(model: SiameseOctad, cfg: PretrainConfig, path: str, step: int) -> None:
+    """encoder.pt is a plain state_dict (``encoder.load_state_dict(torch.load(path))``);
+    encoder.json says how to build the encoder it belongs to."""
+    from rubikops.data import atomic_path
+    with atomic_path(path) as tmp:
+        torch.save(model.encoder.state_dict(), tmp)
+    common.write_json(os.path.splitext(path)[0] + ".json", {
+        "backbone": cfg.backbone, "in_channels": cfg.channels, "width": cfg.width, "norm": cfg.norm,
+        "cube_size": list(cfg.cube_size), "spacing": cfg.spacing, "intensity": cfg.intensity,
+        "step": step, "source": "rubikops train/pretrain.py"})
+
+
+def finish(cfg, model, last_eval, step, puzzles_per_s, logger) -> None:
+    frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
+    summary = {
+        "steps": step, "puzzles_per_s": puzzles_per_s,
+        "order_acc": last_eval.get("eval/order_acc"), "orient_acc": last_eval.get("eval/orient_acc"),
+        "mask_acc": last_eval.get("eval/mask_acc"), "chance_order_acc": 1.0 / cfg.num_permutations,
+        "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
+        "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
+        "puzzles_png": os.path.join(cfg.out, "puzzles.png"), "metrics_csv": logger.csv_path,
+    }
+    common.write_json(os.path.join(cfg.out, "summary.json"), summary)
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
+          f"{pct(summary['batch_gen_fraction'])} of step time\n"
+          f"held-out puzzles: ordering accuracy {pct(summary['order_acc'])} (chance {pct(1 / cfg.num_permutations)}),"
+          f" orientation accuracy {pct(summary['orient_acc'])} (chance 33.3%)"
+          + (f", mask accuracy {pct(summary['mask_acc'])}" if summary["mask_acc"] is not None else "") +
+          f"\ncheckpoints: {summary['checkpoints']}\nencoder weights: {summary['encoder']} (+ encoder.json)\n"
+          f"example puzzles: {summary['puzzles_png']}\nlogs: {summary['metrics_csv']}, "
+          f"{os.path.join(cfg.out, 'tensorboard')}")
+
+
+if __name__ == "__main__":
+    sys.exit(common.run_main(main))
