@@ -4,7 +4,6 @@ batch) and (b) the way public code feeds it (a torch DataLoader whose workers
 build each puzzle in NumPy, then a host-to-device copy)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import utils
@@ -64,7 +63,6 @@ def bench_e2e(device: torch.device, quick: bool = False, workers: int = 2) -> li
         train_step(cubes.to(device, non_blocking=True), t)
 
     t_dl = utils.time_fn(loader_step, device, warmup=3, repeats=repeats)
-    del it, loader
     nbytes = 2 * batch * 8 * cube ** 3 * 4
     wl = f"B={batch} {cube}^3 vgg w={width}, {what}"
     rows = [

@@ -28,7 +28,7 @@ import torch
 
 from . import ops
 from .permutations import load_permutation_set, permutation_set
-from .rotations import PAPER_ROTATIONS, PROPER_ROTATIONS, ROT180_H, ROT180_W, apply_code, inverse
+from .rotations import PAPER_ROTATIONS, PROPER_ROTATIONS, apply_code, inverse
 
 ROTATION_MODES = ("paper", "all", "none")
 

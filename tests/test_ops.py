@@ -5,7 +5,7 @@ import torch
 import rubikops
 from rubikops import ops, reference
 
-from .testing import BACKENDS, random_case, run
+from .testing import BACKENDS, random_case
 
 
 def test_python_schema_matches_compiled_schema():

@@ -43,6 +43,40 @@ def run_main(main, argv=None) -> int:
 
 
 # -- configs -------------------------------------------------------------------------------------
+def setting(default, help_, typ=None):
+    """A config field: its default, its --help text, and its type when the default does not say it."""
+    return dataclasses.field(default=default, metadata={"help": help_, "type": typ})
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """Settings every training script has (subclasses change defaults by redeclaring)."""
+    amp: str = setting("none", "mixed precision: none, bf16 or fp16 (fp16 on GPU only)")
+    compile: bool = setting(False, "torch.compile the network")
+    seed: int = setting(0, "seed of everything (weights, data order, puzzles)")
+    device: str = setting("auto", "auto, cpu, cuda")
+    out: str = setting("runs/run", "output folder")
+    log_every: int = setting(10, "steps between log lines")
+    eval_every: int = setting(250, "steps between evaluations")
+    checkpoint_every: int = setting(250, "steps between checkpoints")
+    keep_checkpoints: int = setting(3, "checkpoints kept")
+    progress: bool = setting(True, "progress bar")
+    tensorboard: bool = setting(True, "TensorBoard logs (metrics.csv is always written)")
+
+
+def parse_config(cls, presets: dict, prog: str, doc: str, argv=None):
+    """--config FILE, --preset NAME, --resume [PATH] and one flag per setting: (config, args)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML or TOML file of settings (flags override it)")
+    p.add_argument("--preset", help=f"start from a preset: {sorted(presets)}")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from --out's latest checkpoint, or from the checkpoint PATH given")
+    add_config_flags(p, cls)
+    args = p.parse_args(argv)
+    return build_config(cls, args, presets, args.preset, args.config), args
+
+
 def _parse_tuple(text: str, kind=int) -> tuple:
     return tuple(kind(x) for x in re.split(r"[,x ]+", text.strip()) if x)
 

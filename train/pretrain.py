@@ -13,14 +13,13 @@ checkpoints/ (last few + best.pt), encoder.pt (a plain state_dict) and
 encoder.json, metrics.csv, tensorboard/, puzzles.png, summary.json."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,12 +34,11 @@ from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # 
 from rubikops.models import BACKBONES, SiameseOctad, build_encoder, puzzle_loss, puzzle_metrics  # noqa: E402
 
 
-def _f(default, help_, typ=None, **kw):
-    return field(default=default, metadata={"help": help_, "type": typ, **kw})
+_f = common.setting
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(common.RunSettings):
     # data
     data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
                                    "MRI templates (requirements-data.txt)", "str")
@@ -83,20 +81,9 @@ class PretrainConfig:
     alpha: float = _f(1.0, "weight of the permutation loss")
     beta: float = _f(1.0, "weight of the rotation loss")
     mask_weight: float = _f(1.0, "weight of the mask loss (Rubik's Cube+)")
-    amp: str = _f("none", "mixed precision: none, bf16 or fp16 (fp16 on GPU only)")
-    compile: bool = _f(False, "torch.compile the network")
-    # run
-    seed: int = _f(0, "seed of everything (weights, puzzles)")
-    device: str = _f("auto", "auto, cpu, cuda")
     out: str = _f("runs/pretrain", "output folder")
-    log_every: int = _f(10, "steps between log lines")
     eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
-    checkpoint_every: int = _f(250, "steps between checkpoints")
-    keep_checkpoints: int = _f(3, "checkpoints kept besides best.pt")
     eval_puzzles: int = _f(128, "fixed held-out puzzles")
-    progress: bool = _f(True, "progress bar")
-    tensorboard: bool = _f(True, "TensorBoard logs (metrics.csv is always written)")
-
 
 PRESETS = {
     # Zhuang et al. 2019 as far as the paper states it: 2x2x2 cubes, K = 100
@@ -118,15 +105,7 @@ PRESETS = {
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python train/pretrain.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML or TOML file of settings (flags override it)")
-    p.add_argument("--preset", help=f"start from a preset: {sorted(PRESETS)}")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from --out's latest checkpoint, or from the checkpoint PATH given")
-    common.add_config_flags(p, PretrainConfig)
-    args = p.parse_args(argv)
-    cfg = common.build_config(PretrainConfig, args, PRESETS, args.preset, args.config)
+    cfg, args = common.parse_config(PretrainConfig, PRESETS, "python train/pretrain.py", __doc__, argv)
     explicit = {f.name for f in dataclasses.fields(PretrainConfig) if getattr(args, f.name) is not None}
     return cfg, args, explicit
 
@@ -138,10 +117,10 @@ def check_config(cfg: PretrainConfig) -> None:
     need(cfg.backbone in BACKBONES or cfg.backbone.startswith("monai:"),
          f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
-    need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none")
-    need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore")
+    need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none, got {cfg.intensity!r}")
+    need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore, got {cfg.normalize!r}")
     need(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-    need(cfg.schedule in ("cosine", "step", "constant"), f"--schedule must be cosine, step or constant")
+    need(cfg.schedule in ("cosine", "step", "constant"), f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
     need(cfg.pool in ("flatten", "avg"), f"--pool must be flatten or avg, got {cfg.pool!r}")
     need(cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
     need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")

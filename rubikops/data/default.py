@@ -174,8 +174,8 @@ def _brain_templates(spacing: float) -> list:
     return vols
 
 
-def lesion_classification_task(num_cases: int = 120, spacing: float = 3.0, seed: int = 0,
-                               shape: Sequence[int] = (48, 56, 48)):
+def lesion_classification_task(num_cases: int = 120, spacing: float = 4.0, seed: int = 0,
+                               shape: Sequence[int] = (40, 48, 40)):
     """Cases of four classes in the spirit of the paper's hemorrhage task:
     no lesion, a bright lesion (acute bleed), a dark lesion (infarct) and a
     ring lesion (bright rim, dark core), each ellipsoidal, of random size and
@@ -202,11 +202,11 @@ def lesion_classification_task(num_cases: int = 120, spacing: float = 3.0, seed:
         if cls:
             cand = np.argwhere(brain)
             centre = cand[int(g.integers(len(cand)))] if len(cand) else np.array(x.shape) // 2
-            radii = g.uniform(2.5, 5.0, size=3)
+            radii = g.uniform(3.0, 5.0, size=3)  # 12-20 mm at 4 mm spacing
             r = np.sqrt(((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2
                         + ((xx - centre[2]) / radii[2]) ** 2)
             inside = np.clip(1.5 - r, 0, 1)  # soft edge
-            amp = g.uniform(1.5, 2.5)
+            amp = g.uniform(2.5, 3.5)
             if cls == 1:
                 x = x + amp * inside
             elif cls == 2:

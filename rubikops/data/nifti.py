@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob as _glob
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 

@@ -65,7 +65,7 @@ def test_lesion_classification_task_is_balanced_and_seeded():
         np.testing.assert_array_equal(a.image.data, b.image.data)
     assert not np.array_equal(cases[0].image.data, other[0].image.data)
     for c in cases:
-        assert c.image.data.shape == (1, 48, 56, 48) and np.isfinite(c.image.data).all()
+        assert c.image.data.shape == (1, 40, 48, 40) and np.isfinite(c.image.data).all()
 
 
 def test_user_pairs_and_csv(tmp_path):
