@@ -250,6 +250,15 @@ def set_rng_state(state: dict, generators: dict) -> None:
         g.set_state(state["generators"][k])
 
 
+def optimizer_step(loss, opt, sched, scaler) -> None:
+    """Backward (through the fp16 grad scaler when enabled), step, schedule."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -323,11 +323,7 @@ def run(cfg, dist, ckpts, resume) -> int:
         with amp():
             out = fwd(xb)
         loss = loss_fn(out, yb)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        common.optimizer_step(loss, opt, sched, scaler)
         step += 1
         if bar is not None:
             bar.update(1)

@@ -327,11 +327,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         with amp_ctx():
             out = fwd(cubes)
             loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        common.optimizer_step(loss, opt, sched, scaler)
         step += 1
         sync()
         t2 = time.perf_counter()
