@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                 # CPU, ~1-2 minutes on 2 cores
     python benchmarks/run.py --quick         # CPU, smaller, under 30 s
+    python benchmarks/run.py --full          # + sweeps (batch, cube edge, dtype, threads) as PNG plots
     python benchmarks/run.py --device cuda   # GPU: both backends, ceilings, baselines
     python benchmarks/run.py --compare benchmarks/results/OLD.json
 
@@ -24,6 +25,7 @@ import rubikops  # noqa: E402
 from rubikops import reference  # noqa: E402
 from rubikops.baselines import numpy_puzzle_loop, torch_puzzle_loop as torch_loop  # noqa: E402
 from rubikops.rotations import PAPER_ROTATIONS  # noqa: E402
+from pipelines import pipeline_rows  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -82,7 +84,8 @@ def bench_cpu(args) -> list[utils.Row]:
                                                           keep_prob=0.3, seed=3, scale=0.01, shift=-0.5,
                                                           clamp=(-1.0, 1.0), **kw), dev, repeats=rep)
     rows.append(utils.Row("rubikops CPU out= +mask+keep+scale+clamp", wl, t_full, nbytes, copy_gbs, base))
-    _add_puzzle_rows(rows, dev, B, cube, vol, out, copy_gbs, base, rep)
+    puzzle = _add_puzzle_rows(rows, dev, B, cube, vol, out, copy_gbs, base, rep)
+    rows += pipeline_rows(dev, source, origins, rot, puzzle, cube, nbytes, base, clone_gbs, rep)
     return rows
 
 
@@ -104,6 +107,7 @@ def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
     rows.append(utils.Row("rubikops whole puzzle (sample + op, out=)", wl, t, nbytes, ceiling, base,
                           extra={"ratio_to_bare_op": t.median_s / t_op.median_s}))
     print(f"whole puzzle / bare op on the same kind of puzzles: {t.median_s / t_op.median_s:.2f}x")
+    return puzzle
 
 
 def bench_cuda(args) -> list[utils.Row]:
@@ -140,7 +144,8 @@ def bench_cuda(args) -> list[utils.Row]:
                     t = utils.time_fn(f, dev)
                     rows.append(utils.Row(f"{label} out= [{tag}, {codes}]", wl, t, nbytes, ceil, base))
         if dtype == torch.float32:
-            _add_puzzle_rows(rows, dev, B, cube, vol, out, ceil, base, 20)
+            puzzle = _add_puzzle_rows(rows, dev, B, cube, vol, out, ceil, base, 20)
+            rows += pipeline_rows(dev, source, origins, rot, puzzle, cube, nbytes, base, ceil, 10)
     # int16 CT in, float32 out with the fused window (scale/shift/clamp).
     src16 = torch.randint(-1024, 3072, (B, 1, vol, vol, vol), dtype=torch.int16, device=dev)
     _, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
@@ -188,7 +193,8 @@ def _variants(dev, B, M, cube, vol):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--quick", action="store_true", help="smaller workload, under 30 s")
+    p.add_argument("--quick", action="store_true", help="smaller workload, no end-to-end rows, under 30 s")
+    p.add_argument("--full", action="store_true", help="also sweep batch size, cube edge, dtype and threads (plots)")
     p.add_argument("--variants", action="store_true", help="(cuda) also time the kernels' tuning knobs")
     p.add_argument("--compare", metavar="FILE", help="print time ratios against an earlier results JSON")
     p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
@@ -202,7 +208,12 @@ def main(argv=None):
           ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"backends: {rubikops.available_backends()}")
     rows = bench_cpu(args) if dev.type == "cpu" else bench_cuda(args)
-    if not args.no_e2e:
+    if args.full:
+        from sweeps import run_sweeps
+        import datetime as _dt
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        rows += run_sweeps(dev, RESULTS, stamp)
+    if not args.no_e2e and not args.quick:
         from e2e import bench_e2e
         rows += bench_e2e(dev, quick=args.quick)
     print()
