@@ -32,7 +32,7 @@ grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
 echo "cuda tests: $(( $(date +%s) - t0 )) s"
 # Pretraining on the GPU: the default settings, then the paper preset (bf16)
 export RUBIKOPS_CACHE=/tmp/rubikops-cache
-for args in "--steps 300 --batch-size 64" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
+for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
   rm -rf /tmp/gpu_pretrain
   echo "== pretrain $args"
   timeout 150 $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \
