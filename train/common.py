@@ -192,6 +192,29 @@ def save_config(cfg, path: str) -> None:
         yaml.safe_dump(data, fh, sort_keys=False)
 
 
+def open_run(cls, cfg, args) -> tuple:
+    """Fresh run or --resume: (config, checkpoint state or None).  On resume the saved
+    run's settings win, except those that may change between sessions when given as
+    flags; a fresh run refuses an --out that already holds checkpoints."""
+    folder = os.path.join(cfg.out, "checkpoints")
+    if not args.resume:
+        if Checkpoints(folder).latest() is not None:
+            raise UserError(f"{cfg.out} already holds a run ({Checkpoints(folder).latest()}); pass --resume to "
+                            "continue it or choose another --out (nothing was overwritten)")
+        return cfg, None
+    path = args.resume if args.resume != "latest" else Checkpoints(folder).latest()
+    if path is None:
+        raise UserError(f"--resume: no checkpoint in {folder}")
+    state = Checkpoints.load(path)
+    saved = dict(state["config"])
+    for k in ("steps", "out", "device", "progress", "tensorboard", "log_every", "eval_every",
+              "checkpoint_every", "keep_checkpoints"):
+        if getattr(args, k, None) is not None:
+            saved[k] = getattr(cfg, k)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}), state
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 class Checkpoints:
     """``step_0000100.pt`` files in ``folder``, written atomically; keeps the
@@ -248,6 +271,14 @@ def set_rng_state(state: dict, generators: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in generators.items():
         g.set_state(state["generators"][k])
+
+
+def kill_point(step: int) -> None:
+    """Tests of exact resume: SIGKILL this process right after the checkpoint of the step
+    named by RUBIKOPS_TEST_KILL_AT_STEP (no cleanup, as a crash or an OOM killer would)."""
+    if step and step == int(os.environ.get("RUBIKOPS_TEST_KILL_AT_STEP", "0")):
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def optimizer_step(loss, opt, sched, scaler) -> None:

@@ -218,15 +218,8 @@ def main(argv=None) -> int:
         raise UserError(f"--task must be classification or segmentation, got {cfg.task!r}")
     if not 0 < cfg.label_fraction <= 1:
         raise UserError(f"--label-fraction must be in (0, 1], got {cfg.label_fraction}")
+    cfg, resume = common.open_run(FinetuneConfig, cfg, args)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
-    resume = None
-    if args.resume:
-        path = ckpts.latest() if args.resume == "latest" else args.resume
-        if path is None:
-            raise UserError(f"--resume: no checkpoint in {ckpts.folder}")
-        resume = common.Checkpoints.load(path)
-    elif ckpts.latest() is not None:
-        raise UserError(f"{cfg.out} already holds a run ({ckpts.latest()}); pass --resume or choose another --out")
     dist = common.setup_distributed(cfg.device)
     try:
         return run(cfg, dist, ckpts, resume)
@@ -271,6 +264,7 @@ def run(cfg, dist, ckpts, resume) -> int:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
         step = int(resume["step"])
         rngs = resume["rng"]
         common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"batches": gen})
@@ -340,8 +334,9 @@ def run(cfg, dist, ckpts, resume) -> int:
                 rng = rngs
             if dist.main:
                 ckpts.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "step": step, "rng": rng,
-                            "config": dataclasses.asdict(cfg)}, step)
+                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                            "rng": rng, "config": dataclasses.asdict(cfg), "metrics": results}, step)
+            common.kill_point(step)
     if bar is not None:
         bar.close()
     logger.close()

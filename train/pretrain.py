@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -105,9 +104,7 @@ PRESETS = {
 
 
 def parse(argv=None):
-    cfg, args = common.parse_config(PretrainConfig, PRESETS, "python train/pretrain.py", __doc__, argv)
-    explicit = {f.name for f in dataclasses.fields(PretrainConfig) if getattr(args, f.name) is not None}
-    return cfg, args, explicit
+    return common.parse_config(PretrainConfig, PRESETS, "python train/pretrain.py", __doc__, argv)
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -232,25 +229,8 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
 
 
 def main(argv=None) -> int:
-    cfg, args, explicit = parse(argv)
-    resume_state = None
-    ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    if args.resume:
-        path = args.resume if args.resume != "latest" else common.Checkpoints(ckpt_dir).latest()
-        if path is None:
-            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
-        resume_state = common.Checkpoints.load(path)
-        saved = dict(resume_state["config"])
-        # the saved run's settings win, except what may change between sessions
-        for k in ("steps", "out", "device", "progress", "tensorboard", "log_every", "eval_every",
-                  "checkpoint_every", "keep_checkpoints"):
-            if k in explicit:
-                saved[k] = getattr(cfg, k)
-        cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-        ckpt_dir = os.path.join(cfg.out, "checkpoints")
-    elif common.Checkpoints(ckpt_dir).latest() is not None:
-        raise UserError(f"{cfg.out} already holds a run ({common.Checkpoints(ckpt_dir).latest()}); pass --resume "
-                        "to continue it or choose another --out (nothing was overwritten)")
+    cfg, args = parse(argv)
+    cfg, resume_state = common.open_run(PretrainConfig, cfg, args)
     check_config(cfg)
     dist = common.setup_distributed(cfg.device)
     try:
@@ -311,7 +291,6 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     logger = common.Logger(cfg.out, dist.main, resume_step=step, tensorboard=cfg.tensorboard)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
     bar = common.progress(cfg.steps, step, cfg.progress and dist.main, "pretraining")
-    kill_at = int(os.environ.get("RUBIKOPS_TEST_KILL_AT_STEP", "0"))  # tests: SIGKILL after this step's checkpoint
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     t_gen = t_total = 0.0
     timed = puzzles_done = 0
@@ -364,8 +343,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
             best = max(best, score)
             save_checkpoint(ckpts, raw_model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best,
                             last_eval)
-            if kill_at and step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            common.kill_point(step)
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - run_start

@@ -83,3 +83,21 @@ def test_experiment_runs_resumes_and_writes_table_and_plot(tmp_path, capsys):
     capsys.readouterr()
     assert common.run_main(experiment.main, argv) == 0  # everything done: only the report is rebuilt
     assert "== " not in capsys.readouterr().out
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    from .helpers import run_subprocess
+    base = ["train/finetune.py", "--preset", "tiny", "--task", "segmentation", "--no-progress", "--no-tensorboard"]
+    r = run_subprocess([*base, "--out", str(tmp_path / "straight")])
+    assert r.returncode == 0, r.stderr
+    r = run_subprocess([*base, "--out", str(tmp_path / "killed")], env_extra={"RUBIKOPS_TEST_KILL_AT_STEP": "2"})
+    assert r.returncode == -9, r.stderr
+    r = run_subprocess(["train/finetune.py", "--out", str(tmp_path / "killed"), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "step_0000004.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "step_0000004.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.load(open(tmp_path / "straight" / "results.json"))["metrics"]
+    rb = json.load(open(tmp_path / "killed" / "results.json"))["metrics"]
+    assert ra == rb
