@@ -69,14 +69,14 @@ def run_sweeps(dev: torch.device, directory: str, stamp: str) -> list:
     rows, pngs = [], []
     batches = [1, 2, 4, 8, 16, 32, 64]
     cube_b = 32 if dev.type == "cpu" else 64
-    r = [_op_row("sweep batch", B, cube_b, torch.float32, dev, rep) for B in batches]
+    r = [_op_row(f"sweep batch B={B}", B, cube_b, torch.float32, dev, rep) for B in batches]
     rows += r
     pngs.append(_plot(os.path.join(directory, f"{stamp}-{dev.type}-sweep-batch.png"),
                       f"extract_cubes out=, f32, 8 cubes of {cube_b}^3 - {machine}", "batch size", batches,
                       {"rubikops": [x.gbs for x in r], "copy_ ceiling": [x.ceiling_gbs for x in r]}))
     cubes = [16, 24, 32, 48, 64, 96]
     B = 8
-    r = [_op_row("sweep cube", B, c, torch.float32, dev, rep, with_numpy=True) for c in cubes]
+    r = [_op_row(f"sweep cube {c}^3", B, c, torch.float32, dev, rep, with_numpy=True) for c in cubes]
     rows += r
     series = {"rubikops": [x.gbs for x in r], "copy_ ceiling": [x.ceiling_gbs for x in r]}
     if r[0].baseline_s:
@@ -87,7 +87,7 @@ def run_sweeps(dev: torch.device, directory: str, stamp: str) -> list:
            "int16 -> f32 window": dict(dtype=torch.int16, out_dtype=torch.float32, window=True)}
     series = {}
     for label, kw in dts.items():
-        r = [_op_row(f"sweep dtype {label}", B, c, dev=dev, rep=rep, **kw) for c in cubes]
+        r = [_op_row(f"sweep {label} {c}^3", B, c, dev=dev, rep=rep, **kw) for c in cubes]
         rows += r
         series[label] = [x.gbs for x in r]
     pngs.append(_plot(os.path.join(directory, f"{stamp}-{dev.type}-sweep-dtype.png"),
