@@ -39,16 +39,16 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
 
 def test_config_round_trip(data, tmp_path, capsys):
     out = tmp_path / "run"
-    rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--lr", "0.005", "--gap", "1,2", "--mask-prob", "0.5"),
-                   capsys)
+    argv = tiny_args(data, out, tmp_path / "cache", "--lr", "0.005", "--gap", "1,2", "--mask-prob", "0.5")
+    rc, cap = _run(argv, capsys)
     assert rc == 0, cap.err
-    cfg, _, _ = pretrain.parse(["--config", str(out / "config.yaml")])
-    saved = pretrain.PretrainConfig(**{**cfg.__dict__})
+    used, _ = pretrain.parse(argv)
+    cfg, _ = pretrain.parse(["--config", str(out / "config.yaml")])
     assert cfg.lr == 0.005 and cfg.gap == (1, 2) and cfg.mask_prob == 0.5 and cfg.data == str(data)
-    assert cfg == saved
+    assert cfg == used and cfg.steps == 6 and cfg.cube_size == (8, 8, 8)  # preset values survive the file
     toml = tmp_path / "c.toml"
     toml.write_text('steps = 7\ncube_size = [10, 12, 8]\nrotations = "all"\n')
-    cfg, _, _ = pretrain.parse(["--config", str(toml), "--steps", "9"])
+    cfg, _ = pretrain.parse(["--config", str(toml), "--steps", "9"])
     assert cfg.steps == 9 and cfg.cube_size == (10, 12, 8) and cfg.rotations == "all"
 
 
