@@ -101,3 +101,15 @@ def test_exact_resume_after_sigkill(tmp_path):
     ra = json.load(open(tmp_path / "straight" / "results.json"))["metrics"]
     rb = json.load(open(tmp_path / "killed" / "results.json"))["metrics"]
     assert ra == rb
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    from .helpers import run_subprocess
+    out = tmp_path / "ddp"
+    r = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train/finetune.py",
+                        "--preset", "tiny", "--task", "classification", "--out", str(out), "--no-progress",
+                        "--no-tensorboard", "--device", "cpu"], env_extra={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(out / "checkpoints" / "step_0000004.pt", weights_only=False)
+    assert len(state["rng"]) == 2  # both ranks' batch streams saved
+    assert json.load(open(out / "results.json"))["steps"] == 4
