@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 from typing import Any, Optional
 
@@ -235,9 +236,9 @@ class Checkpoints:
         path = os.path.join(self.folder, f"step_{step:07d}.pt")
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-        if best:
+        if best:  # a byte copy of the file just written, not a second serialisation
             with atomic_path(os.path.join(self.folder, "best.pt")) as tmp:
-                torch.save(state, tmp)
+                shutil.copyfile(path, tmp)
         for old in self.paths()[:-self.keep]:
             with contextlib.suppress(OSError):
                 os.unlink(old)
@@ -271,6 +272,12 @@ def set_rng_state(state: dict, generators: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in generators.items():
         g.set_state(state["generators"][k])
+
+
+def autocast(device: torch.device, amp: str):
+    """A factory of the mixed-precision context for --amp none|bf16|fp16."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def kill_point(step: int) -> None:

@@ -270,9 +270,7 @@ def run(cfg, dist, ckpts, resume) -> int:
         common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"batches": gen})
     net = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else model
     fwd = torch.compile(net) if cfg.compile else net
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    amp = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else (lambda: torch.autocast(
-        dev.type, enabled=False))
+    amp = common.autocast(dev, cfg.amp)
     weights = class_weights(cfg, counts)
     weights = weights.to(dev) if weights is not None else None
     if dist.main:

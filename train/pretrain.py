@@ -277,8 +277,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.compile else model
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    amp_ctx = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else (lambda: _null())
+    amp_ctx = common.autocast(dev, cfg.amp)
     os.makedirs(cfg.out, exist_ok=True) if dist.main else None
     if dist.main:
         common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
@@ -291,43 +290,52 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     logger = common.Logger(cfg.out, dist.main, resume_step=step, tensorboard=cfg.tensorboard)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
     bar = common.progress(cfg.steps, step, cfg.progress and dist.main, "pretraining")
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    t_gen = t_total = 0.0
-    timed = puzzles_done = 0
-    run_start = time.perf_counter()
+    cuda = dev.type == "cuda"
+    t_gen = t_timed = 0.0  # batch generation vs whole step, over the timed steps of a log window
+    puzzles_done = 0
+    run_start = window_start = time.perf_counter()
     last_eval: dict = {}
-    acc = {}
+    acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
+    window = 0
     model.train()
     while step < cfg.steps:
+        # On CPU every step is timed (synchronising is free); on the GPU only the last step of each
+        # log window, so the other steps keep the host running ahead of the device.
+        timed = not cuda or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        if timed and cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         cubes, targets = bank.puzzles(puzzle, cfg.batch_size, gen)
-        sync()
+        if timed and cuda:
+            torch.cuda.synchronize()
         t1 = time.perf_counter()
         with amp_ctx():
             out = fwd(cubes)
             loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
-        sync()
-        t2 = time.perf_counter()
-        t_gen += t1 - t0
-        t_total += t2 - t0
-        timed += 1
+        if timed:
+            if cuda:
+                torch.cuda.synchronize()
+            t_gen += t1 - t0
+            t_timed += time.perf_counter() - t0
         puzzles_done += cfg.batch_size * dist.world
-        metrics = {k: float(v) for k, v in puzzle_metrics(out, targets, cfg.rotations).items()}
-        metrics.update({f"loss_{k}": float(v.detach()) for k, v in parts.items()}, loss=float(loss.detach()))
+        window += 1
+        metrics = puzzle_metrics(out, targets, cfg.rotations)
+        metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()}, loss=loss.detach())
         for k, v in metrics.items():
-            acc[k] = acc.get(k, 0.0) + v
-        acc["_n"] = acc.get("_n", 0) + 1
+            acc[k] = acc.get(k, 0.0) + v.float()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", order=f"{metrics['order_acc']:.2f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            n = acc.pop("_n")
-            row = dist.mean({f"train/{k}": v / n for k, v in acc.items()})
-            acc = {}
-            row.update({"lr": sched.get_last_lr()[0], "puzzles_per_s": cfg.batch_size * dist.world * timed / t_total,
-                        "batch_gen_fraction": t_gen / t_total})
+            keys = sorted(acc)
+            means = (torch.stack([acc[k] for k in keys]) / window).tolist()  # the window's one host sync
+            row = dist.mean({f"train/{k}": v for k, v in zip(keys, means)})
+            row.update({"lr": sched.get_last_lr()[0],
+                        "puzzles_per_s": cfg.batch_size * dist.world * window / (time.perf_counter() - window_start),
+                        "batch_gen_fraction": t_gen / t_timed})
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['train/loss']:.3f}", order=f"{row['train/order_acc']:.2f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 last_eval = evaluate(raw_model, eval_batches, cfg, amp_ctx)
                 row.update(last_eval)
@@ -335,14 +343,16 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
                     draw_examples(raw_model, held, eval_batches, puzzle, cfg, os.path.join(cfg.out, "puzzles.png"),
                                   amp_ctx)
             logger.log(step, row)
-            t_gen = t_total = 0.0
-            timed = 0
+            acc, window, t_gen, t_timed = {}, 0, 0.0, 0.0
+            window_start = time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             score = last_eval.get("eval/order_acc", -1.0)
             is_best = score > best
             best = max(best, score)
+            t_ckpt = time.perf_counter()
             save_checkpoint(ckpts, raw_model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best,
                             last_eval)
+            window_start += time.perf_counter() - t_ckpt  # checkpointing is not training throughput
             common.kill_point(step)
     if bar is not None:
         bar.close()
@@ -351,14 +361,6 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         finish(cfg, raw_model, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger)
     logger.close()
     return 0
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best, metrics) -> None:

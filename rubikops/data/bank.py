@@ -125,15 +125,16 @@ class VolumeBank:
         scale, shift, mean, std = [], [], [], []
         z = 0
         offsets = []
+        self.quantised = self.dtype in (torch.int16, torch.uint8)
         for a, (d, h, w) in zip(arrays, shapes):
-            if self.dtype in (torch.int16, torch.uint8):
-                q, s, t = _quantise(a.astype(np.float64), self.dtype)
+            phys = a.astype(np.float64)  # once: quantisation and the z-score statistics both read it
+            if self.quantised:
+                q, s, t = _quantise(phys, self.dtype)
                 src = torch.from_numpy(q)
             else:
                 s, t = 1.0, 0.0
                 src = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.dtype)
             self.storage[0, :, z:z + d, :h, :w] = src.to(self.device)
-            phys = a.astype(np.float64)
             scale.append(s), shift.append(t), mean.append(phys.mean()), std.append(phys.std())
             offsets.append((z, 0, 0))
             z += int(d)
@@ -142,7 +143,6 @@ class VolumeBank:
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=self.device)
         self.scale, self.shift = torch.tensor(scale, **f64), torch.tensor(shift, **f64)
         self.stats = (torch.tensor(mean, **f64), torch.tensor(std, **f64))
-        self.quantised = self.dtype in (torch.int16, torch.uint8)
         self._voxels = int(np.prod(shapes, axis=1).sum()) * C
         self._checked: set = set()
 

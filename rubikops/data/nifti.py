@@ -160,7 +160,7 @@ def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str]
                                     "to set them to 0)")
             chans.append(np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0) if allow_nonfinite else part)
     data = np.stack(chans, 0)
-    data = data.astype(np.int64 if label else np.float32, copy=False) if label or data.dtype != np.float32 else data
+    data = data.astype(np.int64 if label else np.float32, copy=False)
     if label and np.issubdtype(chans[0].dtype, np.floating):
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
@@ -187,13 +187,3 @@ def _check_affine(path: str, aff: np.ndarray, img) -> None:
     if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise DataError(f"{path}: affine is singular or not finite: {aff.round(3).tolist()}")
 
-
-def save_nifti(volume: Volume, path: str, dtype=None) -> str:
-    """Write channel 0 (or all channels as a 4-D file) atomically."""
-    import nibabel as nib
-    data = volume.data[0] if volume.channels == 1 else np.moveaxis(volume.data, 0, -1)
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype or data.dtype), volume.affine)
-    from .cache import atomic_path
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-    return path

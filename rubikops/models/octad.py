@@ -108,7 +108,7 @@ def puzzle_metrics(out: OctadOutput, targets, rotation_mode: str = "paper") -> d
     if rotation_mode == "paper":
         p = torch.sigmoid(out.rotation.float())
         pred = torch.where(p.max(-1).values > 0.5, p.argmax(-1) + 1, torch.zeros_like(p[..., 0], dtype=torch.long))
-        true = (targets.rotation * torch.tensor([1.0, 2.0], device=p.device)).sum(-1).long()
+        true = (targets.rotation[..., 0] + 2 * targets.rotation[..., 1]).long()  # 0 none, 1 H, 2 V
         m["orient_acc"] = (pred == true).float().mean()
     elif rotation_mode == "all":
         m["orient_acc"] = (out.rotation.argmax(-1) == targets.rotation).float().mean()

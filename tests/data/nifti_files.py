@@ -15,10 +15,6 @@ def world_linear(affine: np.ndarray, shape, coef=(1.0, -2.0, 3.0), const=5.0) ->
     return world @ np.asarray(coef) + const
 
 
-def f_of_world(affine: np.ndarray, shape, **kw) -> np.ndarray:
-    return world_linear(affine, shape, **kw)
-
-
 def write(path: str, data: np.ndarray, affine=None, dtype=None, slope=None, inter=None) -> str:
     affine = np.eye(4) if affine is None else affine
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype or data.dtype), affine)
