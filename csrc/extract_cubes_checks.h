@@ -121,9 +121,10 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
                     " but source is on ", a.source.device());
 }
 
-// The functional op of every backend: allocate the output, then run the
-// backend's out= kernel `OutFn` into it.
-template <auto OutFn>
+// The functional op of every backend: allocate the output, let the backend
+// `Prepare` the fresh memory (optional), then run its out= kernel `OutFn` into it.
+inline void no_prepare(at::Tensor&) {}
+template <auto OutFn, void (*Prepare)(at::Tensor&) = &no_prepare>
 at::Tensor extract_cubes_functional(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
                                     const std::optional<at::Tensor>& index,
                                     const std::optional<at::Tensor>& rotations,
@@ -134,6 +135,7 @@ at::Tensor extract_cubes_functional(const at::Tensor& source, const at::Tensor& 
                                     std::optional<c10::ScalarType> out_dtype) {
   at::Tensor out = at::empty(output_shape(source, origins, cube_size),
                              source.options().dtype(resolve_out_dtype(source, out_dtype)));
+  Prepare(out);
   return OutFn(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,
                shift_value, clamp_lo, clamp_hi, out_dtype, out);
 }

@@ -201,8 +201,9 @@ def test_large_cubes_every_shape_keeping_code(backend, cube, vol):
 
 @pytest.mark.parametrize("dtype,cube", [(torch.float32, (40, 40, 40)), (torch.float16, (47, 45, 45))], ids=str)
 def test_large_output_takes_streaming_path(dtype, cube):
-    """Outputs of 8 MB and more are written with non-temporal stores on CPU;
-    odd row lengths exercise the unaligned head and tail."""
+    """Outputs of 8 MB and more are written with non-temporal stores on CPU
+    into memory advised for huge pages (the allocating call); odd row lengths
+    exercise the unaligned head and tail."""
     case = random_case(31, dtype=dtype, B=6, M=8, cube=cube, vol=(48, 47, 49), codes="flips", mask=0.3,
                        keep_prob=0.2, with_index=True)
     out = run(case, ("compiled", "cpu"))

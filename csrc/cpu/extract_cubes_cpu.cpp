@@ -13,6 +13,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -221,10 +225,33 @@ at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& or
   return out;
 }
 
+// A fresh output of many megabytes is untouched memory that the kernel
+// page-faults in as the op writes it, 4 KB at a time: with the faults, an
+// allocating call ran at about a fifth of the `out=` speed.  Asking for
+// transparent huge pages first (honoured where the system's THP mode is
+// "madvise" or "always") makes it 2 MB per fault.  2 cores, an output-sized
+// (57 MB) float32 tensor: torch.empty + copy_ 15.7 -> 8.8 ms with the advice
+// (torch.clone, which does not ask, 15.5 ms).  Advice only: no effect on the
+// result, and a refusal is ignored.
+void advise_huge_pages(at::Tensor& out) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kMinBytes = size_t(4) << 20;
+  const size_t bytes = out.nbytes();
+  if (bytes < kMinBytes) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + bytes) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)out;
+#endif
+}
+
 }  // namespace
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
-  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu>);
+  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu, &rubikops::advise_huge_pages>);
   m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
 }
