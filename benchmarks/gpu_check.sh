@@ -30,9 +30,10 @@ t0=$(date +%s)
 timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
 echo "cuda tests: $(( $(date +%s) - t0 )) s"
-# Pretraining on the GPU: the default settings, then the paper preset (bf16)
+# Pretraining on the GPU: the default settings, then the paper preset (bf16);
+# RUBIKOPS_GPU_PRETRAIN=0 skips them (kernel-only runs).
 export RUBIKOPS_CACHE=/tmp/rubikops-cache
-for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
+[ "${RUBIKOPS_GPU_PRETRAIN:-1}" = "0" ] || for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
   rm -rf /tmp/gpu_pretrain
   echo "== pretrain $args"
   timeout 150 $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \
@@ -42,7 +43,7 @@ for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1
 done
 timeout ${RUBIKOPS_BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
 rc=$?
-tail -45 bench.log
+tail -75 bench.log
 if [ -n "${OUT:-}" ]; then
   cp bench.log build.log tests.log pretrain_all.log "$OUT"/ 2>/dev/null
   cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null

@@ -24,20 +24,29 @@ class Timing:
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 20,
-            min_time_s: float = 0.0) -> Timing:
-    """Median of `repeats` calls after `warmup`; CUDA events on GPU."""
+            min_time_s: float = 0.0, host_sync: bool = False) -> Timing:
+    """Median of `repeats` calls after `warmup`.
+
+    On the GPU each call is bracketed by CUDA events and the calls are queued
+    back to back (as triton.testing.do_bench does), so a row measures the
+    kernels' device time, not the host's Python and launch overhead.
+    ``host_sync=True`` waits for each call before queuing the next: the
+    latency of one isolated call, launch overhead included."""
     for _ in range(warmup):
         fn()
     times = []
     if device.type == "cuda":
         torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
             start.record()
             fn()
             end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            if host_sync:
+                end.synchronize()
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
     else:
         t_end = time.perf_counter() + min_time_s
         while len(times) < repeats or time.perf_counter() < t_end:

@@ -189,10 +189,12 @@ def test_empty_batch():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cube,vol", [((36, 36, 36), (40, 41, 39)), ((5, 36, 36), (9, 40, 37))])
+@pytest.mark.parametrize("cube,vol", [((36, 36, 36), (40, 41, 39)), ((5, 36, 36), (9, 40, 37)),
+                                      ((66, 66, 66), (68, 70, 67))])
 def test_large_cubes_every_shape_keeping_code(backend, cube, vol):
-    """Cubes larger than the CUDA kernel's 32x32 tiles, with every code that
-    keeps the shape (W-moving codes take the tiled path on CUDA)."""
+    """Cubes that fill part of, or spill over, the CUDA kernel's 64x64 tiles,
+    with every code that keeps the shape (W-moving codes take the tiled path
+    on CUDA and the transposed load in Triton)."""
     allowed = [c for c in range(NUM_CODES) if preserves_shape(c, cube)]
     case = random_case(30, B=2, M=len(allowed) // 2, cube=cube, vol=vol, codes="none", mask=0.5, keep_prob=0.5)
     case.kwargs["rotations"] = torch.tensor(allowed).view(2, -1)
@@ -209,6 +211,49 @@ def test_large_output_takes_streaming_path(dtype, cube):
     out = run(case, ("compiled", "cpu"))
     assert out.nbytes >= 8 << 20
     assert_matches(out, case)
+
+
+TRITON_BACKENDS = [p for p in BACKENDS if p.values[0][0] == "triton"]
+
+
+@pytest.mark.parametrize("backend", TRITON_BACKENDS)
+@pytest.mark.parametrize("tile", ["1,2,4", "2,4,8", "4,1,16"])
+@pytest.mark.parametrize("cube,codes", [((6, 5, 6), "all"), ((9, 7, 13), "flips"), ((8, 8, 8), "all")], ids=str)
+def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes, monkeypatch):
+    """The Triton kernel split into GPU-sized tiles (forced: under the
+    interpreter a program takes a whole cube): partial tiles along every axis,
+    and (6, 5, 6) whose W-moving codes split the cube (o, r) = (H, D) while the
+    others split it (D, H)."""
+    monkeypatch.setenv("RUBIKOPS_TRITON_TILE", tile)
+    case = random_case(40, B=2, M=3, cube=cube, vol=(12, 11, 14), codes=codes, mask=0.4, keep_prob=0.3,
+                       with_index=True)
+    if codes == "all":  # every axis order that keeps the shape, W-moving ones included
+        allowed = [c for c in range(NUM_CODES) if preserves_shape(c, cube)]
+        picked = [allowed[(9 * i) % len(allowed)] for i in range(6)]
+        assert len({c // 8 for c in picked}) == len(allowed) // 8
+        case.kwargs["rotations"] = torch.tensor(picked).view(2, 3)
+    assert_matches(run(case, backend), case)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("unroll", ["4", "8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.uint8], ids=str)
+@pytest.mark.parametrize("cube", [(3, 2, 32), (5, 3, 40), (4, 4, 64)], ids=str)
+def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
+    """Both unroll depths of the CUDA vector path (RUBIKOPS_CUDA_UNROLL) on
+    rows of 32 to 64 voxels, so that one block's packs cross rows and
+    planes; masks with keep noise, an index, flips, and per-sample arithmetic."""
+    if not rubikops.ops.HAS_CUDA_KERNEL:
+        pytest.skip("CUDA kernel not built")
+    monkeypatch.setenv("RUBIKOPS_CUDA_UNROLL", unroll)
+    case = random_case(41, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips", mask=0.3,
+                       keep_prob=0.4, with_index=True)
+    assert_matches(run(case, ("compiled", "cuda")), case)
+    arith = random_case(42, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
+                        scale="tensor", shift="float", out_dtype=torch.float32)
+    if dtype.is_floating_point:
+        assert_matches(run(arith, ("compiled", "cuda")), arith)
 
 
 @pytest.mark.cuda

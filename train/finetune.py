@@ -221,10 +221,7 @@ def main(argv=None) -> int:
     cfg, resume = common.open_run(FinetuneConfig, cfg, args)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
     dist = common.setup_distributed(cfg.device)
-    try:
-        return run(cfg, dist, ckpts, resume)
-    finally:
-        common.cleanup_distributed(dist)
+    return common.run_distributed(dist, run, cfg, dist, ckpts, resume)
 
 
 def run(cfg, dist, ckpts, resume) -> int:

@@ -233,10 +233,7 @@ def main(argv=None) -> int:
     cfg, resume_state = common.open_run(PretrainConfig, cfg, args)
     check_config(cfg)
     dist = common.setup_distributed(cfg.device)
-    try:
-        return train(cfg, dist, resume_state)
-    finally:
-        common.cleanup_distributed(dist)
+    return common.run_distributed(dist, train, cfg, dist, resume_state)
 
 
 def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) -> int:

@@ -3,10 +3,14 @@
 // One block writes one part of one (b, m, c) cube, picked by the cube's code:
 //  - codes that keep W as the output's fastest axis (the paper's rotations):
 //    each thread writes VEC consecutive outputs with one 16-byte store and
-//    reads a unit- or reversed-stride run of the source row;
-//  - codes that move W: a 32x32 tile in the plane (output axis fed by source W,
+//    reads them straight from the source row (unit or reversed stride).
+//    Reading warp-coalesced runs instead (lane l takes run element l, l+32,
+//    ...) and regrouping them into packs through shared memory was slower on
+//    an H100 (B=32 x 8 cubes of 64^3, paper codes, out=: float32 88.4% ->
+//    71.0% of the clone ceiling, bfloat16 62.4% -> 34.6%), so it is gone;
+//  - codes that move W: a 64x64 tile in the plane (output axis fed by source W,
 //    output W) goes through shared memory, so reads run along source W and
-//    writes along output W, both coalesced.
+//    writes along output W, both coalesced; each thread has 16 loads in flight.
 // Both paths share one launch (the block decides from its cube's code).
 // Only cuda_runtime and the fp16/bf16 headers are included, so CI can compile
 // this file with nvcc on a machine without a CUDA build of torch.
@@ -21,7 +25,9 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTile = 32;
+constexpr int kTile = 64;                      // tiled path: kTile x kTile outputs per step
+constexpr int kTileRows = kThreads / kTile;    // 4 rows of kTile threads
+constexpr int kTileLoads = kTile / kTileRows;  // 16 loads in flight per thread
 
 template <typename T> __device__ __forceinline__ float to_float(T x) { return static_cast<float>(x); }
 template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
@@ -102,8 +108,9 @@ __device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool ma
 }
 
 template <typename in_t, typename out_t, typename op_t, int VEC, int kUnroll>
-__global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
-  __shared__ out_t tile[kTile][kTile + 1];  // +1: no bank conflicts on the transposed read
+__global__ void __launch_bounds__(kThreads)
+    extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
+  __shared__ out_t tile[kTile][kTile + 1];  // tiled path; +1: no bank conflicts on the transposed read
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
   out_t* __restrict__ out = static_cast<out_t*>(p.out);
   // Blocks of one cube are consecutive in launch order, so the blocks in
@@ -117,6 +124,7 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
   const uint32_t cube_numel = d0 * d1 * d2;
   const CubeGeom g = cube_geom(p, cube);
   const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
+  const bool fill_only = masked && p.threshold == 0;  // nothing to read
   Converter<in_t, out_t, op_t> cvt{p.arithmetic, static_cast<op_t>(p.scale ? p.scale[b] : p.scale_value),
                                    static_cast<op_t>(p.shift ? p.shift[b] : p.shift_value),
                                    static_cast<op_t>(p.clamp_lo), static_cast<op_t>(p.clamp_hi)};
@@ -126,18 +134,21 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
   if (g.w_axis == 2) {
     // Vector path: kUnroll packs of VEC consecutive outputs per thread; all
     // loads are issued before any store so that several are in flight.
-    const uint32_t nvec = cube_numel / VEC, d2v = d2 / VEC;
+    const uint32_t nvec = cube_numel / VEC;
     const uint32_t first = blk * (kThreads * kUnroll) + threadIdx.x;
     in_t raw[kUnroll][VEC];
+    if (!fill_only) {
+      const uint32_t d2v = d2 / VEC;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t v = first + u * kThreads;
-      if (v < nvec) {
-        const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
-        const uint32_t i0 = row / d1, i1 = row - i0 * d1;
-        const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
+      for (int u = 0; u < kUnroll; ++u) {
+        const uint32_t v = first + u * kThreads;
+        if (v < nvec) {
+          const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
+          const uint32_t i0 = row / d1, i1 = row - i0 * d1;
+          const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
+          for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
+        }
       }
     }
 #pragma unroll
@@ -148,41 +159,45 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_kernel(ExtractCubesPar
         if constexpr (VEC > 1) {
           struct alignas(sizeof(out_t) * VEC) Pack { out_t v[VEC]; } pack;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) pack.v[e] = apply_mask(p, masked, k + e, cvt(raw[u][e]), fill);
+          for (int e = 0; e < VEC; ++e)
+            pack.v[e] = fill_only ? fill : apply_mask(p, masked, k + e, cvt(raw[u][e]), fill);
           *reinterpret_cast<Pack*>(out + k) = pack;  // one 16-byte store
         } else {
-          out[k] = apply_mask(p, masked, k, cvt(raw[u][0]), fill);
+          out[k] = fill_only ? fill : apply_mask(p, masked, k, cvt(raw[u][0]), fill);
         }
       }
     }
     return;
   }
 
-  // Tiled path: the plane (a = w_axis, output W) in 32x32 tiles; `o` is the
-  // remaining output axis.
+  // Tiled path: the plane (a = w_axis, output W) in kTile x kTile tiles; `o`
+  // is the remaining output axis.
   const int a = g.w_axis;
   const int o = 1 - a;  // a is 0 or 1 here
   const uint32_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
   const uint32_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
   const uint32_t tiles = dout * ta * t2;
-  const uint32_t tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8
+  const uint32_t tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
   for (uint32_t t = blk; t < tiles; t += static_cast<uint32_t>(blocks_per_cube)) {
     const uint32_t io = t / (ta * t2);
     const uint32_t ja = (t / t2) % ta * kTile, j2 = t % t2 * kTile;
     const int64_t base = g.start + static_cast<int64_t>(io) * g.step[o];
+    in_t vals[kTileLoads];
 #pragma unroll
-    for (uint32_t r = ty; r < kTile; r += kThreads / kTile) {  // read: tx runs along source W
-      const uint32_t ia = ja + tx, i2 = j2 + r;
-      if (ia < da && i2 < d2) tile[r][tx] = cvt(src[base + ia * g.step[a] + i2 * g.step[2]]);
+    for (int r = 0; r < kTileLoads; ++r) {  // read: tx runs along source W
+      const uint32_t ia = ja + tx, i2 = j2 + ty + r * kTileRows;
+      if (ia < da && i2 < d2 && !fill_only) vals[r] = src[base + ia * g.step[a] + i2 * g.step[2]];
     }
+#pragma unroll
+    for (int r = 0; r < kTileLoads; ++r) tile[ty + r * kTileRows][tx] = fill_only ? fill : cvt(vals[r]);
     __syncthreads();
 #pragma unroll
-    for (uint32_t r = ty; r < kTile; r += kThreads / kTile) {  // write: tx runs along output W
-      const uint32_t ia = ja + r, i2 = j2 + tx;
+    for (int r = 0; r < kTileLoads; ++r) {  // write: tx runs along output W
+      const uint32_t ia = ja + ty + r * kTileRows, i2 = j2 + tx;
       if (ia < da && i2 < d2) {
         const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
         const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
-        out[k] = apply_mask(p, masked, k, tile[tx][r], fill);
+        out[k] = fill_only ? fill : apply_mask(p, masked, k, tile[tx][ty + r * kTileRows], fill);
       }
     }
     __syncthreads();

@@ -1,9 +1,9 @@
 """Triton kernel of ``extract_cubes``: kernel, launcher, registered op.
 
-One program writes one contiguous chunk of one (b, m, c) cube, so stores are
-contiguous and, for codes that keep W as the fastest axis, loads are contiguous
-(or reversed) too.  The cube extent is a compile-time constant: div/mod by it
-compile to multiply-shift, and a training run uses one cube size.
+One program writes a box of whole output rows of one (b, m, c) cube, so
+stores are contiguous; loads run along source W for every code (for codes that
+move W the box is loaded transposed and permuted on chip).  The cube extent is
+a compile-time constant: a training run uses one cube size.
 """
 from __future__ import annotations
 
@@ -26,47 +26,47 @@ def _size_of(axis, CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr):
 
 
 @triton.jit
-def _extract_cubes_kernel(
-    src_ptr, out_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-    N, C, D, H, W, M,
-    s_n, s_c, s_d, s_h, s_w,
-    scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
-    CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
-    HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
-    ARITH: tl.constexpr, F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    # One flat grid with the chunks of a cube consecutive: the programs in
-    # flight stream through a few source boxes instead of one chunk of every
-    # cube (H100, B=32, 8 cubes of 64^3 f32: see docs/performance.md).
-    pid = tl.program_id(0).to(tl.int64)
-    chunks: tl.constexpr = (CD * CH * CW + BLOCK - 1) // BLOCK
-    cube = pid // chunks  # (b * M + m) * C + c
-    chunk = pid % chunks
-    c = cube % C
-    bm = cube // C
-    b = bm // M
+def _as_index(x, WIDE: tl.constexpr):
+    """Offsets in 32 bits where the launcher proved that every source and
+    output offset fits (one instruction per product instead of a 64-bit
+    multiply sequence); 64 bits otherwise."""
+    # tl.cast, not .to: Triton (3.6) passes an integer argument equal to 1
+    # (a unit stride, C = 1) as a plain Python int.
+    if WIDE:
+        return tl.cast(x, tl.int64)
+    else:
+        return tl.cast(x, tl.int32)
 
-    # Per-cube geometry; index, origins and codes are clamped so that no input
-    # (validate=False) can take a load out of the source.
+
+@triton.jit
+def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w,
+                   CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+                   HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, WIDE: tl.constexpr):
+    """Source offset of output voxel (0, 0, 0), the signed source strides along
+    the three output axes, and which output axis reads along source W.
+
+    Index, origins and codes are clamped so that no input (validate=False) can
+    take a load out of the source."""
     if HAS_INDEX:
         n = tl.load(index_ptr + b).to(tl.int64)
-        n = tl.minimum(tl.maximum(n, 0), N - 1)
+        n = _as_index(tl.minimum(tl.maximum(n, 0), N - 1), WIDE)
     else:
         n = b
-    oz = tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 0).to(tl.int64), 0), D - CD)
-    oy = tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 1).to(tl.int64), 0), H - CH)
-    ox = tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 2).to(tl.int64), 0), W - CW)
-    start = n * s_n + c * s_c + oz * s_d + oy * s_h + ox * s_w
+    oz = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 0).to(tl.int64), 0), D - CD), WIDE)
+    oy = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 1).to(tl.int64), 0), H - CH), WIDE)
+    ox = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 2).to(tl.int64), 0), W - CW), WIDE)
+    s_d = _as_index(s_d, WIDE)
+    s_h = _as_index(s_h, WIDE)
+    s_w = _as_index(s_w, WIDE)
+    start = n * _as_index(s_n, WIDE) + c * _as_index(s_c, WIDE) + oz * s_d + oy * s_h + ox * s_w
     if HAS_ROT:
-        code = tl.load(rot_ptr + bm).to(tl.int64) % 48
+        code = tl.load(rot_ptr + bm).to(tl.int32) % 48
         code = tl.where(code < 0, code + 48, code)
         # axis_order(p, a) = (0x061209211824 >> (8p + 2a)) & 3 (see csrc/extract_cubes.h)
         p = code // 8
-        a0 = (0x061209211824 >> (8 * p)) & 3
-        a1 = (0x061209211824 >> (8 * p + 2)) & 3
-        a2 = (0x061209211824 >> (8 * p + 4)) & 3
+        a0 = ((0x061209211824 >> (8 * p).to(tl.int64)) & 3).to(tl.int32)
+        a1 = ((0x061209211824 >> (8 * p + 2).to(tl.int64)) & 3).to(tl.int32)
+        a2 = ((0x061209211824 >> (8 * p + 4).to(tl.int64)) & 3).to(tl.int32)
         keeps_shape = (_size_of(a0, CD, CH, CW) == CD) & (_size_of(a1, CD, CH, CW) == CH) & (_size_of(a2, CD, CH, CW) == CW)
         a0 = tl.where(keeps_shape, a0, 0)
         a1 = tl.where(keeps_shape, a1, 1)
@@ -81,18 +81,23 @@ def _extract_cubes_kernel(
         st0 = tl.where(f0, -st0, st0)
         st1 = tl.where(f1, -st1, st1)
         st2 = tl.where(f2, -st2, st2)
+        w_axis = tl.where(a2 == 2, 2, tl.where(a1 == 2, 1, 0))
     else:
         st0 = s_d
         st1 = s_h
         st2 = s_w
+        w_axis = tl.full([], 2, tl.int32)
+    return start, st0, st1, st2, w_axis
 
-    offs = chunk * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    valid = offs < CD * CH * CW
-    i2 = offs % CW
-    i1 = (offs // CW) % CH
-    i0 = offs // (CW * CH)
-    x = tl.load(src_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, mask=valid, other=0)
 
+@triton.jit
+def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+                      HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
+                      HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ARITH: tl.constexpr,
+                      F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr):
+    """Intensity (float(x) * scale + shift, clamp, cast), the mask and its
+    random keep rule, then the store."""
     out_dtype = out_ptr.dtype.element_ty
     if F64:
         ctype = tl.float64
@@ -126,8 +131,6 @@ def _extract_cubes_kernel(
             y = x.to(tl.float32).to(out_dtype)
         else:
             y = x.to(out_dtype)
-
-    out_offs = cube * (CD * CH * CW) + offs
     if HAS_MASK:
         masked = tl.load(mask_ptr + bm) != 0
         if PARAMS_IN_TENSOR:
@@ -135,7 +138,8 @@ def _extract_cubes_kernel(
         else:
             fill_v = tl.full([], fill, tl.float32).to(out_dtype)
         if KEEP_RANDOM:  # splitmix64 of the output's linear index (normative, see the core issue)
-            z = tl.full([], seed, tl.int64).to(tl.uint64, bitcast=True) + (out_offs.to(tl.uint64, bitcast=True) + 1) * 0x9E3779B97F4A7C15
+            k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
+            z = tl.full([], seed, tl.int64).to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
             z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
             z = (z ^ (z >> 27)) * 0x94D049BB133111EB
             z = z ^ (z >> 31)
@@ -146,19 +150,112 @@ def _extract_cubes_kernel(
     tl.store(out_ptr + out_offs, y, mask=valid)
 
 
-def _block_size(cube_numel: int, device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
-    """(BLOCK, num_warps).  Under the interpreter each program costs ~5 ms
-    whatever its size, so take whole cubes at once."""
+@triton.jit
+def _extract_cubes_kernel(
+    src_ptr, out_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+    N, C, D, H, W, M,
+    s_n, s_c, s_d, s_h, s_w,
+    scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+    CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+    HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+    ARITH: tl.constexpr, F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
+    TO: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr, PER_CUBE: tl.constexpr, WIDE: tl.constexpr,
+):
+    # A program writes a (TO, TR, TW) box of one (b, m, c) cube: TW along the
+    # output W axis (contiguous stores), TR along the output axis `r`, TO along
+    # the remaining axis `o`.  For codes that keep source W on output W,
+    # (o, r) = (D, H) and the load runs along W as well.  For codes that move
+    # W, r is the output axis fed by source W: the box is loaded with r
+    # fastest (coalesced along source W) and permuted in registers/shared
+    # memory so that the store runs along output W.  Offsets are formed per
+    # axis and broadcast: one add per voxel instead of div/mod and three
+    # multiplies of a flat index.  The programs of a cube are consecutive in
+    # launch order, so those in flight stream through a few source boxes.
+    pid = _as_index(tl.program_id(0), WIDE)
+    cube = pid // PER_CUBE  # (b * M + m) * C + c
+    t = pid % PER_CUBE
+    c = cube % C
+    bm = cube // C
+    b = bm // M
+    start, st0, st1, st2, w_axis = _cube_geometry(
+        origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w,
+        CD, CH, CW, HAS_INDEX, HAS_ROT, WIDE)
+    r_is_d = w_axis == 0  # W moved to output D: tiles span (D, W), o = H
+    st_o = tl.where(r_is_d, st1, st0)
+    st_r = tl.where(r_is_d, st0, st1)
+    n_o = tl.where(r_is_d, CH, CD)
+    n_r = tl.where(r_is_d, CD, CH)
+    out_o = tl.where(r_is_d, CW, CH * CW)
+    out_r = tl.where(r_is_d, CH * CW, CW)
+    TILES_W: tl.constexpr = (CW + TW - 1) // TW
+    tiles_r = (n_r + TR - 1) // TR
+    jw = t % TILES_W
+    rest = t // TILES_W
+    io = (rest // tiles_r) * TO + tl.arange(0, TO)
+    ir = (rest % tiles_r) * TR + tl.arange(0, TR)
+    i2 = jw * TW + tl.arange(0, TW)
+    o_part = (io * st_o)[:, None, None]
+    if w_axis == 2:
+        valid_in = (io < n_o)[:, None, None] & (ir < n_r)[None, :, None] & (i2 < CW)[None, None, :]
+        x = tl.load(src_ptr + start + o_part + (ir * st_r)[None, :, None] + (i2 * st2)[None, None, :],
+                    mask=valid_in, other=0)
+    else:
+        valid_t = (io < n_o)[:, None, None] & (i2 < CW)[None, :, None] & (ir < n_r)[None, None, :]
+        xt = tl.load(src_ptr + start + o_part + (i2 * st2)[None, :, None] + (ir * st_r)[None, None, :],
+                     mask=valid_t, other=0)
+        x = tl.permute(xt, (0, 2, 1))
+    valid = (io < n_o)[:, None, None] & (ir < n_r)[None, :, None] & (i2 < CW)[None, None, :]
+    out_offs = cube * (CD * CH * CW) + (io * out_o)[:, None, None] + (ir * out_r)[None, :, None] + i2[None, None, :]
+    _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+                      HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64, PARAMS_IN_TENSOR,
+                      VIA_F32)
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(1, int(x)).bit_length() - 1)
+
+
+def tile_shape(cube_size: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(TO, TR, TW, num_warps) of a program's output box.
+
+    Under the interpreter each program costs ~5 ms whatever its size, so a
+    program takes a whole cube (up to 64k voxels).  On the GPU a program
+    writes RUBIKOPS_TRITON_BLOCK bytes, whole output rows first.  H100,
+    B=32 x 8 cubes of 64^3, paper codes, out=, % of the clone ceiling for
+    4/8/16 KB with 4 warps: float32 88.5/51.6/55.4, bfloat16 49.9/46.5/47.4
+    (8 warps: 39.8/53.5/56.0 and 47.5/24.4/50.6), so 4 KB and 4 warps."""
+    CD, CH, CW = (int(s) for s in cube_size)
+    forced = os.environ.get("RUBIKOPS_TRITON_TILE")  # "TO,TR,TW" (powers of two), for tests and tuning
+    if forced:
+        to, tr, tw = (triton.next_power_of_2(int(v)) for v in forced.split(","))
+        return to, tr, tw, int(os.environ.get("RUBIKOPS_TRITON_WARPS", "4"))
+    tw = triton.next_power_of_2(CW)
+    rows = triton.next_power_of_2(max(CD, CH))
     if device.type != "cuda":
-        return min(triton.next_power_of_2(cube_numel), 1 << 16), 1
-    # 8 KB of output per program: H100, f32 paper codes, B=32 x 8 cubes of
-    # 64^3 (2-D grid): BLOCK 1024/2048/4096 with 4 warps gave 56.1/57.1/56.4 %
-    # of the clone ceiling, so the size matters little; bytes, not elements,
-    # set it so that 16-bit outputs get the same bytes per program.
+        tr = min(rows, max(1, (1 << 16) // tw))
+        return min(rows, max(1, (1 << 16) // (tw * tr))), tr, tw, 1
     esize = torch.empty((), dtype=dtype).element_size()
-    block = int(os.environ.get("RUBIKOPS_TRITON_BLOCK", str(8192 // esize)))
+    block = triton.next_power_of_2(int(os.environ.get("RUBIKOPS_TRITON_BLOCK", "4096")) // esize)
     warps = int(os.environ.get("RUBIKOPS_TRITON_WARPS", "4"))
-    return min(block, max(128, triton.next_power_of_2(cube_numel))), warps
+    tw = min(tw, max(16, block))
+    tr = min(rows, max(1, block // tw))
+    to = min(rows, max(1, block // (tw * tr)))
+    return to, tr, tw, warps
+
+
+def _programs_per_cube(cube_size: Sequence[int], to: int, tr: int, tw: int) -> int:
+    """Enough programs for either split of a cube: (o, r) = (D, H) or (H, D)."""
+    CD, CH, CW = (int(s) for s in cube_size)
+    cdiv = triton.cdiv
+    return max(cdiv(CD, to) * cdiv(CH, tr), cdiv(CH, to) * cdiv(CD, tr)) * cdiv(CW, tw)
+
+
+def _fits_int32(source: Tensor, out: Tensor) -> bool:
+    """True when every source and output offset the kernel forms fits in int32."""
+    span = sum((n - 1) * abs(s) for n, s in zip(source.shape, source.stride())) + 1
+    return span < 2**31 and out.numel() < 2**31 and max(abs(s) for s in source.stride()) < 2**31
 
 
 def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
@@ -182,8 +279,9 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
                                clamp_hi if clamp_hi is not None else 0.0, fill], dtype=torch.float64,
                               device=source.device)
     via_f32 = f64 and odt in (torch.float16, torch.bfloat16)  # match torch: double -> float -> half
-    block, warps = _block_size(CD * CH * CW, source.device, odt)
-    grid = (B * M * C * triton.cdiv(CD * CH * CW, block),)
+    to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt)
+    per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
+    grid = (B * M * C * per_cube,)
     dummy = source
     kernel_runner(_extract_cubes_kernel)[grid](
         source, out, origins, index if index is not None else dummy, rotations if rotations is not None else dummy,
@@ -198,7 +296,8 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None,
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
-        BLOCK=block, num_warps=warps,
+        TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
+        num_warps=warps,
     )
 
 

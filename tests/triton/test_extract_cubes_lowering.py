@@ -52,7 +52,10 @@ CASES = [
 def test_kernel_lowers_for_sm90():
     cases = []
     for src_t, out_t, flags, small in CASES:
-        const = dict(CD=64, CH=64, CW=64, BLOCK=2048, **{f: f in flags for f in FLAGS})
+        const = dict(CD=64, CH=64, CW=64, TO=1, TR=32, TW=64, PER_CUBE=128, WIDE=not small,
+                     **{f: f in flags for f in FLAGS})
+        if small:  # Triton passes integer arguments equal to 1 as constants (unit W stride, C = 1)
+            const.update(s_w=1, C=1)
         ptrs = dict(src_ptr=f"*{src_t}", out_ptr=f"*{out_t}", origins_ptr="*i64", index_ptr="*i32",
                     rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32", params_ptr="*fp64")
         cases.append(dict(const=const, ptrs=ptrs, small_ints=small, src=src_t, out=out_t))
