@@ -196,21 +196,26 @@ def _extract_cubes_kernel(
     ir = (rest % tiles_r) * TR + tl.arange(0, TR)
     i2 = jw * TW + tl.arange(0, TW)
     o_part = (io * st_o)[:, None, None]
+    valid = (io < n_o)[:, None, None] & (ir < n_r)[None, :, None] & (i2 < CW)[None, None, :]
+    out_offs = cube * (CD * CH * CW) + (io * out_o)[:, None, None] + (ir * out_r)[None, :, None] + i2[None, None, :]
+    # Each branch stores its own tile: a value merged after the branch takes
+    # one layout for both, which cost the W-keeping path two round trips
+    # through shared memory (seen in the sm_90 TTGIR: 2 convert_layout).
     if w_axis == 2:
-        valid_in = (io < n_o)[:, None, None] & (ir < n_r)[None, :, None] & (i2 < CW)[None, None, :]
         x = tl.load(src_ptr + start + o_part + (ir * st_r)[None, :, None] + (i2 * st2)[None, None, :],
-                    mask=valid_in, other=0)
+                    mask=valid, other=0)
+        _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+                          scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+                          HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
+                          PARAMS_IN_TENSOR, VIA_F32)
     else:
         valid_t = (io < n_o)[:, None, None] & (i2 < CW)[None, :, None] & (ir < n_r)[None, None, :]
         xt = tl.load(src_ptr + start + o_part + (i2 * st2)[None, :, None] + (ir * st_r)[None, None, :],
                      mask=valid_t, other=0)
-        x = tl.permute(xt, (0, 2, 1))
-    valid = (io < n_o)[:, None, None] & (ir < n_r)[None, :, None] & (i2 < CW)[None, None, :]
-    out_offs = cube * (CD * CH * CW) + (io * out_o)[:, None, None] + (ir * out_r)[None, :, None] + i2[None, None, :]
-    _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
-                      HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64, PARAMS_IN_TENSOR,
-                      VIA_F32)
+        _finish_and_store(tl.permute(xt, (0, 2, 1)), out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr,
+                          shift_ptr, params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed,
+                          threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
+                          PARAMS_IN_TENSOR, VIA_F32)
 
 
 def _pow2_floor(x: int) -> int:
