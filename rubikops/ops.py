@@ -158,16 +158,20 @@ def _setup_context(ctx, inputs, output):
     ctx.scalars = (list(cube_size), keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi)
 
 
-def _backward(ctx, grad):
-    source, origins, index, rotations, mask, scale, shift = ctx.saved_tensors
-    cube_size, keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi = ctx.scalars
-    grad_source = torch.ops.rubikops.extract_cubes_backward(
-        grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale, shift,
-        scale_value, shift_value, clamp_lo, clamp_hi)
-    return (grad_source,) + (None,) * 15
+def backward_via(backward_op):
+    """The autograd formula of a forward op, with its gradient computed by
+    ``backward_op`` (the generic scatter-add above, or a backend's kernel)."""
+    def backward(ctx, grad):
+        source, origins, index, rotations, mask, scale, shift = ctx.saved_tensors
+        cube_size, keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi = ctx.scalars
+        grad_source = backward_op(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
+                                  shift, scale_value, shift_value, clamp_lo, clamp_hi)
+        return (grad_source,) + (None,) * 15
+    return backward
 
 
-torch.library.register_autograd("rubikops::extract_cubes", _backward, setup_context=_setup_context)
+torch.library.register_autograd("rubikops::extract_cubes", backward_via(extract_cubes_backward),
+                                setup_context=_setup_context)
 
 # ---------------------------------------------------------------------------
 # Triton backend (lazy: importing Triton costs ~1 s and is optional)

@@ -91,6 +91,18 @@ def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s
 
 
 @triton.jit
+def _keep(out_offs, seed, threshold):
+    """Rubik's Cube+ keep decision: splitmix64 of the output's linear index
+    (normative, see the core issue)."""
+    k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
+    z = tl.full([], seed, tl.int64).to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    z = z ^ (z >> 31)
+    return (z >> 40) < tl.full([], threshold, tl.int64).to(tl.uint64)
+
+
+@triton.jit
 def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
                       scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
                       HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
@@ -137,14 +149,8 @@ def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, s
             fill_v = tl.load(params_ptr + 4).to(out_dtype)
         else:
             fill_v = tl.full([], fill, tl.float32).to(out_dtype)
-        if KEEP_RANDOM:  # splitmix64 of the output's linear index (normative, see the core issue)
-            k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
-            z = tl.full([], seed, tl.int64).to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-            z = z ^ (z >> 31)
-            keep = (z >> 40) < tl.full([], threshold, tl.int64).to(tl.uint64)
-            y = tl.where(masked & ~keep, fill_v, y)
+        if KEEP_RANDOM:
+            y = tl.where(masked & ~_keep(out_offs, seed, threshold), fill_v, y)
         else:
             y = tl.where(masked, fill_v, y)
     tl.store(out_ptr + out_offs, y, mask=valid)
@@ -218,8 +224,122 @@ def _extract_cubes_kernel(
                           PARAMS_IN_TENSOR, VIA_F32)
 
 
-def _pow2_floor(x: int) -> int:
-    return 1 << (max(1, int(x)).bit_length() - 1)
+@triton.jit
+def _extract_cubes_backward_kernel(
+    grad_ptr, acc_ptr, src_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+    N, C, D, H, W, M,
+    s_n, s_c, s_d, s_h, s_w,
+    scale_value, shift_value, clamp_lo, clamp_hi, seed, threshold,
+    CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+    HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+    F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
+):
+    # Gradient w.r.t. the source: every output voxel adds grad * scale
+    # (zero where masked out or clamped) to the voxel it was read from, with
+    # atomics (boxes may overlap, indices repeat).  `acc` is a contiguous
+    # buffer of the source's shape in the compute dtype.  One program: BLOCK
+    # consecutive voxels of one (b, m, c) cube.
+    pid = _as_index(tl.program_id(0), WIDE)
+    chunks: tl.constexpr = (CD * CH * CW + BLOCK - 1) // BLOCK
+    cube = pid // chunks
+    chunk = pid % chunks
+    c = cube % C
+    bm = cube // C
+    b = bm // M
+    a_h = W  # contiguous strides of `acc`
+    a_d = H * a_h
+    a_c = D * a_d
+    a_n = C * a_c
+    start, st0, st1, st2, w_axis = _cube_geometry(
+        origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, a_n, a_c, a_d, a_h, 1, CD, CH, CW,
+        HAS_INDEX, HAS_ROT, WIDE)
+    offs = chunk * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < CD * CH * CW
+    i2 = offs % CW
+    i1 = (offs // CW) % CH
+    i0 = offs // (CW * CH)
+    out_offs = cube * (CD * CH * CW) + offs
+    if F64:
+        ctype = tl.float64
+    else:
+        ctype = tl.float32
+    if PARAMS_IN_TENSOR:  # float64 scalars travel in a tensor (kernel float args are fp32)
+        scale_value = tl.load(params_ptr + 0)
+        shift_value = tl.load(params_ptr + 1)
+        clamp_lo = tl.load(params_ptr + 2)
+        clamp_hi = tl.load(params_ptr + 3)
+    g = tl.load(grad_ptr + out_offs, mask=valid, other=0).to(ctype)
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + b).to(ctype)
+    else:
+        scale = scale_value
+    g = g * scale
+    if HAS_LO or HAS_HI:
+        # The clamp passes the gradient where lo <= v <= hi (as torch.clamp):
+        # recompute v from the source voxel.
+        s_start, t0, t1, t2, w_axis = _cube_geometry(
+            origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w, CD, CH, CW,
+            HAS_INDEX, HAS_ROT, WIDE)
+        x = tl.load(src_ptr + s_start + i0 * t0 + i1 * t1 + i2 * t2, mask=valid, other=0).to(ctype)
+        if HAS_SHIFT:
+            v = x * scale + tl.load(shift_ptr + b).to(ctype)
+        else:
+            v = x * scale + shift_value
+        inside = valid
+        if HAS_LO:
+            inside = inside & (v >= clamp_lo)
+        if HAS_HI:
+            inside = inside & (v <= clamp_hi)
+        g = tl.where(inside, g, 0)
+    if HAS_MASK:
+        masked = tl.load(mask_ptr + bm) != 0
+        if KEEP_RANDOM:
+            g = tl.where(masked & ~_keep(out_offs, seed, threshold), 0, g)
+        else:
+            g = tl.where(masked, 0, g)
+    tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
+
+
+def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
+                    scale, shift, scale_value, shift_value, clamp_lo, clamp_hi) -> Tensor:
+    """Gradient w.r.t. ``source`` (its shape, contiguous, its dtype)."""
+    N, C, D, H, W = source.shape
+    B, M = origins.shape[0], origins.shape[1]
+    CD, CH, CW = (int(s) for s in cube_size)
+    compute = reference.opmath_dtype(source.dtype, grad.dtype)
+    acc = torch.zeros(source.shape, dtype=compute, device=source.device)
+    if grad.numel() == 0:
+        return acc.to(source.dtype)
+    grad = grad.contiguous()
+    threshold = reference.keep_threshold(keep_prob)
+    if threshold >= (1 << 24):  # keep_prob == 1: nothing is dropped
+        mask = None
+    f64 = compute == torch.float64
+    params = source
+    if f64:
+        params = torch.tensor([scale_value, shift_value, clamp_lo if clamp_lo is not None else 0.0,
+                               clamp_hi if clamp_hi is not None else 0.0], dtype=torch.float64, device=source.device)
+    numel = CD * CH * CW
+    block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
+    grid = (B * M * C * triton.cdiv(numel, block),)
+    dummy = source
+    kernel_runner(_extract_cubes_backward_kernel)[grid](
+        grad, acc, source, origins, index if index is not None else dummy, rotations if rotations is not None else dummy,
+        mask if mask is not None else dummy, scale if scale is not None else dummy,
+        shift if shift is not None else dummy, params,
+        N, C, D, H, W, M, *source.stride(),
+        float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
+        int(seed), int(threshold),
+        CD=CD, CH=CH, CW=CW,
+        HAS_INDEX=index is not None, HAS_ROT=rotations is not None, HAS_MASK=mask is not None,
+        KEEP_RANDOM=0 < threshold < (1 << 24) and mask is not None,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None,
+        F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block, WIDE=not (_fits_int32(source, grad) and acc.numel() < 2**31),
+        num_warps=4 if source.device.type == "cuda" else 1,
+    )
+    return acc.to(source.dtype)
 
 
 def tile_shape(cube_size: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -382,5 +502,17 @@ def register() -> _TritonExtractCubes:
         out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", out_variant,
                                          mutates_args=("out",), schema=out_schema)
     torch.library.register_fake("rubikops::extract_cubes_triton", ops._extract_cubes_fake)
-    torch.library.register_autograd("rubikops::extract_cubes_triton", ops._backward, setup_context=ops._setup_context)
+
+    def backward(grad: Tensor, source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
+                 rotations: Optional[Tensor], mask: Optional[Tensor], keep_prob: float, seed: int,
+                 scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
+                 clamp_lo: Optional[float], clamp_hi: Optional[float]) -> Tensor:
+        _check(source, origins, cube_size, None)
+        return launch_backward(lambda k: k, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
+                               scale, shift, scale_value, shift_value, clamp_lo, clamp_hi)
+
+    backward_op = torch.library.custom_op("rubikops::extract_cubes_backward_triton", backward, mutates_args=())
+    backward_op.register_fake(ops._extract_cubes_backward_fake)
+    torch.library.register_autograd("rubikops::extract_cubes_triton", ops.backward_via(backward_op),
+                                    setup_context=ops._setup_context)
     return _TritonExtractCubes(func_op, out_op)

@@ -20,10 +20,11 @@ import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from rubikops.triton.extract_cubes import _extract_cubes_kernel as kernel
+import rubikops.triton.extract_cubes as module
 
 for case in json.loads(sys.argv[1]):
-    const = case["const"]
+    kernel = getattr(module, case["kernel"])
+    const = {k: v for k, v in case["const"].items() if k in kernel.arg_names}
     sig = {}
     for n in kernel.arg_names:
         if n in const:
@@ -50,6 +51,16 @@ CASES = [
 ]
 
 
+def _lower(cases):
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("lowered")]
+    assert len(lines) == len(cases)
+    return lines
+
+
 def test_kernel_lowers_for_sm90():
     cases = []
     for src_t, out_t, flags, small in CASES:
@@ -59,15 +70,33 @@ def test_kernel_lowers_for_sm90():
             const.update(s_w=1, C=1)
         ptrs = dict(src_ptr=f"*{src_t}", out_ptr=f"*{out_t}", origins_ptr="*i64", index_ptr="*i32",
                     rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32", params_ptr="*fp64")
-        cases.append(dict(const=const, ptrs=ptrs, small_ints=small, src=src_t, out=out_t))
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("lowered")]
-    assert len(lines) == len(CASES)
+        cases.append(dict(kernel="_extract_cubes_kernel", const=const, ptrs=ptrs, small_ints=small, src=src_t,
+                          out=out_t))
+    lines = _lower(cases)
     # Layout conversions go through shared memory.  Only the transposed load
     # of W-moving codes needs one; a second (the W-keeping branch converted to
     # a shared layout and back) cost that path on an H100 (docs/performance.md).
     for line in lines:
         assert int(line.split("convert_layout")[1]) <= 1, line
+
+
+BACKWARD_CASES = [
+    ("fp32", "fp32", "fp32", ("HAS_ROT", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI"), True),
+    ("bf16", "bf16", "fp32", ("HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_INDEX"), True),
+    ("fp64", "fp64", "fp64", ("HAS_ROT", "F64", "PARAMS_IN_TENSOR", "HAS_LO", "HAS_MASK"), False),
+]
+
+
+def test_backward_kernel_lowers_for_sm90():
+    """The backward kernel's atomics (float32 and float64) lower for sm_90."""
+    cases = []
+    for src_t, grad_t, acc_t, flags, small in BACKWARD_CASES:
+        const = dict(CD=64, CH=64, CW=64, BLOCK=1024, WIDE=not small, **{f: f in flags for f in FLAGS})
+        if small:
+            const.update(s_w=1, C=1)
+        ptrs = dict(grad_ptr=f"*{grad_t}", acc_ptr=f"*{acc_t}", src_ptr=f"*{src_t}", origins_ptr="*i64",
+                    index_ptr="*i64", rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp64",
+                    params_ptr="*fp64")
+        cases.append(dict(kernel="_extract_cubes_backward_kernel", const=const, ptrs=ptrs, small_ints=small,
+                          src=src_t, out=acc_t))
+    _lower(cases)
