@@ -67,6 +67,14 @@ inline void stream_bytes(void* dst, const void* src, size_t bytes) { std::memcpy
 inline void stream_fence() {}
 #endif
 
+constexpr int64_t kPrefetchRows = 4;
+
+inline void prefetch_bytes(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+  __builtin_prefetch(c + bytes - 1, 0, 3);
+}
+
 struct CubeJob {
   int64_t start;    // element offset of output voxel (0, 0, 0) of channel 0
   int64_t step[3];  // signed source strides along the three output axes
@@ -175,10 +183,21 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const bool fill_all = j.masked && threshold == 0;
       const bool hash = j.masked && threshold > 0 && threshold < (uint64_t(1) << 24);
       const in_t* plane_src = src_ptr + j.start + c * src.stride(1) + i0 * j.step[0];
+      // Rows that run along source W (unit or reversed stride) are fetched
+      // kPrefetchRows ahead: the source rows of a plane are short runs at a
+      // large stride.  2 cores, B=16 x 8 cubes of 48^3 from 128^3, f32, paper
+      // codes, out=, prefetch on/off interleaved 40 times: 0.94 and 0.98 of
+      // the time (4 rows ahead), 0.97 and 0.98 (8 rows ahead).
+      const bool prefetch = !fill_all && (j.step[2] == 1 || j.step[2] == -1);
+      const int64_t row_lo = j.step[2] < 0 ? -(o2 - 1) : 0;
       for (int64_t i1 = 0; i1 < o1; ++i1) {
         const int64_t r = pl * o1 + i1;
         out_t* dst = out_ptr + r * o2;
         const in_t* row_src = plane_src + i1 * j.step[1];
+        if (prefetch) {
+          const int64_t ahead = i1 + kPrefetchRows < o1 ? i1 + kPrefetchRows : -1;
+          if (ahead >= 0) prefetch_bytes(plane_src + ahead * j.step[1] + row_lo, o2 * sizeof(in_t));
+        }
         for (int64_t x0 = 0; x0 < o2; x0 += chunk) {
           const int64_t w = std::min(chunk, o2 - x0);
           out_t* target = stream ? buf : dst + x0;
