@@ -9,7 +9,7 @@ import rubikops
 from rubikops import reference
 from rubikops.rotations import NUM_CODES, PAPER_ROTATIONS, preserves_shape
 
-from .testing import ALL_DTYPES, BACKENDS, LAYOUTS, assert_matches, random_case, run
+from .testing import ALL_DTYPES, BACKENDS, LAYOUTS, Case, assert_matches, random_case, run
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -211,6 +211,20 @@ def test_large_output_takes_streaming_path(dtype, cube):
     out = run(case, ("compiled", "cpu"))
     assert out.nbytes >= 8 << 20
     assert_matches(out, case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_keep_mask_on_long_rows(backend, dtype):
+    """Rows longer than the CPU kernel's 256-voxel keep chunks and its 4 KB
+    row buffer, at odd offsets: the keep decisions stay those of the reference."""
+    gen = torch.Generator().manual_seed(43)
+    src = torch.randn(2, 1, 5, 4, 1100, generator=gen).to(dtype)
+    origins = torch.tensor([[[0, 0, 0], [1, 2, 37], [2, 1, 69]], [[2, 2, 13], [0, 0, 70], [1, 1, 1]]])
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    case_kw = dict(mask=mask, keep_prob=0.37, seed=2**40 + 5, fill=-7.0, rotations=torch.tensor([[0, 4, 1], [5, 2, 0]]))
+    got = run(Case(src, origins, (3, 2, 1030), case_kw), backend)
+    assert torch.equal(got.cpu(), reference.extract_cubes(src, origins, (3, 2, 1030), **case_kw))
 
 
 TRITON_BACKENDS = [p for p in BACKENDS if p.values[0][0] == "triton"]

@@ -75,6 +75,34 @@ inline void prefetch_bytes(const void* p, size_t bytes) {
   __builtin_prefetch(c + bytes - 1, 0, 3);
 }
 
+// Rubik's Cube+ keep decisions of `w` consecutive output voxels from k0.
+// splitmix64 needs 64-bit multiplies, which only AVX-512 (vpmullq) has as
+// vector instructions: where GCC can, the loop is also built for AVX-512 and
+// picked at load time on CPUs that have it.  2 cores (Xeon with AVX-512),
+// B=16 x 8 cubes of 48^3, 30% of cubes masked, keep_prob 0.5, out=: the
+// masked call went 33.6 ms (branch per voxel) -> 29.1 (branch-free select,
+// SSE2) -> 24.3 (scalar) -> 13.7 ms (this; the unmasked call: 4-7 ms).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define RUBIKOPS_AVX512_CLONES __attribute__((target_clones("arch=skylake-avx512", "default")))
+#else
+#define RUBIKOPS_AVX512_CLONES
+#endif
+RUBIKOPS_AVX512_CLONES void keep_bits(uint8_t* keep, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold) {
+  for (int64_t i = 0; i < w; ++i) keep[i] = keep_voxel(seed, k0 + i, threshold);
+}
+
+// target[i] = fill where voxel k0 + i is not kept (a branch-free select: the
+// decision is a coin flip, which a branch would mispredict half the time).
+template <typename out_t>
+void apply_keep(out_t* target, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold, out_t fill) {
+  uint8_t keep[256];
+  for (int64_t s0 = 0; s0 < w; s0 += 256) {
+    const int64_t n = std::min<int64_t>(256, w - s0);
+    keep_bits(keep, n, k0 + s0, seed, threshold);
+    for (int64_t i = 0; i < n; ++i) target[s0 + i] = keep[i] ? target[s0 + i] : fill;
+  }
+}
+
 struct CubeJob {
   int64_t start;    // element offset of output voxel (0, 0, 0) of channel 0
   int64_t step[3];  // signed source strides along the three output axes
@@ -210,9 +238,7 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
             else
               copy_row<in_t, out_t, op_t, false>(from, j.step[2], target, w, s, t, lo, hi);
             if (hash) {
-              const uint64_t k0 = static_cast<uint64_t>(r * o2 + x0);
-              for (int64_t i = 0; i < w; ++i)
-                if (!keep_voxel(seed, k0 + i, threshold)) target[i] = fill;
+              apply_keep(target, w, static_cast<uint64_t>(r * o2 + x0), seed, threshold, fill);
             }
           }
           if (stream) stream_bytes(dst + x0, buf, w * sizeof(out_t));
