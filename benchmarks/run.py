@@ -165,8 +165,27 @@ def bench_cuda(args) -> list[utils.Row]:
                                            backend=name, scale=1 / 200, shift=-0.2, clamp=(-1.0, 1.0),
                                            out_dtype=torch.float32, out=out32)
         rows.append(utils.Row(f"{label} int16 window", wl, utils.time_fn(f, dev), nbytes, ceil))
+    rows += backward_rows(dev, B, M, cube, vol)
     if args.variants:
         rows += _variants(dev, B, M, cube, vol)
+    return rows
+
+
+def backward_rows(dev, B, M, cube, vol, repeats=20):
+    """Gradient w.r.t. the source, float32, paper codes: the generic
+    scatter-add (an int64 offset per voxel, then index_add_) against the
+    Triton kernel (atomics).  Bytes: grad read + gradient buffer written."""
+    source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
+    grad = torch.randn(B, M, 1, cube, cube, cube, device=dev)
+    args = (grad, source, origins, [cube] * 3, None, rot, None, 0.0, 0, None, None, 1.0, -0.0, None, None)
+    rubikops.ops._get_triton_op()  # registers the Triton backward op
+    nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
+    wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
+    rows = []
+    for label, op in (("generic scatter-add", torch.ops.rubikops.extract_cubes_backward),
+                      ("Triton atomics", torch.ops.rubikops.extract_cubes_backward_triton)):
+        t = utils.time_fn(lambda: op(*args), dev, repeats=repeats)
+        rows.append(utils.Row(f"backward: {label}", wl, t, nbytes))
     return rows
 
 
