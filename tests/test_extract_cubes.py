@@ -214,6 +214,29 @@ def test_large_output_takes_streaming_path(dtype, cube):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("clamp", [(-1.0, 1.0), (None, 0.5), (-0.5, None)], ids=str)
+def test_clamp_passes_nan_and_clamps_infinities(backend, dtype, clamp):
+    """NaN stays NaN through scale, shift and clamp (as torch.clamp), +-inf
+    are clamped, at the same voxels as the reference."""
+    gen = torch.Generator().manual_seed(44)
+    src = torch.randn(2, 1, 6, 7, 40, generator=gen, dtype=torch.float64)
+    special = torch.rand(src.shape, generator=gen)
+    src[special < 0.1] = float("nan")
+    src[(special >= 0.1) & (special < 0.15)] = float("inf")
+    src[(special >= 0.15) & (special < 0.2)] = -float("inf")
+    src = src.to(dtype)
+    case = Case(src, torch.tensor([[[0, 0, 0], [1, 2, 3]], [[2, 1, 7], [0, 0, 0]]]), (4, 5, 33),
+                dict(scale=0.5, shift=0.1, clamp=clamp, rotations=torch.tensor([[0, 4], [1, 5]])))
+    got = run(case, backend).cpu()
+    want = reference.extract_cubes(case.source, case.origins, case.cube_size, **case.kwargs)
+    assert torch.equal(got.isnan(), want.isnan()) and bool(want.isnan().any())
+    assert torch.equal(got.isinf(), want.isinf())
+    tol = {torch.float64: 1e-15, torch.float32: 1e-7, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_keep_mask_on_long_rows(backend, dtype):
     """Rows longer than the CPU kernel's 256-voxel keep chunks and its 4 KB

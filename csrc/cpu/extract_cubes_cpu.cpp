@@ -117,7 +117,12 @@ void copy_row(const in_t* __restrict__ src, int64_t step, out_t* __restrict__ ds
   auto convert = [&](in_t x) -> out_t {
     if constexpr (ARITH) {
       op_t v = static_cast<op_t>(x) * s + t;
-      v = v < lo ? lo : (v > hi ? hi : v);  // NaN passes through, as in torch.clamp
+      // Two independent selects, each the exact semantics of one SSE
+      // max/min (lo > v ? lo : v is maxps(lo, v), which returns v when v is
+      // NaN, as torch.clamp does), so the loop vectorises instead of
+      // branching on the data.
+      v = lo > v ? lo : v;
+      v = hi < v ? hi : v;
       return static_cast<out_t>(v);
     } else if constexpr (std::is_same_v<in_t, out_t>) {
       return x;
