@@ -301,6 +301,22 @@ def _extract_cubes_backward_kernel(
     tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
 
 
+def _optional_pointers(source, index, rotations, mask, scale, shift) -> tuple:
+    """The optional tensors, with the source standing in for absent ones
+    (never read: their HAS_* flag is off)."""
+    return tuple(t if t is not None else source for t in (index, rotations, mask, scale, shift))
+
+
+def _flags(cube, index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi) -> dict:
+    """Compile-time constants shared by the forward and backward kernels."""
+    CD, CH, CW = cube
+    return dict(CD=CD, CH=CH, CW=CW,
+                HAS_INDEX=index is not None, HAS_ROT=rotations is not None, HAS_MASK=mask is not None,
+                KEEP_RANDOM=0 < threshold < (1 << 24) and mask is not None,
+                HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+                HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None)
+
+
 def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
                     scale, shift, scale_value, shift_value, clamp_lo, clamp_hi) -> Tensor:
     """Gradient w.r.t. ``source`` (its shape, contiguous, its dtype)."""
@@ -323,19 +339,12 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
     numel = CD * CH * CW
     block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
     grid = (B * M * C * triton.cdiv(numel, block),)
-    dummy = source
     kernel_runner(_extract_cubes_backward_kernel)[grid](
-        grad, acc, source, origins, index if index is not None else dummy, rotations if rotations is not None else dummy,
-        mask if mask is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, params,
+        grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
         int(seed), int(threshold),
-        CD=CD, CH=CH, CW=CW,
-        HAS_INDEX=index is not None, HAS_ROT=rotations is not None, HAS_MASK=mask is not None,
-        KEEP_RANDOM=0 < threshold < (1 << 24) and mask is not None,
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None,
+        **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block, WIDE=not (_fits_int32(source, grad) and acc.numel() < 2**31),
         num_warps=4 if source.device.type == "cuda" else 1,
     )
@@ -407,19 +416,12 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
     to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt)
     per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
     grid = (B * M * C * per_cube,)
-    dummy = source
     kernel_runner(_extract_cubes_kernel)[grid](
-        source, out, origins, index if index is not None else dummy, rotations if rotations is not None else dummy,
-        mask if mask is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, params,
+        source, out, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0), float(fill),
         int(seed), int(threshold),
-        CD=CD, CH=CH, CW=CW,
-        HAS_INDEX=index is not None, HAS_ROT=rotations is not None, HAS_MASK=mask is not None,
-        KEEP_RANDOM=0 < threshold < (1 << 24) and mask is not None,
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None,
+        **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
         TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
         num_warps=warps,
