@@ -255,7 +255,12 @@ class RubikCube:
                 raise ValueError(f"RubikCube: volumes of spatial shape {tuple(volumes.shape[2:])} are smaller than "
                                  f"the puzzle's crop {self.crop_size} (grid {self.grid}, cube {self.cube_size}, "
                                  f"gap {self.gap})")
-            volume_shapes = torch.tensor(volumes.shape[2:], device=dev).expand(N, 3)
+            # Cached per device and shape: a fresh host-to-device tensor would
+            # be a blocking copy (a stream sync on CUDA) in every batch.
+            cache, key = self._on(dev), ("shape", tuple(volumes.shape[2:]))
+            if key not in cache:
+                cache[key] = torch.tensor(key[1], device=dev)
+            volume_shapes = cache[key].expand(N, 3)
         elif self.validate and bool((volume_shapes < torch.tensor(self.crop_size, device=dev)).any()):
             bad = int((volume_shapes < torch.tensor(self.crop_size, device=dev)).any(1).nonzero()[0, 0])
             raise ValueError(f"RubikCube: volume {bad} of shape {volume_shapes[bad].tolist()} is smaller than the "
