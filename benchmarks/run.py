@@ -174,7 +174,8 @@ def bench_cuda(args) -> list[utils.Row]:
 def backward_rows(dev, B, M, cube, vol, repeats=20):
     """Gradient w.r.t. the source, float32, paper codes: the generic
     scatter-add (an int64 offset per voxel, then index_add_) against the
-    Triton kernel (atomics).  Bytes: grad read + gradient buffer written."""
+    CUDA C++ and Triton kernels (atomics).  Bytes: grad read + gradient buffer
+    zeroed and written."""
     source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
     grad = torch.randn(B, M, 1, cube, cube, cube, device=dev)
     args = (grad, source, origins, [cube] * 3, None, rot, None, 0.0, 0, None, None, 1.0, -0.0, None, None)
@@ -182,16 +183,20 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
     rows = []
-    for label, op in (("generic scatter-add", torch.ops.rubikops.extract_cubes_backward),
-                      ("Triton atomics", torch.ops.rubikops.extract_cubes_backward_triton)):
+    kernels = [("generic scatter-add", rubikops.ops.extract_cubes_backward_generic),
+               ("Triton atomics", torch.ops.rubikops.extract_cubes_backward_triton)]
+    if rubikops.ops.HAS_CUDA_BACKWARD_KERNEL:
+        kernels.insert(1, ("CUDA C++ atomics", torch.ops.rubikops.extract_cubes_backward))
+    for label, op in kernels:
         t = utils.time_fn(lambda: op(*args), dev, repeats=repeats)
         rows.append(utils.Row(f"backward: {label}", wl, t, nbytes))
     return rows
 
 
 def _variants(dev, B, M, cube, vol):
-    """Tuning knobs, each on the paper's codes with out=: CUDA packs per thread,
-    Triton bytes per program and warps, for float32 and bfloat16."""
+    """Tuning knobs, each on the paper's codes with out=: CUDA packs per thread
+    and 16-byte window loads, Triton bytes per program and warps, for float32
+    and bfloat16."""
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         tag = str(dtype).replace("torch.", "")
@@ -201,7 +206,8 @@ def _variants(dev, B, M, cube, vol):
         ceil = nbytes / utils.time_fn(lambda: out.clone(), dev).median_s / 1e9
         f = lambda name: (lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot,  # noqa: E731
                                                          validate=False, backend=name, out=out))
-        knobs = [("compiled", {"RUBIKOPS_CUDA_UNROLL": str(u)}) for u in (4, 8)] if rubikops.ops.HAS_CUDA_KERNEL else []
+        knobs = [("compiled", {"RUBIKOPS_CUDA_UNROLL": str(u), "RUBIKOPS_CUDA_WIDE_LOADS": str(w)})
+                 for u in (4, 8) for w in (0, 1)] if rubikops.ops.HAS_CUDA_KERNEL else []
         knobs += [("triton", {"RUBIKOPS_TRITON_BLOCK": str(nbytes_block), "RUBIKOPS_TRITON_WARPS": str(w)})
                   for nbytes_block in (4096, 8192, 16384) for w in (4, 8)]
         for name, env in knobs:

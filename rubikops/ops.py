@@ -9,6 +9,7 @@ the compiled library or a device kernel is missing.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import warnings
@@ -107,14 +108,21 @@ def _extract_cubes_out_fake(*args, out):
 # ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op("rubikops::extract_cubes_backward", mutates_args=())
-def extract_cubes_backward(
+EXTRACT_CUBES_BACKWARD_SCHEMA = (
+    "extract_cubes_backward(Tensor grad, Tensor source, Tensor origins, int[] cube_size, Tensor? index, "
+    "Tensor? rotations, Tensor? mask, float keep_prob, int seed, Tensor? scale, Tensor? shift, "
+    "float scale_value, float shift_value, float? clamp_lo, float? clamp_hi) -> Tensor")
+
+
+def extract_cubes_backward_generic(
     grad: torch.Tensor, source: torch.Tensor, origins: torch.Tensor, cube_size: Sequence[int],
     index: Optional[torch.Tensor], rotations: Optional[torch.Tensor], mask: Optional[torch.Tensor],
     keep_prob: float, seed: int, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
     scale_value: float, shift_value: float, clamp_lo: Optional[float], clamp_hi: Optional[float],
 ) -> torch.Tensor:
-    """Gradient of extract_cubes w.r.t. source (any device).
+    """Gradient of extract_cubes w.r.t. source in plain torch (any device):
+    the implementation of ``rubikops::extract_cubes_backward`` wherever no
+    backend kernel is registered (CPU; CUDA when built without the kernel).
 
     Overlapping boxes and repeated indices accumulate (index_add_)."""
     compute = reference.opmath_dtype(source.dtype, grad.dtype)
@@ -143,9 +151,24 @@ def extract_cubes_backward(
     return flat.view(source.shape).to(source.dtype)
 
 
-@extract_cubes_backward.register_fake
+# The schema comes from the compiled library (csrc/extract_cubes.cpp), which
+# also registers the CUDA kernel; the generic implementation covers the rest.
+# A library built before the op existed lacks the schema: define it here then.
+if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "extract_cubes_backward"):
+    _backward_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
+    _backward_lib.define(EXTRACT_CUBES_BACKWARD_SCHEMA)
+else:
+    _backward_lib = torch.library.Library("rubikops", "IMPL")
+_backward_lib.impl("extract_cubes_backward", extract_cubes_backward_generic, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("rubikops::extract_cubes_backward")
 def _extract_cubes_backward_fake(grad, source, *args):
     return torch.empty_like(source, memory_format=torch.contiguous_format)
+
+
+extract_cubes_backward = torch.ops.rubikops.extract_cubes_backward
+HAS_CUDA_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CUDA")
 
 
 _SAVED = ("origins", "index", "rotations", "mask", "scale", "shift")
@@ -174,18 +197,14 @@ torch.library.register_autograd("rubikops::extract_cubes", backward_via(extract_
                                 setup_context=_setup_context)
 
 # ---------------------------------------------------------------------------
-# Triton backend (lazy: importing Triton costs ~1 s and is optional)
+# Triton backend (optional: registered at import where triton is installed)
 # ---------------------------------------------------------------------------
 _triton_op = None
 _TRITON_ERROR: Optional[str] = None
 
 
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("triton") is not None and _TRITON_ERROR is None
 
 
 def interpreter_enabled() -> bool:
@@ -194,10 +213,28 @@ def interpreter_enabled() -> bool:
 
 def _get_triton_op():
     global _triton_op
+    if _TRITON_ERROR is not None:
+        raise RuntimeError(f"rubikops: the Triton backend failed to load: {_TRITON_ERROR}")
     if _triton_op is None:
         from .triton.extract_cubes import register
         _triton_op = register()
     return _triton_op
+
+
+def _register_triton_ops():
+    """Register the Triton ops now (about 20 ms), not on first use: a first
+    call inside torch.compile would otherwise define ops while dynamo traces,
+    which it refuses."""
+    global _TRITON_ERROR
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        _get_triton_op()
+    except Exception as exc:  # noqa: BLE001 - a broken triton must not break `import rubikops`
+        _TRITON_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+_register_triton_ops()
 
 
 def _register_triton_as_cuda_fallback():
@@ -451,7 +488,9 @@ def available_backends() -> dict:
     return {
         "compiled_cpu": HAS_COMPILED and _has_kernel("rubikops::extract_cubes", "CPU"),
         "compiled_cuda": HAS_CUDA_KERNEL,
+        "compiled_cuda_backward": HAS_CUDA_BACKWARD_KERNEL,
         "triton": triton_available(),
         "torch_reference": True,
         "load_error": _LOAD_ERROR,
+        "triton_error": _TRITON_ERROR,
     }

@@ -14,6 +14,8 @@ def test_python_schema_matches_compiled_schema():
     assert str(torch.ops.rubikops.extract_cubes.default._schema) == "rubikops::" + ops.EXTRACT_CUBES_SCHEMA
     assert str(torch.ops.rubikops.extract_cubes.out._schema) == "rubikops::" + ops.EXTRACT_CUBES_OUT_SCHEMA.replace(
         "extract_cubes.out(", "extract_cubes.out(")
+    assert str(torch.ops.rubikops.extract_cubes_backward.default._schema) == \
+        "rubikops::" + ops.EXTRACT_CUBES_BACKWARD_SCHEMA
 
 
 def _op_args(case):
@@ -87,34 +89,59 @@ def test_gradient_equals_reference_autograd():
     torch.testing.assert_close(src.grad, ref_src.grad, rtol=1e-5, atol=1e-5)
 
 
-TRITON_BACKENDS = [p for p in BACKENDS if p.values[0][0] == "triton"]
+# The backward kernels under test: Triton (interpreter on CPU, or GPU) and the
+# compiled CUDA kernel; each is compared with the generic scatter-add.
+BACKWARD_KERNELS = [p for p in BACKENDS if p.values[0][0] == "triton" or p.values[0] == ("compiled", "cuda")]
 
 
-@pytest.mark.parametrize("backend", TRITON_BACKENDS)
-@pytest.mark.parametrize("dtype,grad_dtype,layout,extra", [
-    (torch.float32, torch.float32, "contiguous", dict(scale="tensor", shift="float", clamp=(-60.0, 60.0))),
-    (torch.float64, torch.float64, "strided", dict(scale="float", shift="tensor", clamp=(None, 50.0))),
-    (torch.bfloat16, torch.bfloat16, "channels_last", dict(mask=0.5, keep_prob=0.4)),
-    (torch.float32, torch.float32, "contiguous", dict(mask=0.5)),
-], ids=["f32-scale-clamp", "f64-strided-clamp-hi", "bf16-keep-mask", "f32-mask"])
-def test_triton_backward_equals_generic_backward(backend, dtype, grad_dtype, layout, extra):
-    """The Triton backward kernel (atomics) against the generic scatter-add
-    (index_add_): overlapping boxes (small volume, many cubes), a repeated
-    index, every shape-keeping code, masks, scale, shift and clamp."""
-    name, device = backend
-    case = random_case(25, dtype=dtype, layout=layout, B=4, M=8, N=3, with_index=True, cube=(4, 4, 4),
-                       vol=(7, 6, 8), **extra).to(device)
+def _backward_args(grad, case):
     args = _op_args(case)
-    grad = torch.randn(4, 8, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1)).to(grad_dtype).to(device)
-    bwd = (grad, args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8], args[9], args[10],
-           args[11], args[12], args[13], args[14])
-    ops._get_triton_op()  # registers rubikops::extract_cubes_backward_triton
-    got = torch.ops.rubikops.extract_cubes_backward_triton(*bwd)
-    want = torch.ops.rubikops.extract_cubes_backward(*bwd)
-    assert got.shape == case.source.shape and got.dtype == dtype
-    assert bool((want != 0).any())
+    return (grad, args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8], args[9], args[10],
+            args[11], args[12], args[13], args[14])
+
+
+@pytest.mark.parametrize("backend", BACKWARD_KERNELS)
+@pytest.mark.parametrize("dtype,grad_dtype,layout,cube,vol,extra", [
+    (torch.float32, torch.float32, "contiguous", (4, 4, 4), (7, 6, 8),
+     dict(scale="tensor", shift="float", clamp=(-60.0, 60.0))),
+    (torch.float64, torch.float64, "strided", (4, 4, 4), (7, 6, 8), dict(scale="float", shift="tensor", clamp=(None, 50.0))),
+    (torch.bfloat16, torch.bfloat16, "channels_last", (4, 4, 4), (7, 6, 8), dict(mask=0.5, keep_prob=0.4)),
+    (torch.float32, torch.float32, "contiguous", (4, 4, 4), (7, 6, 8), dict(mask=0.5)),
+    (torch.float32, torch.bfloat16, "strided", (13, 11, 12), (15, 14, 13),
+     dict(clamp=(-50.0, None), out_dtype=torch.bfloat16, mask=0.3, keep_prob=0.7)),
+], ids=["f32-scale-clamp", "f64-strided-clamp-hi", "bf16-keep-mask", "f32-mask", "f32-bf16grad-big-cubes"])
+def test_backward_kernels_equal_generic_backward(backend, dtype, grad_dtype, layout, cube, vol, extra):
+    """The backend backward kernels (atomics) against the generic scatter-add
+    (index_add_): overlapping boxes (small volume, many cubes), a repeated
+    index, every shape-keeping code, masks with kept voxels, scale, shift and
+    clamp, and cubes larger than one block of the CUDA kernel."""
+    name, device = backend
+    case = random_case(25, dtype=dtype, layout=layout, B=4, M=8, N=3, with_index=True, cube=cube, vol=vol,
+                       **extra).to(device)
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(4, 8, 1, *cube, generator=gen).to(grad_dtype).to(device)
+    args = _backward_args(grad, case)
+    if name == "triton":
+        ops._get_triton_op()  # registers rubikops::extract_cubes_backward_triton
+        got = torch.ops.rubikops.extract_cubes_backward_triton(*args)
+    else:
+        if not ops.HAS_CUDA_BACKWARD_KERNEL:
+            pytest.fail("the CUDA build has no backward kernel")
+        got = torch.ops.rubikops.extract_cubes_backward(*args)
+    want = ops.extract_cubes_backward_generic(*args)
+    assert got.shape == case.source.shape and got.dtype == dtype and got.is_contiguous()
+    assert bool((want != 0).any()) and bool((want == 0).any())
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_opcheck_backward_op():
+    """The backward op's schema and fake kernel (generic implementation on CPU)."""
+    case = random_case(28, dtype=torch.float32, scale="tensor", mask=0.5, keep_prob=0.3, clamp=(-40.0, 40.0),
+                       with_index=True)
+    grad = torch.randn(2, 8, 1, 6, 6, 6, generator=torch.Generator().manual_seed(2))
+    torch.library.opcheck(torch.ops.rubikops.extract_cubes_backward.default, _backward_args(grad, case),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph_cpu():
@@ -149,6 +176,19 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         ops.resolve_backend("triton", torch.device("cpu"))
+
+
+def test_triton_ops_are_registered_at_import():
+    """A first backend="triton" call inside torch.compile must find the ops
+    already defined (dynamo refuses to run the registration while tracing)."""
+    import subprocess
+    import sys
+    code = ("import torch, rubikops; "
+            "print(hasattr(torch.ops.rubikops, 'extract_cubes_triton'), rubikops.available_backends()['triton'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    want = ["True", "True"] if ops.triton_available() else ["False", "False"]
+    assert res.stdout.split() == want
 
 
 def test_available_backends_reports_cpu():

@@ -70,25 +70,27 @@ struct Converter {
 };
 
 struct CubeGeom {
-  int64_t start;    // source offset of output voxel (0, 0, 0), channel included
-  int64_t step[3];  // signed source strides along the output axes
+  int64_t start;    // offset of output voxel (0, 0, 0), channel included
+  int64_t step[3];  // signed strides along the output axes
   int w_axis;       // output axis fed by source W (2 when W stays fastest)
 };
 
-__device__ __forceinline__ CubeGeom cube_geom(const ExtractCubesParams& p, int64_t cube) {
+// Geometry of one (b, m, c) cube in a tensor of the source's shape with
+// strides `stride` (the source itself, or the backward's contiguous buffer).
+__device__ __forceinline__ CubeGeom cube_geom(const ExtractCubesParams& p, int64_t cube, const int64_t stride[5]) {
   const int64_t c = cube % p.C;
   const int64_t bm = cube / p.C;
   const int64_t b = bm / p.M;
   const int64_t n = clamp_index(p.index ? p.index[b] : b, 0, p.N - 1);
   const int64_t dims[3] = {p.D, p.H, p.W};
-  const int64_t src_stride[3] = {p.src_stride[2], p.src_stride[3], p.src_stride[4]};
+  const int64_t spatial[3] = {stride[2], stride[3], stride[4]};
   CubeGeom g;
   const int64_t code = p.rotations ? p.rotations[bm] : 0;
-  cube_geometry(code, p.cube, src_stride, &g.start, g.step);
-  g.start += n * p.src_stride[0] + c * p.src_stride[1];
-  for (int k = 0; k < 3; ++k) g.start += clamp_index(p.origins[bm * 3 + k], 0, dims[k] - p.cube[k]) * src_stride[k];
-  // Which output axis reads along source W (|step| == W stride, checked in
-  // order 2, 1, 0 so that W-keeping codes always take the vector path).
+  cube_geometry(code, p.cube, spatial, &g.start, g.step);
+  g.start += n * stride[0] + c * stride[1];
+  for (int k = 0; k < 3; ++k) g.start += clamp_index(p.origins[bm * 3 + k], 0, dims[k] - p.cube[k]) * spatial[k];
+  // Which output axis reads along source W (checked in order 2, 1, 0 so that
+  // W-keeping codes always take the vector path).
   g.w_axis = 2;
   int64_t c2 = ((code % kNumCodes) + kNumCodes) % kNumCodes;
   int order_p = static_cast<int>(c2 >> 3);
@@ -107,10 +109,61 @@ __device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool ma
   return keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold) ? v : fill;
 }
 
+// The VEC source elements first[0], first[step], ..., first[(VEC-1)*step]
+// (step = +1 or -1, VEC * sizeof(T) == 16) as one or two aligned 16-byte
+// loads, shifted into place with byte permutes.  Both loads hold at least one
+// of the wanted bytes, so they never touch a 16-byte block outside the
+// tensor's allocation.  For 2-byte types this replaces eight 2-byte loads (a
+// warp instruction spread over 512 bytes for 64 useful) with two 16-byte ones.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_window(const T* first, int64_t step, T (&dst)[VEC]) {
+  static_assert(VEC * sizeof(T) == 16, "a window is 16 bytes");
+  const T* lo = step > 0 ? first : first - (VEC - 1);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(lo);
+  const uint4* base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
+  const uint32_t off = static_cast<uint32_t>(addr & 15);  // bytes, a multiple of sizeof(T)
+  const uint4 a = __ldg(base);
+  const uint4 b = off ? __ldg(base + 1) : a;
+  uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  // Shift left by `off` bytes: whole words first (a two-stage barrel shifter
+  // of selects: no local-memory indexing), then bytes with __byte_perm.
+  const uint32_t ws = off >> 2, sel = 0x3210u + 0x1111u * (off & 3);
+#pragma unroll
+  for (int j = 0; j < 6; ++j) w[j] = (ws & 2) ? w[j + 2] : w[j];
+#pragma unroll
+  for (int j = 0; j < 7; ++j) w[j] = (ws & 1) ? w[j + 1] : w[j];
+  uint32_t r[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) r[j] = __byte_perm(w[j], w[j + 1], sel);
+  if (step < 0) {  // memory order lo[0..VEC-1] -> first[0], first[-1], ...
+    uint32_t t[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (sizeof(T) == 1) t[j] = __byte_perm(r[3 - j], 0, 0x0123);
+      else if constexpr (sizeof(T) == 2) t[j] = __byte_perm(r[3 - j], 0, 0x1032);
+      else if constexpr (sizeof(T) == 4) t[j] = r[3 - j];
+      else t[j] = r[j ^ 2];  // 8-byte elements: swap the two halves
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r[j] = t[j];
+  }
+  memcpy(dst, r, 16);
+}
+
 template <typename in_t, typename out_t, typename op_t, int VEC, int kUnroll>
 __global__ void __launch_bounds__(kThreads)
     extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
-  __shared__ out_t tile[kTile][kTile + 1];  // tiled path; +1: no bank conflicts on the transposed read
+  // Tiled path: kGroup tiles per step, so that 2-byte types keep as many
+  // bytes in flight per thread as float32 (16 loads of 4 bytes); stores of
+  // kPack consecutive outputs (4 bytes for 2-byte types) where rows are aligned.
+  constexpr int kGroup = sizeof(out_t) >= 4 ? 1 : 2;  // 2 for 1-byte too: 4 would spill registers
+  constexpr int kPack = VEC > 1 ? kGroup : 1;
+  constexpr int kPackCols = kTile / kPack;               // threads along a tile row when storing
+  constexpr int kPackRows = kThreads / kPackCols;        // rows stored per pass
+  // [kTile + 1]: the transposed read is free of bank conflicts, for 4-byte
+  // types one thread per bank, for packed 2-byte reads (rows 2t, 2t+1 at a
+  // stride of 32.5 words) too.
+  __shared__ out_t tile[kGroup][kTile][kTile + 1];
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
   out_t* __restrict__ out = static_cast<out_t*>(p.out);
   // Blocks of one cube are consecutive in launch order, so the blocks in
@@ -122,7 +175,7 @@ __global__ void __launch_bounds__(kThreads)
   // checked at launch); source and output offsets stay 64-bit.
   const uint32_t d0 = p.cube[0], d1 = p.cube[1], d2 = p.cube[2];
   const uint32_t cube_numel = d0 * d1 * d2;
-  const CubeGeom g = cube_geom(p, cube);
+  const CubeGeom g = cube_geom(p, cube, p.src_stride);
   const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
   const bool fill_only = masked && p.threshold == 0;  // nothing to read
   Converter<in_t, out_t, op_t> cvt{p.arithmetic, static_cast<op_t>(p.scale ? p.scale[b] : p.scale_value),
@@ -139,6 +192,8 @@ __global__ void __launch_bounds__(kThreads)
     in_t raw[kUnroll][VEC];
     if (!fill_only) {
       const uint32_t d2v = d2 / VEC;
+      bool wide = false;
+      if constexpr (VEC * sizeof(in_t) == 16) wide = p.wide_loads && (g.step[2] == 1 || g.step[2] == -1);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const uint32_t v = first + u * kThreads;
@@ -146,6 +201,12 @@ __global__ void __launch_bounds__(kThreads)
           const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
           const uint32_t i0 = row / d1, i1 = row - i0 * d1;
           const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
+          if constexpr (VEC * sizeof(in_t) == 16) {
+            if (wide) {
+              load_window<in_t, VEC>(s, g.step[2], raw[u]);
+              continue;
+            }
+          }
 #pragma unroll
           for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
         }
@@ -170,34 +231,54 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
 
-  // Tiled path: the plane (a = w_axis, output W) in kTile x kTile tiles; `o`
-  // is the remaining output axis.
+  // Tiled path: the plane (a = w_axis, output W) in kTile x kTile tiles,
+  // kGroup consecutive planes of the remaining output axis `o` per step.
   const int a = g.w_axis;
   const int o = 1 - a;  // a is 0 or 1 here
   const uint32_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
   const uint32_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
-  const uint32_t tiles = dout * ta * t2;
+  const uint32_t tiles = (dout + kGroup - 1) / kGroup * ta * t2;
   const uint32_t tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
+  const uint32_t px = threadIdx.x % kPackCols, py = threadIdx.x / kPackCols;
   for (uint32_t t = blk; t < tiles; t += static_cast<uint32_t>(blocks_per_cube)) {
-    const uint32_t io = t / (ta * t2);
+    const uint32_t io0 = t / (ta * t2) * kGroup;
     const uint32_t ja = (t / t2) % ta * kTile, j2 = t % t2 * kTile;
-    const int64_t base = g.start + static_cast<int64_t>(io) * g.step[o];
-    in_t vals[kTileLoads];
+    in_t vals[kGroup][kTileLoads];
 #pragma unroll
-    for (int r = 0; r < kTileLoads; ++r) {  // read: tx runs along source W
-      const uint32_t ia = ja + tx, i2 = j2 + ty + r * kTileRows;
-      if (ia < da && i2 < d2 && !fill_only) vals[r] = src[base + ia * g.step[a] + i2 * g.step[2]];
+    for (int q = 0; q < kGroup; ++q) {
+      const int64_t base = g.start + static_cast<int64_t>(io0 + q) * g.step[o];
+#pragma unroll
+      for (int r = 0; r < kTileLoads; ++r) {  // read: tx runs along source W
+        const uint32_t ia = ja + tx, i2 = j2 + ty + r * kTileRows;
+        if (io0 + q < dout && ia < da && i2 < d2 && !fill_only) vals[q][r] = src[base + ia * g.step[a] + i2 * g.step[2]];
+      }
     }
 #pragma unroll
-    for (int r = 0; r < kTileLoads; ++r) tile[ty + r * kTileRows][tx] = fill_only ? fill : cvt(vals[r]);
+    for (int q = 0; q < kGroup; ++q)
+#pragma unroll
+      for (int r = 0; r < kTileLoads; ++r) tile[q][ty + r * kTileRows][tx] = fill_only ? fill : cvt(vals[q][r]);
     __syncthreads();
 #pragma unroll
-    for (int r = 0; r < kTileLoads; ++r) {  // write: tx runs along output W
-      const uint32_t ia = ja + ty + r * kTileRows, i2 = j2 + tx;
-      if (ia < da && i2 < d2) {
-        const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
-        const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
-        out[k] = fill_only ? fill : apply_mask(p, masked, k, tile[tx][ty + r * kTileRows], fill);
+    for (int q = 0; q < kGroup; ++q) {
+      const uint32_t io = io0 + q;
+#pragma unroll
+      for (int r = 0; r < kTile / kPackRows; ++r) {  // write: px runs along output W, kPack outputs each
+        const uint32_t ia = ja + py + r * kPackRows, i2 = j2 + px * kPack;
+        if (io < dout && ia < da && i2 < d2) {  // d2 % kPack == 0: a pack is all in or all out
+          const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
+          const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
+          if constexpr (kPack > 1) {
+            struct alignas(sizeof(out_t) * kPack) Pack { out_t v[kPack]; } pack;
+#pragma unroll
+            for (int e = 0; e < kPack; ++e) {
+              const out_t x = tile[q][px * kPack + e][py + r * kPackRows];
+              pack.v[e] = fill_only ? fill : apply_mask(p, masked, k + e, x, fill);
+            }
+            *reinterpret_cast<Pack*>(out + k) = pack;  // one 4-byte store
+          } else {
+            out[k] = fill_only ? fill : apply_mask(p, masked, k, tile[q][px][py + r * kPackRows], fill);
+          }
+        }
       }
     }
     __syncthreads();
@@ -224,6 +305,68 @@ cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// Backward: one thread per output-gradient voxel adds grad * scale into the
+// source position it was read from (atomics: boxes may overlap and indices
+// repeat), zero where the voxel was masked out or clamped.  The buffer `acc`
+// is contiguous in the source's shape; the clamp recomputes the forward value
+// from the (possibly strided) source.
+constexpr int kBackwardUnroll = 4;
+
+template <typename src_t, typename grad_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    extract_cubes_backward_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
+  const src_t* __restrict__ src = static_cast<const src_t*>(p.src);
+  const grad_t* __restrict__ grad = static_cast<const grad_t*>(p.grad);
+  acc_t* __restrict__ acc = static_cast<acc_t*>(p.out);
+  const int64_t cube = blockIdx.x / blocks_per_cube;
+  const uint32_t blk = static_cast<uint32_t>(blockIdx.x - cube * blocks_per_cube);
+  const int64_t b = cube / p.C / p.M;
+  const uint32_t d1 = p.cube[1], d2 = p.cube[2];
+  const uint32_t cube_numel = static_cast<uint32_t>(p.cube[0]) * d1 * d2;
+  const int64_t acc_stride[5] = {p.C * p.D * p.H * p.W, p.D * p.H * p.W, p.H * p.W, p.W, 1};
+  const CubeGeom ga = cube_geom(p, cube, acc_stride);
+  const CubeGeom gs = cube_geom(p, cube, p.src_stride);
+  const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
+  if (masked && p.threshold == 0) return;  // the whole cube was filled: no gradient
+  const acc_t scale = static_cast<acc_t>(p.scale ? p.scale[b] : p.scale_value);
+  const acc_t shift = static_cast<acc_t>(p.shift ? p.shift[b] : p.shift_value);
+  const acc_t lo = static_cast<acc_t>(p.clamp_lo), hi = static_cast<acc_t>(p.clamp_hi);
+  const int64_t out_base = cube * static_cast<int64_t>(cube_numel);
+#pragma unroll
+  for (int u = 0; u < kBackwardUnroll; ++u) {
+    const uint32_t r = (blk * kBackwardUnroll + u) * kThreads + threadIdx.x;
+    if (r >= cube_numel) continue;
+    const int64_t k = out_base + r;
+    if (masked && !keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold)) continue;
+    const uint32_t row = r / d2, i2 = r - row * d2;
+    const uint32_t i0 = row / d1, i1 = row - i0 * d1;
+    const acc_t g = mul_rn(to_op<acc_t>(grad[k]), scale);
+    if (p.clamp) {
+      // torch.clamp passes the gradient where lo <= v <= hi (absent bounds
+      // are -inf/+inf; NaN passes none).
+      const acc_t x = to_op<acc_t>(src[gs.start + i0 * gs.step[0] + i1 * gs.step[1] + i2 * gs.step[2]]);
+      const acc_t v = add_rn(mul_rn(x, scale), shift);
+      if (!(v >= lo && v <= hi)) continue;
+    }
+    atomicAdd(acc + ga.start + i0 * ga.step[0] + i1 * ga.step[1] + i2 * ga.step[2], g);
+  }
+}
+
+template <typename src_t, typename grad_t>
+cudaError_t launch_backward_typed(const ExtractCubesParams& p, cudaStream_t stream) {
+  using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
+  const int64_t cubes = p.B * p.M * p.C;
+  const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
+  if (cubes == 0 || numel == 0) return cudaSuccess;
+  if (numel >= (int64_t(1) << 31)) return cudaErrorInvalidValue;  // checked with a message before
+  const int64_t per_block = int64_t(kThreads) * kBackwardUnroll;
+  const int64_t blocks_per_cube = (numel + per_block - 1) / per_block;
+  if (cubes * blocks_per_cube > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  extract_cubes_backward_kernel<src_t, grad_t, acc_t>
+      <<<static_cast<unsigned>(cubes * blocks_per_cube), kThreads, 0, stream>>>(p, blocks_per_cube);
+  return cudaGetLastError();
+}
+
 template <typename F>
 cudaError_t dispatch(DType t, F&& f) {
   switch (t) {
@@ -237,7 +380,24 @@ cudaError_t dispatch(DType t, F&& f) {
   return cudaErrorInvalidValue;
 }
 
+template <typename T> constexpr bool is_float_v = std::is_floating_point_v<T> || std::is_same_v<T, __half> ||
+                                                std::is_same_v<T, __nv_bfloat16>;
+
 }  // namespace
+
+cudaError_t launch_extract_cubes_backward(const ExtractCubesParams& p, cudaStream_t stream) {
+  return dispatch(p.in_dtype, [&](auto src_tag) {
+    using src_t = decltype(src_tag);
+    return dispatch(p.out_dtype, [&](auto grad_tag) {
+      using grad_t = decltype(grad_tag);
+      if constexpr (is_float_v<src_t> && is_float_v<grad_t>) {
+        return launch_backward_typed<src_t, grad_t>(p, stream);
+      } else {
+        return cudaErrorInvalidValue;  // integer sources have no gradient (checked before)
+      }
+    });
+  });
+}
 
 cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t stream) {
   return dispatch(p.in_dtype, [&](auto in_tag) {

@@ -12,7 +12,8 @@ enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16, kInt16, kUInt8
 
 struct ExtractCubesParams {
   const void* src;
-  void* out;
+  void* out;                 // forward: the output; backward: the gradient accumulator (float or double)
+  const void* grad;          // backward only: the output gradient, contiguous, in out_dtype
   const int64_t* origins;    // (B, M, 3)
   const int64_t* index;      // (B,) or null
   const int64_t* rotations;  // (B, M) or null
@@ -27,10 +28,17 @@ struct ExtractCubesParams {
   bool arithmetic;
   uint64_t seed, threshold;  // keep iff splitmix64 top 24 bits < threshold
   int unroll;                // vector packs per thread: 4, 8, or 0 for the default
+  bool wide_loads;           // vector path: read 16-byte aligned windows (2- and 1-byte types)
+  bool clamp;                // backward only: a clamp bound is set (gradient passes where lo <= v <= hi)
 };
 
 // Launches the forward kernel on `stream`; returns the launch error, if any.
 cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t stream);
+
+// Launches the backward kernel: adds grad * scale (zero where masked out or
+// clamped) into p.out, a zeroed contiguous buffer of the source's shape in
+// double when the source or the gradient is double, else float.
+cudaError_t launch_extract_cubes_backward(const ExtractCubesParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace rubikops

@@ -1,12 +1,14 @@
 // Torch registration of the CUDA kernel (the kernels themselves live in
 // extract_cubes_cuda.cu, which nvcc compiles without torch headers).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <limits>
+#include <vector>
 
 #include "../extract_cubes.h"
 #include "../extract_cubes_checks.h"
@@ -30,28 +32,23 @@ cuda::DType to_dtype(c10::ScalarType t) {
 // int64 views of the small index tensors (a no-op when they already are).
 at::Tensor as_long(const at::Tensor& t) { return t.to(at::kLong).contiguous(); }
 
-at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                   const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                                   const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                                   const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                   double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                   std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
-                                   at::Tensor& out) {
-  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
-  check_out(a, out);
-  if (out.numel() == 0) return out;
-  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
-                    "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x", a.cube_size[1], "x", a.cube_size[2],
-                    " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
-  const c10::cuda::CUDAGuard guard(source.device());
+// The kernel parameters shared by the forward and the backward launch; the
+// small index tensors are converted into `keep` so they outlive the launch.
+cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, const at::Tensor& source, const at::Tensor& origins,
+                                     const std::optional<at::Tensor>& index,
+                                     const std::optional<at::Tensor>& rotations,
+                                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& scale,
+                                     const std::optional<at::Tensor>& shift, double fill, double keep_prob,
+                                     int64_t seed, double scale_value, double shift_value,
+                                     std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                                     at::Tensor& out, std::vector<at::Tensor>& keep) {
   at::Tensor org = as_long(origins);
   at::Tensor idx = index ? as_long(*index) : at::Tensor();
   at::Tensor rot = rotations ? as_long(*rotations) : at::Tensor();
   at::Tensor msk = mask ? mask->to(at::kBool).contiguous() : at::Tensor();
   at::Tensor scl = scale ? scale->to(at::kDouble).contiguous() : at::Tensor();
   at::Tensor sft = shift ? shift->to(at::kDouble).contiguous() : at::Tensor();
-
+  keep = {org, idx, rot, msk, scl, sft};
   cuda::ExtractCubesParams p{};
   p.src = source.const_data_ptr();
   p.out = out.mutable_data_ptr();
@@ -80,11 +77,75 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
   p.arithmetic = a.arithmetic;
   p.seed = static_cast<uint64_t>(seed);
   p.threshold = keep_threshold(keep_prob);
+  return p;
+}
+
+at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
+                                   const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
+                                   const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
+                                   const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                   double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                   std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
+                                   at::Tensor& out) {
+  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
+  check_out(a, out);
+  if (out.numel() == 0) return out;
+  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
+                    "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x", a.cube_size[1], "x", a.cube_size[2],
+                    " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
+  const c10::cuda::CUDAGuard guard(source.device());
+  std::vector<at::Tensor> keep;
+  cuda::ExtractCubesParams p = make_params(a, source, origins, index, rotations, mask, scale, shift, fill, keep_prob,
+                                           seed, scale_value, shift_value, clamp_lo, clamp_hi, out, keep);
   const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
   p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
+  // Aligned 16-byte window loads in the vector path: on by default for 1- and
+  // 2-byte types; RUBIKOPS_CUDA_WIDE_LOADS=0/1 forces them off/on (every dtype).
+  const char* wide = std::getenv("RUBIKOPS_CUDA_WIDE_LOADS");
+  p.wide_loads = wide && *wide ? std::atoi(wide) != 0 : out.element_size() < 4;
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
+}
+
+// Gradient w.r.t. the source: grad * scale added at the voxel each output
+// came from (atomics), zero where masked out or clamped.  Same result as the
+// generic scatter-add in rubikops/ops.py, up to the order of the additions.
+at::Tensor extract_cubes_backward_cuda(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
+                                       at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
+                                       const std::optional<at::Tensor>& rotations,
+                                       const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
+                                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                       double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                       std::optional<double> clamp_hi) {
+  TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
+                   "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
+                   source.scalar_type(), " and ", grad.scalar_type());
+  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale,
+                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
+                    " but source is on ", source.device());
+  const auto shape = output_shape(source, origins, cube_size);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
+                    at::IntArrayRef(shape), ", got ", grad.sizes());
+  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
+                    "rubikops.extract_cubes_backward: a cube of more than 2^31 - 1 voxels is too large for the "
+                    "CUDA kernel");
+  const c10::cuda::CUDAGuard guard(source.device());
+  const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
+  at::Tensor acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (grad.numel() == 0) return acc.to(source.scalar_type());
+  const at::Tensor g = grad.contiguous();
+  std::vector<at::Tensor> keep;
+  cuda::ExtractCubesParams p = make_params(a, source, origins, index, rotations, mask, scale, shift, 0.0, keep_prob,
+                                           seed, scale_value, shift_value, clamp_lo, clamp_hi, acc, keep);
+  p.grad = g.const_data_ptr();
+  p.out_dtype = to_dtype(g.scalar_type());
+  p.clamp = clamp_lo.has_value() || clamp_hi.has_value();
+  const cudaError_t err = cuda::launch_extract_cubes_backward(p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes_backward: CUDA launch failed: ", cudaGetErrorString(err));
+  return acc.to(source.scalar_type());
 }
 
 }  // namespace
@@ -93,4 +154,5 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
 TORCH_LIBRARY_IMPL(rubikops, CUDA, m) {
   m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cuda>);
   m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cuda);
+  m.impl("extract_cubes_backward", &rubikops::extract_cubes_backward_cuda);
 }
