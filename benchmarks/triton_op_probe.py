@@ -25,5 +25,8 @@ try:
     ok = torch.equal(got, 2 * rubikops.extract_cubes(src, origins, (8, 8, 8), rotations=rot, backend="compiled"))
     print(f"triton_op probe: torch.compile {'OK' if ok else 'WRONG RESULT'} (torch {torch.__version__})")
 except Exception as exc:  # noqa: BLE001 - report whatever inductor raises
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
     print(f"triton_op probe: torch.compile failed on torch {torch.__version__}: {type(exc).__name__}: "
-          f"{str(exc).splitlines()[0][:300]}")
+          f"{' '.join(str(exc).split())[:400]} [at {where}]")
