@@ -194,27 +194,30 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
 
 
 def _variants(dev, B, M, cube, vol):
-    """Tuning knobs, each on the paper's codes with out=: CUDA packs per thread
-    and 16-byte window loads, Triton bytes per program and warps, for float32
-    and bfloat16."""
+    """Tuning knobs, on the paper's codes with out=: CUDA packs per thread,
+    Triton bytes per program and warps; and Triton box shapes (TO, TR, TW) on
+    both the paper's codes and codes that move W; float32 and bfloat16."""
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
         tag = str(dtype).replace("torch.", "")
         source, origins, rot = make_workload(B, M, cube, vol, dtype, dev, "paper")
+        _, _, rot_w = make_workload(B, M, cube, vol, dtype, dev, "w-moving")
         out = torch.empty(B, M, 1, cube, cube, cube, dtype=dtype, device=dev)
         nbytes = 2 * out.numel() * out.element_size()
         ceil = nbytes / utils.time_fn(lambda: out.clone(), dev).median_s / 1e9
-        f = lambda name: (lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot,  # noqa: E731
-                                                         validate=False, backend=name, out=out))
-        knobs = [("compiled", {"RUBIKOPS_CUDA_UNROLL": str(u), "RUBIKOPS_CUDA_WIDE_LOADS": str(w)})
-                 for u in (4, 8) for w in (0, 1)] if rubikops.ops.HAS_CUDA_KERNEL else []
-        knobs += [("triton", {"RUBIKOPS_TRITON_BLOCK": str(nbytes_block), "RUBIKOPS_TRITON_WARPS": str(w)})
+        f = lambda name, r: (lambda: rubikops.extract_cubes(source, origins, (cube,) * 3,  # noqa: E731
+                                                            rotations=r, validate=False, backend=name, out=out))
+        knobs = [("compiled", "paper", {"RUBIKOPS_CUDA_UNROLL": str(u)}) for u in (4, 8)] \
+            if rubikops.ops.HAS_CUDA_KERNEL else []
+        knobs += [("triton", "paper", {"RUBIKOPS_TRITON_BLOCK": str(nbytes_block), "RUBIKOPS_TRITON_WARPS": str(w)})
                   for nbytes_block in (4096, 8192, 16384) for w in (4, 8)]
-        for name, env in knobs:
+        knobs += [("triton", codes, {"RUBIKOPS_TRITON_TILE": tile, "RUBIKOPS_TRITON_WARPS": "4"})
+                  for tile in ("1,16,64", "1,32,32", "2,32,32", "1,64,32", "1,64,64") for codes in ("paper", "w-moving")]
+        for name, codes, env in knobs:
             os.environ.update(env)
             label = " ".join(f"{k.split('_')[-1].lower()}={v}" for k, v in env.items())
-            rows.append(utils.Row(f"variant: {name} {label} [{tag}]", "paper out=", utils.time_fn(f(name), dev),
-                                  nbytes, ceil))
+            t = utils.time_fn(f(name, rot if codes == "paper" else rot_w), dev)
+            rows.append(utils.Row(f"variant: {name} {label} [{tag}, {codes}]", f"{codes} out=", t, nbytes, ceil))
             for k in env:
                 os.environ.pop(k)
     return rows

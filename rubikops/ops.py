@@ -203,8 +203,13 @@ _triton_op = None
 _TRITON_ERROR: Optional[str] = None
 
 
+# Looked up once: triton_available() runs inside torch.compile'd code, where
+# dynamo refuses to trace importlib.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None and _TRITON_ERROR is None
+    return _TRITON_INSTALLED and _TRITON_ERROR is None
 
 
 def interpreter_enabled() -> bool:
@@ -226,7 +231,7 @@ def _register_triton_ops():
     call inside torch.compile would otherwise define ops while dynamo traces,
     which it refuses."""
     global _TRITON_ERROR
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return
     try:
         _get_triton_op()

@@ -211,11 +211,10 @@ NON_INTERPRETED = [p for p in BACKENDS if p.values[0] != ("triton", "cpu")]
 @pytest.mark.parametrize("cube,vol", [((8, 8, 8), (11, 10, 13)), ((5, 40, 40), (7, 43, 45)),
                                       ((40, 7, 40), (44, 9, 41)), ((72, 72, 72), (75, 74, 77))], ids=str)
 def test_w_moving_codes_with_aligned_rows(backend, dtype, out_dtype, cube, vol):
-    """Every code that moves W, on rows a multiple of 8 long: the CUDA kernel's
-    tiled path with two planes per step and packed stores for 1- and 2-byte
-    types, including an odd number of planes (5, 7), partial 64-voxel tiles
-    (72) and masks with keep noise; plus the W-keeping codes, which take the
-    vector path with 16-byte window loads at every alignment."""
+    """Codes that move W with 1-, 2- and 8-byte types on rows a multiple of 8
+    long (the CUDA kernel's tiled path with aligned 16-byte rows), an odd
+    number of planes (5, 7), partial 64-voxel tiles (72) and masks with keep
+    noise; plus W-keeping codes (flips of W included) in the same launch."""
     allowed = [c for c in range(NUM_CODES) if preserves_shape(c, cube)]
     moving = [c for c in allowed if moves_w(c)]
     moving = moving[::max(1, len(moving) // 12)][:12]
@@ -304,19 +303,15 @@ def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes, monkeypa
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("unroll", ["4", "8"])
-@pytest.mark.parametrize("wide", ["0", "1"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.uint8], ids=str)
 @pytest.mark.parametrize("cube", [(3, 2, 32), (5, 3, 40), (4, 4, 64)], ids=str)
-def test_cuda_vector_path_unroll(unroll, wide, dtype, cube, monkeypatch):
-    """Both unroll depths of the CUDA vector path (RUBIKOPS_CUDA_UNROLL), with
-    and without 16-byte window loads (RUBIKOPS_CUDA_WIDE_LOADS), on rows of 32
-    to 64 voxels (source rows of 70: every alignment), so that one block's
-    packs cross rows and planes; masks with keep noise, an index, flips, and
-    per-sample arithmetic."""
+def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
+    """Both unroll depths of the CUDA vector path (RUBIKOPS_CUDA_UNROLL) on
+    rows of 32 to 64 voxels, so that one block's packs cross rows and
+    planes; masks with keep noise, an index, flips, and per-sample arithmetic."""
     if not rubikops.ops.HAS_CUDA_KERNEL:
         pytest.skip("CUDA kernel not built")
     monkeypatch.setenv("RUBIKOPS_CUDA_UNROLL", unroll)
-    monkeypatch.setenv("RUBIKOPS_CUDA_WIDE_LOADS", wide)
     case = random_case(41, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips", mask=0.3,
                        keep_prob=0.4, with_index=True)
     assert_matches(run(case, ("compiled", "cuda")), case)

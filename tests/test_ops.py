@@ -1,4 +1,6 @@
 """Registration: schema, opcheck, gradcheck, torch.compile, backend choice, validation."""
+import math
+
 import pytest
 import torch
 
@@ -106,20 +108,27 @@ def _backward_args(grad, case):
      dict(scale="tensor", shift="float", clamp=(-60.0, 60.0))),
     (torch.float64, torch.float64, "strided", (4, 4, 4), (7, 6, 8), dict(scale="float", shift="tensor", clamp=(None, 50.0))),
     (torch.bfloat16, torch.bfloat16, "channels_last", (4, 4, 4), (7, 6, 8), dict(mask=0.5, keep_prob=0.4)),
-    (torch.float32, torch.float32, "contiguous", (4, 4, 4), (7, 6, 8), dict(mask=0.5)),
-    (torch.float32, torch.bfloat16, "strided", (13, 11, 12), (15, 14, 13),
+    (torch.float32, torch.float32, "contiguous", (4, 4, 4), (7, 6, 8), dict(mask=0.5, grad_offset=1)),
+    (torch.float32, torch.bfloat16, "strided", (13, 11, 13), (15, 14, 14),
      dict(clamp=(-50.0, None), out_dtype=torch.bfloat16, mask=0.3, keep_prob=0.7)),
-], ids=["f32-scale-clamp", "f64-strided-clamp-hi", "bf16-keep-mask", "f32-mask", "f32-bf16grad-big-cubes"])
+    (torch.float16, torch.float16, "contiguous", (12, 12, 12), (14, 15, 13), dict(scale="tensor", mask=0.3)),
+], ids=["f32-scale-clamp", "f64-strided-clamp-hi", "bf16-keep-mask", "f32-mask-unaligned-grad",
+        "f32-bf16grad-odd-rows", "f16-big-cubes"])
 def test_backward_kernels_equal_generic_backward(backend, dtype, grad_dtype, layout, cube, vol, extra):
     """The backend backward kernels (atomics) against the generic scatter-add
     (index_add_): overlapping boxes (small volume, many cubes), a repeated
     index, every shape-keeping code, masks with kept voxels, scale, shift and
-    clamp, and cubes larger than one block of the CUDA kernel."""
+    clamp; rows of 4 and 12 (the CUDA kernel's 4-wide path) and 13 (one voxel
+    a thread), a gradient not 16-byte aligned, cubes larger than a block."""
     name, device = backend
+    extra = dict(extra)
+    grad_offset = extra.pop("grad_offset", 0)
     case = random_case(25, dtype=dtype, layout=layout, B=4, M=8, N=3, with_index=True, cube=cube, vol=vol,
                        **extra).to(device)
     gen = torch.Generator().manual_seed(1)
-    grad = torch.randn(4, 8, 1, *cube, generator=gen).to(grad_dtype).to(device)
+    shape = (4, 8, 1, *cube)
+    flat = torch.randn(math.prod(shape) + grad_offset, generator=gen).to(grad_dtype).to(device)
+    grad = flat[grad_offset:].view(shape)
     args = _backward_args(grad, case)
     if name == "triton":
         ops._get_triton_op()  # registers rubikops::extract_cubes_backward_triton
@@ -131,7 +140,7 @@ def test_backward_kernels_equal_generic_backward(backend, dtype, grad_dtype, lay
     want = ops.extract_cubes_backward_generic(*args)
     assert got.shape == case.source.shape and got.dtype == dtype and got.is_contiguous()
     assert bool((want != 0).any()) and bool((want == 0).any())
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
@@ -156,6 +165,24 @@ def test_torch_compile_fullgraph_cpu():
     kw = case.kwargs
     got = step(case.source, case.origins, kw["rotations"], kw["mask"], kw["scale"])
     torch.testing.assert_close(got, 2 * reference.extract_cubes(case.source, case.origins, case.cube_size, **kw))
+
+
+@pytest.mark.skipif(not ops.triton_available() or not ops.interpreter_enabled(), reason="needs the Triton interpreter")
+def test_torch_compile_fullgraph_triton_interpreter():
+    """backend="triton" inside torch.compile(fullgraph=True): the backend
+    choice must not call anything dynamo refuses to trace (it once called
+    importlib.util.find_spec, which dynamo in torch 2.11 refuses; the torch
+    here traces it, so the H100 run caught that one)."""
+    case = random_case(29, cube=(4, 4, 4), vol=(6, 7, 6), B=1, M=2, scale="tensor")
+
+    @torch.compile(fullgraph=True)
+    def step(src, origins, rot, scale):
+        return rubikops.extract_cubes(src, origins, (4, 4, 4), rotations=rot, scale=scale, validate=False,
+                                      backend="triton") + 1
+
+    kw = case.kwargs
+    got = step(case.source, case.origins, kw["rotations"], kw["scale"])
+    torch.testing.assert_close(got, 1 + reference.extract_cubes(case.source, case.origins, case.cube_size, **kw))
 
 
 def test_out_with_autograd_is_refused():

@@ -109,61 +109,10 @@ __device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool ma
   return keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold) ? v : fill;
 }
 
-// The VEC source elements first[0], first[step], ..., first[(VEC-1)*step]
-// (step = +1 or -1, VEC * sizeof(T) == 16) as one or two aligned 16-byte
-// loads, shifted into place with byte permutes.  Both loads hold at least one
-// of the wanted bytes, so they never touch a 16-byte block outside the
-// tensor's allocation.  For 2-byte types this replaces eight 2-byte loads (a
-// warp instruction spread over 512 bytes for 64 useful) with two 16-byte ones.
-template <typename T, int VEC>
-__device__ __forceinline__ void load_window(const T* first, int64_t step, T (&dst)[VEC]) {
-  static_assert(VEC * sizeof(T) == 16, "a window is 16 bytes");
-  const T* lo = step > 0 ? first : first - (VEC - 1);
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(lo);
-  const uint4* base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
-  const uint32_t off = static_cast<uint32_t>(addr & 15);  // bytes, a multiple of sizeof(T)
-  const uint4 a = __ldg(base);
-  const uint4 b = off ? __ldg(base + 1) : a;
-  uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-  // Shift left by `off` bytes: whole words first (a two-stage barrel shifter
-  // of selects: no local-memory indexing), then bytes with __byte_perm.
-  const uint32_t ws = off >> 2, sel = 0x3210u + 0x1111u * (off & 3);
-#pragma unroll
-  for (int j = 0; j < 6; ++j) w[j] = (ws & 2) ? w[j + 2] : w[j];
-#pragma unroll
-  for (int j = 0; j < 7; ++j) w[j] = (ws & 1) ? w[j + 1] : w[j];
-  uint32_t r[4];
-#pragma unroll
-  for (int j = 0; j < 4; ++j) r[j] = __byte_perm(w[j], w[j + 1], sel);
-  if (step < 0) {  // memory order lo[0..VEC-1] -> first[0], first[-1], ...
-    uint32_t t[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if constexpr (sizeof(T) == 1) t[j] = __byte_perm(r[3 - j], 0, 0x0123);
-      else if constexpr (sizeof(T) == 2) t[j] = __byte_perm(r[3 - j], 0, 0x1032);
-      else if constexpr (sizeof(T) == 4) t[j] = r[3 - j];
-      else t[j] = r[j ^ 2];  // 8-byte elements: swap the two halves
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) r[j] = t[j];
-  }
-  memcpy(dst, r, 16);
-}
-
 template <typename in_t, typename out_t, typename op_t, int VEC, int kUnroll>
 __global__ void __launch_bounds__(kThreads)
     extract_cubes_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
-  // Tiled path: kGroup tiles per step, so that 2-byte types keep as many
-  // bytes in flight per thread as float32 (16 loads of 4 bytes); stores of
-  // kPack consecutive outputs (4 bytes for 2-byte types) where rows are aligned.
-  constexpr int kGroup = sizeof(out_t) >= 4 ? 1 : 2;  // 2 for 1-byte too: 4 would spill registers
-  constexpr int kPack = VEC > 1 ? kGroup : 1;
-  constexpr int kPackCols = kTile / kPack;               // threads along a tile row when storing
-  constexpr int kPackRows = kThreads / kPackCols;        // rows stored per pass
-  // [kTile + 1]: the transposed read is free of bank conflicts, for 4-byte
-  // types one thread per bank, for packed 2-byte reads (rows 2t, 2t+1 at a
-  // stride of 32.5 words) too.
-  __shared__ out_t tile[kGroup][kTile][kTile + 1];
+  __shared__ out_t tile[kTile][kTile + 1];  // tiled path; +1: no bank conflicts on the transposed read
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
   out_t* __restrict__ out = static_cast<out_t*>(p.out);
   // Blocks of one cube are consecutive in launch order, so the blocks in
@@ -192,8 +141,6 @@ __global__ void __launch_bounds__(kThreads)
     in_t raw[kUnroll][VEC];
     if (!fill_only) {
       const uint32_t d2v = d2 / VEC;
-      bool wide = false;
-      if constexpr (VEC * sizeof(in_t) == 16) wide = p.wide_loads && (g.step[2] == 1 || g.step[2] == -1);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const uint32_t v = first + u * kThreads;
@@ -201,12 +148,6 @@ __global__ void __launch_bounds__(kThreads)
           const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
           const uint32_t i0 = row / d1, i1 = row - i0 * d1;
           const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
-          if constexpr (VEC * sizeof(in_t) == 16) {
-            if (wide) {
-              load_window<in_t, VEC>(s, g.step[2], raw[u]);
-              continue;
-            }
-          }
 #pragma unroll
           for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
         }
@@ -231,54 +172,34 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
 
-  // Tiled path: the plane (a = w_axis, output W) in kTile x kTile tiles,
-  // kGroup consecutive planes of the remaining output axis `o` per step.
+  // Tiled path: the plane (a = w_axis, output W) in kTile x kTile tiles; `o`
+  // is the remaining output axis.
   const int a = g.w_axis;
   const int o = 1 - a;  // a is 0 or 1 here
   const uint32_t da = a == 0 ? d0 : d1, dout = o == 0 ? d0 : d1;
   const uint32_t ta = (da + kTile - 1) / kTile, t2 = (d2 + kTile - 1) / kTile;
-  const uint32_t tiles = (dout + kGroup - 1) / kGroup * ta * t2;
+  const uint32_t tiles = dout * ta * t2;
   const uint32_t tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
-  const uint32_t px = threadIdx.x % kPackCols, py = threadIdx.x / kPackCols;
   for (uint32_t t = blk; t < tiles; t += static_cast<uint32_t>(blocks_per_cube)) {
-    const uint32_t io0 = t / (ta * t2) * kGroup;
+    const uint32_t io = t / (ta * t2);
     const uint32_t ja = (t / t2) % ta * kTile, j2 = t % t2 * kTile;
-    in_t vals[kGroup][kTileLoads];
+    const int64_t base = g.start + static_cast<int64_t>(io) * g.step[o];
+    in_t vals[kTileLoads];
 #pragma unroll
-    for (int q = 0; q < kGroup; ++q) {
-      const int64_t base = g.start + static_cast<int64_t>(io0 + q) * g.step[o];
-#pragma unroll
-      for (int r = 0; r < kTileLoads; ++r) {  // read: tx runs along source W
-        const uint32_t ia = ja + tx, i2 = j2 + ty + r * kTileRows;
-        if (io0 + q < dout && ia < da && i2 < d2 && !fill_only) vals[q][r] = src[base + ia * g.step[a] + i2 * g.step[2]];
-      }
+    for (int r = 0; r < kTileLoads; ++r) {  // read: tx runs along source W
+      const uint32_t ia = ja + tx, i2 = j2 + ty + r * kTileRows;
+      if (ia < da && i2 < d2 && !fill_only) vals[r] = src[base + ia * g.step[a] + i2 * g.step[2]];
     }
 #pragma unroll
-    for (int q = 0; q < kGroup; ++q)
-#pragma unroll
-      for (int r = 0; r < kTileLoads; ++r) tile[q][ty + r * kTileRows][tx] = fill_only ? fill : cvt(vals[q][r]);
+    for (int r = 0; r < kTileLoads; ++r) tile[ty + r * kTileRows][tx] = fill_only ? fill : cvt(vals[r]);
     __syncthreads();
 #pragma unroll
-    for (int q = 0; q < kGroup; ++q) {
-      const uint32_t io = io0 + q;
-#pragma unroll
-      for (int r = 0; r < kTile / kPackRows; ++r) {  // write: px runs along output W, kPack outputs each
-        const uint32_t ia = ja + py + r * kPackRows, i2 = j2 + px * kPack;
-        if (io < dout && ia < da && i2 < d2) {  // d2 % kPack == 0: a pack is all in or all out
-          const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
-          const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
-          if constexpr (kPack > 1) {
-            struct alignas(sizeof(out_t) * kPack) Pack { out_t v[kPack]; } pack;
-#pragma unroll
-            for (int e = 0; e < kPack; ++e) {
-              const out_t x = tile[q][px * kPack + e][py + r * kPackRows];
-              pack.v[e] = fill_only ? fill : apply_mask(p, masked, k + e, x, fill);
-            }
-            *reinterpret_cast<Pack*>(out + k) = pack;  // one 4-byte store
-          } else {
-            out[k] = fill_only ? fill : apply_mask(p, masked, k, tile[q][px][py + r * kPackRows], fill);
-          }
-        }
+    for (int r = 0; r < kTileLoads; ++r) {  // write: tx runs along output W
+      const uint32_t ia = ja + ty + r * kTileRows, i2 = j2 + tx;
+      if (ia < da && i2 < d2) {
+        const uint32_t i0 = a == 0 ? ia : io, i1 = a == 0 ? io : ia;
+        const int64_t k = out_base + (static_cast<int64_t>(i0) * d1 + i1) * d2 + i2;
+        out[k] = fill_only ? fill : apply_mask(p, masked, k, tile[tx][ty + r * kTileRows], fill);
       }
     }
     __syncthreads();
@@ -305,14 +226,15 @@ cudaError_t launch_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Backward: one thread per output-gradient voxel adds grad * scale into the
-// source position it was read from (atomics: boxes may overlap and indices
-// repeat), zero where the voxel was masked out or clamped.  The buffer `acc`
-// is contiguous in the source's shape; the clamp recomputes the forward value
-// from the (possibly strided) source.
+// Backward: each thread takes VEC consecutive output-gradient voxels of one
+// row (one VEC-wide load of grad, one set of index divisions) and adds
+// grad * scale into the source positions they were read from (atomics: boxes
+// may overlap and indices repeat), zero where a voxel was masked out or
+// clamped.  The buffer `acc` is contiguous in the source's shape; the clamp
+// recomputes the forward value from the (possibly strided) source.
 constexpr int kBackwardUnroll = 4;
 
-template <typename src_t, typename grad_t, typename acc_t>
+template <typename src_t, typename grad_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     extract_cubes_backward_kernel(ExtractCubesParams p, int64_t blocks_per_cube) {
   const src_t* __restrict__ src = static_cast<const src_t*>(p.src);
@@ -323,47 +245,64 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = cube / p.C / p.M;
   const uint32_t d1 = p.cube[1], d2 = p.cube[2];
   const uint32_t cube_numel = static_cast<uint32_t>(p.cube[0]) * d1 * d2;
-  const int64_t acc_stride[5] = {p.C * p.D * p.H * p.W, p.D * p.H * p.W, p.H * p.W, p.W, 1};
-  const CubeGeom ga = cube_geom(p, cube, acc_stride);
-  const CubeGeom gs = cube_geom(p, cube, p.src_stride);
   const bool masked = p.mask && p.mask[cube / p.C] && p.threshold < (uint64_t(1) << 24);
   if (masked && p.threshold == 0) return;  // the whole cube was filled: no gradient
+  const int64_t acc_stride[5] = {p.C * p.D * p.H * p.W, p.D * p.H * p.W, p.H * p.W, p.W, 1};
+  const CubeGeom ga = cube_geom(p, cube, acc_stride);
+  const CubeGeom gs = p.clamp ? cube_geom(p, cube, p.src_stride) : ga;
   const acc_t scale = static_cast<acc_t>(p.scale ? p.scale[b] : p.scale_value);
   const acc_t shift = static_cast<acc_t>(p.shift ? p.shift[b] : p.shift_value);
   const acc_t lo = static_cast<acc_t>(p.clamp_lo), hi = static_cast<acc_t>(p.clamp_hi);
   const int64_t out_base = cube * static_cast<int64_t>(cube_numel);
 #pragma unroll
   for (int u = 0; u < kBackwardUnroll; ++u) {
-    const uint32_t r = (blk * kBackwardUnroll + u) * kThreads + threadIdx.x;
+    const uint32_t r = ((blk * kBackwardUnroll + u) * kThreads + threadIdx.x) * VEC;
     if (r >= cube_numel) continue;
     const int64_t k = out_base + r;
-    if (masked && !keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold)) continue;
+    grad_t gv[VEC];
+    if constexpr (VEC > 1) {  // d2 % VEC == 0 and grad aligned (checked at launch)
+      struct alignas(sizeof(grad_t) * VEC) Pack { grad_t v[VEC]; };
+      const Pack pack = *reinterpret_cast<const Pack*>(grad + k);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) gv[e] = pack.v[e];
+    } else {
+      gv[0] = grad[k];
+    }
     const uint32_t row = r / d2, i2 = r - row * d2;
     const uint32_t i0 = row / d1, i1 = row - i0 * d1;
-    const acc_t g = mul_rn(to_op<acc_t>(grad[k]), scale);
-    if (p.clamp) {
-      // torch.clamp passes the gradient where lo <= v <= hi (absent bounds
-      // are -inf/+inf; NaN passes none).
-      const acc_t x = to_op<acc_t>(src[gs.start + i0 * gs.step[0] + i1 * gs.step[1] + i2 * gs.step[2]]);
-      const acc_t v = add_rn(mul_rn(x, scale), shift);
-      if (!(v >= lo && v <= hi)) continue;
+    const int64_t a0 = ga.start + i0 * ga.step[0] + i1 * ga.step[1] + i2 * ga.step[2];
+    const int64_t s0 = gs.start + i0 * gs.step[0] + i1 * gs.step[1] + i2 * gs.step[2];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      if (masked && !keep_voxel(p.seed, static_cast<uint64_t>(k + e), p.threshold)) continue;
+      if (p.clamp) {
+        // torch.clamp passes the gradient where lo <= v <= hi (absent bounds
+        // are -inf/+inf; NaN passes none).
+        const acc_t v = add_rn(mul_rn(to_op<acc_t>(src[s0 + e * gs.step[2]]), scale), shift);
+        if (!(v >= lo && v <= hi)) continue;
+      }
+      atomicAdd(acc + a0 + e * ga.step[2], mul_rn(to_op<acc_t>(gv[e]), scale));
     }
-    atomicAdd(acc + ga.start + i0 * ga.step[0] + i1 * ga.step[1] + i2 * ga.step[2], g);
   }
 }
 
 template <typename src_t, typename grad_t>
 cudaError_t launch_backward_typed(const ExtractCubesParams& p, cudaStream_t stream) {
   using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
+  constexpr int kVec = 4;
   const int64_t cubes = p.B * p.M * p.C;
   const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
   if (cubes == 0 || numel == 0) return cudaSuccess;
   if (numel >= (int64_t(1) << 31)) return cudaErrorInvalidValue;  // checked with a message before
-  const int64_t per_block = int64_t(kThreads) * kBackwardUnroll;
+  const bool vec = p.cube[2] % kVec == 0 && reinterpret_cast<uintptr_t>(p.grad) % (sizeof(grad_t) * kVec) == 0;
+  const int64_t per_block = int64_t(kThreads) * kBackwardUnroll * (vec ? kVec : 1);
   const int64_t blocks_per_cube = (numel + per_block - 1) / per_block;
   if (cubes * blocks_per_cube > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  extract_cubes_backward_kernel<src_t, grad_t, acc_t>
-      <<<static_cast<unsigned>(cubes * blocks_per_cube), kThreads, 0, stream>>>(p, blocks_per_cube);
+  const unsigned grid = static_cast<unsigned>(cubes * blocks_per_cube);
+  if (vec)
+    extract_cubes_backward_kernel<src_t, grad_t, acc_t, kVec><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
+  else
+    extract_cubes_backward_kernel<src_t, grad_t, acc_t, 1><<<grid, kThreads, 0, stream>>>(p, blocks_per_cube);
   return cudaGetLastError();
 }
 

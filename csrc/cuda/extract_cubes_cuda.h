@@ -28,7 +28,6 @@ struct ExtractCubesParams {
   bool arithmetic;
   uint64_t seed, threshold;  // keep iff splitmix64 top 24 bits < threshold
   int unroll;                // vector packs per thread: 4, 8, or 0 for the default
-  bool wide_loads;           // vector path: read 16-byte aligned windows (2- and 1-byte types)
   bool clamp;                // backward only: a clamp bound is set (gradient passes where lo <= v <= hi)
 };
 

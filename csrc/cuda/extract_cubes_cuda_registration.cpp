@@ -100,10 +100,6 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
                                            seed, scale_value, shift_value, clamp_lo, clamp_hi, out, keep);
   const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
   p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
-  // Aligned 16-byte window loads in the vector path: on by default for 1- and
-  // 2-byte types; RUBIKOPS_CUDA_WIDE_LOADS=0/1 forces them off/on (every dtype).
-  const char* wide = std::getenv("RUBIKOPS_CUDA_WIDE_LOADS");
-  p.wide_loads = wide && *wide ? std::atoi(wide) != 0 : out.element_size() < 4;
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
