@@ -455,8 +455,9 @@ class _TritonExtractCubes:
 
 
 def use_triton_op() -> bool:
-    """torch.library.triton_op only on a real GPU and when asked for."""
-    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "0") not in ("", "0")
+    """torch.library.triton_op on a real GPU (RUBIKOPS_TRITON_OP=0 opts out);
+    under the interpreter an opaque custom op (see register)."""
+    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "1") not in ("", "0")
 
 
 def register() -> _TritonExtractCubes:
@@ -487,17 +488,19 @@ def register() -> _TritonExtractCubes:
     schema = ops.EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
     out_schema = schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()")
     if use_triton_op():
-        # Lets inductor trace into the kernel.  On torch 2.11 + Triton 3.6
-        # (H100) torch.compile of this op failed inside inductor with
-        # "AttributeError: 'int' object has no attribute 'xreplace'", so it is
-        # opt-in (RUBIKOPS_TRITON_OP=1) until that is understood.
+        # Lets inductor trace into the kernel.  torch.compile(fullgraph=True)
+        # of it passed on torch 2.11 + Triton 3.6 (H100) once the ops were
+        # registered at import rather than on first use inside the traced
+        # function (which had failed as "function marked as skipped").
         from torch.library import triton_op, wrap_triton
         runner = wrap_triton
         func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
         out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",))
     else:
         # An opaque custom op around the same launcher: opcheck and
-        # torch.compile(fullgraph=True) pass with it on CPU (interpreter) and GPU.
+        # torch.compile(fullgraph=True) pass with it on CPU (interpreter, where
+        # triton_op fails: "Attempted to set the storage of a tensor on device
+        # meta") and GPU.
         runner = lambda k: k  # noqa: E731
         func_op = torch.library.custom_op("rubikops::extract_cubes_triton", functional, mutates_args=(),
                                           schema=schema)
