@@ -3,7 +3,7 @@ on this machine?  Informational (prints OK or the error); run by gpu_check.sh.""
 import os
 import sys
 
-os.environ["RUBIKOPS_TRITON_OP"] = "1"  # the default on GPU; set explicitly here
+os.environ["RUBIKOPS_TRITON_OP"] = "1"
 import torch  # noqa: E402
 
 import rubikops  # noqa: E402

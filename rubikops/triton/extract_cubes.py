@@ -91,11 +91,13 @@ def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s
 
 
 @triton.jit
-def _keep(out_offs, seed, threshold):
+def _keep(out_offs, seed_lo, seed_hi, threshold):
     """Rubik's Cube+ keep decision: splitmix64 of the output's linear index
-    (normative, see the core issue)."""
+    (normative, see the core issue).  The 64-bit seed arrives as two signed
+    32-bit halves (see _seed_halves)."""
     k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
-    z = tl.full([], seed, tl.int64).to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
+    seed = (tl.cast(seed_hi, tl.int64) << 32) | (tl.cast(seed_lo, tl.int64) & 0xFFFFFFFF)
+    z = seed.to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * 0x94D049BB133111EB
     z = z ^ (z >> 31)
@@ -104,7 +106,7 @@ def _keep(out_offs, seed, threshold):
 
 @triton.jit
 def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
                       HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
                       HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ARITH: tl.constexpr,
                       F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr):
@@ -150,7 +152,7 @@ def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, s
         else:
             fill_v = tl.full([], fill, tl.float32).to(out_dtype)
         if KEEP_RANDOM:
-            y = tl.where(masked & ~_keep(out_offs, seed, threshold), fill_v, y)
+            y = tl.where(masked & ~_keep(out_offs, seed_lo, seed_hi, threshold), fill_v, y)
         else:
             y = tl.where(masked, fill_v, y)
     tl.store(out_ptr + out_offs, y, mask=valid)
@@ -161,7 +163,7 @@ def _extract_cubes_kernel(
     src_ptr, out_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
     N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
-    scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+    scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
     CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
@@ -211,7 +213,7 @@ def _extract_cubes_kernel(
         x = tl.load(src_ptr + start + o_part + (ir * st_r)[None, :, None] + (i2 * st2)[None, None, :],
                     mask=valid, other=0)
         _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                          scale_value, shift_value, clamp_lo, clamp_hi, fill, seed, threshold,
+                          scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
                           HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
                           PARAMS_IN_TENSOR, VIA_F32)
     else:
@@ -219,7 +221,7 @@ def _extract_cubes_kernel(
         xt = tl.load(src_ptr + start + o_part + (i2 * st2)[None, :, None] + (ir * st_r)[None, None, :],
                      mask=valid_t, other=0)
         _finish_and_store(tl.permute(xt, (0, 2, 1)), out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr,
-                          shift_ptr, params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed,
+                          shift_ptr, params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi,
                           threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
                           PARAMS_IN_TENSOR, VIA_F32)
 
@@ -229,7 +231,7 @@ def _extract_cubes_backward_kernel(
     grad_ptr, acc_ptr, src_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
     N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
-    scale_value, shift_value, clamp_lo, clamp_hi, seed, threshold,
+    scale_value, shift_value, clamp_lo, clamp_hi, seed_lo, seed_hi, threshold,
     CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
@@ -295,10 +297,21 @@ def _extract_cubes_backward_kernel(
     if HAS_MASK:
         masked = tl.load(mask_ptr + bm) != 0
         if KEEP_RANDOM:
-            g = tl.where(masked & ~_keep(out_offs, seed, threshold), 0, g)
+            g = tl.where(masked & ~_keep(out_offs, seed_lo, seed_hi, threshold), 0, g)
         else:
             g = tl.where(masked, 0, g)
     tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
+
+
+def _seed_halves(seed: int) -> tuple[int, int]:
+    """The 64-bit keep seed as two signed 32-bit ints (low, high), so that
+    every integer kernel argument fits in int32.  On torch 2.11 (H100),
+    inductor failed to compile the triton_op for a call with a 62-bit seed
+    ("'int' object has no attribute 'xreplace'", raised from its check of
+    whether each argument fits in 32 bits) while a call with seed 0 compiled."""
+    u = int(seed) & 0xFFFFFFFFFFFFFFFF
+    lo, hi = u & 0xFFFFFFFF, u >> 32
+    return tuple(x - (1 << 32) if x >= (1 << 31) else x for x in (lo, hi))
 
 
 def _optional_pointers(source, index, rotations, mask, scale, shift) -> tuple:
@@ -343,7 +356,7 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
         grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
-        int(seed), int(threshold),
+        *_seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block, WIDE=not (_fits_int32(source, grad) and acc.numel() < 2**31),
         num_warps=4 if source.device.type == "cuda" else 1,
@@ -420,7 +433,7 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         source, out, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0), float(fill),
-        int(seed), int(threshold),
+        *_seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
         TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
@@ -455,9 +468,9 @@ class _TritonExtractCubes:
 
 
 def use_triton_op() -> bool:
-    """torch.library.triton_op on a real GPU (RUBIKOPS_TRITON_OP=0 opts out);
-    under the interpreter an opaque custom op (see register)."""
-    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "1") not in ("", "0")
+    """torch.library.triton_op only on a real GPU and when asked for
+    (RUBIKOPS_TRITON_OP=1); otherwise an opaque custom op (see register)."""
+    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "0") not in ("", "0")
 
 
 def register() -> _TritonExtractCubes:
@@ -488,10 +501,14 @@ def register() -> _TritonExtractCubes:
     schema = ops.EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
     out_schema = schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()")
     if use_triton_op():
-        # Lets inductor trace into the kernel.  torch.compile(fullgraph=True)
-        # of it passed on torch 2.11 + Triton 3.6 (H100) once the ops were
-        # registered at import rather than on first use inside the traced
-        # function (which had failed as "function marked as skipped").
+        # Lets inductor trace into the kernel.  On torch 2.11 + Triton 3.6
+        # (H100), with the ops registered at import (registering on first use
+        # inside the traced function failed as "function marked as skipped"),
+        # torch.compile(fullgraph=True) compiled a call with seed 0, but not
+        # one with a 62-bit seed ("'int' object has no attribute 'xreplace'"
+        # in inductor's 32-bit argument check).  The seed now travels as two
+        # int32 halves; until a GPU run confirms that this is the whole fix,
+        # triton_op stays opt-in (RUBIKOPS_TRITON_OP=1).
         from torch.library import triton_op, wrap_triton
         runner = wrap_triton
         func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
