@@ -15,14 +15,20 @@ origins = torch.randint(0, 8, (2, 8, 3), device="cuda")
 rot = torch.randint(0, 48, (2, 8), device="cuda")
 
 
+mask = torch.rand(2, 8, device="cuda") < 0.5
+kw = dict(mask=mask, keep_prob=0.3, seed=2**62 + 5)  # a seed above 2**32: it once broke inductor
+
+
 @torch.compile(fullgraph=True)
-def f(s, o, r):
-    return rubikops.extract_cubes(s, o, (8, 8, 8), rotations=r, validate=False, backend="triton") * 2
+def f(s, o, r, m):
+    return rubikops.extract_cubes(s, o, (8, 8, 8), rotations=r, validate=False, backend="triton",
+                                  mask=m, keep_prob=0.3, seed=kw["seed"]) * 2
 
 
 try:
-    got = f(src, origins, rot)
-    ok = torch.equal(got, 2 * rubikops.extract_cubes(src, origins, (8, 8, 8), rotations=rot, backend="compiled"))
+    got = f(src, origins, rot, mask)
+    ok = torch.equal(got, 2 * rubikops.extract_cubes(src, origins, (8, 8, 8), rotations=rot, backend="compiled",
+                                                     **kw))
     print(f"triton_op probe: torch.compile {'OK' if ok else 'WRONG RESULT'} (torch {torch.__version__})")
 except Exception as exc:  # noqa: BLE001 - report whatever inductor raises
     import traceback
