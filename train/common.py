@@ -43,6 +43,23 @@ def run_main(main, argv=None) -> int:
         return 130
 
 
+def exit_main(main) -> None:
+    """The scripts' entry point: ``run_main(main)``, then exit with its code.
+
+    Under torchrun (WORLD_SIZE > 1) the process ends with os._exit after
+    flushing its streams: it skips the interpreter's finalisation, where
+    gloo's worker threads can still hold tensors and abort the process
+    ("terminate called without an active exception", SIGABRT) after a run
+    whose results and checkpoints are already on disk (pytorch/pytorch#179291
+    describes the mechanism)."""
+    code = run_main(main)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 # -- configs -------------------------------------------------------------------------------------
 def setting(default, help_, typ=None):
     """A config field: its default, its --help text, and its type when the default does not say it."""

@@ -386,4 +386,4 @@ def print_table(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    common.exit_main(main)

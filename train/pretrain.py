@@ -412,4 +412,4 @@ def finish(cfg, model, last_eval, step, puzzles_per_s, logger) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run_main(main))
+    common.exit_main(main)
