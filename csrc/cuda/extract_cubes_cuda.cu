@@ -12,6 +12,12 @@
 //    output W) goes through shared memory, so reads run along source W and
 //    writes along output W, both coalesced; each thread has 16 loads in flight.
 // Both paths share one launch (the block decides from its cube's code).
+// Tried on an H100 and removed (docs/performance.md, run 13): aligned 16-byte
+// window loads shifted with __byte_perm in the vector path (float32 85.3% ->
+// 69.6%, bfloat16 55.2% -> 40.8% of clone), and two planes per step with
+// packed 4-byte stores for 16-bit types in the tiled path (bfloat16 W-moving
+// 42.4% -> 36.1%).
+// The backward kernel (further down) scatters grad * scale with atomics.
 // Only cuda_runtime and the fp16/bf16 headers are included, so CI can compile
 // this file with nvcc on a machine without a CUDA build of torch.
 #include <cuda_bf16.h>
