@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 import warnings
 from numbers import Integral, Real
 from typing import Optional, Sequence
@@ -213,6 +214,11 @@ def triton_available() -> bool:
 
 
 def interpreter_enabled() -> bool:
+    """Whether the Triton kernels run in the Triton interpreter: decided by
+    TRITON_INTERPRET when they were loaded (at ``import rubikops``), not now."""
+    module = sys.modules.get("rubikops.triton.extract_cubes")
+    if module is not None:
+        return module._INTERPRET
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -1,5 +1,6 @@
 """Registration: schema, opcheck, gradcheck, torch.compile, backend choice, validation."""
 import math
+import os
 
 import pytest
 import torch
@@ -185,6 +186,23 @@ def test_torch_compile_fullgraph_triton_interpreter():
     torch.testing.assert_close(got, 1 + reference.extract_cubes(case.source, case.origins, case.cube_size, **kw))
 
 
+def test_torch_compile_fullgraph_backward_cpu():
+    """Training through the op under torch.compile: AOTAutograd traces the
+    backward op through its fake kernel; the gradient equals eager's."""
+    case = random_case(30, scale="tensor", mask=0.5, keep_prob=0.3, clamp=(-80.0, 80.0), with_index=True)
+    kw = dict(case.kwargs, validate=False)
+
+    def loss(x):
+        return (rubikops.extract_cubes(x, case.origins, case.cube_size, **kw) ** 2).sum()
+
+    compiled_src = case.source.clone().requires_grad_(True)
+    eager_src = case.source.clone().requires_grad_(True)
+    torch.compile(loss, fullgraph=True)(compiled_src).backward()
+    loss(eager_src).backward()
+    assert bool((eager_src.grad != 0).any())
+    torch.testing.assert_close(compiled_src.grad, eager_src.grad)
+
+
 def test_out_with_autograd_is_refused():
     case = random_case(26)
     src = case.source.requires_grad_(True)
@@ -200,9 +218,11 @@ def test_backend_choice(monkeypatch):
     assert ops.resolve_backend(None, torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.resolve_backend("opencl", torch.device("cpu"))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        ops.resolve_backend("triton", torch.device("cpu"))
+    if ops.triton_available():  # kernels loaded for a GPU: CPU tensors are refused
+        from rubikops.triton import extract_cubes as triton_kernels
+        monkeypatch.setattr(triton_kernels, "_INTERPRET", False)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            ops.resolve_backend("triton", torch.device("cpu"))
 
 
 def test_triton_ops_are_registered_at_import():
@@ -216,6 +236,26 @@ def test_triton_ops_are_registered_at_import():
     assert res.returncode == 0, res.stderr[-2000:]
     want = ["True", "True"] if ops.triton_available() else ["False", "False"]
     assert res.stdout.split() == want
+
+
+def test_interpreter_set_after_import_is_refused_clearly():
+    """TRITON_INTERPRET set after `import rubikops` comes too late (the
+    kernels were loaded for a GPU): backend="triton" on CPU tensors must say
+    so, not fail inside Triton."""
+    import subprocess
+    import sys
+    code = ("import os, torch, rubikops\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "try:\n"
+            "    rubikops.extract_cubes(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 3, dtype=torch.long), (2, 2, 2),"
+            " backend='triton')\n"
+            "except RuntimeError as exc:\n"
+            "    print('refused:', exc)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    if ops.triton_available():
+        assert "refused:" in res.stdout and "before importing rubikops" in res.stdout, res.stdout
 
 
 def test_available_backends_reports_cpu():
