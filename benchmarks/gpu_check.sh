@@ -51,6 +51,23 @@ export RUBIKOPS_CACHE=/tmp/rubikops-cache
   grep -E "^(done|held-out)|error" pretrain.log
   cat pretrain.log >> pretrain_all.log
 done
+# RUBIKOPS_GPU_PROFILE=1: Nsight Compute on the CUDA kernel, one launch per
+# configuration of benchmarks/profile_kernels.py (ncu.log, a summary here).
+if [ "${RUBIKOPS_GPU_PROFILE:-0}" = "1" ]; then
+  NCU=$(command -v ncu || ls "$CUDA_HOME"/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ]; then
+    n=$($PY benchmarks/profile_kernels.py --list | wc -l)
+    $PY benchmarks/profile_kernels.py --list | sed 's/^/profiled: /'
+    timeout 240 "$NCU" --kernel-name regex:extract_cubes_kernel --launch-skip "$n" --launch-count "$n" \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
+      --section Occupancy --section LaunchStats \
+      --metrics l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum \
+      $PY benchmarks/profile_kernels.py > ncu.log 2>&1
+    grep -E "extract_cubes_kernel|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|l1tex__t_(requests|sectors)|wavefronts_mem_shared|inst_executed" ncu.log | head -80
+  else
+    echo "RUBIKOPS_GPU_PROFILE=1: no ncu on this machine"
+  fi
+fi
 rc=0
 if [ "${RUBIKOPS_GPU_BENCH:-1}" != "0" ]; then  # RUBIKOPS_GPU_BENCH=0: build and tests only
   timeout ${RUBIKOPS_BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
@@ -58,7 +75,7 @@ if [ "${RUBIKOPS_GPU_BENCH:-1}" != "0" ]; then  # RUBIKOPS_GPU_BENCH=0: build an
   tail -75 bench.log
 fi
 if [ -n "${OUT:-}" ]; then
-  cp bench.log build.log tests.log tests_triton_op.log pretrain_all.log "$OUT"/ 2>/dev/null
+  cp bench.log build.log tests.log tests_triton_op.log pretrain_all.log ncu.log "$OUT"/ 2>/dev/null
   cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
 fi
 exit $rc
