@@ -86,6 +86,7 @@ def bench_cpu(args) -> list[utils.Row]:
     rows.append(utils.Row("rubikops CPU out= +mask+keep+scale+clamp", wl, t_full, nbytes, copy_gbs, base))
     puzzle = _add_puzzle_rows(rows, dev, B, cube, vol, out, copy_gbs, base, rep)
     rows += pipeline_rows(dev, source, origins, rot, puzzle, cube, nbytes, base, clone_gbs, rep)
+    rows += backward_rows(dev, B, M, cube, vol, repeats=max(3, rep // 3))
     return rows
 
 
@@ -174,19 +175,21 @@ def bench_cuda(args) -> list[utils.Row]:
 def backward_rows(dev, B, M, cube, vol, repeats=20):
     """Gradient w.r.t. the source, float32, paper codes: the generic
     scatter-add (an int64 offset per voxel, then index_add_) against the
-    CUDA C++ and Triton kernels (atomics).  Bytes: grad read + gradient buffer
-    zeroed and written."""
+    compiled kernel of the device (CPU: one thread per volume, no atomics;
+    CUDA: atomics) and, on the GPU, the Triton kernel (atomics).  Bytes: grad
+    read + gradient buffer zeroed and written."""
     source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
     grad = torch.randn(B, M, 1, cube, cube, cube, device=dev)
     args = (grad, source, origins, [cube] * 3, None, rot, None, 0.0, 0, None, None, 1.0, -0.0, None, None)
-    rubikops.ops._get_triton_op()  # registers the Triton backward op
     nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
     rows = []
-    kernels = [("generic scatter-add", rubikops.ops.extract_cubes_backward_generic),
-               ("Triton atomics", torch.ops.rubikops.extract_cubes_backward_triton)]
-    if rubikops.ops.HAS_CUDA_BACKWARD_KERNEL:
-        kernels.insert(1, ("CUDA C++ atomics", torch.ops.rubikops.extract_cubes_backward))
+    kernels = [("generic scatter-add", rubikops.ops.extract_cubes_backward_generic)]
+    if rubikops.ops._has_kernel("rubikops::extract_cubes_backward", dev.type.upper()):
+        label = "CUDA C++ atomics" if dev.type == "cuda" else "compiled C++"
+        kernels.append((label, torch.ops.rubikops.extract_cubes_backward))
+    if dev.type == "cuda":
+        kernels.append(("Triton atomics", torch.ops.rubikops.extract_cubes_backward_triton))
     for label, op in kernels:
         t = utils.time_fn(lambda: op(*args), dev, repeats=repeats)
         rows.append(utils.Row(f"backward: {label}", wl, t, nbytes))

@@ -6,6 +6,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -119,6 +120,43 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   TORCH_CHECK_VALUE(out.is_contiguous(), "rubikops.extract_cubes: out must be contiguous");
   TORCH_CHECK_VALUE(out.device() == a.source.device(), "rubikops.extract_cubes: out is on ", out.device(),
                     " but source is on ", a.source.device());
+}
+
+// Checks of the backward op's own arguments (the rest go through make_args).
+inline void check_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
+                           at::IntArrayRef cube_size) {
+  TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
+                   "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
+                   source.scalar_type(), " and ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
+                    " but source is on ", source.device());
+  const auto shape = output_shape(source, origins, cube_size);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
+                    at::IntArrayRef(shape), ", got ", grad.sizes());
+}
+
+// What every backward kernel starts from: checked arguments, the output
+// gradient made contiguous, and a zeroed accumulator of the source's shape in
+// float (double when the source or the gradient is double).
+struct BackwardSetup {
+  ExtractCubesArgs args;
+  at::Tensor grad, acc;
+};
+
+inline BackwardSetup prepare_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
+                                      at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
+                                      const std::optional<at::Tensor>& rotations,
+                                      const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
+                                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                      double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                      std::optional<double> clamp_hi) {
+  check_backward(grad, source, origins, cube_size);
+  BackwardSetup s{make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
+                            scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type()),
+                  grad.contiguous(), at::Tensor()};
+  const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
+  s.acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
+  return s;
 }
 
 // The functional op of every backend: allocate the output, let the backend

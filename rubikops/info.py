@@ -14,7 +14,8 @@ def describe() -> str:
     lines = [
         f"rubikops {rubikops.__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
-        f"compiled CPU kernel:  {'yes' if b['compiled_cpu'] else 'no'}",
+        f"compiled CPU kernel:  {'yes' if b['compiled_cpu'] else 'no'}"
+        + (" (forward and backward)" if b["compiled_cpu_backward"] else ""),
         f"compiled CUDA kernel: {'yes' if b['compiled_cuda'] else 'no'}"
         + (" (forward and backward)" if b["compiled_cuda_backward"] else ""),
         f"triton:               {_triton_version() or 'not installed'}"

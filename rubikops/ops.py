@@ -123,7 +123,8 @@ def extract_cubes_backward_generic(
 ) -> torch.Tensor:
     """Gradient of extract_cubes w.r.t. source in plain torch (any device):
     the implementation of ``rubikops::extract_cubes_backward`` wherever no
-    backend kernel is registered (CPU; CUDA when built without the kernel).
+    backend kernel is registered (CUDA when built without its kernel, other
+    devices), and the reference the kernels are tested against.
 
     Overlapping boxes and repeated indices accumulate (index_add_)."""
     compute = reference.opmath_dtype(source.dtype, grad.dtype)
@@ -169,6 +170,7 @@ def _extract_cubes_backward_fake(grad, source, *args):
 
 
 extract_cubes_backward = torch.ops.rubikops.extract_cubes_backward
+HAS_CPU_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CPU")
 HAS_CUDA_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CUDA")
 
 
@@ -498,6 +500,7 @@ def available_backends() -> dict:
     """Which backends this installation has, and why one is missing."""
     return {
         "compiled_cpu": HAS_COMPILED and _has_kernel("rubikops::extract_cubes", "CPU"),
+        "compiled_cpu_backward": HAS_CPU_BACKWARD_KERNEL,
         "compiled_cuda": HAS_CUDA_KERNEL,
         "compiled_cuda_backward": HAS_CUDA_BACKWARD_KERNEL,
         "triton": triton_available(),

@@ -103,11 +103,53 @@ void apply_keep(out_t* target, int64_t w, uint64_t k0, uint64_t seed, uint64_t t
   }
 }
 
+// Per-sample scale or shift: the (B,) tensor's values, or `value` for all.
+template <typename T>
+std::vector<T> per_sample(const std::optional<at::Tensor>& t, double value, int64_t B) {
+  std::vector<T> v(B, static_cast<T>(value));
+  if (t) {
+    const at::Tensor d = t->to(at::kDouble).contiguous();
+    for (int64_t b = 0; b < B; ++b) v[b] = static_cast<T>(d.const_data_ptr<double>()[b]);
+  }
+  return v;
+}
+
 struct CubeJob {
   int64_t start;    // element offset of output voxel (0, 0, 0) of channel 0
   int64_t step[3];  // signed source strides along the three output axes
   bool masked;
 };
+
+// Per-cube geometry in a tensor of the source's shape with `like`'s strides
+// (the source, or the backward's buffer), done once (B * M entries), and the
+// volume each sample reads.  Indices and origins are clamped so that no input
+// can make a kernel leave the tensor.
+std::vector<CubeJob> cube_jobs(const ExtractCubesArgs& a, const at::Tensor& like, std::vector<int64_t>* volume_of) {
+  const int64_t B = a.origins.size(0), M = a.origins.size(1), N = like.size(0);
+  const int64_t dims[3] = {like.size(2), like.size(3), like.size(4)};
+  const int64_t stride[3] = {like.stride(2), like.stride(3), like.stride(4)};
+  const at::Tensor origins = a.origins.to(at::kLong).contiguous();
+  const at::Tensor index = a.index ? a.index->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor mask = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
+  const int64_t* org = origins.const_data_ptr<int64_t>();
+  std::vector<CubeJob> jobs(B * M);
+  if (volume_of) volume_of->assign(B, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = clamp_index(index.defined() ? index.const_data_ptr<int64_t>()[b] : b, 0, N - 1);
+    if (volume_of) (*volume_of)[b] = n;
+    for (int64_t m = 0; m < M; ++m) {
+      CubeJob& j = jobs[b * M + m];
+      const int64_t code = rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0;
+      cube_geometry(code, a.cube_size, stride, &j.start, j.step);
+      j.start += n * like.stride(0);
+      for (int k = 0; k < 3; ++k)
+        j.start += clamp_index(org[(b * M + m) * 3 + k], 0, dims[k] - a.cube_size[k]) * stride[k];
+      j.masked = mask.defined() && mask.const_data_ptr<bool>()[b * M + m];
+    }
+  }
+  return jobs;
+}
 
 // A row of w voxels: out[i] = cast(src[i * step]) with optional intensity
 // arithmetic.  `step` is specialised for +1 and -1 so those loops vectorise.
@@ -148,42 +190,14 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
   const at::Tensor& src = a.source;
   const int64_t B = a.origins.size(0), M = a.origins.size(1);
-  const int64_t N = src.size(0), C = src.size(1);
-  const int64_t dims[3] = {src.size(2), src.size(3), src.size(4)};
-  const int64_t src_stride[3] = {src.stride(2), src.stride(3), src.stride(4)};
+  const int64_t C = src.size(1);
   const int64_t* size = a.cube_size;
   const int64_t o1 = size[1], o2 = size[2];
   const bool arith = a.arithmetic;
 
-  // Per-cube geometry, done once (B * M entries).  Indices and origins are
-  // clamped so that no input can make the kernel leave the source.
-  auto origins = a.origins.to(at::kLong).contiguous();
-  auto index = a.index ? a.index->to(at::kLong).contiguous() : at::Tensor();
-  auto rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
-  auto mask = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
-  const int64_t* org = origins.data_ptr<int64_t>();
-  std::vector<CubeJob> jobs(B * M);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = clamp_index(index.defined() ? index.data_ptr<int64_t>()[b] : b, 0, N - 1);
-    for (int64_t m = 0; m < M; ++m) {
-      CubeJob& j = jobs[b * M + m];
-      const int64_t code = rotations.defined() ? rotations.data_ptr<int64_t>()[b * M + m] : 0;
-      cube_geometry(code, size, src_stride, &j.start, j.step);
-      j.start += n * src.stride(0);
-      for (int k = 0; k < 3; ++k)
-        j.start += clamp_index(org[(b * M + m) * 3 + k], 0, dims[k] - size[k]) * src_stride[k];
-      j.masked = mask.defined() && mask.data_ptr<bool>()[b * M + m];
-    }
-  }
-  std::vector<op_t> scale(B, static_cast<op_t>(a.scale_value)), shift(B, static_cast<op_t>(a.shift_value));
-  if (a.scale) {
-    auto s = a.scale->to(at::kDouble).contiguous();
-    for (int64_t b = 0; b < B; ++b) scale[b] = static_cast<op_t>(s.data_ptr<double>()[b]);
-  }
-  if (a.shift) {
-    auto s = a.shift->to(at::kDouble).contiguous();
-    for (int64_t b = 0; b < B; ++b) shift[b] = static_cast<op_t>(s.data_ptr<double>()[b]);
-  }
+  const std::vector<CubeJob> jobs = cube_jobs(a, src, nullptr);
+  const std::vector<op_t> scale = per_sample<op_t>(a.scale, a.scale_value, B);
+  const std::vector<op_t> shift = per_sample<op_t>(a.shift, a.shift_value, B);
   const op_t lo = a.clamp_lo ? static_cast<op_t>(*a.clamp_lo) : -std::numeric_limits<op_t>::infinity();
   const op_t hi = a.clamp_hi ? static_cast<op_t>(*a.clamp_hi) : std::numeric_limits<op_t>::infinity();
   const out_t fill = static_cast<out_t>(a.fill);
@@ -275,6 +289,110 @@ at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& or
   return out;
 }
 
+// Backward: grad * scale added at the source voxel each output came from, zero
+// where masked out or clamped, into a contiguous buffer of the source's shape
+// in float (double for double inputs).  Boxes of one volume may overlap and
+// samples may share a volume, so threads split the work by (volume, channel):
+// no two threads ever add into the same voxel, no atomics are needed, and the
+// additions into each voxel happen in one fixed order (deterministic).
+template <typename src_t, typename grad_t>
+void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
+  using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
+  const at::Tensor& src = a.source;
+  const int64_t B = a.origins.size(0), M = a.origins.size(1);
+  const int64_t N = src.size(0), C = src.size(1);
+  const int64_t* size = a.cube_size;
+  const int64_t o0 = size[0], o1 = size[1], o2 = size[2];
+  const int64_t numel = o0 * o1 * o2;
+
+  std::vector<int64_t> volume_of;
+  const std::vector<CubeJob> src_jobs = cube_jobs(a, src, &volume_of);
+  const std::vector<CubeJob> acc_jobs = cube_jobs(a, acc, nullptr);
+  std::vector<std::vector<int64_t>> samples_of(N);  // the samples b that read volume n, in order
+  for (int64_t b = 0; b < B; ++b) samples_of[volume_of[b]].push_back(b);
+  const std::vector<acc_t> scale = per_sample<acc_t>(a.scale, a.scale_value, B);
+  const std::vector<acc_t> shift = per_sample<acc_t>(a.shift, a.shift_value, B);
+  const bool clamp = a.clamp_lo.has_value() || a.clamp_hi.has_value();
+  const acc_t lo = a.clamp_lo ? static_cast<acc_t>(*a.clamp_lo) : -std::numeric_limits<acc_t>::infinity();
+  const acc_t hi = a.clamp_hi ? static_cast<acc_t>(*a.clamp_hi) : std::numeric_limits<acc_t>::infinity();
+  const uint64_t threshold = keep_threshold(a.keep_prob);
+  const uint64_t seed = static_cast<uint64_t>(a.seed);
+  const src_t* src_ptr = src.const_data_ptr<src_t>();
+  const grad_t* grad_ptr = grad.const_data_ptr<grad_t>();
+  acc_t* acc_ptr = acc.mutable_data_ptr<acc_t>();
+
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kChunk = 256;
+    acc_t g[kChunk];
+    uint8_t keep[kChunk];
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      for (const int64_t b : samples_of[n]) {
+        for (int64_t m = 0; m < M; ++m) {
+          const CubeJob& js = src_jobs[b * M + m];
+          const CubeJob& ja = acc_jobs[b * M + m];
+          if (js.masked && threshold == 0) continue;  // filled: no gradient
+          const bool hash = js.masked && threshold < (uint64_t(1) << 24);
+          const int64_t cube = (b * M + m) * C + c;
+          for (int64_t i0 = 0; i0 < o0; ++i0) {
+            for (int64_t i1 = 0; i1 < o1; ++i1) {
+              const int64_t k_row = cube * numel + (i0 * o1 + i1) * o2;
+              const grad_t* grow = grad_ptr + k_row;
+              const src_t* srow = src_ptr + js.start + c * src.stride(1) + i0 * js.step[0] + i1 * js.step[1];
+              acc_t* arow = acc_ptr + ja.start + c * acc.stride(1) + i0 * ja.step[0] + i1 * ja.step[1];
+              for (int64_t x0 = 0; x0 < o2; x0 += kChunk) {
+                const int64_t w = std::min(kChunk, o2 - x0);
+                for (int64_t i = 0; i < w; ++i) g[i] = static_cast<acc_t>(grow[x0 + i]) * scale[b];
+                if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi (NaN passes none)
+                  for (int64_t i = 0; i < w; ++i) {
+                    const acc_t v = static_cast<acc_t>(srow[(x0 + i) * js.step[2]]) * scale[b] + shift[b];
+                    g[i] = (v >= lo && v <= hi) ? g[i] : acc_t(0);
+                  }
+                }
+                if (hash) {
+                  keep_bits(keep, w, static_cast<uint64_t>(k_row + x0), seed, threshold);
+                  for (int64_t i = 0; i < w; ++i) g[i] = keep[i] ? g[i] : acc_t(0);
+                }
+                acc_t* target = arow + x0 * ja.step[2];
+                if (ja.step[2] == 1) {
+                  for (int64_t i = 0; i < w; ++i) target[i] += g[i];
+                } else if (ja.step[2] == -1) {
+                  for (int64_t i = 0; i < w; ++i) target[-i] += g[i];
+                } else {
+                  for (int64_t i = 0; i < w; ++i) target[i * ja.step[2]] += g[i];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor extract_cubes_backward_cpu(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
+                                      at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
+                                      const std::optional<at::Tensor>& rotations,
+                                      const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
+                                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                                      double scale_value, double shift_value, std::optional<double> clamp_lo,
+                                      std::optional<double> clamp_hi) {
+  BackwardSetup s = prepare_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
+                                     shift, scale_value, shift_value, clamp_lo, clamp_hi);
+  if (s.grad.numel() > 0) {
+    dispatch_dtype(source.scalar_type(), "source", [&](auto src_tag) {
+      using src_t = decltype(src_tag);
+      dispatch_dtype(s.grad.scalar_type(), "grad", [&](auto grad_tag) {
+        using grad_t = decltype(grad_tag);
+        if constexpr (!std::is_integral_v<src_t> && !std::is_integral_v<grad_t>) {
+          extract_cubes_backward_kernel<src_t, grad_t>(s.args, s.grad, s.acc);
+        }
+      });
+    });
+  }
+  return s.acc.to(source.scalar_type());
+}
+
 // A fresh output of many megabytes is untouched memory that the kernel
 // page-faults in as the op writes it, 4 KB at a time: with the faults, an
 // allocating call ran at about a fifth of the `out=` speed.  Asking for
@@ -304,4 +422,5 @@ void advise_huge_pages(at::Tensor& out) {
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
   m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu, &rubikops::advise_huge_pages>);
   m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
+  m.impl("extract_cubes_backward", &rubikops::extract_cubes_backward_cpu);
 }

@@ -1,7 +1,6 @@
 // Torch registration of the CUDA kernel (the kernels themselves live in
 // extract_cubes_cuda.cu, which nvcc compiles without torch headers).
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -115,33 +114,23 @@ at::Tensor extract_cubes_backward_cuda(const at::Tensor& grad, const at::Tensor&
                                        const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                                        double scale_value, double shift_value, std::optional<double> clamp_lo,
                                        std::optional<double> clamp_hi) {
-  TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
-                   "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
-                   source.scalar_type(), " and ", grad.scalar_type());
-  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale,
-                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type());
-  TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
-                    " but source is on ", source.device());
-  const auto shape = output_shape(source, origins, cube_size);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
-                    at::IntArrayRef(shape), ", got ", grad.sizes());
-  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
+  const c10::cuda::CUDAGuard guard(source.device());
+  BackwardSetup s = prepare_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
+                                     shift, scale_value, shift_value, clamp_lo, clamp_hi);
+  const int64_t* size = s.args.cube_size;
+  TORCH_CHECK_VALUE(size[0] * size[1] * size[2] < (int64_t(1) << 31),
                     "rubikops.extract_cubes_backward: a cube of more than 2^31 - 1 voxels is too large for the "
                     "CUDA kernel");
-  const c10::cuda::CUDAGuard guard(source.device());
-  const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
-  at::Tensor acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
-  if (grad.numel() == 0) return acc.to(source.scalar_type());
-  const at::Tensor g = grad.contiguous();
+  if (s.grad.numel() == 0) return s.acc.to(source.scalar_type());
   std::vector<at::Tensor> keep;
-  cuda::ExtractCubesParams p = make_params(a, source, origins, index, rotations, mask, scale, shift, 0.0, keep_prob,
-                                           seed, scale_value, shift_value, clamp_lo, clamp_hi, acc, keep);
-  p.grad = g.const_data_ptr();
-  p.out_dtype = to_dtype(g.scalar_type());
+  cuda::ExtractCubesParams p = make_params(s.args, source, origins, index, rotations, mask, scale, shift, 0.0,
+                                           keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi, s.acc, keep);
+  p.grad = s.grad.const_data_ptr();
+  p.out_dtype = to_dtype(s.grad.scalar_type());
   p.clamp = clamp_lo.has_value() || clamp_hi.has_value();
   const cudaError_t err = cuda::launch_extract_cubes_backward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes_backward: CUDA launch failed: ", cudaGetErrorString(err));
-  return acc.to(source.scalar_type());
+  return s.acc.to(source.scalar_type());
 }
 
 }  // namespace
