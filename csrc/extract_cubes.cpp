@@ -24,8 +24,8 @@ TORCH_LIBRARY(rubikops, m) {
       "Tensor? rotations, Tensor? mask, float fill, float keep_prob, int seed, Tensor? scale, "
       "Tensor? shift, float scale_value, float shift_value, float? clamp_lo, float? clamp_hi, "
       "ScalarType? out_dtype, *, Tensor(a!) out) -> Tensor(a!)");
-  // Gradient w.r.t. source.  The generic implementation (any device) is
-  // registered from rubikops/ops.py; csrc/cuda adds a CUDA kernel.
+  // Gradient w.r.t. source: kernels in csrc/cpu and csrc/cuda; the generic
+  // implementation (any other device) is registered from rubikops/ops.py.
   m.def(
       "extract_cubes_backward(Tensor grad, Tensor source, Tensor origins, int[] cube_size, Tensor? index, "
       "Tensor? rotations, Tensor? mask, float keep_prob, int seed, Tensor? scale, Tensor? shift, "

@@ -154,7 +154,8 @@ def extract_cubes_backward_generic(
 
 
 # The schema comes from the compiled library (csrc/extract_cubes.cpp), which
-# also registers the CUDA kernel; the generic implementation covers the rest.
+# also registers the CPU and CUDA kernels; the generic implementation covers
+# the rest.
 # A library built before the op existed lacks the schema: define it here then.
 if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "extract_cubes_backward"):
     _backward_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
