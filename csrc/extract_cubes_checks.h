@@ -122,19 +122,6 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
                     " but source is on ", a.source.device());
 }
 
-// Checks of the backward op's own arguments (the rest go through make_args).
-inline void check_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                           at::IntArrayRef cube_size) {
-  TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
-                   "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
-                   source.scalar_type(), " and ", grad.scalar_type());
-  TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
-                    " but source is on ", source.device());
-  const auto shape = output_shape(source, origins, cube_size);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
-                    at::IntArrayRef(shape), ", got ", grad.sizes());
-}
-
 // What every backward kernel starts from: checked arguments, the output
 // gradient made contiguous, and a zeroed accumulator of the source's shape in
 // float (double when the source or the gradient is double).
@@ -150,10 +137,17 @@ inline BackwardSetup prepare_backward(const at::Tensor& grad, const at::Tensor& 
                                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                                       double scale_value, double shift_value, std::optional<double> clamp_lo,
                                       std::optional<double> clamp_hi) {
-  check_backward(grad, source, origins, cube_size);
-  BackwardSetup s{make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
-                            scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type()),
-                  grad.contiguous(), at::Tensor()};
+  TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
+                   "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
+                   source.scalar_type(), " and ", grad.scalar_type());
+  ExtractCubesArgs args = make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale,
+                                    shift, scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
+                    " but source is on ", source.device());
+  const auto shape = output_shape(source, origins, cube_size);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
+                    at::IntArrayRef(shape), ", got ", grad.sizes());
+  BackwardSetup s{args, grad.contiguous(), at::Tensor()};
   const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
   s.acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
   return s;

@@ -167,6 +167,27 @@ def test_cpu_backward_is_deterministic_across_thread_counts():
     torch.testing.assert_close(one, ops.extract_cubes_backward_generic(*args), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("bad,exc,match", [
+    ("grad_shape", ValueError, "grad must have shape"),
+    ("int_source", TypeError, "source and grad must be floating point"),
+    ("cube_size", ValueError, "cube_size"),
+])
+def test_backward_op_errors_name_the_argument(bad, exc, match):
+    """The backward op called directly (torch.ops) with bad arguments raises
+    a clear error from its C++ checks, never reads out of bounds."""
+    case = random_case(31, dtype=torch.float32, B=2, M=3)
+    grad = torch.randn(2, 3, 1, 6, 6, 6)
+    args = list(_backward_args(grad, case))
+    if bad == "grad_shape":
+        args[0] = torch.randn(2, 3, 1, 6, 6, 5)
+    elif bad == "int_source":
+        args[1] = case.source.to(torch.int16)
+    else:
+        args[3] = [6, 6, 99]
+    with pytest.raises(exc, match=match):
+        torch.ops.rubikops.extract_cubes_backward(*args)
+
+
 def test_opcheck_backward_op():
     """The backward op's schema and fake kernel (generic implementation on CPU)."""
     case = random_case(28, dtype=torch.float32, scale="tensor", mask=0.5, keep_prob=0.3, clamp=(-40.0, 40.0),
