@@ -123,8 +123,9 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
 }
 
 // What every backward kernel starts from: checked arguments, the output
-// gradient made contiguous, and a zeroed accumulator of the source's shape in
-// float (double when the source or the gradient is double).
+// gradient as given (a kernel that indexes it flat makes it contiguous), and
+// a zeroed accumulator of the source's shape in float (double when the source
+// or the gradient is double).
 struct BackwardSetup {
   ExtractCubesArgs args;
   at::Tensor grad, acc;
@@ -147,7 +148,7 @@ inline BackwardSetup prepare_backward(const at::Tensor& grad, const at::Tensor& 
   const auto shape = output_shape(source, origins, cube_size);
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
                     at::IntArrayRef(shape), ", got ", grad.sizes());
-  BackwardSetup s{args, grad.contiguous(), at::Tensor()};
+  BackwardSetup s{args, grad, at::Tensor()};
   const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
   s.acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
   return s;

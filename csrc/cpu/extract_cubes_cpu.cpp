@@ -321,10 +321,14 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   const grad_t* grad_ptr = grad.const_data_ptr<grad_t>();
   acc_t* acc_ptr = acc.mutable_data_ptr<acc_t>();
 
+  // The gradient is read through its strides: autograd often hands over an
+  // expanded one (the gradient of a sum), which a contiguous copy would
+  // materialise at the full output size.
+  const int64_t gs[6] = {grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3), grad.stride(4),
+                         grad.stride(5)};
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     constexpr int64_t kChunk = 256;
     acc_t g[kChunk];
-    uint8_t keep[kChunk];
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / C, c = nc % C;
       for (const int64_t b : samples_of[n]) {
@@ -336,23 +340,24 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
           const int64_t cube = (b * M + m) * C + c;
           for (int64_t i0 = 0; i0 < o0; ++i0) {
             for (int64_t i1 = 0; i1 < o1; ++i1) {
-              const int64_t k_row = cube * numel + (i0 * o1 + i1) * o2;
-              const grad_t* grow = grad_ptr + k_row;
+              const int64_t k_row = cube * numel + (i0 * o1 + i1) * o2;  // output index, for the keep rule
+              const grad_t* grow = grad_ptr + b * gs[0] + m * gs[1] + c * gs[2] + i0 * gs[3] + i1 * gs[4];
               const src_t* srow = src_ptr + js.start + c * src.stride(1) + i0 * js.step[0] + i1 * js.step[1];
               acc_t* arow = acc_ptr + ja.start + c * acc.stride(1) + i0 * ja.step[0] + i1 * ja.step[1];
               for (int64_t x0 = 0; x0 < o2; x0 += kChunk) {
                 const int64_t w = std::min(kChunk, o2 - x0);
-                for (int64_t i = 0; i < w; ++i) g[i] = static_cast<acc_t>(grow[x0 + i]) * scale[b];
+                if (gs[5] == 1) {
+                  for (int64_t i = 0; i < w; ++i) g[i] = static_cast<acc_t>(grow[x0 + i]) * scale[b];
+                } else {
+                  for (int64_t i = 0; i < w; ++i) g[i] = static_cast<acc_t>(grow[(x0 + i) * gs[5]]) * scale[b];
+                }
                 if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi (NaN passes none)
                   for (int64_t i = 0; i < w; ++i) {
                     const acc_t v = static_cast<acc_t>(srow[(x0 + i) * js.step[2]]) * scale[b] + shift[b];
                     g[i] = (v >= lo && v <= hi) ? g[i] : acc_t(0);
                   }
                 }
-                if (hash) {
-                  keep_bits(keep, w, static_cast<uint64_t>(k_row + x0), seed, threshold);
-                  for (int64_t i = 0; i < w; ++i) g[i] = keep[i] ? g[i] : acc_t(0);
-                }
+                if (hash) apply_keep(g, w, static_cast<uint64_t>(k_row + x0), seed, threshold, acc_t(0));
                 acc_t* target = arow + x0 * ja.step[2];
                 if (ja.step[2] == 1) {
                   for (int64_t i = 0; i < w; ++i) target[i] += g[i];

@@ -31,22 +31,18 @@ cuda::DType to_dtype(c10::ScalarType t) {
 // int64 views of the small index tensors (a no-op when they already are).
 at::Tensor as_long(const at::Tensor& t) { return t.to(at::kLong).contiguous(); }
 
-// The kernel parameters shared by the forward and the backward launch; the
-// small index tensors are converted into `keep` so they outlive the launch.
-cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, const at::Tensor& source, const at::Tensor& origins,
-                                     const std::optional<at::Tensor>& index,
-                                     const std::optional<at::Tensor>& rotations,
-                                     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& scale,
-                                     const std::optional<at::Tensor>& shift, double fill, double keep_prob,
-                                     int64_t seed, double scale_value, double shift_value,
-                                     std::optional<double> clamp_lo, std::optional<double> clamp_hi,
-                                     at::Tensor& out, std::vector<at::Tensor>& keep) {
+// The kernel parameters shared by the forward and the backward launch, from
+// the checked arguments; the small index tensors are converted into `keep` so
+// they outlive the launch.
+cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out, std::vector<at::Tensor>& keep) {
+  const at::Tensor& source = a.source;
+  const at::Tensor& origins = a.origins;
   at::Tensor org = as_long(origins);
-  at::Tensor idx = index ? as_long(*index) : at::Tensor();
-  at::Tensor rot = rotations ? as_long(*rotations) : at::Tensor();
-  at::Tensor msk = mask ? mask->to(at::kBool).contiguous() : at::Tensor();
-  at::Tensor scl = scale ? scale->to(at::kDouble).contiguous() : at::Tensor();
-  at::Tensor sft = shift ? shift->to(at::kDouble).contiguous() : at::Tensor();
+  at::Tensor idx = a.index ? as_long(*a.index) : at::Tensor();
+  at::Tensor rot = a.rotations ? as_long(*a.rotations) : at::Tensor();
+  at::Tensor msk = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
+  at::Tensor scl = a.scale ? a.scale->to(at::kDouble).contiguous() : at::Tensor();
+  at::Tensor sft = a.shift ? a.shift->to(at::kDouble).contiguous() : at::Tensor();
   keep = {org, idx, rot, msk, scl, sft};
   cuda::ExtractCubesParams p{};
   p.src = source.const_data_ptr();
@@ -68,14 +64,14 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, const at::Tensor
   p.M = origins.size(1);
   for (int k = 0; k < 5; ++k) p.src_stride[k] = source.stride(k);
   for (int k = 0; k < 3; ++k) p.cube[k] = a.cube_size[k];
-  p.scale_value = scale_value;
-  p.shift_value = shift_value;
-  p.clamp_lo = clamp_lo ? *clamp_lo : -std::numeric_limits<double>::infinity();
-  p.clamp_hi = clamp_hi ? *clamp_hi : std::numeric_limits<double>::infinity();
-  p.fill = fill;
+  p.scale_value = a.scale_value;
+  p.shift_value = a.shift_value;
+  p.clamp_lo = a.clamp_lo ? *a.clamp_lo : -std::numeric_limits<double>::infinity();
+  p.clamp_hi = a.clamp_hi ? *a.clamp_hi : std::numeric_limits<double>::infinity();
+  p.fill = a.fill;
   p.arithmetic = a.arithmetic;
-  p.seed = static_cast<uint64_t>(seed);
-  p.threshold = keep_threshold(keep_prob);
+  p.seed = static_cast<uint64_t>(a.seed);
+  p.threshold = keep_threshold(a.keep_prob);
   return p;
 }
 
@@ -95,8 +91,7 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
                     " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
   const c10::cuda::CUDAGuard guard(source.device());
   std::vector<at::Tensor> keep;
-  cuda::ExtractCubesParams p = make_params(a, source, origins, index, rotations, mask, scale, shift, fill, keep_prob,
-                                           seed, scale_value, shift_value, clamp_lo, clamp_hi, out, keep);
+  cuda::ExtractCubesParams p = make_params(a, out, keep);
   const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
   p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
@@ -123,10 +118,10 @@ at::Tensor extract_cubes_backward_cuda(const at::Tensor& grad, const at::Tensor&
                     "CUDA kernel");
   if (s.grad.numel() == 0) return s.acc.to(source.scalar_type());
   std::vector<at::Tensor> keep;
-  cuda::ExtractCubesParams p = make_params(s.args, source, origins, index, rotations, mask, scale, shift, 0.0,
-                                           keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi, s.acc, keep);
-  p.grad = s.grad.const_data_ptr();
-  p.out_dtype = to_dtype(s.grad.scalar_type());
+  cuda::ExtractCubesParams p = make_params(s.args, s.acc, keep);
+  const at::Tensor g = s.grad.contiguous();  // the kernel indexes the gradient flat
+  p.grad = g.const_data_ptr();
+  p.out_dtype = to_dtype(g.scalar_type());
   p.clamp = clamp_lo.has_value() || clamp_hi.has_value();
   const cudaError_t err = cuda::launch_extract_cubes_backward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes_backward: CUDA launch failed: ", cudaGetErrorString(err));
