@@ -108,6 +108,18 @@ def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
     rows.append(utils.Row("rubikops whole puzzle (sample + op, out=)", wl, t, nbytes, ceiling, base,
                           extra={"ratio_to_bare_op": t.median_s / t_op.median_s}))
     print(f"whole puzzle / bare op on the same kind of puzzles: {t.median_s / t_op.median_s:.2f}x")
+    # Sampling alone: the fused sampler op against the plain-torch reference
+    # (fifteen small ops), both with the same uniform draw and targets around them.
+    settings = dict(grid=(2, 2, 2), cube_size=cube, num_permutations=100, gap=(0, 10), rotations="paper")
+    reference_sampler = RubikCube(**settings, backend="torch")
+    shapes = torch.tensor([vol] * 3, device=dev).expand(B, 3)
+    index = torch.arange(B, device=dev)
+    t_ref = utils.time_fn(lambda: reference_sampler.sample(B, shapes, index, gen), dev, repeats=rep)
+    rows.append(utils.Row("puzzle sampling, plain-torch reference", wl, t_ref, 0))
+    t_fused = utils.time_fn(lambda: puzzle.sample(B, shapes, index, gen), dev, repeats=rep)
+    rows.append(utils.Row("puzzle sampling, rubikops::sample_puzzle", wl, t_fused, 0, baseline_s=t_ref.median_s))
+    print(f"puzzle sampling: fused op {t_fused.median_s * 1e6:.1f} us, plain-torch reference "
+          f"{t_ref.median_s * 1e6:.1f} us ({t_ref.median_s / t_fused.median_s:.1f}x)")
     return puzzle
 
 

@@ -15,9 +15,11 @@ def describe() -> str:
         f"rubikops {rubikops.__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
         f"compiled CPU kernel:  {'yes' if b['compiled_cpu'] else 'no'}"
-        + (" (forward and backward)" if b["compiled_cpu_backward"] else ""),
+        + (" (forward and backward)" if b["compiled_cpu_backward"] else "")
+        + (", puzzle sampler" if b["compiled_cpu_sampler"] else ""),
         f"compiled CUDA kernel: {'yes' if b['compiled_cuda'] else 'no'}"
-        + (" (forward and backward)" if b["compiled_cuda_backward"] else ""),
+        + (" (forward and backward)" if b["compiled_cuda_backward"] else "")
+        + (", puzzle sampler" if b["compiled_cuda_sampler"] else ""),
         f"triton:               {_triton_version() or 'not installed'}"
         + (" (interpreter on: TRITON_INTERPRET=1)" if ops.interpreter_enabled() else ""),
         "torch reference:      yes",

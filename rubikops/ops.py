@@ -175,6 +175,52 @@ HAS_CPU_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CPU")
 HAS_CUDA_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CUDA")
 
 
+# ---------------------------------------------------------------------------
+# Puzzle sampler: uniforms -> origins, codes, permutation, rotation state, mask
+# ---------------------------------------------------------------------------
+
+# Keep in sync with csrc/sample_puzzle.cpp (tests/test_ops.py checks it).
+SAMPLE_PUZZLE_SCHEMA = (
+    "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
+    "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
+    "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
+
+# Kernels: csrc/cpu and csrc/cuda (one dispatch for what the plain-torch
+# sampler does in fifteen small ops); the reference covers every other device.
+if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "sample_puzzle"):
+    _sampler_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
+    _sampler_lib.define(SAMPLE_PUZZLE_SCHEMA)
+else:
+    _sampler_lib = torch.library.Library("rubikops", "IMPL")
+_sampler_lib.impl("sample_puzzle", reference.sample_puzzle, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("rubikops::sample_puzzle")
+def _sample_puzzle_fake(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter,
+                        mask_prob):
+    B, M = uniforms.shape[0], permutations.shape[1]
+    return (uniforms.new_empty((B, M, 3), dtype=torch.int64), uniforms.new_empty((B, M), dtype=torch.int64),
+            uniforms.new_empty((B,), dtype=torch.int64), uniforms.new_empty((B, M), dtype=torch.int64),
+            uniforms.new_empty((B, M), dtype=torch.bool))
+
+
+HAS_CPU_SAMPLER_KERNEL = _has_kernel("rubikops::sample_puzzle", "CPU")
+HAS_CUDA_SAMPLER_KERNEL = _has_kernel("rubikops::sample_puzzle", "CUDA")
+
+
+def sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter, mask_prob,
+                  *, backend: Optional[str] = None):
+    """The puzzle's random choices from one row of uniforms per sample, in one
+    dispatch (:func:`rubikops.reference.sample_puzzle` gives the rule).
+    ``backend="torch"`` runs the plain-torch reference; anything else lets
+    the dispatcher pick the device's kernel."""
+    args = (uniforms, volume_shapes, index, cells, permutations, code_table, [int(c) for c in crop_size],
+            int(jitter), float(mask_prob))
+    if (backend or os.environ.get("RUBIKOPS_BACKEND")) in ("torch", "reference"):
+        return reference.sample_puzzle(*args)
+    return torch.ops.rubikops.sample_puzzle(*args)
+
+
 _SAVED = ("origins", "index", "rotations", "mask", "scale", "shift")
 
 
@@ -504,6 +550,8 @@ def available_backends() -> dict:
         "compiled_cpu_backward": HAS_CPU_BACKWARD_KERNEL,
         "compiled_cuda": HAS_CUDA_KERNEL,
         "compiled_cuda_backward": HAS_CUDA_BACKWARD_KERNEL,
+        "compiled_cpu_sampler": HAS_CPU_SAMPLER_KERNEL,
+        "compiled_cuda_sampler": HAS_CUDA_SAMPLER_KERNEL,
         "triton": triton_available(),
         "torch_reference": True,
         "load_error": _LOAD_ERROR,

@@ -160,21 +160,15 @@ class RubikCube:
     def _on(self, device):
         key = str(device)
         if key not in self._device_cache:
-            M = self.num_cells
             cells = torch.stack(torch.meshgrid(*[torch.arange(g) for g in self.grid], indexing="ij"), -1).view(-1, 3)
-            # Upper bounds of the integer draws after the three crop starts:
-            # jitter per cell and axis, the permutation, the rotation state.
-            n_rot = {"paper": 3, "all": 24}.get(self.rotation_mode)
-            bounds = [self.jitter + 1] * (3 * M) + [self.num_permutations] + ([n_rot] * M if n_rot else [])
+            codes = {"paper": PAPER_ROTATIONS, "all": PROPER_ROTATIONS, "none": ()}[self.rotation_mode]
             self._device_cache[key] = dict(
                 perms=self.permutations.to(device),
                 cells=(cells * torch.tensor(self.pitch)).to(device),  # (n_cells, 3) cell corner in the crop
-                paper=torch.tensor(PAPER_ROTATIONS, device=device),
+                # rotation code of each drawn state (none drawn for "none")
+                code_table=torch.tensor(codes, dtype=torch.int64, device=device),
                 # rotation target per paper state: 0 none, 1 horizontal, 2 vertical
                 paper_targets=torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], device=device),
-                proper=torch.tensor(PROPER_ROTATIONS, device=device),
-                crop_minus_1=torch.tensor(self.crop_size, device=device) - 1,
-                bounds=torch.tensor(bounds, dtype=torch.float64, device=device),
             )
         return self._device_cache[key]
 
@@ -186,36 +180,25 @@ class RubikCube:
         ``volume_shapes``: (N, 3) spatial extents of the volumes (same device).
         Returns ``(origins, codes, mask, targets)``.
 
-        One uniform draw per batch, scaled per column and floored, gives
-        every integer choice at once (crop start, jitter, permutation,
-        rotation state): about half the small kernels of one draw per choice,
-        which is what a GPU batch waits on (docs/performance.md).  In float64,
-        floor(u * n) < n for every u < 1, so no clamp is needed."""
+        One uniform draw per batch and one ``rubikops::sample_puzzle`` call
+        turn it into every choice (crop start, jitter, permutation, rotation
+        state, mask): three small launches in all, where one op per choice was
+        fifteen, which is what a GPU batch waited on (docs/performance.md)."""
         dev = index.device
         c = self._on(dev)
-        M = self.num_cells
-        B = batch
-        n_int = 3 + c["bounds"].numel()
-        n_mask = M if self.mask_prob > 0 else 0
-        u = torch.rand(B, n_int + n_mask, generator=generator, device=dev, dtype=torch.float64)
-        starts = (volume_shapes[index] - c["crop_minus_1"]).to(torch.float64)  # free + 1 per axis, >= 1
-        ints = (u[:, :n_int] * torch.cat([starts, c["bounds"].expand(B, -1)], 1)).long()
-        start, jitter = ints[:, :3], ints[:, 3:3 + 3 * M].view(B, M, 3)
-        perm = ints[:, 3 + 3 * M]
-        cell_origin = start[:, None, :] + c["cells"][None] + jitter  # (B, n_cells, 3) in grid-cell order
-        order = c["perms"][perm]  # (B, M): output m shows grid cell order[b, m]
-        origins = torch.gather(cell_origin, 1, order[..., None].expand(B, M, 3))
-        state = ints[:, 4 + 3 * M:]
+        M, n_cells = self.permutations.shape[1], self.num_cells
+        rotations = c["code_table"].numel() > 0
+        n = 3 + 3 * n_cells + 1 + (M if rotations else 0) + (M if self.mask_prob > 0 else 0)
+        u = torch.rand(batch, n, generator=generator, device=dev, dtype=torch.float64)
+        origins, codes, perm, state, mask = ops.sample_puzzle(
+            u, volume_shapes, index, c["cells"], c["perms"], c["code_table"], self.crop_size, self.jitter,
+            self.mask_prob, backend=self.backend)
         if self.rotation_mode == "paper":
-            codes = c["paper"][state]
             rotation = c["paper_targets"][state]
         elif self.rotation_mode == "all":
-            codes = c["proper"][state]
             rotation = state
         else:
-            codes = torch.zeros(B, M, dtype=torch.long, device=dev)
-            rotation = torch.zeros(B, M, 2, device=dev)
-        mask = u[:, n_int:] < self.mask_prob if n_mask else torch.zeros(B, M, dtype=torch.bool, device=dev)
+            rotation = torch.zeros(batch, M, 2, device=dev)
         targets = PuzzleTargets(permutation=perm, rotation=rotation, mask=mask.float(), origins=origins,
                                 codes=codes, index=index)
         return origins, codes, mask, targets

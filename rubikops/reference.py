@@ -182,3 +182,58 @@ def extract_cubes_gather(source, origins, cube_size, *, index=None, rotations=No
     """Pure data movement through advanced indexing (one gather)."""
     offs = source_offsets(source.shape, origins, cube_size, index, rotations)
     return source.contiguous().view(-1)[offs]
+
+
+def sample_puzzle(
+    uniforms: torch.Tensor,
+    volume_shapes: torch.Tensor,
+    index: torch.Tensor,
+    cells: torch.Tensor,
+    permutations: torch.Tensor,
+    code_table: torch.Tensor,
+    crop_size: Sequence[int],
+    jitter: int,
+    mask_prob: float,
+):
+    """Reference semantics of ``rubikops::sample_puzzle``: turn one row of
+    uniforms per sample into the puzzle's parameters (see
+    ``csrc/sample_puzzle.h`` for the normative rule).
+
+    Row ``b`` of ``uniforms`` (float64 in [0, 1)) holds 3 crop starts,
+    3 * n_cells jitters, 1 permutation, M rotation states (when ``code_table``
+    is not empty) and M mask draws (when ``mask_prob > 0``).  Each integer
+    choice with ``n`` possible values is ``trunc(u * n)`` in float64.
+    Returns ``(origins (B, M, 3), codes (B, M), permutation (B,), state (B, M),
+    mask (B, M) bool)``; indices read from tensors are clamped into range.
+    """
+    dev = uniforms.device
+    B, n_cells = uniforms.shape[0], cells.shape[0]
+    K, M = permutations.shape
+    R = code_table.numel()
+    u = uniforms.to(torch.float64)
+    index = index.long().clamp(0, volume_shapes.shape[0] - 1)
+    crop = torch.tensor([int(c) for c in crop_size], device=dev)
+
+    def draw(columns, count):  # trunc(u * count): every choice uniform over range(count)
+        return (columns * count).long()
+
+    free = (volume_shapes.long()[index] - crop + 1).to(torch.float64)  # (B, 3) possible crop starts
+    start = draw(u[:, 0:3], free)
+    jitters = draw(u[:, 3:3 + 3 * n_cells], float(jitter + 1)).view(B, n_cells, 3)
+    permutation = draw(u[:, 3 + 3 * n_cells], float(K)).clamp(0, K - 1)
+    cell = permutations.long()[permutation].clamp(0, n_cells - 1)  # (B, M): grid cell shown as cube m
+    corner = start[:, None, :] + cells.long() + jitters  # (B, n_cells, 3) in grid-cell order
+    origins = torch.gather(corner, 1, cell[..., None].expand(B, M, 3))
+    column = 4 + 3 * n_cells
+    if R > 0:
+        state = draw(u[:, column:column + M], float(R)).clamp(0, R - 1)
+        codes = code_table.long()[state]
+        column += M
+    else:
+        state = torch.zeros(B, M, dtype=torch.int64, device=dev)
+        codes = torch.zeros(B, M, dtype=torch.int64, device=dev)
+    if mask_prob > 0:
+        mask = u[:, column:column + M] < mask_prob
+    else:
+        mask = torch.zeros(B, M, dtype=torch.bool, device=dev)
+    return origins, codes, permutation, state, mask

@@ -423,3 +423,34 @@ def test_cuda_opcheck_and_compile(name):
     expect = reference.extract_cubes(case.source.cpu(), case.origins.cpu(), case.cube_size,
                                      **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     torch.testing.assert_close(got.cpu(), expect + 1)
+
+
+def test_without_the_compiled_library_everything_falls_back_to_the_reference():
+    """A missing or broken build must not break `import rubikops`: the ops are
+    defined from Python with the plain-torch reference behind them (a warning
+    says so), and a whole puzzle still comes out right."""
+    import subprocess
+    import sys
+    script = """
+import importlib.abc, sys, warnings
+class NoCompiled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "rubikops._C":
+            raise ImportError("blocked by the test")
+sys.meta_path.insert(0, NoCompiled())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import rubikops
+assert any("compiled library could not be loaded" in str(w.message) for w in caught), caught
+import torch
+from rubikops import ops, reference
+assert not ops.HAS_COMPILED and not ops.available_backends()["compiled_cpu_sampler"]
+vol = torch.randn(2, 1, 30, 31, 32, generator=torch.Generator().manual_seed(0))
+puzzle = rubikops.RubikCube(cube_size=8, gap=(0, 4), mask_prob=0.5)
+cubes, t = puzzle(vol, generator=torch.Generator().manual_seed(1))
+expect = reference.extract_cubes(vol, t.origins, (8, 8, 8), index=t.index, rotations=t.codes, mask=t.mask.bool())
+assert torch.equal(cubes, expect)
+print("fallback ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr[-3000:]

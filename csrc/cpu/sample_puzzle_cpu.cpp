@@ -1,0 +1,31 @@
+// CPU kernel of rubikops::sample_puzzle: the shared per-cube rule
+// (csrc/sample_puzzle.h) over every (sample, cube).  A batch is a few hundred
+// cubes, so one thread does it: the point of the op is one dispatch instead of
+// the fifteen small ops of the plain-torch sampler.
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "../sample_puzzle.h"
+#include "../sample_puzzle_checks.h"
+
+namespace rubikops {
+namespace {
+
+SamplePuzzleOutputs sample_puzzle_cpu(const at::Tensor& uniforms, const at::Tensor& volume_shapes,
+                                      const at::Tensor& index, const at::Tensor& cells,
+                                      const at::Tensor& permutations, const at::Tensor& code_table,
+                                      at::IntArrayRef crop_size, int64_t jitter, double mask_prob) {
+  SamplePuzzleSetup s = prepare_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table,
+                                              crop_size, jitter, mask_prob);
+  const SamplePuzzleParams& p = s.params;
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t m = 0; m < p.M; ++m) sample_puzzle_cube(p, b, m);
+  return s.outputs;
+}
+
+}  // namespace
+}  // namespace rubikops
+
+TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
+  m.impl("sample_puzzle", &rubikops::sample_puzzle_cpu);
+}
