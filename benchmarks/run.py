@@ -224,6 +224,9 @@ def _variants(dev, B, M, cube, vol):
                                                             rotations=r, validate=False, backend=name, out=out))
         knobs = [("compiled", "paper", {"RUBIKOPS_CUDA_UNROLL": str(u)}) for u in (4, 8)] \
             if rubikops.ops.HAS_CUDA_KERNEL else []
+        if rubikops.ops.HAS_CUDA_KERNEL and dtype == torch.bfloat16:  # the pair-load experiment
+            knobs += [("compiled", "paper", {"RUBIKOPS_CUDA_PAIRS": "1", "RUBIKOPS_CUDA_UNROLL": str(u)})
+                      for u in (4, 8)]
         knobs += [("triton", "paper", {"RUBIKOPS_TRITON_BLOCK": str(nbytes_block), "RUBIKOPS_TRITON_WARPS": str(w)})
                   for nbytes_block in (4096, 8192, 16384) for w in (4, 8)]
         knobs += [("triton", codes, {"RUBIKOPS_TRITON_TILE": tile, "RUBIKOPS_TRITON_WARPS": "4"})

@@ -323,6 +323,23 @@ def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("cube", [(3, 2, 32), (4, 4, 64)], ids=str)
+def test_cuda_pair_loads(dtype, layout, cube, monkeypatch):
+    """The pair-load experiment (RUBIKOPS_CUDA_PAIRS=1) for 2-byte types:
+    random origins give packs at both 4-byte alignments, flips reverse W, and
+    the strided layout (W step 2) must fall back to single loads."""
+    if not rubikops.ops.HAS_CUDA_KERNEL:
+        pytest.skip("CUDA kernel not built")
+    monkeypatch.setenv("RUBIKOPS_CUDA_PAIRS", "1")
+    case = random_case(43, dtype=dtype, layout=layout, B=4, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
+                       mask=0.3, keep_prob=0.4, with_index=True)
+    assert_matches(run(case, ("compiled", "cuda")), case)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["compiled", "triton"])
 def test_cuda_64bit_offsets(name):
     """A source of more than 2**31 voxels: offsets must not wrap."""

@@ -94,6 +94,8 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
   cuda::ExtractCubesParams p = make_params(a, out, keep);
   const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
   p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
+  const char* pairs = std::getenv("RUBIKOPS_CUDA_PAIRS");  // experiment knob, not yet measured on a GPU
+  p.pair_loads = pairs && std::atoi(pairs) != 0;
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;
