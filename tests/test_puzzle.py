@@ -6,6 +6,7 @@ import torch
 
 import rubikops
 from rubikops import PROPER_ROTATIONS, ROT180_H, ROT180_W, RubikCube, apply_code, solve
+from rubikops.puzzle import _normalize_cubes
 
 from .testing import BACKENDS
 
@@ -136,6 +137,44 @@ def test_normalisations():
     mean, std = v.mean(1), v.std(1)
     torch.testing.assert_close(c3, (raw - mean.view(2, 1, 1, 1, 1, 1)) / std.view(2, 1, 1, 1, 1, 1),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_cube_normalisation_in_place_and_with_autograd(dtype):
+    """normalize='cube' rewrites the op's output in place, so an out= buffer
+    ends up holding the normalised cubes; with autograd it goes out of place
+    and the gradient reaches the volumes.  Checked against the plain formula
+    on the same puzzles, constant cubes (span 0 -> -1) included."""
+    gen = torch.Generator().manual_seed(5)
+    vols = (torch.randn(3, 1, 14, 13, 15, generator=gen, dtype=torch.float64) * 50).to(dtype)
+    vols[1] = 7  # every cube of volume 1 is constant
+    per_cube = RubikCube(cube_size=(4, 5, 6), gap=(0, 2), normalize="cube", mask_prob=0.5, mask_fill=-3.0)
+    plain = RubikCube(cube_size=(4, 5, 6), gap=(0, 2), mask_prob=0.5, mask_fill=-3.0)
+    raw, _ = plain(vols, generator=torch.Generator().manual_seed(1))
+    r = raw.flatten(2).double()
+    lo, hi = r.amin(-1, keepdim=True), r.amax(-1, keepdim=True)
+    expect = torch.where(hi > lo, (r - lo) / (hi - lo) * 2 - 1, torch.full_like(r, -1.0)).view_as(raw)
+    out = torch.empty_like(raw)
+    cubes, _ = per_cube(vols, generator=torch.Generator().manual_seed(1), out=out)
+    assert cubes.data_ptr() == out.data_ptr()
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.double(), expect, **tol)
+    varied = (hi > lo).view(out.shape[:2])  # constant cubes (volume 1, fully masked ones) map to -1
+    assert varied.any() and out.flatten(2).amin(-1).eq(-1).all() and out.flatten(2).amax(-1)[varied].eq(1).all()
+    if dtype == torch.bfloat16:
+        return
+    # Autograd (a constant cube has no finite gradient: give volume 1 values).
+    vols[1] = vols[0].flip(-1)
+    weights = torch.randn(raw.shape, generator=gen, dtype=torch.float64).to(dtype)
+    grads = []
+    for normalise in (lambda c: _normalize_cubes(c), lambda c: ((c - c.amin((2, 3, 4, 5), keepdim=True)) / (
+            c.amax((2, 3, 4, 5), keepdim=True) - c.amin((2, 3, 4, 5), keepdim=True)) * 2 - 1)):
+        src = vols.clone().requires_grad_(True)
+        cubes, _ = plain(src, generator=torch.Generator().manual_seed(1))
+        (normalise(cubes) * weights).sum().backward()
+        grads.append(src.grad)
+    torch.testing.assert_close(grads[0], grads[1], **tol)
+    assert grads[0].abs().sum() > 0
 
 
 def test_out_buffer_and_keep_masking():
