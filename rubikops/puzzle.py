@@ -182,8 +182,9 @@ class RubikCube:
 
         One uniform draw per batch and one ``rubikops::sample_puzzle`` call
         turn it into every choice (crop start, jitter, permutation, rotation
-        state, mask): three small launches in all, where one op per choice was
-        fifteen, which is what a GPU batch waited on (docs/performance.md)."""
+        state, mask), and two more shape the labels: four small launches
+        where the plain-torch sampler took fifteen, which is what a GPU batch
+        waited on (docs/performance.md)."""
         dev = index.device
         c = self._on(dev)
         M, n_cells = self.permutations.shape[1], self.num_cells
