@@ -281,11 +281,19 @@ class RubikCube:
             self._calls += 1
             seed = make_generator(base, rank=self._calls).initial_seed()
         seed = 0 if seed is None else seed
-        cubes = ops.extract_cubes(
-            volumes, op_origins, self.cube_size, index=op_index, rotations=codes if self.rotation_mode != "none" else None,
-            mask=mask if self.mask_prob > 0 else None, fill=self.mask_fill, keep_prob=self.mask_keep_prob, seed=seed,
-            scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, validate=self.validate,
-            backend=self.backend)
+        kwargs = dict(index=op_index, rotations=codes if self.rotation_mode != "none" else None,
+                      mask=mask if self.mask_prob > 0 else None, fill=self.mask_fill, keep_prob=self.mask_keep_prob,
+                      seed=seed, scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out,
+                      backend=self.backend)
+        if self.validate:
+            cubes = ops.extract_cubes(volumes, op_origins, self.cube_size, validate=True, **kwargs)
+        else:
+            # The arguments are ours: skip the op's Python checks (its C++ checks
+            # remain), except on the caller's `out`.
+            if out is not None:
+                ops.check_out(out, (B, self.num_cells, volumes.shape[1], *self.cube_size),
+                              out_dtype or volumes.dtype, dev)
+            cubes = ops.extract_cubes_unchecked(volumes, op_origins, self.cube_size, **kwargs)
         if self.normalize == "cube":
             cubes = _normalize_cubes(cubes)
         return cubes, targets

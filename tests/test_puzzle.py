@@ -204,6 +204,23 @@ def test_bad_configurations():
         RubikCube(permutations=torch.zeros(5, 7, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bad,exc,match", [
+    (dict(out=torch.empty(2, 8, 1, 4, 4, 4, dtype=torch.float16)), TypeError, "out must have dtype torch.float32"),
+    (dict(out=torch.empty(2, 8, 1, 4, 4, 5)), ValueError, "out must have shape"),
+    (dict(out=torch.empty(2, 8, 1, 4, 4, 4).transpose(-1, -2)), ValueError, "out must be contiguous"),
+    (dict(volumes=torch.zeros(2, 1, 12, 12, 12, dtype=torch.int32)), TypeError, "unsupported source dtype"),
+    (dict(index=torch.zeros(2)), TypeError, "index must be int32 or int64"),
+    (dict(index=torch.zeros(2, 1, dtype=torch.long)), ValueError, "index must be 1-D"),
+])
+def test_unvalidated_puzzles_still_refuse_bad_arguments(bad, exc, match):
+    """validate=False skips the op's Python checks, not the C++ ones nor the
+    check of the caller's out= buffer: every bad argument is still an error."""
+    args = {**dict(volumes=torch.randn(2, 1, 12, 12, 12), index=None, out=None), **bad}
+    puzzle = RubikCube(cube_size=4, gap=0, validate=False)
+    with pytest.raises(exc, match=match):
+        puzzle(args["volumes"], args["index"], out=args["out"])
+
+
 def test_keep_mask_seed_is_reproducible_without_a_device_sync():
     vols = torch.rand(2, 1, 10, 10, 10) + 1
     make = lambda: RubikCube(cube_size=4, gap=0, mask_prob=1.0, mask_keep_prob=0.5)  # noqa: E731
