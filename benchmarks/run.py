@@ -120,6 +120,10 @@ def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
     rows.append(utils.Row("puzzle sampling, rubikops::sample_puzzle", wl, t_fused, 0, baseline_s=t_ref.median_s))
     print(f"puzzle sampling: fused op {t_fused.median_s * 1e6:.1f} us, plain-torch reference "
           f"{t_ref.median_s * 1e6:.1f} us ({t_ref.median_s / t_fused.median_s:.1f}x)")
+    if dev.type == "cuda" and rubikops.ops.triton_available():  # what a build without the CUDA kernels samples with
+        triton_sampler = RubikCube(**settings, backend="triton")
+        t_tri = utils.time_fn(lambda: triton_sampler.sample(B, shapes, index, gen), dev, repeats=rep)
+        rows.append(utils.Row("puzzle sampling, Triton kernel", wl, t_tri, 0, baseline_s=t_ref.median_s))
     return puzzle
 
 

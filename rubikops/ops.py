@@ -185,14 +185,66 @@ SAMPLE_PUZZLE_SCHEMA = (
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
     "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
 
+def _sampler_fail(cls, problem: str):
+    raise cls(f"rubikops.sample_puzzle: {problem}")
+
+
+def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter,
+                        mask_prob):
+    """The sampler's argument checks for the paths without C++ ones (the
+    reference and Triton): the same rules and messages as
+    csrc/sample_puzzle_checks.h."""
+    if not isinstance(uniforms, torch.Tensor) or uniforms.dtype != torch.float64:
+        _sampler_fail(TypeError, f"uniforms must be float64, got {getattr(uniforms, 'dtype', type(uniforms))}")
+    if uniforms.dim() != 2:
+        _sampler_fail(ValueError, f"uniforms must be (B, n), got shape {list(uniforms.shape)}")
+    for name, t, dim in (("volume_shapes", volume_shapes, 2), ("index", index, 1), ("cells", cells, 2),
+                         ("permutations", permutations, 2), ("code_table", code_table, 1)):
+        if t.dim() != dim:
+            _sampler_fail(ValueError, f"{name} must be {dim}-D, got shape {list(t.shape)}")
+        if t.dtype not in (torch.int32, torch.int64):
+            _sampler_fail(TypeError, f"{name} must be int32 or int64, got {t.dtype}")
+        if t.device != uniforms.device:
+            _sampler_fail(ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
+    if len(crop_size) != 3:
+        _sampler_fail(ValueError, f"crop_size must have 3 entries, got {len(crop_size)}")
+    if jitter < 0:
+        _sampler_fail(ValueError, f"jitter must be >= 0, got {jitter}")
+    if not 0.0 <= mask_prob <= 1.0:
+        _sampler_fail(ValueError, f"mask_prob must be in [0, 1], got {mask_prob}")
+    B, (K, M), n_cells = uniforms.shape[0], permutations.shape, cells.shape[0]
+    if volume_shapes.shape[1] != 3:
+        _sampler_fail(ValueError, f"volume_shapes must be (N, 3), got shape {list(volume_shapes.shape)}")
+    if cells.shape[1] != 3 or n_cells < 1:
+        _sampler_fail(ValueError, f"cells must be (n_cells, 3) with n_cells >= 1, got shape {list(cells.shape)}")
+    if index.shape[0] != B:
+        _sampler_fail(ValueError, f"index must have shape ({B},) (one volume per row of uniforms), "
+                                  f"got {list(index.shape)}")
+    if K < 1 or M < 1 or (volume_shapes.shape[0] < 1 and B > 0):
+        _sampler_fail(ValueError, "needs at least one permutation of at least one cube and one volume, got "
+                                  f"permutations {list(permutations.shape)} and volume_shapes {list(volume_shapes.shape)}")
+    R = code_table.numel()
+    n = 3 + 3 * n_cells + 1 + (M if R else 0) + (M if mask_prob > 0 else 0)
+    if uniforms.shape[1] != n:
+        parts = f"3 starts, {3 * n_cells} jitters, 1 permutation" + (", M rotation states" if R else "") + \
+            (", M mask draws" if mask_prob > 0 else "")
+        _sampler_fail(ValueError, f"uniforms must have {n} columns ({parts}), got {uniforms.shape[1]}")
+
+
+def _sample_puzzle_generic(*args):
+    check_sample_puzzle(*args)
+    return reference.sample_puzzle(*args)
+
+
 # Kernels: csrc/cpu and csrc/cuda (one dispatch for what the plain-torch
-# sampler does in fifteen small ops); the reference covers every other device.
+# sampler does in fifteen small ops), Triton on CUDA where those were not
+# built; the reference covers every other device.
 if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "sample_puzzle"):
     _sampler_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
     _sampler_lib.define(SAMPLE_PUZZLE_SCHEMA)
 else:
     _sampler_lib = torch.library.Library("rubikops", "IMPL")
-_sampler_lib.impl("sample_puzzle", reference.sample_puzzle, "CompositeExplicitAutograd")
+_sampler_lib.impl("sample_puzzle", _sample_puzzle_generic, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("rubikops::sample_puzzle")
@@ -212,12 +264,16 @@ def sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_tabl
                   *, backend: Optional[str] = None):
     """The puzzle's random choices from one row of uniforms per sample, in one
     dispatch (:func:`rubikops.reference.sample_puzzle` gives the rule).
-    ``backend="torch"`` runs the plain-torch reference; anything else lets
-    the dispatcher pick the device's kernel."""
+    ``backend="torch"`` runs the plain-torch reference, ``"triton"`` the
+    Triton kernel (on CPU tensors in the interpreter); anything else lets the
+    dispatcher pick the device's kernel."""
     args = (uniforms, volume_shapes, index, cells, permutations, code_table, [int(c) for c in crop_size],
             int(jitter), float(mask_prob))
-    if (backend or os.environ.get("RUBIKOPS_BACKEND")) in ("torch", "reference"):
-        return reference.sample_puzzle(*args)
+    name = backend or os.environ.get("RUBIKOPS_BACKEND")
+    if name in ("torch", "reference"):
+        return _sample_puzzle_generic(*args)
+    if name == "triton":
+        return _get_triton_sampler()(*args)
     return torch.ops.rubikops.sample_puzzle(*args)
 
 
@@ -315,6 +371,33 @@ def _register_triton_as_cuda_fallback():
 _cuda_fallback_lib = None
 if not HAS_CUDA_KERNEL and triton_available():
     _register_triton_as_cuda_fallback()
+
+_triton_sampler = None
+
+
+def _get_triton_sampler():
+    """``rubikops::sample_puzzle_triton``: the Triton sampler as an opaque
+    custom op (so opcheck and torch.compile see a fake kernel)."""
+    global _triton_sampler
+    if _triton_sampler is None:
+        if not triton_available():
+            raise RuntimeError("rubikops.sample_puzzle: backend='triton' needs a working triton package"
+                               + (f" ({_TRITON_ERROR})" if _TRITON_ERROR else ""))
+        from .triton.sample_puzzle import sample_puzzle as launch
+        schema = SAMPLE_PUZZLE_SCHEMA.replace("sample_puzzle(", "(")
+        _triton_sampler = torch.library.custom_op("rubikops::sample_puzzle_triton", launch, mutates_args=(),
+                                                  schema=schema)
+        _triton_sampler.register_fake(_sample_puzzle_fake)
+    return _triton_sampler
+
+
+if triton_available():
+    try:
+        _get_triton_sampler()  # at import, like the Triton extract_cubes ops (dynamo refuses later definitions)
+        if not HAS_CUDA_SAMPLER_KERNEL:
+            _sampler_lib.impl("sample_puzzle", lambda *args: _get_triton_sampler()(*args), "CUDA")
+    except Exception as exc:  # noqa: BLE001 - a broken triton must not break `import rubikops`
+        _TRITON_ERROR = f"{type(exc).__name__}: {exc}"
 
 # ---------------------------------------------------------------------------
 # Validation
@@ -570,6 +653,7 @@ def available_backends() -> dict:
         "compiled_cuda_backward": HAS_CUDA_BACKWARD_KERNEL,
         "compiled_cpu_sampler": HAS_CPU_SAMPLER_KERNEL,
         "compiled_cuda_sampler": HAS_CUDA_SAMPLER_KERNEL,
+        "triton_sampler": _triton_sampler is not None,
         "triton": triton_available(),
         "torch_reference": True,
         "load_error": _LOAD_ERROR,

@@ -13,6 +13,21 @@ DEVICES = [pytest.param("cpu", id="cpu")]
 if torch.cuda.is_available():
     DEVICES.append(pytest.param("cuda", id="cuda", marks=pytest.mark.cuda))
 
+# (backend, device): the dispatcher's kernel (C++ on CPU, CUDA C++ or Triton
+# on CUDA), the Triton kernel (interpreter on CPU), and the reference's own
+# path (its Python checks).
+BACKENDS = [pytest.param(("compiled", "cpu"), id="cpu-compiled")]
+if ops.triton_available() and ops.interpreter_enabled():
+    BACKENDS.append(pytest.param(("triton", "cpu"), id="cpu-triton-interpreter"))
+if torch.cuda.is_available():
+    BACKENDS.append(pytest.param(("compiled", "cuda"), id="cuda-default", marks=pytest.mark.cuda))
+    if ops.triton_available():
+        BACKENDS.append(pytest.param(("triton", "cuda"), id="cuda-triton", marks=pytest.mark.cuda))
+
+
+def sample(args, name):
+    return ops.sample_puzzle(*args, backend=None if name == "compiled" else name)
+
 CODE_TABLES = {"none": (), "paper": PAPER_ROTATIONS, "all": PROPER_ROTATIONS}
 
 
@@ -46,32 +61,48 @@ def assert_same(got, expect):
         assert torch.equal(g.cpu(), e.cpu()), name
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("grid", [(2, 2, 2), (3, 2, 1), (1, 1, 2), (3, 3, 3)])
 @pytest.mark.parametrize("rotations", ["none", "paper", "all"])
 @pytest.mark.parametrize("mask_prob", [0.0, 0.3, 1.0])
-def test_kernel_equals_reference(device, grid, rotations, mask_prob):
+def test_kernel_equals_reference(backend, grid, rotations, mask_prob):
+    name, device = backend
     seed = zlib.crc32(repr((grid, rotations, mask_prob)).encode())
     args = make_inputs(seed, grid=grid, rotations=rotations, mask_prob=mask_prob, device=device)
-    assert_same(torch.ops.rubikops.sample_puzzle(*args), reference.sample_puzzle(*args))
+    assert_same(sample(args, name), reference.sample_puzzle(*args))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["expanded shapes", "int32 index", "no jitter", "one sample", "no sample",
-                                    "transposed uniforms"])
-def test_awkward_inputs(device, layout):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["expanded shapes", "int32 index", "no jitter", "jitter 1", "one sample",
+                                    "one permutation", "no sample", "transposed uniforms"])
+def test_awkward_inputs(backend, layout):
+    name, device = backend
     kw = {"expanded shapes": dict(expanded_shapes=True), "int32 index": dict(index_dtype=torch.int32),
-          "no jitter": dict(jitter=0), "one sample": dict(B=1, N=1), "no sample": dict(B=0),
-          "transposed uniforms": {}}[layout]
+          "no jitter": dict(jitter=0), "jitter 1": dict(jitter=1), "one sample": dict(B=1, N=1),
+          "one permutation": dict(K=1), "no sample": dict(B=0), "transposed uniforms": {}}[layout]
     args = make_inputs(31, device=device, **kw)
     if layout == "transposed uniforms":
         args[0] = args[0].t().contiguous().t()
         assert not args[0].is_contiguous()
-    assert_same(torch.ops.rubikops.sample_puzzle(*args), reference.sample_puzzle(*args))
+    assert_same(sample(args, name), reference.sample_puzzle(*args))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_bad_indices_are_clamped_like_the_reference(device):
+def test_mask_threshold_is_compared_in_float64():
+    """Draws between float32(mask_prob) and mask_prob: a kernel that took the
+    probability as float32 would flip them."""
+    args = make_inputs(38, B=4, rotations="none", mask_prob=0.3)
+    below = torch.nextafter(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    between = torch.tensor(0.3000000005, dtype=torch.float64)  # float32(0.3) = 0.30000001192...
+    args[0][:, -8:] = torch.stack([below, between] * 4)
+    names = ["compiled"] + (["triton"] if ops.triton_available() and ops.interpreter_enabled() else [])
+    for name in names:
+        mask = sample(args, name)[4]
+        assert mask[:, 0::2].all() and not mask[:, 1::2].any(), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_indices_are_clamped_like_the_reference(backend):
+    name, device = backend
     """validate=False callers may pass anything: out-of-range volume indices,
     permutation entries and uniforms outside [0, 1) must stay in bounds, the
     same way on every backend."""
@@ -84,7 +115,7 @@ def test_bad_indices_are_clamped_like_the_reference(device):
     u[1, 4 + 3 * 8:4 + 3 * 8 + 8] = 1.5  # rotation states past the end
     u[2, :] = -0.25
     args = [u, shapes, index, cells, perms, table, crop, jitter, mask_prob]
-    got = torch.ops.rubikops.sample_puzzle(*args)
+    got = sample(args, name)
     assert_same(got, reference.sample_puzzle(*args))
     origins, codes, perm, state, mask = got
     assert int(perm.min()) >= 0 and int(perm.max()) < perms.shape[0]
@@ -118,6 +149,13 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.rubikops.sample_puzzle.default, args)
 
 
+@pytest.mark.skipif(not ops.triton_available() or (not torch.cuda.is_available() and not ops.interpreter_enabled()),
+                    reason="needs Triton (the interpreter on CPU)")
+def test_opcheck_triton():
+    args = make_inputs(34, device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.library.opcheck(torch.ops.rubikops.sample_puzzle_triton.default, args)
+
+
 def test_torch_compile_fullgraph():
     args = make_inputs(35)
 
@@ -147,6 +185,7 @@ def test_compiled_kernels_are_reported():
     backends = ops.available_backends()
     assert backends["compiled_cpu_sampler"] is True
     assert backends["compiled_cuda_sampler"] == ops.HAS_CUDA_SAMPLER_KERNEL
+    assert backends["triton_sampler"] == ops.triton_available()
 
 
 def _with(args, i, value):
@@ -169,7 +208,12 @@ def _with(args, i, value):
     (lambda a: _with(a, 7, -1), ValueError, "jitter must be >= 0"),
     (lambda a: _with(a, 8, 1.5), ValueError, r"mask_prob must be in \[0, 1\]"),
 ])
-def test_errors_name_the_argument(change, exc, match):
+@pytest.mark.parametrize("path", ["compiled", "torch", "triton"])
+def test_errors_name_the_argument(change, exc, match, path):
+    """The C++ checks (compiled kernels) and the Python ones (reference,
+    Triton) give the same error for the same mistake."""
+    if path == "triton" and not (ops.triton_available() and ops.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
     args = change(make_inputs(37))
     with pytest.raises(exc, match="rubikops.sample_puzzle: " + match):
-        torch.ops.rubikops.sample_puzzle(*args)
+        sample(args, path)

@@ -16,13 +16,13 @@ FLAGS = ("HAS_INDEX", "HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_SCALE", "HAS_SH
          "F64", "PARAMS_IN_TENSOR", "VIA_F32")
 
 SCRIPT = r"""
-import json, sys
+import importlib, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import rubikops.triton.extract_cubes as module
 
 for case in json.loads(sys.argv[1]):
+    module = importlib.import_module(case.get("module", "rubikops.triton.extract_cubes"))
     kernel = getattr(module, case["kernel"])
     const = {k: v for k, v in case["const"].items() if k in kernel.arg_names}
     sig = {}
