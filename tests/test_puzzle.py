@@ -230,3 +230,27 @@ def test_keep_mask_seed_is_reproducible_without_a_device_sync():
     assert torch.equal(first_a, first_b)
     second_a = a(vols, generator=torch.Generator().manual_seed(3))[0]
     assert not torch.equal((first_a == 0), (second_a == 0))  # a new keep mask on the next call
+
+
+def test_whole_puzzle_compiles_fullgraph():
+    """A training step that samples and cuts its puzzles inside torch.compile
+    (fullgraph: no graph break): same cubes and labels as eager for the same
+    draws.  Inductor has its own random numbers unless told to fall back to
+    eager's (fallback_random), so the comparison asks for that and seeds the
+    global stream before both runs."""
+    puzzle = RubikCube(cube_size=6, gap=(0, 4), validate=False, mask_prob=0.5, mask_keep_prob=0.2,
+                       normalize="cube")
+    vols = torch.randn(3, 1, 30, 31, 32, generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([2, 0, 2, 1])
+
+    def step(v, idx):
+        cubes, t = puzzle(v, idx, seed=123)
+        return cubes, t.permutation, t.rotation, t.mask, t.origins
+
+    torch.manual_seed(7)
+    eager = step(vols, index)
+    torch.manual_seed(7)
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = torch.compile(step, fullgraph=True)(vols, index)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
