@@ -150,8 +150,8 @@ def test_backward_kernels_equal_generic_backward(backend, dtype, grad_dtype, lay
 def test_backward_with_a_strided_gradient(backend, layout):
     """Gradients as autograd hands them over: expanded (the gradient of a
     sum: stride 0) or transposed (a unit stride on no axis): the same result
-    as the generic scatter-add (the CPU kernel reads the strides, the others
-    copy first)."""
+    as the generic scatter-add (the CPU and Triton kernels read the strides,
+    the CUDA kernel copies first)."""
     name, device = backend
     case = random_case(27, dtype=torch.float32, B=3, M=4, with_index=True, cube=(5, 5, 5), vol=(7, 8, 6),
                        mask=0.5, keep_prob=0.4, scale="tensor", clamp=(-60.0, 60.0)).to(device)

@@ -231,11 +231,13 @@ def _extract_cubes_backward_kernel(
     grad_ptr, acc_ptr, src_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
     N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
+    g_b, g_m, g_c, g_0, g_1, g_2,
     scale_value, shift_value, clamp_lo, clamp_hi, seed_lo, seed_hi, threshold,
     CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
+    GRAD_FLAT: tl.constexpr,
 ):
     # Gradient w.r.t. the source: every output voxel adds grad * scale
     # (zero where masked out or clamped) to the voxel it was read from, with
@@ -271,7 +273,12 @@ def _extract_cubes_backward_kernel(
         shift_value = tl.load(params_ptr + 1)
         clamp_lo = tl.load(params_ptr + 2)
         clamp_hi = tl.load(params_ptr + 3)
-    g = tl.load(grad_ptr + out_offs, mask=valid, other=0).to(ctype)
+    if GRAD_FLAT:  # contiguous gradient
+        g_offs = out_offs
+    else:  # read through its strides (autograd hands over expanded gradients: no copy first)
+        g_offs = (b * _as_index(g_b, WIDE) + (bm - b * M) * _as_index(g_m, WIDE) + c * _as_index(g_c, WIDE)
+                  + i0 * _as_index(g_0, WIDE) + i1 * _as_index(g_1, WIDE) + i2 * _as_index(g_2, WIDE))
+    g = tl.load(grad_ptr + g_offs, mask=valid, other=0).to(ctype)
     if HAS_SCALE:
         scale = tl.load(scale_ptr + b).to(ctype)
     else:
@@ -340,7 +347,6 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
     acc = torch.zeros(source.shape, dtype=compute, device=source.device)
     if grad.numel() == 0:
         return acc.to(source.dtype)
-    grad = grad.contiguous()
     threshold = reference.keep_threshold(keep_prob)
     if threshold >= (1 << 24):  # keep_prob == 1: nothing is dropped
         mask = None
@@ -354,12 +360,13 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
     grid = (B * M * C * triton.cdiv(numel, block),)
     kernel_runner(_extract_cubes_backward_kernel)[grid](
         grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
-        N, C, D, H, W, M, *source.stride(),
+        N, C, D, H, W, M, *source.stride(), *grad.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
         *_seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
-        F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block, WIDE=not (_fits_int32(source, grad) and acc.numel() < 2**31),
-        num_warps=4 if source.device.type == "cuda" else 1,
+        F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block,
+        WIDE=not (_fits_int32(source, grad) and _span(grad) < 2**31 and acc.numel() < 2**31),
+        GRAD_FLAT=grad.is_contiguous(), num_warps=4 if source.device.type == "cuda" else 1,
     )
     return acc.to(source.dtype)
 
@@ -399,10 +406,14 @@ def _programs_per_cube(cube_size: Sequence[int], to: int, tr: int, tw: int) -> i
     return max(cdiv(CD, to) * cdiv(CH, tr), cdiv(CH, to) * cdiv(CD, tr)) * cdiv(CW, tw)
 
 
+def _span(t: Tensor) -> int:
+    """One past the largest element offset of ``t`` (its strides, not its numel)."""
+    return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + 1
+
+
 def _fits_int32(source: Tensor, out: Tensor) -> bool:
     """True when every source and output offset the kernel forms fits in int32."""
-    span = sum((n - 1) * abs(s) for n, s in zip(source.shape, source.stride())) + 1
-    return span < 2**31 and out.numel() < 2**31 and max(abs(s) for s in source.stride()) < 2**31
+    return _span(source) < 2**31 and out.numel() < 2**31 and max(abs(s) for s in source.stride()) < 2**31
 
 
 def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,

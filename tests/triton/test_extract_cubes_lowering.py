@@ -91,9 +91,10 @@ def test_backward_kernel_lowers_for_sm90():
     """The backward kernel's atomics (float32 and float64) lower for sm_90."""
     cases = []
     for src_t, grad_t, acc_t, flags, small in BACKWARD_CASES:
-        const = dict(CD=64, CH=64, CW=64, BLOCK=1024, WIDE=not small, **{f: f in flags for f in FLAGS})
-        if small:
-            const.update(s_w=1, C=1, seed_hi=1)  # a seed whose high half is 1
+        const = dict(CD=64, CH=64, CW=64, BLOCK=1024, WIDE=not small, GRAD_FLAT=not small,
+                     **{f: f in flags for f in FLAGS})
+        if small:  # also a strided gradient whose W stride is 1
+            const.update(s_w=1, C=1, seed_hi=1, g_2=1)  # a seed whose high half is 1
         ptrs = dict(grad_ptr=f"*{grad_t}", acc_ptr=f"*{acc_t}", src_ptr=f"*{src_t}", origins_ptr="*i64",
                     index_ptr="*i64", rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp64",
                     params_ptr="*fp64")
