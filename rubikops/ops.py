@@ -179,11 +179,12 @@ HAS_CUDA_BACKWARD_KERNEL = _has_kernel("rubikops::extract_cubes_backward", "CUDA
 # Puzzle sampler: uniforms -> origins, codes, permutation, rotation state, mask
 # ---------------------------------------------------------------------------
 
-# Keep in sync with csrc/sample_puzzle.cpp (tests/test_ops.py checks it).
+# Keep in sync with csrc/sample_puzzle.cpp (tests/test_sample_puzzle.py checks it).
 SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
     "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
+
 
 def _sampler_fail(cls, problem: str):
     raise cls(f"rubikops.sample_puzzle: {problem}")
@@ -200,6 +201,8 @@ def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, cod
         _sampler_fail(ValueError, f"uniforms must be (B, n), got shape {list(uniforms.shape)}")
     for name, t, dim in (("volume_shapes", volume_shapes, 2), ("index", index, 1), ("cells", cells, 2),
                          ("permutations", permutations, 2), ("code_table", code_table, 1)):
+        if not isinstance(t, torch.Tensor):
+            _sampler_fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != dim:
             _sampler_fail(ValueError, f"{name} must be {dim}-D, got shape {list(t.shape)}")
         if t.dtype not in (torch.int32, torch.int64):
