@@ -233,6 +233,10 @@ class RubikCube:
         N = volume_shapes.shape[0] if packed else volumes.shape[0]
         if index is None:
             index = torch.arange(N, device=dev)
+        for name, t in (("index", index), ("volume_shapes", volume_shapes), ("volume_offsets", volume_offsets)):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.device != dev):
+                raise ValueError(f"RubikCube: {name} must be a tensor on the volumes' device ({dev}), got "
+                                 f"{getattr(t, 'device', type(t).__name__)}")
         B = index.shape[0]
         if volume_shapes is None:
             if any(v < c for v, c in zip(volumes.shape[2:], self.crop_size)):

@@ -204,6 +204,17 @@ def test_bad_configurations():
         RubikCube(permutations=torch.zeros(5, 7, dtype=torch.long))
 
 
+def test_arguments_on_another_device_are_named():
+    """An index (or volume shapes) on another device than the volumes is
+    named as such, not reported by whatever op first meets it."""
+    vols = torch.randn(2, 1, 12, 12, 12)
+    puzzle = RubikCube(cube_size=4, gap=0, validate=False)
+    with pytest.raises(ValueError, match=r"index must be a tensor on the volumes' device \(cpu\), got meta"):
+        puzzle(vols, torch.zeros(2, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="volume_shapes must be a tensor on the volumes' device"):
+        puzzle(vols, volume_shapes=torch.full((2, 3), 12, device="meta"))
+
+
 @pytest.mark.parametrize("bad,exc,match", [
     (dict(out=torch.empty(2, 8, 1, 4, 4, 4, dtype=torch.float16)), TypeError, "out must have dtype torch.float32"),
     (dict(out=torch.empty(2, 8, 1, 4, 4, 5)), ValueError, "out must have shape"),
