@@ -27,9 +27,11 @@ grep "rubikops build" build.log
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -m rubikops.info
 t0=$(date +%s)
-timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
-grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
-echo "cuda tests: $(( $(date +%s) - t0 )) s"
+if [ "${RUBIKOPS_GPU_TESTS:-1}" != "0" ]; then  # RUBIKOPS_GPU_TESTS=0: skip the CUDA tests (a pretrain-only run)
+  timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
+  echo "cuda tests: $(( $(date +%s) - t0 )) s"
+fi
 # Does inductor trace the Triton kernel as a torch.library.triton_op here?
 # (the probe; RUBIKOPS_GPU_TRITON_OP_TESTS=1 adds the CUDA op tests, opcheck
 # and torch.compile with masks and large seeds, with RUBIKOPS_TRITON_OP=1)

@@ -315,9 +315,9 @@ def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
     case = random_case(41, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips", mask=0.3,
                        keep_prob=0.4, with_index=True)
     assert_matches(run(case, ("compiled", "cuda")), case)
-    arith = random_case(42, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
-                        scale="tensor", shift="float", out_dtype=torch.float32)
-    if dtype.is_floating_point:
+    if dtype.is_floating_point:  # the per-sample arithmetic case, on floating sources
+        arith = random_case(42, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
+                            scale="tensor", shift="float", out_dtype=torch.float32)
         assert_matches(run(arith, ("compiled", "cuda")), arith)
 
 
