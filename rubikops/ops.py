@@ -153,15 +153,20 @@ def extract_cubes_backward_generic(
     return flat.view(source.shape).to(source.dtype)
 
 
-# The schema comes from the compiled library (csrc/extract_cubes.cpp), which
-# also registers the CPU and CUDA kernels; the generic implementation covers
-# the rest.
-# A library built before the op existed lacks the schema: define it here then.
-if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "extract_cubes_backward"):
-    _backward_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
-    _backward_lib.define(EXTRACT_CUBES_BACKWARD_SCHEMA)
-else:
-    _backward_lib = torch.library.Library("rubikops", "IMPL")
+def _library_defining(op: str, schema: str) -> torch.library.Library:
+    """A library to register ``op``'s Python kernels with.  The schema comes
+    from the compiled library; one that is missing, or was built before the
+    op existed, lacks it: define it here then."""
+    if _fallback_lib is not None or not hasattr(torch.ops.rubikops, op):
+        lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
+        lib.define(schema)
+        return lib
+    return torch.library.Library("rubikops", "IMPL")
+
+
+# The compiled library (csrc/extract_cubes.cpp) also registers the CPU and
+# CUDA kernels; the generic implementation covers the rest.
+_backward_lib = _library_defining("extract_cubes_backward", EXTRACT_CUBES_BACKWARD_SCHEMA)
 _backward_lib.impl("extract_cubes_backward", extract_cubes_backward_generic, "CompositeExplicitAutograd")
 
 
@@ -184,6 +189,13 @@ SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
     "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
+
+
+def sample_puzzle_row_size(n_cells: int, M: int, rotations: bool, draw_mask: bool) -> int:
+    """Uniforms per sample: 3 crop starts, 3 jitters a cell, 1 permutation, M
+    rotation states (when drawn), M mask draws (when mask_prob > 0); as
+    csrc/sample_puzzle.h."""
+    return 3 + 3 * n_cells + 1 + (M if rotations else 0) + (M if draw_mask else 0)
 
 
 def _sampler_fail(cls, problem: str):
@@ -227,7 +239,7 @@ def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, cod
         _sampler_fail(ValueError, "needs at least one permutation of at least one cube and one volume, got "
                                   f"permutations {list(permutations.shape)} and volume_shapes {list(volume_shapes.shape)}")
     R = code_table.numel()
-    n = 3 + 3 * n_cells + 1 + (M if R else 0) + (M if mask_prob > 0 else 0)
+    n = sample_puzzle_row_size(n_cells, M, R > 0, mask_prob > 0)
     if uniforms.shape[1] != n:
         parts = f"3 starts, {3 * n_cells} jitters, 1 permutation" + (", M rotation states" if R else "") + \
             (", M mask draws" if mask_prob > 0 else "")
@@ -242,11 +254,7 @@ def _sample_puzzle_generic(*args):
 # Kernels: csrc/cpu and csrc/cuda (one dispatch for what the plain-torch
 # sampler does in fifteen small ops), Triton on CUDA where those were not
 # built; the reference covers every other device.
-if _fallback_lib is not None or not hasattr(torch.ops.rubikops, "sample_puzzle"):
-    _sampler_lib = _fallback_lib or torch.library.Library("rubikops", "FRAGMENT")
-    _sampler_lib.define(SAMPLE_PUZZLE_SCHEMA)
-else:
-    _sampler_lib = torch.library.Library("rubikops", "IMPL")
+_sampler_lib = _library_defining("sample_puzzle", SAMPLE_PUZZLE_SCHEMA)
 _sampler_lib.impl("sample_puzzle", _sample_puzzle_generic, "CompositeExplicitAutograd")
 
 

@@ -187,9 +187,8 @@ class RubikCube:
         waited on (docs/performance.md)."""
         dev = index.device
         c = self._on(dev)
-        M, n_cells = self.permutations.shape[1], self.num_cells
-        rotations = c["code_table"].numel() > 0
-        n = 3 + 3 * n_cells + 1 + (M if rotations else 0) + (M if self.mask_prob > 0 else 0)
+        M = self.permutations.shape[1]
+        n = ops.sample_puzzle_row_size(self.num_cells, M, c["code_table"].numel() > 0, self.mask_prob > 0)
         u = torch.rand(batch, n, generator=generator, device=dev, dtype=torch.float64)
         origins, codes, perm, state, mask = ops.sample_puzzle(
             u, volume_shapes, index, c["cells"], c["perms"], c["code_table"], self.crop_size, self.jitter,

@@ -212,12 +212,12 @@ def sample_puzzle(
     R = code_table.numel()
     u = uniforms.to(torch.float64)
     index = index.long().clamp(0, volume_shapes.shape[0] - 1)
-    crop = torch.tensor([int(c) for c in crop_size], device=dev)
 
     def draw(columns, count):  # trunc(u * count): every choice uniform over range(count)
         return (columns * count).long()
 
-    free = (volume_shapes.long()[index] - crop + 1).to(torch.float64)  # (B, 3) possible crop starts
+    extent = volume_shapes.long()[index]
+    free = torch.stack([extent[:, a] - int(crop_size[a]) + 1 for a in range(3)], 1).to(torch.float64)  # crop starts
     start = draw(u[:, 0:3], free)
     jitters = draw(u[:, 3:3 + 3 * n_cells], float(jitter + 1)).view(B, n_cells, 3)
     permutation = draw(u[:, 3 + 3 * n_cells], float(K)).clamp(0, K - 1)

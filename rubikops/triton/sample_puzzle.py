@@ -9,6 +9,7 @@ so the three implementations agree bit for bit.
 """
 from __future__ import annotations
 
+import struct
 from typing import Sequence
 
 import torch
@@ -38,8 +39,8 @@ def _origin_along(u_ptr, row, shapes_ptr, shape_row, shape_s1, cells_ptr, j, liv
 
 @triton.jit
 def _sample_puzzle_kernel(u_ptr, shapes_ptr, shape_s0, shape_s1, index_ptr, cells_ptr, perms_ptr, table_ptr,
-                          mask_prob_ptr, origins_ptr, codes_ptr, perm_ptr, state_ptr, mask_ptr,
-                          total, M, N, K, R, n_cells, n_cols, crop_d, crop_h, crop_w, jitter,
+                          origins_ptr, codes_ptr, perm_ptr, state_ptr, mask_ptr,
+                          total, M, N, K, R, n_cells, n_cols, crop_d, crop_h, crop_w, jitter, mask_prob_bits,
                           HAS_ROT: tl.constexpr, DRAW_MASK: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = t < total
@@ -67,15 +68,22 @@ def _sample_puzzle_kernel(u_ptr, shapes_ptr, shape_s0, shape_s1, index_ptr, cell
         state = tl.zeros([BLOCK], dtype=tl.int64)
         code = tl.zeros([BLOCK], dtype=tl.int64)
     if DRAW_MASK:
-        # mask_prob comes from a float64 tensor: a float argument would be
-        # rounded to float32, and draws near the threshold would flip.
-        masked = tl.load(u_ptr + row + mask_col + m, mask=live, other=1.0) < tl.load(mask_prob_ptr)
+        # mask_prob travels as its float64 bit pattern: a float argument would
+        # be rounded to float32 and flip draws near the threshold, and a
+        # one-element tensor would cost a host-to-device copy every batch.
+        mask_prob = tl.cast(tl.cast(mask_prob_bits, tl.int64), tl.float64, bitcast=True)
+        masked = tl.load(u_ptr + row + mask_col + m, mask=live, other=1.0) < mask_prob
     else:
         masked = tl.zeros([BLOCK], dtype=tl.int1)
     tl.store(state_ptr + t, state, mask=live)
     tl.store(codes_ptr + t, code, mask=live)
     tl.store(mask_ptr + t, masked, mask=live)
     tl.store(perm_ptr + b, perm, mask=live & (m == 0))
+
+
+def _float64_bits(x: float) -> int:
+    """The bit pattern of float64 ``x`` as a signed int64."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _block(total: int) -> int:
@@ -109,8 +117,8 @@ def sample_puzzle(uniforms: Tensor, volume_shapes: Tensor, index: Tensor, cells:
     _sample_puzzle_kernel[(triton.cdiv(total, block),)](
         u, shapes, shapes.stride(0), shapes.stride(1), index.to(torch.int64).contiguous(),
         cells.to(torch.int64).contiguous(), permutations.to(torch.int64).contiguous(), table,
-        torch.tensor([float(mask_prob)], dtype=torch.float64, device=dev), origins, codes, perm, state, mask,
+        origins, codes, perm, state, mask,
         total, M, volume_shapes.shape[0], K, R, cells.shape[0], u.shape[1], int(crop_size[0]), int(crop_size[1]),
-        int(crop_size[2]), int(jitter), HAS_ROT=R > 0, DRAW_MASK=float(mask_prob) > 0, BLOCK=block,
+        int(crop_size[2]), int(jitter), _float64_bits(mask_prob), HAS_ROT=R > 0, DRAW_MASK=float(mask_prob) > 0, BLOCK=block,
         num_warps=4 if dev.type == "cuda" else 1)
     return origins, codes, perm, state, mask
