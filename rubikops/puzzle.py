@@ -298,7 +298,7 @@ class RubikCube:
                               out_dtype or volumes.dtype, dev)
             cubes = ops.extract_cubes_unchecked(volumes, op_origins, self.cube_size, **kwargs)
         if self.normalize == "cube":
-            cubes = _normalize_cubes(cubes)
+            cubes = normalize_cubes(cubes)
         return cubes, targets
 
 
@@ -318,7 +318,7 @@ def _volume_stats(volumes: torch.Tensor):
     return v.mean(1), v.std(1)
 
 
-def _normalize_cubes(cubes: torch.Tensor) -> torch.Tensor:
+def normalize_cubes(cubes: torch.Tensor) -> torch.Tensor:
     """Each cube to [-1, 1] by its own min and max (the paper's normalisation),
     in place: the op's fresh output (or the caller's ``out=``) is rewritten,
     one read for the min and max and three in-place passes, where the

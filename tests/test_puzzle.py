@@ -6,7 +6,7 @@ import torch
 
 import rubikops
 from rubikops import PROPER_ROTATIONS, ROT180_H, ROT180_W, RubikCube, apply_code, solve
-from rubikops.puzzle import _normalize_cubes
+from rubikops.puzzle import normalize_cubes
 
 from .testing import BACKENDS
 
@@ -167,7 +167,7 @@ def test_cube_normalisation_in_place_and_with_autograd(dtype):
     vols[1] = vols[0].flip(-1)
     weights = torch.randn(raw.shape, generator=gen, dtype=torch.float64).to(dtype)
     grads = []
-    for normalise in (lambda c: _normalize_cubes(c), lambda c: ((c - c.amin((2, 3, 4, 5), keepdim=True)) / (
+    for normalise in (lambda c: normalize_cubes(c), lambda c: ((c - c.amin((2, 3, 4, 5), keepdim=True)) / (
             c.amax((2, 3, 4, 5), keepdim=True) - c.amin((2, 3, 4, 5), keepdim=True)) * 2 - 1)):
         src = vols.clone().requires_grad_(True)
         cubes, _ = plain(src, generator=torch.Generator().manual_seed(1))

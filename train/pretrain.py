@@ -29,8 +29,10 @@ import common  # noqa: E402
 from common import UserError  # noqa: E402
 
 import rubikops  # noqa: E402
+import rubikops.augment  # noqa: E402
+from rubikops.puzzle import normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # noqa: E402
-from rubikops.models import BACKBONES, SiameseOctad, build_encoder, puzzle_loss, puzzle_metrics  # noqa: E402
+from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, SiameseOctad, build_encoder, puzzle_loss, puzzle_metrics  # noqa: E402
 
 
 _f = common.setting
@@ -60,13 +62,19 @@ class PretrainConfig(common.RunSettings):
     mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
     mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
     normalize: str = _f("none", "none, cube (each cube to [-1, 1], the paper), zscore")
+    augment: str = _f("all", "label-preserving augmentation: none, intensity (per cube: contrast, gamma, bias "
+                             "field, noise), geometry (crop rotation and zoom before cutting) or all")
+    augment_angle: float = _f(10.0, "geometry: largest crop rotation about each axis, degrees")
+    augment_zoom: tuple = _f((0.9, 1.1), "geometry: crop zoom range lo,hi", "floats")
     # model
     backbone: str = _f("vgg", f"one of {sorted(BACKBONES)} or monai:<NetworkClass>")
     width: int = _f(8, "channels of the first encoder stage (doubled per stage)")
     norm: str = _f("batch", "batch, instance or group")
     hidden: int = _f(128, "hidden units of each head (one hidden layer; 0: linear)")
     dropout: float = _f(0.1, "dropout in the heads")
-    pool: str = _f("avg", "cube features: avg (global average) or flatten (keeps the layout)")
+    pool: str = _f("avg", "cube features: avg (global average), grid (average per octant) or flatten")
+    cube_heads: bool = _f(True, "rotation/mask heads shared by the cubes, each seeing its cube and the puzzle's "
+                                "mean (false: the paper's joint heads over all cubes)")
     channels: int = _f(1, "input channels (modalities)")
     # optimisation
     batch_size: int = _f(16, "puzzles per step (per rank)")
@@ -80,6 +88,8 @@ class PretrainConfig(common.RunSettings):
     alpha: float = _f(1.0, "weight of the permutation loss")
     beta: float = _f(1.0, "weight of the rotation loss")
     mask_weight: float = _f(1.0, "weight of the mask loss (Rubik's Cube+)")
+    cube_loss: str = _f("sum", "per-cube losses: sum (each puzzle's log-likelihood: 3-way turn CE summed over "
+                               "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
     out: str = _f("runs/pretrain", "output folder")
     eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
     eval_puzzles: int = _f(128, "fixed held-out puzzles")
@@ -115,10 +125,12 @@ def check_config(cfg: PretrainConfig) -> None:
          f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
     need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none, got {cfg.intensity!r}")
+    need(cfg.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore, got {cfg.normalize!r}")
     need(cfg.optimizer in ("adamw", "sgd"), f"--optimizer must be adamw or sgd, got {cfg.optimizer!r}")
     need(cfg.schedule in ("cosine", "step", "constant"), f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
-    need(cfg.pool in ("flatten", "avg"), f"--pool must be flatten or avg, got {cfg.pool!r}")
+    need(cfg.cube_loss in CUBE_LOSSES, f"--cube-loss must be one of {', '.join(CUBE_LOSSES)}, got {cfg.cube_loss!r}")
+    need(cfg.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {cfg.pool!r}")
     need(cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
     need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")
     need(len(cfg.gap) in (1, 2), "--gap takes lo or lo,hi")
@@ -138,6 +150,32 @@ def make_puzzle(cfg: PretrainConfig) -> rubikops.RubikCube:
         raise UserError(str(exc)) from None
 
 
+AUGMENTS = ("none", "intensity", "geometry", "all")
+
+
+def make_augment(cfg: PretrainConfig):
+    """(crop transform or None, intensity augmentation or None) for --augment."""
+    try:
+        crop = (rubikops.augment.CropAffine(cfg.augment_angle, tuple(cfg.augment_zoom))
+                if cfg.augment in ("geometry", "all") else None)
+        intensity = rubikops.augment.IntensityAugment() if cfg.augment in ("intensity", "all") else None
+    except ValueError as exc:
+        raise UserError(f"--augment-*: {exc}") from None
+    return crop, intensity
+
+
+def make_batch(bank, puzzle, cfg, gen, augment):
+    """One training batch: cut (from augmented crops), then per-cube intensity augmentation, then the
+    puzzle's per-cube normalisation again (augmenting moved the cubes' range)."""
+    crop, intensity = augment
+    cubes, targets = bank.puzzles(puzzle, cfg.batch_size, gen, crop_transform=crop)
+    if intensity is not None:
+        cubes = intensity(cubes, gen)
+        if puzzle.normalize == "cube":
+            cubes = normalize_cubes(cubes)
+    return cubes, targets
+
+
 def make_model(cfg: PretrainConfig, puzzle: rubikops.RubikCube) -> SiameseOctad:
     try:
         encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm) if not cfg.backbone.startswith(
@@ -146,7 +184,8 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.RubikCube) -> SiameseOctad:
         raise UserError(f"--backbone: {exc}") from None
     return SiameseOctad(encoder, puzzle.num_cells, puzzle.num_permutations, rotation_mode=puzzle.rotation_mode,
                         mask_head=cfg.mask_prob > 0, hidden=cfg.hidden, dropout=cfg.dropout,
-                        in_channels=cfg.channels, cube_size=puzzle.cube_size, pool=cfg.pool)
+                        in_channels=cfg.channels, cube_size=puzzle.cube_size, pool=cfg.pool,
+                        cube_heads=cfg.cube_heads)
 
 
 def load_data(cfg: PretrainConfig, dist: common.Dist):
@@ -201,7 +240,7 @@ def evaluate(model, batches, cfg, amp_ctx) -> dict:
     for cubes, t in batches:
         with amp_ctx():
             out = model(cubes)
-        loss, _ = puzzle_loss(out, t, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
+        loss, _ = puzzle_loss(out, t, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight, cfg.cube_loss)
         m = {k: float(v) for k, v in puzzle_metrics(out, t, cfg.rotations).items()}
         m["loss"] = float(loss)
         n = cubes.shape[0]
@@ -241,6 +280,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if cfg.amp == "fp16" and dev.type != "cuda":
         raise UserError("--amp fp16 needs a GPU; use --amp bf16 on CPU")
     puzzle = make_puzzle(cfg)
+    augment = make_augment(cfg)
     train_vols, held_vols = load_data(cfg, dist)
     try:
         bank = VolumeBank(train_vols, dev, cfg.storage_dtype,
@@ -302,13 +342,14 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         if timed and cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        cubes, targets = bank.puzzles(puzzle, cfg.batch_size, gen)
+        cubes, targets = make_batch(bank, puzzle, cfg, gen, augment)
         if timed and cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         with amp_ctx():
             out = fwd(cubes)
-            loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight)
+            loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight,
+                                       cfg.cube_loss)
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
         if timed:

@@ -192,13 +192,22 @@ class VolumeBank:
         return torch.randint(len(self), (batch,), generator=generator, device=self.device)
 
     def puzzles(self, puzzle: RubikCube, batch: int, generator: Optional[torch.Generator] = None,
-                index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None):
-        """One batch of puzzles, volumes drawn on the device: (cubes, targets)."""
+                index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
+                crop_transform=None):
+        """One batch of puzzles, volumes drawn on the device: (cubes, targets).
+
+        ``crop_transform`` (e.g. :class:`rubikops.augment.CropAffine`):
+        ``crop_transform.crops(bank, puzzle.crop_size, index, generator)``
+        gives each sample's crop, and the puzzle is cut from it (then
+        ``targets.index`` counts crops: sample ``b`` is crop ``b``)."""
         if id(puzzle) not in self._checked:
             self.check_puzzle(puzzle)
             self._checked.add(id(puzzle))
         if index is None:
             index = self.sample_index(batch, generator)
+        if crop_transform is not None:
+            crops = crop_transform.crops(self, puzzle.crop_size, index, generator)
+            return puzzle(crops, None, generator, out=out, seed=seed)
         return puzzle(self.storage, index, generator, out=out, volume_shapes=self.shapes,
                       volume_offsets=self.offsets, intensity=(self.scale, self.shift) if self.quantised else None,
                       stats=self.stats, seed=seed)

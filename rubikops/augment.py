@@ -1,0 +1,192 @@
+"""Augmentation that keeps every puzzle label valid, run on the batch's device.
+
+Two pieces, each one job:
+
+- :class:`CropAffine` resamples each puzzle's crop before it is cut: a small
+  rotation about each axis and an isotropic zoom around a random centre.
+  The puzzle is then cut from the resampled crop, so its permutation and
+  turn labels describe the augmented crop exactly (``solve`` gives it back).
+  No whole-crop flips or 90/180-degree turns: those are what the cube
+  turns are, and would make the labels ambiguous.
+- :class:`IntensityAugment` changes each cube's intensities after cutting:
+  contrast, gamma, a smooth multiplicative bias field and Gaussian noise,
+  each cube on its own draw.  Geometry and labels are untouched, and
+  drawing per cube also stops the network from matching neighbours by
+  their brightness instead of their anatomy.
+
+Both draw from the generator given, on its device, with a fixed number of
+draws per call, so a run is reproducible and resumable.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+def _uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (hi - lo) + lo
+
+
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """(B, 3) angles in radians about the D, H and W axes -> (B, 3, 3)
+    rotation matrices acting on (d, h, w) coordinates: R = R_d @ R_h @ R_w."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def mat(rows):
+        return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+    rd = mat([[one, zero, zero], [zero, c[:, 0], -s[:, 0]], [zero, s[:, 0], c[:, 0]]])
+    rh = mat([[c[:, 1], zero, s[:, 1]], [zero, one, zero], [-s[:, 1], zero, c[:, 1]]])
+    rw = mat([[c[:, 2], -s[:, 2], zero], [s[:, 2], c[:, 2], zero], [zero, zero, one]])
+    return rd @ rh @ rw
+
+
+def resample_crops(storage: torch.Tensor, shapes: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor,
+                   centres: torch.Tensor, matrices: torch.Tensor, crop_size: Sequence[int],
+                   scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Trilinear resampling of one crop per sample from a packed bank.
+
+    storage: (1, C, D, H, W) any dtype; volume ``v`` occupies
+    ``storage[0, :, o:o+d, :h, :w]`` with ``o = offsets[v, 0]`` and
+    ``(d, h, w) = shapes[v]``.  Output voxel ``p`` of sample ``b`` reads
+    volume ``index[b]`` at ``centres[b] + matrices[b] @ (p - (crop - 1) / 2)``
+    (voxel units), clamped to the volume (edge values repeat), then
+    ``value * scale[v] + shift[v]`` (quantised banks).  Returns (B, C, *crop)
+    float32.  The eight corners are gathered by flat index rather than with
+    ``grid_sample``, which needs a floating input of the grid's dtype (no
+    int16 banks, and bfloat16 coordinates are off by whole voxels past 256)."""
+    dev = storage.device
+    B = index.shape[0]
+    C = storage.shape[1]
+    axes = [torch.arange(n, device=dev, dtype=torch.float32) - (n - 1) / 2 for n in crop_size]
+    local = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(-1, 3)  # (P, 3)
+    pos = torch.einsum("bij,pj->bpi", matrices.float(), local) + centres.float()[:, None, :]  # (B, P, 3)
+    size = shapes[index].to(torch.float32)[:, None, :]
+    pos = torch.minimum(pos.clamp_min(0.0), size - 1)
+    base = pos.floor()
+    frac = pos - base
+    lo = base.long()
+    hi = torch.minimum(lo + 1, shapes[index][:, None, :] - 1)
+    _, _, _, SH, SW = storage.shape
+    z0 = offsets[index][:, None, 0]
+    flat = storage.reshape(C, -1)
+    out = None
+    for corner in range(8):
+        pick = [(corner >> (2 - a)) & 1 for a in range(3)]
+        idx = [hi[..., a] if pick[a] else lo[..., a] for a in range(3)]
+        weight = None
+        for a in range(3):
+            w = frac[..., a] if pick[a] else 1.0 - frac[..., a]
+            weight = w if weight is None else weight * w
+        lin = ((idx[0] + z0) * SH + idx[1]) * SW + idx[2]  # (B, P)
+        vals = flat.index_select(1, lin.reshape(-1)).float().view(C, B, -1) * weight
+        out = vals if out is None else out + vals
+    out = out.permute(1, 0, 2)  # (B, C, P)
+    if scale is not None:
+        out = out * scale[index].float()[:, None, None] + shift[index].float()[:, None, None]
+    return out.reshape(B, C, *crop_size)
+
+
+@dataclass
+class CropAffine:
+    """Each puzzle's crop resampled with a random rotation of up to
+    ``max_angle`` degrees about each axis and an isotropic zoom in ``zoom``
+    (log-uniform), around a centre drawn uniformly over the positions where
+    the unturned crop fits.  ``crops(bank, crop_size, index, generator)``
+    returns (B, C, *crop_size) float32 crops to cut puzzles from."""
+
+    max_angle: float = 10.0
+    zoom: tuple = (0.9, 1.1)
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.max_angle) <= 45.0:
+            raise ValueError(f"CropAffine: max_angle must be in [0, 45] degrees, got {self.max_angle!r}")
+        lo, hi = (float(z) for z in self.zoom)
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"CropAffine: zoom must be (lo, hi) with 0 < lo <= hi, got {self.zoom!r}")
+        self.zoom = (lo, hi)
+
+    def crops(self, bank, crop_size: Sequence[int], index: torch.Tensor,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        dev = bank.storage.device
+        B = index.shape[0]
+        u = torch.rand(B, 7, generator=generator, device=dev, dtype=torch.float64)
+        half = torch.tensor([(n - 1) / 2 for n in crop_size], device=dev, dtype=torch.float64)
+        span = (bank.shapes[index].double() - 1 - 2 * half).clamp_min(0.0)
+        centres = half + u[:, :3] * span
+        angles = (u[:, 3:6] * 2 - 1) * math.radians(self.max_angle)
+        lo, hi = self.zoom
+        zoom = torch.exp(math.log(lo) + u[:, 6] * (math.log(hi) - math.log(lo)))
+        matrices = rotation_matrices(angles) * zoom[:, None, None]
+        scale, shift = (bank.scale, bank.shift) if bank.quantised else (None, None)
+        return resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, matrices, crop_size,
+                              scale, shift)
+
+
+@dataclass
+class IntensityAugment:
+    """Per-cube intensity changes, each applied to a cube with probability
+    ``p``: contrast ``x -> mean + c (x - mean)`` with c in ``contrast``;
+    gamma on the cube's own [min, max] range with the exponent log-uniform
+    in ``gamma``; a smooth bias field ``exp(a . r)`` over the cube
+    (r in [-1, 1]^3, each |a_i| <= ``bias_field``) multiplying the values
+    above the cube's minimum; Gaussian noise of ``noise`` times the cube's
+    standard deviation.  ``augment(cubes, generator)`` on (B, M, C, d, h, w)
+    floating cubes returns new cubes; the puzzle's labels are unchanged."""
+
+    contrast: tuple = (0.75, 1.25)
+    gamma: tuple = (0.7, 1.5)
+    bias_field: float = 0.3
+    noise: float = 0.05
+    p: float = 0.8
+
+    def __post_init__(self):
+        for name in ("contrast", "gamma"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"IntensityAugment: {name} must be (lo, hi) with 0 < lo <= hi, got "
+                                 f"{getattr(self, name)!r}")
+            setattr(self, name, (lo, hi))
+        for name in ("bias_field", "noise"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"IntensityAugment: {name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise ValueError(f"IntensityAugment: p must be in [0, 1], got {self.p!r}")
+
+    def __call__(self, cubes: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if cubes.dim() != 6 or not cubes.dtype.is_floating_point:
+            raise ValueError(f"IntensityAugment: cubes must be floating (B, M, C, d, h, w), got "
+                             f"{cubes.dtype} {tuple(cubes.shape)}")
+        B, M, C, d, h, w = cubes.shape
+        dev, n = cubes.device, B * M
+        u = torch.rand(n, 6, generator=generator, device=dev)
+        on = (u[:, :4] < self.p).float()  # which of contrast, gamma, bias, noise apply to each cube
+        x = cubes.float().reshape(n, C, -1)
+        ones = torch.ones(n, device=dev)
+        # contrast about the cube's mean
+        c = torch.where(on[:, 0] > 0, self.contrast[0] + u[:, 4] * (self.contrast[1] - self.contrast[0]), ones)
+        mean = x.mean(-1, keepdim=True)
+        x = mean + c[:, None, None] * (x - mean)
+        # gamma on the cube's own range
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+        span = (hi - lo).clamp_min(1e-6)
+        g = torch.exp(math.log(self.gamma[0]) + u[:, 5] * (math.log(self.gamma[1]) - math.log(self.gamma[0])))
+        g = torch.where(on[:, 1] > 0, g, ones)
+        x = lo + span * ((x - lo) / span).clamp(0.0, 1.0).pow(g[:, None, None])
+        # bias field: exp of a random linear ramp over the cube
+        if self.bias_field > 0:
+            coeff = (torch.rand(n, 3, generator=generator, device=dev) * 2 - 1) * self.bias_field * on[:, 2:3]
+            axes = [torch.linspace(-1, 1, k, device=dev) if k > 1 else torch.zeros(1, device=dev) for k in (d, h, w)]
+            ramp = (coeff[:, 0, None, None, None] * axes[0][:, None, None] + coeff[:, 1, None, None, None]
+                    * axes[1][None, :, None] + coeff[:, 2, None, None, None] * axes[2][None, None, :])
+            x = lo + (x - lo) * torch.exp(ramp).reshape(n, 1, -1)
+        # noise relative to the cube's spread
+        if self.noise > 0:
+            std = x.std(-1, keepdim=True) if x.shape[-1] > 1 else torch.zeros_like(lo)
+            sigma = self.noise * std * on[:, 3, None, None]
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=dev)
+        return x.reshape(cubes.shape).to(cubes.dtype)

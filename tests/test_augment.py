@@ -1,0 +1,166 @@
+"""Augmentation keeps every puzzle label valid: crops against grid_sample,
+puzzles cut from augmented crops invert to those crops, intensity changes
+leave the labels bit for bit and the geometry untouched."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rubikops import RubikCube, apply_code
+from rubikops.augment import CropAffine, IntensityAugment, resample_crops, rotation_matrices
+from rubikops.data import VolumeBank
+
+SHAPES = [(20, 31, 25), (40, 22, 33), (17, 17, 19)]  # awkward, unequal: the bank pads H and W
+
+
+def _bank(dtype="float32", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return VolumeBank([torch.randn(1, *s, generator=g) * 3 + 1 for s in SHAPES], "cpu", dtype)
+
+
+def _grid_sample_reference(vol, centre, matrix, crop):
+    """One crop by torch's grid_sample (float64, border padding, align_corners=True): an
+    independent implementation of 'read the volume at centre + matrix @ offset, clamped'."""
+    D, H, W = vol.shape[1:]
+    axes = [torch.arange(n, dtype=torch.float64) - (n - 1) / 2 for n in crop]
+    local = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    pos = local @ matrix.double().T + centre.double()
+    size = torch.tensor([D, H, W], dtype=torch.float64)
+    norm = 2 * pos / (size - 1) - 1
+    grid = norm.flip(-1)[None]  # grid_sample wants (x, y, z) = (W, H, D)
+    return F.grid_sample(vol[None].double(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "bfloat16"])
+def test_resample_crops_matches_grid_sample(dtype):
+    bank = _bank(dtype, seed=1)
+    g = torch.Generator().manual_seed(2)
+    B, crop = 7, (9, 6, 11)
+    index = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    # centres anywhere (some near or past the edges: clamping), rotations up to 40 degrees, zoom 0.7-1.3
+    centres = torch.rand(B, 3, generator=g).double() * (bank.shapes[index].double() + 6) - 3
+    angles = (torch.rand(B, 3, generator=g).double() * 2 - 1) * math.radians(40)
+    zoom = 0.7 + 0.6 * torch.rand(B, generator=g).double()
+    mats = rotation_matrices(angles) * zoom[:, None, None]
+    scale, shift = (bank.scale, bank.shift) if bank.quantised else (None, None)
+    out = resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, mats, crop, scale, shift)
+    assert out.shape == (B, 1, *crop) and out.dtype == torch.float32
+    for b in range(B):
+        ref = _grid_sample_reference(bank[int(index[b])], centres[b], mats[b], crop)
+        torch.testing.assert_close(out[b].double(), ref, atol=2e-4 * float(ref.abs().max()), rtol=1e-4)
+
+
+def test_identity_resampling_is_the_box():
+    bank = _bank()
+    crop = (8, 9, 10)
+    index = torch.tensor([0, 1, 1, 2])
+    starts = torch.tensor([[3, 4, 5], [10, 2, 7], [0, 0, 0], [9, 8, 9]])
+    centres = starts + torch.tensor([(n - 1) / 2 for n in crop])
+    out = resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, torch.eye(3).expand(4, 3, 3), crop)
+    for b in range(4):
+        z, y, x = starts[b].tolist()
+        assert torch.equal(out[b], bank[int(index[b])][:, z:z + 8, y:y + 9, x:x + 10])
+
+
+def test_rotation_matrices_are_rotations():
+    a = (torch.rand(50, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * math.pi
+    r = rotation_matrices(a.double())
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(50, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(50, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["paper", "all"])
+def test_puzzles_from_augmented_crops_invert_to_those_crops(mode):
+    """Solving with the labels gives back the augmented crop: every cube is its box of the crop, turned by its code."""
+    bank = _bank(seed=3)
+    puzzle = RubikCube(grid=(2, 2, 2), cube_size=5, num_permutations=12, gap=(0, 3), rotations=mode)
+    aug = CropAffine(max_angle=15, zoom=(0.8, 1.2))
+    cubes, t = bank.puzzles(puzzle, 6, torch.Generator().manual_seed(4), crop_transform=aug)
+    g = torch.Generator().manual_seed(4)  # replay the same draws: volumes, then the crops
+    index = bank.sample_index(6, g)
+    crops = aug.crops(bank, puzzle.crop_size, index, g)
+    assert torch.equal(t.index, torch.arange(6))
+    for b in range(6):
+        for m in range(puzzle.num_cells):
+            z, y, x = t.origins[b, m].tolist()
+            box = crops[b, :, z:z + 5, y:y + 5, x:x + 5]
+            assert torch.equal(cubes[b, m], apply_code(box, int(t.codes[b, m])))
+
+
+def test_crop_affine_is_reproducible_and_stays_in_range():
+    bank = _bank(seed=5)
+    aug = CropAffine()
+    idx = torch.tensor([0, 1, 2])
+    a = aug.crops(bank, (12, 12, 12), idx, torch.Generator().manual_seed(9))
+    b = aug.crops(bank, (12, 12, 12), idx, torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+    for i in range(3):  # trilinear interpolation never leaves the volume's range
+        v = bank[i]
+        assert float(a[i].min()) >= float(v.min()) - 1e-5 and float(a[i].max()) <= float(v.max()) + 1e-5
+
+
+@pytest.mark.parametrize("bad", [dict(max_angle=-1), dict(max_angle=90), dict(zoom=(0, 1)), dict(zoom=(1.2, 1.1))])
+def test_crop_affine_refuses_bad_settings(bad):
+    with pytest.raises(ValueError, match="CropAffine: " + next(iter(bad))):
+        CropAffine(**bad)
+
+
+def _cubes(seed=0, shape=(3, 8, 2, 6, 7, 5)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5
+
+
+def test_intensity_augment_leaves_labels_bit_for_bit():
+    bank = _bank(seed=6)
+    puzzle = RubikCube(grid=(2, 2, 2), cube_size=5, num_permutations=12, gap=(0, 3), mask_prob=0.3)
+    cubes, t = bank.puzzles(puzzle, 5, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    cubes2, t2 = bank.puzzles(puzzle, 5, g)
+    aug = IntensityAugment(p=1.0)(cubes2, g)
+    for f in ("permutation", "rotation", "mask", "origins", "codes", "index"):
+        assert torch.equal(getattr(t, f), getattr(t2, f)), f
+    assert torch.equal(cubes, cubes2)  # the draw for the augmentation comes after the puzzle's
+    assert not torch.equal(aug, cubes2)
+
+
+def test_contrast_and_gamma_are_increasing_per_cube():
+    """Without noise or bias field each cube's voxels keep their order (per channel): geometry is untouched."""
+    x = _cubes(1)
+    y = IntensityAugment(bias_field=0.0, noise=0.0, p=1.0)(x, torch.Generator().manual_seed(2))
+    xf, yf = x.flatten(3), y.flatten(3)
+    order = xf.argsort(-1)
+    ys = yf.gather(-1, order)
+    assert bool((ys[..., 1:] >= ys[..., :-1] - 1e-5).all())
+    assert not torch.allclose(x, y)
+
+
+def test_intensity_augment_off_is_identity_and_draws_are_reproducible():
+    x = _cubes(2)
+    torch.testing.assert_close(IntensityAugment(p=0.0)(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=1e-5)
+    a = IntensityAugment()(x, torch.Generator().manual_seed(3))
+    b = IntensityAugment()(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_intensity_augment_amounts():
+    """Contrast scales each cube's spread by a factor in the range; noise adds the requested spread."""
+    x = _cubes(3, (4, 8, 1, 12, 12, 12))
+    y = IntensityAugment(gamma=(1.0, 1.0), bias_field=0.0, noise=0.0, contrast=(0.5, 0.6), p=1.0)(x)
+    ratio = y.flatten(2).std(-1) / x.flatten(2).std(-1)
+    assert bool(((ratio > 0.5 - 1e-4) & (ratio < 0.6 + 1e-4)).all())
+    z = IntensityAugment(gamma=(1.0, 1.0), bias_field=0.0, noise=0.5, contrast=(1.0, 1.0), p=1.0)(
+        x, torch.Generator().manual_seed(4))
+    rel = (z - x).flatten(2).std(-1) / x.flatten(2).std(-1)
+    assert abs(float(rel.mean()) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("bad", [dict(contrast=(0, 1)), dict(gamma=(2, 1)), dict(noise=-1), dict(p=1.5),
+                                 dict(bias_field=float("nan"))])
+def test_intensity_augment_refuses_bad_settings(bad):
+    with pytest.raises(ValueError, match="IntensityAugment: " + next(iter(bad))):
+        IntensityAugment(**bad)
+
+
+def test_intensity_augment_refuses_bad_cubes():
+    with pytest.raises(ValueError, match="IntensityAugment: cubes"):
+        IntensityAugment()(torch.zeros(2, 8, 1, 4, 4, 4, dtype=torch.int16))
