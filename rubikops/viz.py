@@ -5,12 +5,11 @@ network sees, with its labels), the puzzle solved (cubes put back in their
 cells), and the original crop; optionally the network's answers."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional
 
 import torch
 
+from .data.cache import atomic_path
 from .puzzle import PuzzleTargets, RubikCube, assemble, solve
 
 
@@ -81,15 +80,9 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
         perm_txt += f"   predicted #{predictions['permutation']}"
     fig.suptitle(f"Rubik's cube puzzle (top: cubes in output order, axial mid-slices). {perm_txt}", fontsize=8)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
