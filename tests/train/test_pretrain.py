@@ -146,3 +146,22 @@ def test_resume_applies_safe_changes_refuses_others_and_files_keep_the_umask(dat
         os.umask(old)
     state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=True)  # no pickled numpy state
     assert state["step"] == 6
+
+
+def test_rng_state_round_trips_through_weights_only_and_old_checkpoints_still_load(tmp_path):
+    import random
+
+    import numpy as np
+    np.random.seed(5)
+    random.seed(5)
+    torch.manual_seed(5)
+    new = tmp_path / "new.pt"
+    torch.save({"rng": common.rng_state({})}, new)
+    legacy = tmp_path / "legacy.pt"  # the numpy state as numpy returns it, as checkpoints once held it
+    torch.save({"rng": dict(common.rng_state({}), numpy=np.random.get_state())}, legacy)
+    expected = (np.random.random(), random.random(), torch.rand(1).item())
+    for path in (new, legacy):
+        np.random.seed(0)
+        random.seed(0)
+        common.set_rng_state(common.load_tensors(str(path))["rng"], {})
+        assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
