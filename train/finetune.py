@@ -1,15 +1,18 @@
 """Fine-tune a (Rubik's-cube pretrained) encoder for classification or
-segmentation, and evaluate it on a held-out split fixed by the seed.
+segmentation, and evaluate it on held-out cases (chosen by --test-cases, or
+by the seed).
 
     python train/finetune.py --task classification --pretrained runs/pretrain/encoder.pt
     python train/finetune.py --task segmentation --pretrained none --decoder duc
     python train/finetune.py --task classification --csv labels.csv --pretrained runs/pretrain
     python train/finetune.py --task segmentation --images "imgs/*.nii.gz" --labels "labs/*.nii.gz"
+    python train/finetune.py --task segmentation --images imgs/ --labels labs/ --test-cases subject7.nii.gz
 
 Default data: the offline tasks of rubikops.data.default (simulated lesion
 types in real brain templates; Harvard-Oxford lobes, left hemisphere for
 training, right for testing).  Outputs in --out: config.yaml, checkpoints/,
-metrics.csv, tensorboard/, results.json (metrics + what the encoder load did)."""
+metrics.csv, tensorboard/, results.json (metrics, chance level, the split, what
+the encoder load did)."""
 from __future__ import annotations
 
 import dataclasses
