@@ -4,6 +4,7 @@ compare the speed with the per-sample NumPy loop, and draw one puzzle."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -27,12 +28,16 @@ def _median_time(fn, repeats=7):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m rubikops.demo", description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--cube", type=int, default=48)
-    p.add_argument("--picture", default="docs/puzzle.png", help="where to write the PNG ('' to skip)")
+    p.add_argument("--out", "--picture", dest="out", default="rubikops_demo.png",
+                   help="where to write the picture of one puzzle, PNG ('' to skip); default: in the working "
+                        "folder, never inside the package")
     args = p.parse_args(argv)
+    if args.batch < 1 or args.cube < 1:
+        p.error("--batch and --cube must be positive integers")
     print(describe())
     dev = torch.device(args.device)
     volumes = torch.cat([head_phantom((128, 128, 128), seed=i) for i in range(args.batch)]).unsqueeze(1).to(dev)
@@ -46,9 +51,9 @@ def main(argv=None):
           f"{targets.permutation[:6].tolist()}...; rotation labels {tuple(targets.rotation.shape)}; "
           f"masked cubes {int(targets.mask.sum())}/{targets.mask.numel()}")
 
-    if args.picture:  # before `out` is reused below
+    if args.out:  # before `out` is reused below
         from rubikops.viz import draw_puzzle
-        print(f"picture: {draw_puzzle(volumes, cubes, targets, puzzle, args.picture)}")
+        print(f"picture: {os.path.abspath(draw_puzzle(volumes, cubes, targets, puzzle, args.out))}")
 
     # Check every label: solving the puzzle must give back the boxes of the grid cells.
     plain = rubikops.RubikCube(grid=(2, 2, 2), cube_size=args.cube, num_permutations=100, gap=(0, 10))

@@ -5,12 +5,11 @@ network sees, with its labels), the puzzle solved (cubes put back in their
 cells), and the original crop; optionally the network's answers."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional
 
 import torch
 
+from .data.cache import atomic_path
 from .puzzle import PuzzleTargets, RubikCube, assemble, solve
 
 
@@ -24,6 +23,9 @@ def _plt():
         raise ImportError("rubikops.viz needs matplotlib: pip install matplotlib") from exc
 
 
+_CAPTION_BOX = dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="none", alpha=0.9)
+
+
 def _label(puzzle: RubikCube, targets: PuzzleTargets, b: int, m: int, cell: int) -> str:
     parts = [f"cube {m} <- cell {cell}"]
     if puzzle.rotation_mode == "paper":
@@ -32,15 +34,35 @@ def _label(puzzle: RubikCube, targets: PuzzleTargets, b: int, m: int, cell: int)
     elif puzzle.rotation_mode == "all":
         parts.append(f"rotation #{int(targets.rotation[b, m])}")
     if targets.mask[b, m] > 0:
-        parts.append("masked")
+        parts.append("MASKED")
     return "\n".join(parts)
+
+
+def _legend(puzzle: RubikCube, predictions: Optional[dict]) -> str:
+    lines = ["Top row: the cubes in the order the network sees them (axial mid-slices); 'cube m <- cell c': "
+             "solving puts cube m back into grid cell c."]
+    if puzzle.rotation_mode == "paper":
+        lines.append("turned H / turned V: the cube was turned 180 degrees about the horizontal (H) or vertical (W) "
+                     "axis; the network must undo it.")
+    elif puzzle.rotation_mode == "all":
+        lines.append("rotation #r: the cube was turned by proper rotation r of 24.")
+    if puzzle.mask_prob > 0:
+        lines.append(f"MASKED (red frame): {100 * puzzle.mask_keep_prob:.0f}% of its voxels kept, the rest set to "
+                     f"{puzzle.mask_fill:g} (Rubik's Cube+): it looks like noise on purpose.")
+    if predictions is not None:
+        lines.append("net: the network's answer for that cube ('not turned' when it predicts no turn); "
+                     "the title gives its permutation class beside the true one.")
+    lines.append("Bottom row: the cubes put back in place by the labels (solved), and the original crop.")
+    return "\n".join(lines)
 
 
 def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTargets, puzzle: RubikCube, path: str,
                 sample: int = 0, predictions: Optional[dict] = None, channel: int = 0) -> str:
     """Write a PNG of puzzle ``sample`` to ``path`` (atomically) and return the path.
 
-    ``predictions`` (optional): {"permutation": int, "rotation": (M, 2) or (M,)} drawn beside the labels."""
+    ``predictions`` (optional): {"permutation": int, "rotation": one "H", "V" or "none" per cube} drawn beside
+    the labels.  A legend under the pictures says what the captions mean."""
+    from matplotlib.patches import Rectangle
     plt = _plt()
     b = sample
     cubes = cubes.detach().float().cpu()
@@ -57,39 +79,42 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
     crop = volumes[n][channel].detach().float().cpu()[tuple(slice(s, s + c) for s, c in zip(start, puzzle.crop_size))]
     show = min(M, 9)
     cols = max(show, 2 * gz)
-    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.4), squeeze=False)
+    legend = _legend(puzzle, predictions)
+    # constrained layout sizes each row's space to its captions, so multi-line captions never cover the row above
+    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 5.2 + 0.16 * legend.count("\n")), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     vmin, vmax = float(cubes[b].min()), float(cubes[b].max())
+    turn_words = {"H": "turned H", "V": "turned V", "none": "not turned"}
     for m in range(show):
         ax = axes[0, m]
         ax.imshow(cubes[b, m, channel, d // 2].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
         title = _label(puzzle, t, b, m, order[m])
         if predictions is not None and "rotation" in predictions:
-            title += f"\npred {predictions['rotation'][m]}"
-        ax.set_title(title, fontsize=7)
+            answer = predictions["rotation"][m]
+            title += f"\nnet: {turn_words.get(answer, answer)}"
+        if t.mask[b, m] > 0:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor="red", linewidth=3))
+        ax.set_title(title, fontsize=7, bbox=_CAPTION_BOX)
     for layer in range(gz):
         ax = axes[1, layer]
         ax.imshow(solved[layer * d + d // 2].numpy(), cmap="gray", vmin=vmin, vmax=vmax)
-        ax.set_title(f"solved, layer {layer}", fontsize=7)
+        ax.set_title(f"solved, layer {layer}", fontsize=7, bbox=_CAPTION_BOX)
         ax = axes[1, gz + layer]
         z = layer * puzzle.pitch[0] + d // 2
         ax.imshow(crop[min(z, crop.shape[0] - 1)].numpy(), cmap="gray")
-        ax.set_title(f"original crop, layer {layer}", fontsize=7)
-    perm_txt = f"permutation #{int(t.permutation[b])} of {puzzle.num_permutations}: {order}"
+        ax.set_title(f"original crop, layer {layer}", fontsize=7, bbox=_CAPTION_BOX)
+    perm_txt = f"permutation #{int(t.permutation[b])} of {puzzle.num_permutations} (cell order {order})"
     if predictions is not None and "permutation" in predictions:
-        perm_txt += f"   predicted #{predictions['permutation']}"
-    fig.suptitle(f"Rubik's cube puzzle (top: cubes in output order, axial mid-slices). {perm_txt}", fontsize=8)
-    fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
+        guess = int(predictions["permutation"])
+        perm_txt += (f"; the network's answer: #{guess} "
+                     f"({'right' if guess == int(t.permutation[b]) else 'wrong'})")
+    fig.suptitle(f"Rubik's cube puzzle: {perm_txt}", fontsize=8)
+    fig.supxlabel(legend, fontsize=6.5, ha="left", x=0.01, linespacing=1.4)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

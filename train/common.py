@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import sys
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -78,21 +79,51 @@ class RunSettings:
     eval_every: int = setting(250, "steps between evaluations")
     checkpoint_every: int = setting(250, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "checkpoints kept")
-    progress: bool = setting(True, "progress bar")
+    progress: bool = setting(True, "progress bar on a terminal; elsewhere (a log file, a pipe) a line every "
+                                   "few steps")
     tensorboard: bool = setting(True, "TensorBoard logs (metrics.csv is always written)")
 
 
 def parse_config(cls, presets: dict, prog: str, doc: str, argv=None):
     """--config FILE, --preset NAME, --resume [PATH] and one flag per setting: (config, args)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     p.add_argument("--config", help="YAML or TOML file of settings (flags override it)")
     p.add_argument("--preset", help=f"start from a preset: {sorted(presets)}")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from --out's latest checkpoint, or from the checkpoint PATH given")
+                   help=help_text("continue from --out's latest checkpoint, or from the checkpoint PATH given; "
+                                  f"of the settings, only {', '.join(flag_name(k) for k in RESUMABLE)} may change"))
     add_config_flags(p, cls)
     args = p.parse_args(argv)
-    return build_config(cls, args, presets, args.preset, args.config), args
+    cfg, args.given = build_config(cls, args, presets, args.preset, args.config, return_given=True)
+    return cfg, args
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown flag, missing value) reported
+    like every other bad input: one ``error:`` line and exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def parse_list(text: str, kind, flag: str) -> list:
+    """A comma-separated list of ints or floats from a flag, or a UserError naming the flag."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
+    if not values:
+        raise UserError(f"{flag}: empty list")
+    return values
+
+
+def help_text(text: str) -> str:
+    """argparse %-formats help strings: a literal % (e.g. "60%") must be doubled."""
+    return text.replace("%", "%%")
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 def _parse_tuple(text: str, kind=int) -> tuple:
@@ -132,16 +163,20 @@ def _coerce(name: str, value: Any, default: Any, typ: Optional[str]):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field; the defaults shown are the fields' (the flags' own default is None, meaning unset)."""
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f.metadata.get("help", "")
+        if "default" not in help_:  # some texts say what the default means ("default: the bundled templates")
+            shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+            help_ += f" (default: {'unset' if default is None else shown})"
+        help_ = help_text(help_)
         if f.metadata.get("type") is None and isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_} (default: {default})")
+            parser.add_argument(flag_name(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.metadata.get("metavar", "V"),
-                                help=f"{help_} (default: {default})")
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.metadata.get("metavar", "V"),
+                                help=help_)
 
 
 def read_config_file(path: str) -> dict:
@@ -180,8 +215,9 @@ def check_keys(cls, data: dict, where: str) -> None:
 
 
 def build_config(cls, args: argparse.Namespace, presets: dict, preset: Optional[str] = None,
-                 config_file: Optional[str] = None):
-    """defaults < preset < config file < command-line flags."""
+                 config_file: Optional[str] = None, return_given: bool = False):
+    """defaults < preset < config file < command-line flags.  ``return_given``:
+    also the names of the settings the user set (by any of the three)."""
     values: dict = {}
     if preset:
         if preset not in presets:
@@ -200,7 +236,7 @@ def build_config(cls, args: argparse.Namespace, presets: dict, preset: Optional[
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.name in values:
             out[f.name] = _coerce(f.name, values[f.name], default, f.metadata.get("type"))
-    return cls(**out)
+    return (cls(**out), set(out)) if return_given else cls(**out)
 
 
 def save_config(cfg, path: str) -> None:
@@ -210,10 +246,17 @@ def save_config(cfg, path: str) -> None:
         yaml.safe_dump(data, fh, sort_keys=False)
 
 
+# Settings a resumed run may change: they decide when to log, evaluate and save, and where, not what is
+# learned.  "steps" stretches the schedule's remaining part but keeps every step taken so far.
+RESUMABLE = ("steps", "out", "device", "progress", "tensorboard", "log_every", "eval_every", "checkpoint_every",
+             "keep_checkpoints", "cache_dir")
+
+
 def open_run(cls, cfg, args) -> tuple:
     """Fresh run or --resume: (config, checkpoint state or None).  On resume the saved
-    run's settings win, except those that may change between sessions when given as
-    flags; a fresh run refuses an --out that already holds checkpoints."""
+    run's settings hold; the user's settings (flags, --preset, --config) may change only
+    those in RESUMABLE, which are applied and reported; any other difference is refused,
+    listed.  A fresh run refuses an --out that already holds checkpoints."""
     folder = os.path.join(cfg.out, "checkpoints")
     if not args.resume:
         if Checkpoints(folder).latest() is not None:
@@ -224,13 +267,40 @@ def open_run(cls, cfg, args) -> tuple:
     if path is None:
         raise UserError(f"--resume: no checkpoint in {folder}")
     state = Checkpoints.load(path)
-    saved = dict(state["config"])
-    for k in ("steps", "out", "device", "progress", "tensorboard", "log_every", "eval_every",
-              "checkpoint_every", "keep_checkpoints"):
-        if getattr(args, k, None) is not None:
-            saved[k] = getattr(cfg, k)
     known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}), state
+    saved = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in known})
+    given = getattr(args, "given", set())
+    changed = {k: (getattr(saved, k), getattr(cfg, k)) for k in sorted(given) if getattr(saved, k) != getattr(cfg, k)}
+    fixed = [k for k in changed if k not in RESUMABLE]
+    describe = lambda ks: "; ".join(f"{flag_name(k)} {changed[k][0]!r} -> {changed[k][1]!r}" for k in ks)  # noqa
+    if fixed:
+        raise UserError(f"--resume: {path} was trained with other settings ({describe(fixed)}); only "
+                        f"{', '.join(flag_name(k) for k in RESUMABLE)} may change when resuming. Drop the others "
+                        "to continue the run, or start a new one with another --out (nothing was changed)")
+    if changed:
+        print(f"resuming {path} with changed settings: {describe(changed)}", file=sys.stderr)
+    return dataclasses.replace(saved, **{k: new for k, (_, new) in changed.items()}), state
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def require_at_least(cfg, minimum, *names: str) -> None:
+    """Each named int setting is >= minimum (e.g. 1 for step counts used as a modulus, 0 for "off")."""
+    for name in names:
+        value = getattr(cfg, name)
+        require(value >= minimum, f"{flag_name(name)} must be {'a positive integer' if minimum == 1 else f'>= {minimum}'}"
+                f", got {value}")
+
+
+def require_range(cfg, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    """A float setting within [lo, hi] (ends open on request); NaN is refused."""
+    value = getattr(cfg, name)
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    require(ok, f"{flag_name(name)} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
+            f"got {value}")
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -266,7 +336,7 @@ class Checkpoints:
         if not os.path.exists(path):
             raise UserError(f"{path}: no such checkpoint")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_tensors(path)
         except Exception as exc:
             raise UserError(f"{path}: not a readable checkpoint, corrupt or truncated "
                             f"({type(exc).__name__}); no file was changed") from None
@@ -275,16 +345,33 @@ class Checkpoints:
         return state
 
 
+def load_tensors(path: str):
+    """torch.load with weights_only=True: tensors and plain Python values, never
+    arbitrary objects.  Checkpoints from before the RNG state was stored as
+    tensors hold numpy's MT19937 state as an ndarray: numpy's array
+    reconstruction is allowlisted for them, nothing else."""
+    core = getattr(np, "_core", None) or np.core
+    legacy_numpy = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(legacy_numpy):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def rng_state(generators: dict) -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random stream, as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "generators": {k: g.get_state() for k, g in generators.items()}}
 
 
 def set_rng_state(state: dict, generators: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     for k, g in generators.items():
@@ -435,15 +522,49 @@ class Logger:
             self.tb.close()
 
 
-def progress(total: int, initial: int, enabled: bool, desc: str):
+class LineProgress:
+    """The progress bar's stand-in when stderr is not a terminal (a log file, a
+    pipe, a batch job), where tqdm draws nothing: one line every ``every`` steps
+    and at the end, with the latest postfix (loss, accuracy)."""
+
+    def __init__(self, total: int, initial: int, desc: str, every: int):
+        self.total, self.n, self.desc, self.every = total, initial, desc, max(1, every)
+        self.postfix: dict = {}
+        self.start, self.start_n, self.printed = time.perf_counter(), initial, initial
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every == 0 or self.n >= self.total:
+            self._print()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = values
+
+    def _print(self) -> None:
+        if self.printed == self.n:
+            return
+        self.printed = self.n
+        rate = (self.n - self.start_n) / max(time.perf_counter() - self.start, 1e-9)
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
+              f"{rate:.2f} steps/s{extra}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._print()
+
+
+def progress(total: int, initial: int, enabled: bool, desc: str, every: Optional[int] = None):
+    """A tqdm bar on a terminal; elsewhere a LineProgress printing every ``every``
+    steps (default: about 20 lines a run).  RUBIKOPS_PROGRESS=1 forces the bar."""
     if not enabled:
         return None
+    if not sys.stderr.isatty() and os.environ.get("RUBIKOPS_PROGRESS") != "1":
+        return LineProgress(total, initial, desc, every or max(1, total // 20))
     try:
         from tqdm import tqdm
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                    disable=not sys.stderr.isatty() and os.environ.get("RUBIKOPS_PROGRESS") != "1", mininterval=1.0)
+        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     except ImportError:
-        return None
+        return LineProgress(total, initial, desc, every or max(1, total // 20))
 
 
 def write_json(path: str, data: dict) -> None:

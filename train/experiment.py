@@ -28,18 +28,47 @@ METRIC = {"classification": ("macro_auc", "macro AUC"), "segmentation": ("mean_d
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python train/experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/experiment")
-    p.add_argument("--tasks", default="classification,segmentation")
-    p.add_argument("--fractions", default="0.25,1.0", help="label fractions")
+    p = common.ArgumentParser(prog="python train/experiment.py", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/experiment", help="output folder of every run")
+    p.add_argument("--tasks", default="classification,segmentation", help=f"comma-separated, of {sorted(METRIC)}")
+    p.add_argument("--fractions", default="0.25,1.0", help="label fractions, each in (0, 1]")
     p.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
-    p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--pretrain-steps", default="2000", help="pretraining steps per encoder")
     p.add_argument("--pretrain-args", default="", help="extra flags for train/pretrain.py")
     p.add_argument("--steps", default="classification=300,segmentation=150", help="fine-tuning steps per task")
     p.add_argument("--finetune-args", default="", help="extra flags for train/finetune.py")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--docs", default="docs", help="where the table and the plot go")
     return p.parse_args(argv)
+
+
+def check_args(args) -> tuple:
+    """(tasks, fractions, seeds, steps per task) from the flags, or a UserError naming the flag."""
+    tasks = [t for t in args.tasks.split(",") if t]
+    for t in tasks:
+        if t not in METRIC:
+            raise UserError(f"--tasks: unknown task {t!r}; choose from {sorted(METRIC)}")
+    if not tasks:
+        raise UserError("--tasks: empty list")
+    fractions = common.parse_list(args.fractions, float, "--fractions")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise UserError(f"--fractions: {bad} not in (0, 1]")
+    seeds = common.parse_list(args.seeds, int, "--seeds")
+    (args.pretrain_steps,) = common.parse_list(args.pretrain_steps, int, "--pretrain-steps")
+    if args.pretrain_steps < 1:
+        raise UserError(f"--pretrain-steps must be a positive integer, got {args.pretrain_steps}")
+    steps = {}
+    for item in (kv for kv in args.steps.split(",") if kv):
+        task, _, n = item.partition("=")
+        if task not in METRIC or not n.strip().isdigit() or int(n) < 1:
+            raise UserError(f"--steps: {item!r} is not TASK=STEPS with a task of {sorted(METRIC)} and STEPS >= 1")
+        steps[task] = int(n)
+    missing = [t for t in tasks if t not in steps]
+    if missing:
+        raise UserError(f"--steps: no step count for {missing} (e.g. --steps {missing[0]}=150)")
+    return tasks, fractions, seeds, steps
 
 
 def _pretrain(name: str, out: str, args, extra: list) -> str:
@@ -128,13 +157,7 @@ def report(results: dict, tasks, fractions, seeds, docs: str, pretrain_steps: in
 
 def main(argv=None) -> int:
     args = parse(argv)
-    tasks = [t for t in args.tasks.split(",") if t]
-    for t in tasks:
-        if t not in METRIC:
-            raise UserError(f"--tasks: unknown task {t!r}; choose from {sorted(METRIC)}")
-    fractions = [float(f) for f in args.fractions.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    steps = dict(kv.split("=") for kv in args.steps.split(","))
+    tasks, fractions, seeds, steps = check_args(args)
     pre = {"rubik": os.path.join(_pretrain("pretrain_rubik", args.out, args, []), "encoder.pt"),
            "ordering": os.path.join(_pretrain("pretrain_ordering", args.out, args, ["--rotations", "none"]),
                                     "encoder.pt")}
@@ -143,7 +166,7 @@ def main(argv=None) -> int:
         for f in fractions:
             for init in INITS:
                 for s in seeds:
-                    results[(task, init, f, s)] = _finetune(task, init, f, s, pre, args.out, args, int(steps[task]))
+                    results[(task, init, f, s)] = _finetune(task, init, f, s, pre, args.out, args, steps[task])
     print(report(results, tasks, fractions, seeds, args.docs, args.pretrain_steps))
     return 0
 

@@ -1,15 +1,18 @@
 """Fine-tune a (Rubik's-cube pretrained) encoder for classification or
-segmentation, and evaluate it on a held-out split fixed by the seed.
+segmentation, and evaluate it on held-out cases (chosen by --test-cases, or
+by the seed).
 
     python train/finetune.py --task classification --pretrained runs/pretrain/encoder.pt
     python train/finetune.py --task segmentation --pretrained none --decoder duc
     python train/finetune.py --task classification --csv labels.csv --pretrained runs/pretrain
     python train/finetune.py --task segmentation --images "imgs/*.nii.gz" --labels "labs/*.nii.gz"
+    python train/finetune.py --task segmentation --images imgs/ --labels labs/ --test-cases subject7.nii.gz
 
 Default data: the offline tasks of rubikops.data.default (simulated lesion
 types in real brain templates; Harvard-Oxford lobes, left hemisphere for
 training, right for testing).  Outputs in --out: config.yaml, checkpoints/,
-metrics.csv, tensorboard/, results.json (metrics + what the encoder load did)."""
+metrics.csv, tensorboard/, results.json (metrics, chance level, the split, what
+the encoder load did)."""
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +35,7 @@ from common import UserError  # noqa: E402
 
 from rubikops import metrics as M  # noqa: E402
 from rubikops.data import Preprocessing  # noqa: E402
+from rubikops.data.nifti import path_problem  # noqa: E402
 from rubikops.inference import sliding_window  # noqa: E402
 from rubikops.models import BACKBONES, DUC3D, Classifier, UNet3D, build_encoder, load_encoder  # noqa: E402
 
@@ -42,7 +46,10 @@ _f = common.setting
 @dataclass
 class FinetuneConfig(common.RunSettings):
     task: str = _f("classification", "classification or segmentation")
-    pretrained: str = _f("none", "encoder.pt (or the pretraining --out folder), or none (train from scratch)")
+    pretrained: str = _f("none", "encoder.pt, the pretraining --out folder or one of its checkpoints, or none "
+                                 "(train from scratch)")
+    allow_partial_load: bool = _f(False, "fine-tune even when only part of the encoder's weights fit (the rest "
+                                         "stays randomly initialised); without it a partial load is an error")
     # data
     csv: Optional[str] = _f(None, "classification: CSV with image,label columns (default: the offline lesion task)",
                             "str")
@@ -52,6 +59,11 @@ class FinetuneConfig(common.RunSettings):
     num_cases: int = _f(120, "offline classification task: number of cases")
     test_fraction: float = _f(0.25, "classification: held-out share of cases (fixed by --seed)")
     label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, a slab)")
+    test_cases: Optional[str] = _f(None, "your data (--images/--labels or --csv): the cases held out for testing, "
+                                         "as 0-based indices in file order or file names, comma-separated "
+                                         "(default: a share chosen by --seed)", "str")
+    val_cases: Optional[str] = _f(None, "your data: cases held out for validation (evaluated and reported apart "
+                                        "from the test cases; default: none)", "str")
     # model
     backbone: str = _f("vgg", f"with --pretrained none: {sorted(BACKBONES)} (else read from encoder.json)")
     width: int = _f(8, "with --pretrained none: first-stage channels")
@@ -106,6 +118,67 @@ def _subset(train: list, labels: np.ndarray, fraction: float, seed: int) -> list
     return sorted(keep)
 
 
+def _pick_cases(spec: Optional[str], names: list, flag: str) -> list:
+    """Indices of the cases that ``spec`` names: 0-based indices into ``names``,
+    or names (a file's base name or path)."""
+    if not spec:
+        return []
+    picked = []
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if token.lstrip("-").isdigit():
+            i = int(token)
+            if not 0 <= i < len(names):
+                raise UserError(f"{flag}: index {i} is out of range for {len(names)} case(s) (0 to {len(names) - 1})")
+        else:
+            hits = [j for j, n in enumerate(names) if token in (n, os.path.basename(n))
+                    or os.path.basename(token) == os.path.basename(n)]
+            if not hits:
+                raise UserError(f"{flag}: {token!r} names no case; the cases are {names}")
+            i = hits[0]
+        if i in picked:
+            raise UserError(f"{flag}: case {names[i]!r} is named twice")
+        picked.append(i)
+    return picked
+
+
+def choose_split(cfg, names: list, default_test) -> dict:
+    """{"train", "val", "test"}: index lists.  --test-cases and --val-cases when
+    given, else ``default_test()`` (chosen by the seed) for the test cases."""
+    test = _pick_cases(cfg.test_cases, names, "--test-cases")
+    val = _pick_cases(cfg.val_cases, names, "--val-cases")
+    if not test:
+        test = [i for i in default_test() if i not in val]
+    both = sorted(set(test) & set(val))
+    if both:
+        raise UserError(f"--test-cases and --val-cases both name {[names[i] for i in both]}")
+    train = [i for i in range(len(names)) if i not in test and i not in val]
+    if not train:
+        raise UserError(f"no training case is left out of {len(names)}: --test-cases and --val-cases take them all")
+    if not test:
+        raise UserError("no test case: name at least one with --test-cases")
+    return {"train": train, "val": val, "test": test}
+
+
+def describe_split(split: dict, names: list, chosen_by: str) -> dict:
+    """The split as results.json records it and as printed: case names per part."""
+    return {part: [names[i] for i in idx] for part, idx in split.items()} | {"chosen_by": chosen_by}
+
+
+def _print_split(named: dict) -> None:
+    def part(k):
+        cases = named[k]
+        return f"{k} {len(cases)}" + (f" {cases}" if len(cases) <= 8 else "")
+    print(f"split ({named['chosen_by']}): " + ", ".join(part(k) for k in ("train", "val", "test")), file=sys.stderr)
+
+
+def _split_source(cfg) -> str:
+    if cfg.test_cases:
+        return "--test-cases" + (" and --val-cases" if cfg.val_cases else "")
+    return f"--seed {cfg.seed}" + (", --val-cases" if cfg.val_cases else "")
+
+
 def load_classification(cfg):
     from rubikops.data import default
     if cfg.csv:
@@ -118,9 +191,10 @@ def load_classification(cfg):
         cases, names = default.lesion_classification_task(cfg.num_cases, seed=1000 + cfg.seed)
     x = torch.from_numpy(np.stack([c.image.data for c in cases])).float()
     y = np.array([c.label for c in cases])
-    train, test = _split(y, cfg.test_fraction, cfg.seed)
-    train = _subset(train, y, cfg.label_fraction, cfg.seed)
-    return x, torch.from_numpy(y), train, test, names
+    case_names = [c.name for c in cases]
+    split = choose_split(cfg, case_names, lambda: _split(y, cfg.test_fraction, cfg.seed)[1])
+    split["train"] = _subset(split["train"], y, cfg.label_fraction, cfg.seed)
+    return x, torch.from_numpy(y), split, names, describe_split(split, case_names, _split_source(cfg))
 
 
 def load_segmentation(cfg):
@@ -131,17 +205,27 @@ def load_segmentation(cfg):
         ims, labs = find_files(cfg.images), find_files(cfg.labels)
         cases = default.paired_segmentation(ims, labs, Preprocessing.mri(spacing=cfg.spacing or None))
         names = tuple(f"class {i}" for i in range(int(max(c.label.data.max() for c in cases)) + 1))
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(cases)).tolist()
-        k = max(1, int(round(len(cases) * 0.25)))
         if len(cases) < 2:
             raise UserError("segmentation with your own data needs at least 2 cases (one is held out)")
-        train, test = [cases[i] for i in order[k:]], [cases[i] for i in order[:k]]
+
+        def seeded_test():
+            order = np.random.default_rng(cfg.seed).permutation(len(cases)).tolist()
+            return order[:max(1, int(round(len(cases) * 0.25)))]
+        case_names = [c.name for c in cases]
+        split = choose_split(cfg, case_names, seeded_test)
+        named = describe_split(split, case_names, _split_source(cfg))
+        train, val, test = ([cases[i] for i in split[k]] for k in ("train", "val", "test"))
     else:
+        if cfg.test_cases or cfg.val_cases:
+            raise UserError("--test-cases and --val-cases choose among your own cases (--images/--labels); the "
+                            "offline atlas task has one split: left hemisphere for training, right for testing")
         train, test, names = default.atlas_segmentation_task()
+        val = []
+        named = {"train": [c.name for c in train], "val": [], "test": [c.name for c in test],
+                 "chosen_by": "the offline task"}
     pairs = lambda cs: [(torch.from_numpy(c.image.data).float(), torch.from_numpy(c.label.data[0]).long())  # noqa
                         for c in cs]
-    train, test = pairs(train), pairs(test)
+    train, val, test = pairs(train), pairs(val), pairs(test)
     if cfg.label_fraction < 1.0:
         if len(train) > 1:
             keep = max(1, int(round(len(train) * cfg.label_fraction)))
@@ -151,32 +235,64 @@ def load_segmentation(cfg):
             n = max(cfg.patch[-1], int(round(img.shape[-1] * cfg.label_fraction)))
             z0 = (img.shape[-1] - n) // 2
             train = [(img[..., z0:z0 + n], lab[..., z0:z0 + n])]
-    return train, test, names
+    return train, val, test, names, named
 
 
 # -- model -----------------------------------------------------------------------------------------------
+def read_encoder_json(path: str) -> dict:
+    """encoder.json: how to build the encoder its encoder.pt belongs to."""
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--pretrained: {path}: not a readable encoder.json ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"--pretrained: {path}: holds a {type(meta).__name__}, expected a JSON object")
+    for key, kind in (("backbone", str), ("width", int), ("norm", str), ("in_channels", int)):
+        if key == "backbone" or key in meta:
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+                raise UserError(f"--pretrained: {path}: {key!r} must be a {kind.__name__}, got {meta.get(key)!r}")
+    return meta
+
+
 def resolve_pretrained(path: str):
+    """(encoder state_dict, how to build the encoder or None) from encoder.pt
+    (+ encoder.json beside it), a pretraining --out folder, or one of its
+    checkpoints (step_*.pt, best.pt: their config says how).  Read with
+    weights_only=True: a file that is not tensors and plain values is refused."""
     if path in ("none", "", None):
         return None, None
     if os.path.isdir(path):
         path = os.path.join(path, "encoder.pt")
-    if not os.path.exists(path):
-        raise UserError(f"--pretrained: {path}: no such file")
-    meta_path = os.path.splitext(path)[0] + ".json"
-    meta = json.load(open(meta_path)) if os.path.exists(meta_path) else None
+    problem = path_problem(path)
+    if problem is not None:
+        raise UserError(f"--pretrained: {path}: {problem}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = common.load_tensors(path)
     except Exception as exc:
         raise UserError(f"--pretrained: {path}: not a readable state_dict ({type(exc).__name__})") from None
+    meta = None
     if isinstance(state, dict) and "model" in state and "step" in state:  # a full pretraining checkpoint
+        run = state.get("config")
+        if isinstance(run, dict) and isinstance(run.get("backbone"), str):
+            meta = {"backbone": run["backbone"], "width": run.get("width"), "norm": run.get("norm", "batch"),
+                    "in_channels": run.get("channels", 1)}
         state = state["model"]
+    elif os.path.exists(os.path.splitext(path)[0] + ".json"):
+        meta = read_encoder_json(os.path.splitext(path)[0] + ".json")
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        what = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict that is not name -> tensor"
+        raise UserError(f"--pretrained: {path}: holds {what}, not an encoder state_dict (expected the encoder.pt "
+                        "or a checkpoint that train/pretrain.py writes)")
     return state, meta
 
 
 def build_model(cfg, num_classes: int, in_channels: int):
     state, meta = resolve_pretrained(cfg.pretrained)
     if meta is not None:
-        backbone, width, norm = meta["backbone"], int(meta["width"]), meta.get("norm", "batch")
+        backbone, width, norm = meta["backbone"], int(meta.get("width") or cfg.width), meta.get("norm", "batch")
         if int(meta.get("in_channels", 1)) != in_channels:
             raise UserError(f"--pretrained: encoder takes {meta['in_channels']} channel(s), data has {in_channels}")
     else:
@@ -185,6 +301,13 @@ def build_model(cfg, num_classes: int, in_channels: int):
         raise UserError(f"--backbone: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     encoder = build_encoder(backbone, in_channels, width, norm)
     report = load_encoder(encoder, state) if state is not None else None
+    partial = report is not None and (report.missing or report.unexpected or report.mismatched)
+    if partial and not cfg.allow_partial_load:
+        counts = report.summary().splitlines()[0].removeprefix("encoder weights: ")
+        raise UserError(f"--pretrained: {cfg.pretrained}: does not fit a {backbone} encoder of width {width} "
+                        f"({counts}); pass the --backbone and --width it was pretrained with (or keep its "
+                        "encoder.json beside it), or --allow-partial-load to fine-tune with the rest randomly "
+                        "initialised")
     if cfg.task == "classification":
         model = Classifier(encoder, num_classes, cfg.dropout)
     elif cfg.decoder == "unet":
@@ -212,12 +335,30 @@ def class_weights(cfg, counts: np.ndarray) -> Optional[torch.Tensor]:
 
 
 # -- training ------------------------------------------------------------------------------------------
+def check_config(cfg: FinetuneConfig) -> None:
+    need = common.require
+    need(cfg.task in ("classification", "segmentation"),
+         f"--task must be classification or segmentation, got {cfg.task!r}")
+    need(cfg.decoder in ("unet", "duc"), f"--decoder must be unet or duc, got {cfg.decoder!r}")
+    need(cfg.norm in ("batch", "instance", "group"), f"--norm must be batch, instance or group, got {cfg.norm!r}")
+    need(cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
+    need(len(cfg.patch) == 3 and min(cfg.patch) >= 1, f"--patch takes 3 positive ints, got {cfg.patch}")
+    common.require_range(cfg, "label_fraction", 0, 1, lo_open=True)
+    common.require_range(cfg, "test_fraction", 0, 1, lo_open=True, hi_open=True)
+    common.require_at_least(cfg, 1, "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                            "width", "num_cases")
+    common.require_at_least(cfg, 0, "eval_every", "freeze_steps")
+    for name in ("encoder_lr", "head_lr"):
+        common.require_range(cfg, name, 0, math.inf, lo_open=True, hi_open=True)
+    for name in ("spacing", "weight_decay"):
+        common.require_range(cfg, name, 0, math.inf, hi_open=True)
+    for name in ("overlap", "dropout"):
+        common.require_range(cfg, name, 0, 1, hi_open=True)
+
+
 def main(argv=None) -> int:
     cfg, args = parse(argv)
-    if cfg.task not in ("classification", "segmentation"):
-        raise UserError(f"--task must be classification or segmentation, got {cfg.task!r}")
-    if not 0 < cfg.label_fraction <= 1:
-        raise UserError(f"--label-fraction must be in (0, 1], got {cfg.label_fraction}")
+    check_config(cfg)
     cfg, resume = common.open_run(FinetuneConfig, cfg, args)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
     dist = common.setup_distributed(cfg.device)
@@ -231,23 +372,30 @@ def run(cfg, dist, ckpts, resume) -> int:
     common.seed_everything(cfg.seed)
     seg = cfg.task == "segmentation"
     if seg:
-        train_cases, test_cases, names = load_segmentation(cfg)
+        train_cases, val_cases, test_cases, names, split = load_segmentation(cfg)
         in_ch = train_cases[0][0].shape[0]
         counts = np.bincount(torch.cat([lab.flatten() for _, lab in train_cases]).numpy(), minlength=len(names))
+        test_counts = np.bincount(torch.cat([lab.flatten() for _, lab in test_cases]).numpy(), minlength=len(names))
+        val_data, test_data = val_cases, test_cases
         for img, _ in train_cases:
             if any(s < p for s, p in zip(img.shape[1:], cfg.patch)):
                 raise UserError(f"--patch {tuple(cfg.patch)} does not fit a training volume of shape "
                                 f"{tuple(img.shape[1:])}")
     else:
-        x, y, train_idx, test_idx, names = load_classification(cfg)
+        x, y, idx, names, split = load_classification(cfg)
+        train_idx = idx["train"]
         in_ch = x.shape[1]
         counts = np.bincount(y[train_idx].numpy(), minlength=len(names))
+        test_counts = np.bincount(y[idx["test"]].numpy(), minlength=len(names))
+        val_data, test_data = (x, y, idx["val"]) if idx["val"] else [], (x, y, idx["test"])
+    chance = chance_level(cfg.task, counts, test_counts)
     common.seed_everything(cfg.seed)
     model, report = build_model(cfg, len(names), in_ch)
     model = model.to(dev)
     if dist.main:
         print(report.summary() if report is not None else "encoder: random initialisation (--pretrained none)",
               file=sys.stderr)
+        _print_split(split)
     enc_params = list(model.encoder.parameters())
     enc_ids = {id(p) for p in enc_params}
     head_params = [p for p in model.parameters() if id(p) not in enc_ids]
@@ -304,6 +452,7 @@ def run(cfg, dist, ckpts, resume) -> int:
 
     t0 = time.perf_counter()
     results: dict = {}
+    val_results: dict = {}
     while step < cfg.steps:
         frozen = step < cfg.freeze_steps
         for p in enc_params:
@@ -319,8 +468,12 @@ def run(cfg, dist, ckpts, resume) -> int:
         if step % cfg.log_every == 0 or step == cfg.steps:
             logger.log(step, dist.mean({"train/loss": float(loss.detach())}) | {"encoder_frozen": int(frozen)})
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-            results = evaluate(model, cfg, seg, dev, amp, names, test_cases if seg else (x, y, test_idx))
-            logger.log(step, {f"eval/{k}": v for k, v in results.items() if isinstance(v, float)})
+            results = evaluate(model, cfg, seg, dev, amp, names, test_data)
+            row = {f"eval/{k}": v for k, v in results.items() if isinstance(v, float)}
+            if val_data:
+                val_results = evaluate(model, cfg, seg, dev, amp, names, val_data)
+                row.update({f"val/{k}": v for k, v in val_results.items() if isinstance(v, float)})
+            logger.log(step, row)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             rng = common.rng_state({"batches": gen})
             if dist.world > 1:
@@ -338,13 +491,30 @@ def run(cfg, dist, ckpts, resume) -> int:
     if dist.main:
         summary = {"task": cfg.task, "pretrained": cfg.pretrained, "label_fraction": cfg.label_fraction,
                    "seed": cfg.seed, "classes": list(names), "steps": step, "seconds": time.perf_counter() - t0,
-                   "metrics": results,
+                   "metrics": results, "val_metrics": val_results or None, "chance": chance, "split": split,
                    "encoder_load": None if report is None else {
                        "loaded": len(report.loaded), "missing": report.missing, "unexpected": report.unexpected,
                        "mismatched": [list(m[:1]) + [list(m[1]), list(m[2])] for m in report.mismatched]}}
-        common.write_json(os.path.join(cfg.out, "results.json"), summary)
+        results_path = os.path.join(cfg.out, "results.json")
+        common.write_json(results_path, summary)
         print_table(summary)
+        print(f"results: {results_path}")
     return 0
+
+
+def chance_level(task: str, train_counts: np.ndarray, test_counts: np.ndarray) -> dict:
+    """What the metrics would be without learning anything from the images.
+    Classification: always answering the most frequent test class (accuracy),
+    1/K balanced accuracy, 0.5 AUC.  Segmentation: each voxel labelled at random
+    with the training class frequencies q, against test frequencies p: class c's
+    expected Dice is 2 p q / (p + q), averaged over the foreground classes."""
+    if task == "classification":
+        return {"accuracy": float(test_counts.max() / max(test_counts.sum(), 1)),
+                "balanced_accuracy": 1.0 / len(test_counts), "macro_auc": 0.5}
+    p = test_counts / max(test_counts.sum(), 1)
+    q = train_counts / max(train_counts.sum(), 1)
+    dice = np.where(p + q > 0, 2 * p * q / np.maximum(p + q, 1e-12), 0.0)[1:]
+    return {"mean_dice": float(dice.mean()) if len(dice) else 0.0}
 
 
 @torch.no_grad()
@@ -371,18 +541,26 @@ def evaluate(model, cfg, seg, dev, amp, names, data) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    m = summary["metrics"]
+    m, c = summary["metrics"], summary["chance"]
     print(f"\n{summary['task']} | pretrained: {summary['pretrained']} | label fraction {summary['label_fraction']} "
-          f"| seed {summary['seed']} | {summary['steps']} steps in {summary['seconds']:.0f} s")
+          f"| seed {summary['seed']} | {summary['steps']} steps in {summary['seconds']:.0f} s | "
+          f"test cases: {len(summary['split']['test'])}")
     if summary["task"] == "classification":
         print(f"accuracy {m['accuracy']:.3f}  balanced accuracy {m['balanced_accuracy']:.3f}  "
               f"macro AUC {m['macro_auc']:.3f}")
+        print(f"chance:  accuracy {c['accuracy']:.3f} (always the most frequent class)  balanced accuracy "
+              f"{c['balanced_accuracy']:.3f}  macro AUC {c['macro_auc']:.3f}")
         for name, auc in zip(summary["classes"], m["auc_per_class"]):
             print(f"  {name:24s} AUC {auc:.3f}")
     else:
-        print(f"mean Dice {m['mean_dice']:.3f}  mean IoU {m['mean_iou']:.3f} (foreground classes)")
+        print(f"mean Dice {m['mean_dice']:.3f}  mean IoU {m['mean_iou']:.3f} (foreground classes); chance mean "
+              f"Dice {c['mean_dice']:.3f} (voxels labelled at random with the training class frequencies)")
         for name, d, i in zip(summary["classes"], m["dice_per_class"], m["iou_per_class"]):
             print(f"  {name:24s} Dice {d:.3f}  IoU {i:.3f}")
+    v = summary["val_metrics"]
+    if v:
+        key, label = ("macro_auc", "macro AUC") if summary["task"] == "classification" else ("mean_dice", "mean Dice")
+        print(f"validation ({len(summary['split']['val'])} cases): {label} {v[key]:.3f}")
 
 
 if __name__ == "__main__":

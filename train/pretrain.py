@@ -118,9 +118,7 @@ def parse(argv=None):
 
 
 def check_config(cfg: PretrainConfig) -> None:
-    def need(ok, msg):
-        if not ok:
-            raise UserError(msg)
+    need = common.require
     need(cfg.backbone in BACKBONES or cfg.backbone.startswith("monai:"),
          f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
@@ -131,11 +129,21 @@ def check_config(cfg: PretrainConfig) -> None:
     need(cfg.schedule in ("cosine", "step", "constant"), f"--schedule must be cosine, step or constant, got {cfg.schedule!r}")
     need(cfg.cube_loss in CUBE_LOSSES, f"--cube-loss must be one of {', '.join(CUBE_LOSSES)}, got {cfg.cube_loss!r}")
     need(cfg.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}, got {cfg.pool!r}")
+    need(cfg.norm in ("batch", "instance", "group"), f"--norm must be batch, instance or group, got {cfg.norm!r}")
     need(cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
     need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")
     need(len(cfg.gap) in (1, 2), "--gap takes lo or lo,hi")
-    need(cfg.steps >= 1 and cfg.batch_size >= 1, "--steps and --batch-size must be positive")
-    need(len(cfg.window) == 2, "--window takes lo,hi")
+    need(len(cfg.window) == 2 and cfg.window[0] < cfg.window[1], f"--window takes lo,hi with lo < hi, got {cfg.window}")
+    common.require_at_least(cfg, 1, "steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+                            "keep_checkpoints", "eval_puzzles", "width", "channels", "num_permutations")
+    common.require_at_least(cfg, 0, "hidden", "warmup_steps")
+    common.require_at_least(cfg, -1, "holdout")
+    for name in ("spacing", "weight_decay", "alpha", "beta", "mask_weight"):
+        common.require_range(cfg, name, 0, math.inf, hi_open=True)
+    common.require_range(cfg, "lr", 0, math.inf, lo_open=True, hi_open=True)
+    for name in ("momentum", "mask_prob", "mask_keep_prob"):
+        common.require_range(cfg, name, 0, 1)
+    common.require_range(cfg, "dropout", 0, 1, hi_open=True)
 
 
 def make_puzzle(cfg: PretrainConfig) -> rubikops.RubikCube:

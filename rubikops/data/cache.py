@@ -27,17 +27,43 @@ def default_cache_dir() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "rubikops")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it
+    (/proc/self/status); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode ``open(path, "w")`` would leave: an existing file keeps its
+    own, a new one gets 0o666 less the umask (0o644 under umask 022)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
     """Yield a temporary path next to ``path`` (same suffix, so writers that
     look at the extension behave); rename it onto ``path`` on success, delete
-    it on failure."""
+    it on failure.  The file ends with the mode a plain write would give it,
+    not mkstemp's owner-only 0o600."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode(path))
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -67,21 +93,25 @@ class PreprocessCache:
     def key(self, paths: Sequence[str], settings_key: str) -> str:
         h = hashlib.blake2b(digest_size=20)
         h.update(f"v{CACHE_VERSION}|{settings_key}".encode())
-        for p in paths:
-            h.update(b"|" + file_digest(p).encode())
+        for p in paths:  # the suffix too: nibabel reads .nii and .nii.gz differently
+            suffix = ".nii.gz" if os.fspath(p).lower().endswith(".gz") else os.path.splitext(p)[1].lower()
+            h.update(f"|{suffix}|{file_digest(p)}".encode())
         return h.hexdigest()
 
     def path(self, key: str) -> str:
         return os.path.join(self.folder, key + ".npz")
 
-    def load(self, key: str) -> Optional[Volume]:
+    def load(self, key: str, paths: Sequence[str]) -> Optional[Volume]:
+        """The entry for ``key``, named after ``paths``: the key is the
+        content, so identical files share one entry that each reports as its own."""
         path = self.path(key)
         if not os.path.exists(path):
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return Volume(z["data"], z["affine"], tuple(meta.pop("paths")), meta)
+                meta.pop("paths", None)
+                return Volume(z["data"], z["affine"], tuple(os.fspath(p) for p in paths), meta)
         except Exception as exc:
             warnings.warn(f"rubikops cache: entry {path} is corrupt ({type(exc).__name__}); rebuilding it")
             with contextlib.suppress(OSError):
@@ -89,14 +119,14 @@ class PreprocessCache:
             return None
 
     def store(self, key: str, vol: Volume) -> None:
-        meta = dict(vol.meta, paths=list(vol.paths))
+        meta = dict(vol.meta)
         with atomic_path(self.path(key)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, data=vol.data, affine=vol.affine, meta=np.array(json.dumps(meta)))
 
     def get(self, paths: Sequence[str], settings_key: str, build: Callable[[], Volume]) -> Volume:
         key = self.key(paths, settings_key)
-        vol = self.load(key)
+        vol = self.load(key, paths)
         if vol is not None:
             self.hits += 1
             return vol

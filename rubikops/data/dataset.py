@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 from .cache import PreprocessCache
-from .nifti import DataError, Volume, find_files, load_nifti
+from .nifti import DataError, Volume, check_nifti_file, find_files, load_nifti
 from .preprocess import Preprocessing, preprocess
 
 
@@ -31,6 +31,8 @@ def load_case(case, settings: Preprocessing = Preprocessing(), cache: Optional[P
         vol = load_nifti(paths, frames=settings.frames, allow_nonfinite=settings.allow_nonfinite)
         return preprocess(vol, settings)
 
+    for p in paths:  # before the cache: a file the reader refuses is refused when its content is cached too
+        check_nifti_file(p)
     vol = cache.get(paths, settings.key(), build) if cache is not None else build()
     if min_shape_for is not None and any(n < m for n, m in zip(vol.shape, min_shape_for)):
         raise DataError(f"{paths[0]}: preprocessed shape {vol.shape} is smaller than the {tuple(min_shape_for)} "

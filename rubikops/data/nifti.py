@@ -7,10 +7,11 @@ file's voxel order (or RAS after reorientation), its 4x4 voxel-to-world
 ``affine`` (mm) and where it came from."""
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import os
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -54,6 +55,38 @@ def is_nifti(path: str) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def path_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be opened ("no such file", "symbolic link loop",
+    "broken symbolic link", "permission denied"), or None when it can be
+    stat'ed.  os.path.exists says False for all of these alike."""
+    try:
+        os.stat(path)
+        return None
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)!r})"
+        return "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return (exc.strerror or type(exc).__name__).lower()
+
+
+def check_nifti_file(path: str) -> None:
+    """What can be said of ``path`` before reading it: it exists, is a
+    non-empty file with a NIfTI name.  The preprocessing cache runs this too,
+    so a file that fails uncached also fails when its content is cached."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected a NIfTI file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+    if not is_nifti(path):
+        raise DataError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
+
+
 def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
     """Resolve a folder, a glob pattern, a single file or a list of them into
     a sorted list of cases; a case is a path, or a tuple of paths (one per
@@ -79,19 +112,15 @@ def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
         if not found:
             raise DataError(f"{spec}: pattern matches no .nii or .nii.gz files")
         return found
-    if not os.path.exists(spec):
-        raise DataError(f"{spec}: no such file or folder")
+    problem = path_problem(spec)
+    if problem is not None:
+        raise DataError(f"{spec}: {problem}" + (" or folder" if problem == "no such file" else ""))
     return [spec]
 
 
 def _read(path: str):
     import nibabel as nib
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder, expected a NIfTI file")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: file is empty")
+    check_nifti_file(path)
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises several types for a bad header

@@ -89,3 +89,55 @@ def test_atomic_path_keeps_suffix_and_cleans_up(tmp_path):
             open(tmp, "wb").write(b"half")
             raise RuntimeError
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.nii.gz"]
+
+
+def test_identical_files_are_each_reported_under_their_own_name(folder, tmp_path):
+    import shutil
+    shutil.copyfile(folder / "s0.nii.gz", folder / "s0_copy.nii.gz")
+    cdir = str(tmp_path / "cache")
+    for _ in range(2):  # the second run serves both from the one shared entry
+        vols = load_volumes(str(folder), Preprocessing(), cache=cdir).volumes
+        assert [v.name for v in vols] == ["s0.nii.gz", "s0_copy.nii.gz", "s1.nii.gz", "s2.nii.gz"]
+    assert len(os.listdir(cdir)) == 3
+
+
+def test_wrong_extension_fails_with_and_without_the_cache(folder, tmp_path):
+    import shutil
+    from rubikops.data import DataError
+    cdir = str(tmp_path / "cache")
+    load_volumes(str(folder), Preprocessing(), cache=cdir)  # s0's content is now cached
+    renamed = tmp_path / "s0.txt"
+    shutil.copyfile(folder / "s0.nii.gz", renamed)
+    for cache in (False, cdir):
+        with pytest.raises(DataError, match=r"s0\.txt: not a NIfTI file name"):
+            load_volumes(str(renamed), Preprocessing(), cache=cache)
+    # gzip bytes named .nii are read as plain NIfTI by nibabel: not served from the .nii.gz entry
+    plain_named = tmp_path / "s0.nii"
+    shutil.copyfile(folder / "s0.nii.gz", plain_named)
+    c = PreprocessCache(cdir)
+    with pytest.raises(DataError, match=r"s0\.nii: not a readable NIfTI"):
+        load_volumes(str(plain_named), Preprocessing(), cache=c)
+    assert c.hits == 0
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_keep_the_umask_mode(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        fresh = tmp_path / "fresh.bin"
+        with atomic_path(str(fresh)) as tmp:
+            open(tmp, "wb").write(b"x")
+        assert os.stat(fresh).st_mode & 0o777 == mode
+        os.chmod(fresh, 0o640)  # an existing file keeps its own mode, as open(path, "w") would
+        with atomic_path(str(fresh)) as tmp:
+            open(tmp, "wb").write(b"y")
+        assert os.stat(fresh).st_mode & 0o777 == 0o640
+        load_volumes(str(_one_volume(tmp_path)), Preprocessing(), cache=str(tmp_path / "cache"))
+        (entry,) = os.listdir(tmp_path / "cache")
+        assert os.stat(tmp_path / "cache" / entry).st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
+
+
+def _one_volume(folder):
+    return write(folder / "one.nii.gz", np.arange(10 * 12 * 8, dtype=np.float32).reshape(10, 12, 8))

@@ -99,6 +99,19 @@ def test_missing_empty_not_nifti_and_truncated(tmp_path):
         load_nifti(str(trunc))
 
 
+def test_symlink_loop_and_broken_link_are_named(tmp_path):
+    from rubikops.data import find_files
+    loop = tmp_path / "loop.nii.gz"
+    os.symlink(loop, loop)
+    dangling = tmp_path / "dangling.nii.gz"
+    os.symlink(tmp_path / "gone.nii.gz", dangling)
+    for fn in (load_nifti, find_files):
+        with pytest.raises(DataError, match=r"loop\.nii\.gz: symbolic link loop"):
+            fn(str(loop))
+        with pytest.raises(DataError, match=r"dangling\.nii\.gz: broken symbolic link \(to .*gone\.nii\.gz"):
+            fn(str(dangling))
+
+
 def test_channels_from_several_files_and_grid_mismatch(tmp_path):
     rng = np.random.default_rng(3)
     t1, t2 = (rng.normal(size=(5, 6, 7)).astype(np.float32) for _ in range(2))

@@ -113,3 +113,66 @@ def test_ddp_two_processes_gloo(tmp_path):
     state = torch.load(out / "checkpoints" / "step_0000004.pt", weights_only=False)
     assert len(state["rng"]) == 2  # both ranks' batch streams saved
     assert json.load(open(out / "results.json"))["steps"] == 4
+
+
+def test_pretraining_checkpoint_as_pretrained(encoder, tmp_path, capsys):
+    best = os.path.join(os.path.dirname(encoder), "checkpoints", "best.pt")
+    rc, cap = _ft(capsys, "--task", "classification", "--pretrained", best, "--out", str(tmp_path / "ft"))
+    assert rc == 0, cap.err
+    res = json.load(open(tmp_path / "ft" / "results.json"))
+    assert res["encoder_load"]["loaded"] == len(torch.load(encoder)) and not res["encoder_load"]["missing"]
+    assert "chance:" in cap.out and f"results: {tmp_path / 'ft' / 'results.json'}" in cap.out
+    assert res["chance"]["macro_auc"] == 0.5 and res["split"]["chosen_by"] == "--seed 0"
+
+
+def _bare_copy(encoder, folder, value=None, meta=None):
+    """encoder.pt (or ``value`` saved in its place) in a folder of its own, with ``meta`` as encoder.json."""
+    import shutil
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "encoder.pt")
+    torch.save(value, path) if value is not None else shutil.copyfile(encoder, path)
+    if meta is not None:
+        open(os.path.join(folder, "encoder.json"), "w").write(meta)
+    return path
+
+
+def test_encoder_files_that_do_not_fit_are_refused(encoder, tmp_path, capsys):
+    bare = _bare_copy(encoder, tmp_path / "bare")  # width 4, no encoder.json: built from the flags
+    cases = [
+        ([bare, "--width", "8"], "does not fit a vgg encoder of width 8"),
+        ([bare, "--backbone", "resnet18", "--width", "4"], "does not fit a resnet18 encoder of width 4"),
+        ([_bare_copy(encoder, tmp_path / "tensor", torch.zeros(3))], "holds a Tensor, not an encoder state_dict"),
+        ([_bare_copy(encoder, tmp_path / "list", [1, 2])], "holds a list, not an encoder state_dict"),
+        ([_bare_copy(encoder, tmp_path / "json", meta="{not json")], "encoder.json: not a readable encoder.json"),
+        ([_bare_copy(encoder, tmp_path / "json2", meta='{"width": 4}')], "encoder.json: 'backbone' must be a str"),
+    ]
+    for argv, message in cases:
+        rc, cap = _ft(capsys, "--task", "classification", "--out", str(tmp_path / "o"), "--pretrained", *argv)
+        err = cap.err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith("error: --pretrained: ") and message in err[-1], (argv, cap.err)
+        assert "Traceback" not in cap.err and not os.path.exists(tmp_path / "o")
+    rc, cap = _ft(capsys, "--task", "classification", "--out", str(tmp_path / "o"), "--pretrained", bare,
+                  "--width", "8", "--allow-partial-load")
+    assert rc == 0, cap.err
+    assert json.load(open(tmp_path / "o" / "results.json"))["encoder_load"]["mismatched"]
+
+
+def test_own_cases_split_as_the_user_chooses(tmp_path, capsys):
+    import numpy as np
+    from tests.data.nifti_files import write
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = rng.normal(size=(20, 20, 20)).astype(np.float32)
+        write(tmp_path / f"img{i}.nii.gz", img)
+        write(tmp_path / f"lab{i}.nii.gz", (img > 0.5).astype(np.uint8))
+    own = ["--task", "segmentation", "--images", str(tmp_path / "img*.nii.gz"), "--labels",
+           str(tmp_path / "lab*.nii.gz")]
+    rc, cap = _ft(capsys, *own, "--out", str(tmp_path / "a"), "--test-cases", "img2.nii.gz", "--val-cases", "0")
+    assert rc == 0, cap.err
+    res = json.load(open(tmp_path / "a" / "results.json"))
+    assert res["split"] == {"train": ["img1.nii.gz"], "val": ["img0.nii.gz"], "test": ["img2.nii.gz"],
+                            "chosen_by": "--test-cases and --val-cases"}
+    assert "split (--test-cases and --val-cases): train 1 ['img1.nii.gz'], val 1" in cap.err
+    assert "mean_dice" in res["val_metrics"] and "chance mean Dice" in cap.out and "validation (1 cases)" in cap.out
+    rc, cap = _ft(capsys, *own, "--out", str(tmp_path / "b"), "--test-cases", "0,2", "--val-cases", "1")
+    assert rc == 2 and "no training case is left out of 3" in cap.err

@@ -120,3 +120,48 @@ def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path
     rc, cap = _run(["--resume", str(bad), "--out", str(out)], capsys)
     assert rc == 2 and "broken.pt: not a readable checkpoint" in cap.err
     assert {f: open(out / "checkpoints" / f, "rb").read() for f in os.listdir(out / "checkpoints")} == before
+
+
+def test_resume_applies_safe_changes_refuses_others_and_files_keep_the_umask(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--steps", "3"), capsys)
+        assert rc == 0, cap.err
+        before = sorted(os.listdir(out / "checkpoints"))
+        rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--resume", "--lr", "0.05", "--seed", "3"), capsys)
+        err = cap.err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "--lr 0.002 -> 0.05" in err[0] and "--seed 0 -> 3" in err[0], cap.err
+        assert sorted(os.listdir(out / "checkpoints")) == before
+        # --progress without a terminal: a line every few steps instead of a bar that never shows
+        rc, cap = _run(tiny_args(data, out, tmp_path / "cache", "--resume", "--steps", "6", "--progress"), capsys)
+        assert rc == 0, cap.err
+        assert "with changed settings: --progress False -> True; --steps 3 -> 6" in cap.err
+        assert "pretraining: step 6/6 (100%)" in cap.err and "loss" in cap.err
+        modes = {os.path.relpath(os.path.join(d, f), out): os.stat(os.path.join(d, f)).st_mode & 0o777
+                 for d, _, fs in os.walk(out) for f in fs}
+        assert "checkpoints/best.pt" in modes and "encoder.pt" in modes and "metrics.csv" in modes
+        assert set(modes.values()) == {0o640}, modes
+    finally:
+        os.umask(old)
+    state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=True)  # no pickled numpy state
+    assert state["step"] == 6
+
+
+def test_rng_state_round_trips_through_weights_only_and_old_checkpoints_still_load(tmp_path):
+    import random
+
+    import numpy as np
+    np.random.seed(5)
+    random.seed(5)
+    torch.manual_seed(5)
+    new = tmp_path / "new.pt"
+    torch.save({"rng": common.rng_state({})}, new)
+    legacy = tmp_path / "legacy.pt"  # the numpy state as numpy returns it, as checkpoints once held it
+    torch.save({"rng": dict(common.rng_state({}), numpy=np.random.get_state())}, legacy)
+    expected = (np.random.random(), random.random(), torch.rand(1).item())
+    for path in (new, legacy):
+        np.random.seed(0)
+        random.seed(0)
+        common.set_rng_state(common.load_tensors(str(path))["rng"], {})
+        assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
