@@ -9,8 +9,11 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace rubikops {
@@ -23,6 +26,7 @@ struct ExtractCubesArgs {
   int64_t seed;
   double scale_value, shift_value;
   std::optional<double> clamp_lo, clamp_hi;
+  c10::ScalarType out_dtype;
   bool arithmetic;
 };
 
@@ -45,13 +49,46 @@ inline std::vector<int64_t> output_shape(const at::Tensor& source, const at::Ten
   return {origins.size(0), origins.size(1), source.size(1), cube_size[0], cube_size[1], cube_size[2]};
 }
 
+// What an optional per-sample or per-cube tensor must hold.
+enum class Holds { kIndex, kBool, kFloat };
+
 inline void check_vector(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& source,
-                         std::vector<int64_t> shape) {
+                         std::vector<int64_t> shape, Holds holds) {
   if (!t) return;
   TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes: ", name, " must have shape ",
                     at::IntArrayRef(shape), ", got ", t->sizes());
   TORCH_CHECK_VALUE(t->device() == source.device(), "rubikops.extract_cubes: ", name, " is on ", t->device(),
                     " but source is on ", source.device());
+  const auto dt = t->scalar_type();
+  switch (holds) {
+    case Holds::kIndex:
+      TORCH_CHECK_TYPE(dt == c10::kInt || dt == c10::kLong, "rubikops.extract_cubes: ", name,
+                       " must be int32 or int64, got ", dt);
+      break;
+    case Holds::kBool:
+      TORCH_CHECK_TYPE(dt == c10::kBool, "rubikops.extract_cubes: ", name, " must be a bool tensor, got ", dt);
+      break;
+    case Holds::kFloat:
+      TORCH_CHECK_TYPE(at::isFloatingType(dt), "rubikops.extract_cubes: ", name,
+                       " as a tensor must be floating point, got ", dt);
+      break;
+  }
+}
+
+// Whether two tensors of one device may share a byte: their [first, last]
+// byte ranges intersect (addresses, not storages, so aliases made with
+// from_blob count too).  Conservative for interleaved strided views (refused
+// though disjoint), exact for the contiguous out= buffers callers pass.
+inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+  auto range = [](const at::Tensor& t) {
+    int64_t span = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) span += (t.size(d) - 1) * std::abs(t.stride(d));
+    const auto first = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    return std::make_pair(first, first + static_cast<uintptr_t>((span + 1) * t.element_size()));
+  };
+  const auto ra = range(a), rb = range(b);
+  return ra.first < rb.second && rb.first < ra.second;
 }
 
 inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
@@ -82,13 +119,20 @@ inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& or
   TORCH_CHECK_VALUE(source.size(0) >= 1 || B == 0, "rubikops.extract_cubes: source holds no volume");
   TORCH_CHECK_VALUE(index || source.size(0) == B, "rubikops.extract_cubes: without index, source.shape[0] (",
                     source.size(0), ") must equal B (", B, ")");
-  check_vector(index, "index", source, {B});
-  check_vector(rotations, "rotations", source, {B, M});
-  check_vector(mask, "mask", source, {B, M});
-  check_vector(scale, "scale", source, {B});
-  check_vector(shift, "shift", source, {B});
+  check_vector(index, "index", source, {B}, Holds::kIndex);
+  check_vector(rotations, "rotations", source, {B, M}, Holds::kIndex);
+  check_vector(mask, "mask", source, {B, M}, Holds::kBool);
+  check_vector(scale, "scale", source, {B}, Holds::kFloat);
+  check_vector(shift, "shift", source, {B}, Holds::kFloat);
   const auto odt = resolve_out_dtype(source, out_dtype);
   TORCH_CHECK_TYPE(is_supported_dtype(odt), "rubikops.extract_cubes: unsupported out_dtype ", odt);
+  // An integer output stores fill as is: a value it cannot hold would wrap
+  // (uint8 300 -> 44) or be undefined (NaN).
+  if (odt == c10::kByte || odt == c10::kShort) {
+    const double lo = odt == c10::kByte ? 0.0 : -32768.0, hi = odt == c10::kByte ? 255.0 : 32767.0;
+    TORCH_CHECK_VALUE(fill >= lo && fill <= hi && std::floor(fill) == fill, "rubikops.extract_cubes: fill = ", fill,
+                      " is not a value of the ", odt, " output (an integer in [", lo, ", ", hi, "])");
+  }
   // shift_value -0.0 (what Python passes for shift=None) is an exact no-op:
   // x + (-0.0) == x for every x, -0.0 included, where x + 0.0 turns -0.0 into +0.0.
   const bool shift_is_noop = shift_value == 0.0 && std::signbit(shift_value);
@@ -110,6 +154,7 @@ inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& or
   a.shift_value = shift_value;
   a.clamp_lo = clamp_lo;
   a.clamp_hi = clamp_hi;
+  a.out_dtype = odt;
   return a;
 }
 
@@ -120,6 +165,17 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   TORCH_CHECK_VALUE(out.is_contiguous(), "rubikops.extract_cubes: out must be contiguous");
   TORCH_CHECK_VALUE(out.device() == a.source.device(), "rubikops.extract_cubes: out is on ", out.device(),
                     " but source is on ", a.source.device());
+  TORCH_CHECK_TYPE(out.scalar_type() == a.out_dtype, "rubikops.extract_cubes: out must have dtype ", a.out_dtype,
+                   " (out_dtype), got ", out.scalar_type());
+  // The kernels read the inputs while they write out: an out that shares
+  // memory with one of them would read its own results.
+  const std::pair<const char*, const std::optional<at::Tensor>*> inputs[] = {
+      {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift}};
+  TORCH_CHECK_VALUE(!may_overlap(out, a.source), "rubikops.extract_cubes: out overlaps source in memory");
+  TORCH_CHECK_VALUE(!may_overlap(out, a.origins), "rubikops.extract_cubes: out overlaps origins in memory");
+  for (const auto& [name, t] : inputs) {
+    TORCH_CHECK_VALUE(!*t || !may_overlap(out, **t), "rubikops.extract_cubes: out overlaps ", name, " in memory");
+  }
 }
 
 // What every backward kernel starts from: checked arguments, the output

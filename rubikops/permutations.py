@@ -144,15 +144,31 @@ def load_permutation_set(path: str | os.PathLike, n_cells: Optional[int] = None)
         raise ValueError(f"permutation set file {path!r} must hold a 2-D numeric array (K, n_cells), "
                          f"got shape {arr.shape} dtype {arr.dtype}")
     arr = arr.astype(np.int64)
-    if arr.min() == 1:  # MATLAB-style, 1-based
+    if arr.size and arr.min() == 1:  # MATLAB-style, 1-based
         arr = arr - 1
-    n = arr.shape[1]
-    if n_cells is not None and n != n_cells:
-        raise ValueError(f"permutation set file {path!r} has {n} cells per permutation, the grid has {n_cells}")
-    if not (np.sort(arr, axis=1) == np.arange(n)[None, :]).all():
-        bad = int(np.flatnonzero(~(np.sort(arr, axis=1) == np.arange(n)[None, :]).all(1))[0])
-        raise ValueError(f"permutation set file {path!r}: row {bad} = {arr[bad].tolist()} is not a permutation of "
-                         f"0..{n - 1}")
-    if len(np.unique(arr, axis=0)) != len(arr):
-        raise ValueError(f"permutation set file {path!r} holds repeated permutations")
-    return torch.from_numpy(arr)
+    if n_cells is not None and arr.shape[1] != n_cells:
+        raise ValueError(f"permutation set file {path!r} has {arr.shape[1]} cells per permutation, the grid has "
+                         f"{n_cells}")
+    return check_permutation_set(torch.from_numpy(arr), arr.shape[1], f"permutation set file {path!r}")
+
+
+def check_permutation_set(perms, n_cells: int, label: str) -> torch.Tensor:
+    """``perms`` as a (K, n_cells) int64 tensor, refused (an error starting with
+    ``label``) unless it is an integer tensor with K >= 1 rows, each a
+    permutation of 0..n_cells-1, none repeated: a row of out-of-range or
+    repeated cells would cut the same cell several times, and a repeated row
+    makes two classes of one."""
+    if not isinstance(perms, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(perms).__name__}")
+    if perms.dtype == torch.bool or perms.dtype.is_floating_point or perms.dtype.is_complex:
+        raise TypeError(f"{label} must be an integer tensor, got {perms.dtype}")
+    if perms.dim() != 2 or perms.shape[0] < 1 or perms.shape[1] != n_cells:
+        raise ValueError(f"{label} must be (K, {n_cells}) with K >= 1, got shape {tuple(perms.shape)}")
+    perms = perms.to(torch.int64).cpu()
+    rows_ok = (perms.sort(1).values == torch.arange(n_cells)).all(1)
+    if not bool(rows_ok.all()):
+        bad = int((~rows_ok).nonzero()[0, 0])
+        raise ValueError(f"{label}: row {bad} = {perms[bad].tolist()} is not a permutation of 0..{n_cells - 1}")
+    if len(torch.unique(perms, dim=0)) != len(perms):
+        raise ValueError(f"{label} holds repeated permutations")
+    return perms

@@ -22,12 +22,13 @@ cell, so the gap between neighbouring cubes is in [lo, hi] (the paper: about
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from numbers import Real
 from typing import Optional, Sequence, Union
 
 import torch
 
 from . import ops
-from .permutations import load_permutation_set, permutation_set
+from .permutations import check_permutation_set, load_permutation_set, permutation_set
 from .rotations import PAPER_ROTATIONS, PROPER_ROTATIONS, apply_code, inverse
 
 ROTATION_MODES = ("paper", "all", "none")
@@ -48,13 +49,12 @@ class PuzzleTargets:
         return PuzzleTargets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
-def _triple(v, name) -> tuple[int, int, int]:
-    if isinstance(v, int):
-        v = (v, v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 3:
-        raise ValueError(f"RubikCube: {name} must be an int or three ints, got {v!r}")
-    return v
+def _ints(v, count: int, name: str) -> tuple:
+    """An int (the same for all ``count`` entries) or ``count`` ints, checked
+    as ops.as_integers (4.0 counts as 4; "444", 2.7 and True are refused)."""
+    if isinstance(v, Real) and not isinstance(v, bool):
+        v = (v,) * count
+    return ops.as_integers(v, count, f"RubikCube: {name} (an int or {count} ints)")
 
 
 class RubikCube:
@@ -87,13 +87,13 @@ class RubikCube:
         validate: bool = True,
         backend: Optional[str] = None,
     ):
-        self.grid = _triple(grid, "grid")
+        self.grid = _ints(grid, 3, "grid")
         if min(self.grid) < 1 or self.num_cells < 2:
             raise ValueError(f"RubikCube: grid needs at least two cells, got {self.grid}")
-        self.cube_size = _triple(cube_size, "cube_size")
+        self.cube_size = _ints(cube_size, 3, "cube_size")
         if min(self.cube_size) < 1:
             raise ValueError(f"RubikCube: cube_size must be positive, got {self.cube_size}")
-        lo, hi = (gap, gap) if isinstance(gap, int) else tuple(int(g) for g in gap)
+        lo, hi = _ints(gap, 2, "gap")
         if not 0 <= lo <= hi:
             raise ValueError(f"RubikCube: gap must be an int >= 0 or (lo, hi) with 0 <= lo <= hi, got {gap!r}")
         self.gap = (lo, hi)
@@ -108,9 +108,7 @@ class RubikCube:
         self.mask_prob, self.mask_keep_prob, self.mask_fill = float(mask_prob), float(mask_keep_prob), float(mask_fill)
         self.normalize = self._check_normalize(normalize)
         if isinstance(permutations, torch.Tensor):
-            perms = permutations.to(torch.int64)
-            if perms.dim() != 2 or perms.shape[1] != self.num_cells:
-                raise ValueError(f"RubikCube: permutations must be (K, {self.num_cells}), got {tuple(perms.shape)}")
+            perms = check_permutation_set(permutations, self.num_cells, "RubikCube: permutations")
         elif isinstance(permutations, str):
             perms = load_permutation_set(permutations, self.num_cells)
         elif permutations is None:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .rotations import AXIS_ORDERS, apply_code
+from .rotations import AXIS_ORDERS, apply_code, kernel_code
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int16, torch.uint8)
@@ -93,23 +93,31 @@ def extract_cubes(
     clamp: Optional[tuple] = None,
     out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """Reference semantics of :func:`rubikops.extract_cubes` (no validation)."""
-    d, h, w = (int(s) for s in cube_size)
+    """Reference semantics of :func:`rubikops.extract_cubes` (no validation).
+
+    Out-of-range values are clamped as the kernels clamp them with
+    validate=False: index into [0, N - 1], each origin into [0, extent - size],
+    codes as :func:`rubikops.rotations.kernel_code`."""
+    d, h, w = size = tuple(int(s) for s in cube_size)
     B, M = origins.shape[0], origins.shape[1]
+    N, C = source.shape[0], source.shape[1]
+    room = [e - s for e, s in zip(source.shape[2:], size)]
     out_dtype = out_dtype or default_out_dtype(source.dtype)
     compute = opmath_dtype(source.dtype, out_dtype)
     arithmetic = scale is not None or shift is not None or clamp is not None
     lo, hi = clamp if clamp is not None else (None, None)
+    if B * M == 0:
+        return torch.empty((B, M, C, d, h, w), dtype=out_dtype, device=source.device)
 
     cubes = []
     for b in range(B):
-        n = int(index[b]) if index is not None else b
+        n = min(max(int(index[b]), 0), N - 1) if index is not None else b
         s, t = _per_sample(scale, b, compute), _per_sample(shift, b, compute)
         for m in range(M):
-            z, y, x = (int(v) for v in origins[b, m])
+            z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
             box = source[n, :, z:z + d, y:y + h, x:x + w]
             if rotations is not None:
-                box = apply_code(box, int(rotations[b, m]))
+                box = apply_code(box, kernel_code(int(rotations[b, m]), size))
             if arithmetic or box.dtype != out_dtype:
                 v = box.to(compute)
                 if s is not None:
@@ -150,13 +158,16 @@ def source_offsets(
     size = [int(s) for s in cube_size]
     dev = origins.device
     B, M = origins.shape[0], origins.shape[1]
-    origins = origins.to(torch.int64)
-    n = index.to(torch.int64) if index is not None else torch.arange(B, device=dev)
+    # Clamped as in extract_cubes (validate=False), here vectorised.
+    room = torch.tensor([D - size[0], H - size[1], W - size[2]], device=dev)
+    origins = torch.minimum(origins.to(torch.int64).clamp_min(0), room)
+    n = index.to(torch.int64).clamp(0, N - 1) if index is not None else torch.arange(B, device=dev)
 
     if rotations is None:
         codes = torch.zeros(B, M, dtype=torch.int64, device=dev)
     else:
-        codes = rotations.to(torch.int64)
+        kernel = torch.tensor([kernel_code(c, size) for c in range(48)], device=dev)
+        codes = kernel[rotations.to(torch.int64) % 48]
     orders = torch.tensor(AXIS_ORDERS, dtype=torch.int64, device=dev)[codes // 8]  # (B, M, 3)
     flips = torch.stack([(codes >> a) & 1 for a in range(3)], dim=-1)  # (B, M, 3)
 

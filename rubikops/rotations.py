@@ -110,6 +110,15 @@ def preserves_shape(code: int, cube_size: Sequence[int]) -> bool:
     return all(cube_size[order[a]] == cube_size[a] for a in range(3))
 
 
+def kernel_code(code: int, cube_size: Sequence[int]) -> int:
+    """The code the kernels apply for any integer ``code`` (validate=False):
+    reduced mod 48, and with the identity axis order (flips kept) where its
+    order would change a non-cubic cube's shape (csrc/extract_cubes.h,
+    cube_geometry)."""
+    code = int(code) % NUM_CODES
+    return code if preserves_shape(code, cube_size) else code % 8
+
+
 def moves_w(code: int) -> bool:
     """True when the code's output W axis reads a source axis other than W."""
     return decode(code)[0][2] != 2

@@ -173,6 +173,57 @@ def test_validate_false_never_leaves_the_source(backend):
     assert torch.equal(out.cpu(), exp)
 
 
+ALL_BACKENDS = BACKENDS + [pytest.param(("torch", "cpu"), id="cpu-torch-reference")]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_every_backend_clamps_like_the_compiled_one(backend):
+    """validate=False: negative and too-large origins, index -1 and N, codes
+    below 0 and at or above 2**31 (which a 32-bit cast would turn into another
+    code), a code that would reorder a non-cubic cube: the same result as
+    the compiled CPU kernel, the reference included."""
+    gen = torch.Generator().manual_seed(31)
+    src = torch.randn(3, 2, 9, 8, 7, generator=gen)
+    origins = torch.tensor([[[-1, 0, 0], [100, -5, 3], [2, 2**40, -(2**40)]],
+                            [[0, 0, 0], [-(2**62), 2**62, 1], [5, 5, 4]]])
+    index = torch.tensor([-1, 3])
+    for cube, codes in (((3, 3, 3), [[2**31 + 5, -1, 2**40 + 47], [-(2**33) - 1, 48, 2**63 - 1]]),
+                        ((2, 3, 4), [[40, 2**31 + 43, -3], [17, 0, 2**62 + 9]])):
+        rot = torch.tensor(codes)
+        name, device = backend
+        got = rubikops.extract_cubes(src.to(device), origins.to(device), cube, index=index.to(device),
+                                     rotations=rot.to(device), validate=False, backend=name)
+        want = rubikops.extract_cubes(src, origins, cube, index=index, rotations=rot, validate=False,
+                                      backend="compiled")
+        assert torch.equal(got.cpu(), want)
+        room = torch.tensor([9, 8, 7]) - torch.tensor(cube)
+        clamped = torch.minimum(origins.clamp_min(0), room)
+        codes_in_range = torch.tensor([[rubikops.rotations.kernel_code(c, cube) for c in row] for row in codes])
+        exp = reference.extract_cubes(src, clamped, cube, index=index.clamp(0, 2), rotations=codes_in_range)
+        assert torch.equal(want, exp)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("B,M", [(0, 3), (2, 0), (0, 0)])
+def test_empty_batches_on_every_backend(backend, B, M):
+    name, device = backend
+    src = torch.randn(B, 1, 8, 8, 8, device=device)
+    for validate in (True, False):
+        out = rubikops.extract_cubes(src, torch.zeros(B, M, 3, dtype=torch.long, device=device), (4, 4, 4),
+                                     validate=validate, backend=name)
+        assert out.shape == (B, M, 1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_integer_source_into_half_outputs_without_arithmetic(backend, dtype, out_dtype):
+    """A plain conversion (no scale or shift): the Triton kernel's direct
+    int -> bfloat16 cast gave NaNs and denormals."""
+    case = random_case(32, dtype=dtype, out_dtype=out_dtype, codes="all", B=2, M=3, cube=(4, 4, 4), vol=(7, 6, 8))
+    assert_matches(run(case, backend), case)
+
+
 def test_non_cubic_invalid_code_with_validate_false_keeps_shape():
     src = torch.randn(1, 1, 6, 6, 6)
     origins = torch.zeros(1, 1, 3, dtype=torch.long)

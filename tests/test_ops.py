@@ -381,6 +381,18 @@ BAD = [
     (dict(out=torch.empty(2, 3, 1, 4, 4, 4, dtype=torch.float64)), TypeError, "out must have dtype"),
     (dict(out=torch.empty(2, 3, 1, 4, 4, 8)[..., ::2]), ValueError, "out must be contiguous"),
     (dict(backend="vulkan"), ValueError, "backend must be one of"),
+    # origins + size would overflow int64 into a negative sum that passes a naive check
+    (dict(origins=torch.full((2, 3, 3), 2**63 - 2)), ValueError, "origins.*outside the volume"),
+    (dict(scale=torch.tensor([1.0, float("nan")])), ValueError, r"scale\[1\] = nan is not finite"),
+    (dict(shift=torch.tensor([float("-inf"), 0.0])), ValueError, r"shift\[0\] = -inf is not finite"),
+    (dict(source=torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8), out_dtype=torch.uint8,
+          mask=torch.ones(2, 3, dtype=torch.bool), fill=300), ValueError, r"fill = 300 is not a value of the torch.uint8"),
+    (dict(source=torch.zeros(2, 1, 8, 8, 8, dtype=torch.int16), out_dtype=torch.int16, fill=0.5), ValueError,
+     r"fill = 0.5 is not a value of the torch.int16 output \(an integer in \[-32768, 32767\]\)"),
+    (dict(cube_size="444"), TypeError, "cube_size must be three integers, got '444'"),
+    (dict(cube_size=(2.7, 4, 4)), ValueError, r"cube_size must be three integers, .* \(2.7 is not an integer\)"),
+    (dict(cube_size=4.0), TypeError, "cube_size must be three integers, got 4.0"),
+    (dict(index=torch.zeros(2, dtype=torch.long), source=torch.zeros(0, 1, 8, 8, 8)), ValueError, "source holds no volume"),
 ]
 
 
@@ -399,6 +411,84 @@ def test_direct_op_call_checks_shapes_in_cpp():
     with pytest.raises(ValueError, match="index"):
         torch.ops.rubikops.extract_cubes(src, torch.zeros(2, 1, 3, dtype=torch.long), [4, 4, 4], None, None, None,
                                          0.0, 0.0, 0, None, None, 1.0, -0.0, None, None, None)
+
+
+def test_integral_float_cube_size_counts_as_integers():
+    out = _call(cube_size=(4.0, 4, 4))
+    assert out.shape == (2, 3, 1, 4, 4, 4)
+
+
+def test_out_overlapping_the_source_is_refused_on_every_path():
+    """The kernels read the source while writing out: a shared byte would make
+    the result depend on the write order."""
+    storage = torch.zeros(2 * 512 + 384)
+    src = storage[:1024].view(2, 1, 8, 8, 8)
+    out = storage[1000:1384].view(2, 3, 1, 4, 4, 4)  # shares elements 1000..1023
+    origins = torch.zeros(2, 3, 3, dtype=torch.long)
+    for name, _ in CPU_BACKENDS:
+        for validate in (True, False):
+            with pytest.raises(ValueError, match="out overlaps source in memory"):
+                rubikops.extract_cubes(src, origins, (4, 4, 4), out=out, validate=validate, backend=name)
+        with pytest.raises(ValueError, match="out overlaps source in memory"):
+            ops.extract_cubes_unchecked(src, origins, (4, 4, 4), out=out, backend=name)
+    # Adjacent, not overlapping: accepted.
+    rubikops.extract_cubes(src, origins, (4, 4, 4), out=storage[1024:].view(2, 3, 1, 4, 4, 4))
+    words = torch.zeros(400, dtype=torch.long)
+    origins = words[:18].view(2, 3, 3)
+    out = words.view(torch.float32)[:384].view(2, 3, 1, 4, 4, 4)
+    for name, _ in CPU_BACKENDS:
+        with pytest.raises(ValueError, match="out overlaps origins in memory"):
+            ops.extract_cubes_unchecked(src, origins, (4, 4, 4), out=out, backend=name)
+
+
+# What the unchecked path (validate=False, RubikCube(validate=False), direct
+# torch.ops calls) must still refuse on every backend: shapes, dtypes, devices
+# and out=; the Triton kernel used to run off its tensors (double free) here.
+UNCHECKED_BAD = [
+    (dict(out=torch.zeros(1, 1, 1, 4, 4, 4)), ValueError, "out must have shape"),
+    (dict(out=torch.zeros(2, 3, 1, 4, 4, 4, dtype=torch.float64)), TypeError, "out must have dtype"),
+    (dict(out=torch.zeros(2, 3, 1, 4, 4, 8)[..., ::2]), ValueError, "out must be contiguous"),
+    (dict(index=torch.zeros(2, dtype=torch.float32)), TypeError, "index must be int32 or int64"),
+    (dict(rotations=torch.zeros(2, 3, dtype=torch.float32)), TypeError, "rotations must be int32 or int64"),
+    (dict(mask=torch.zeros(2, 3)), TypeError, "mask must be a bool tensor"),
+    (dict(scale=torch.ones(2, dtype=torch.long)), TypeError, "scale as a tensor must be floating point"),
+    (dict(shift=torch.ones(2, dtype=torch.long)), TypeError, "shift as a tensor must be floating point"),
+    (dict(source=torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8), out_dtype=torch.uint8,
+          mask=torch.ones(2, 3, dtype=torch.bool), fill=300.0), ValueError, "fill = 300"),
+    (dict(source=torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8), out_dtype=torch.uint8, scale=2.0), TypeError,
+     "integer"),
+    (dict(cube_size=(9, 4, 4)), ValueError, "cube_size"),
+] + [(dict(**{name: torch.zeros(shape, dtype=dtype)}), ValueError, f"{name} (as a tensor )?must have shape")
+     for name, dtype in (("mask", torch.bool), ("index", torch.long), ("scale", torch.float32),
+                         ("shift", torch.float32), ("rotations", torch.long))
+     for shape in ((1,), (1, 1))]
+
+CPU_BACKENDS = [b.values[0] for b in BACKENDS if b.values[0][1] == "cpu"] + [("torch", "cpu")]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, ids=lambda b: b[0])
+@pytest.mark.parametrize("over,exc,match", UNCHECKED_BAD, ids=[m for _, _, m in UNCHECKED_BAD])
+def test_unchecked_path_refuses_bad_metadata_on_every_backend(backend, over, exc, match):
+    kw = dict(_good(), **over)
+    source, origins, cube = kw.pop("source"), kw.pop("origins"), kw.pop("cube_size")
+    with pytest.raises(exc, match=match):
+        ops.extract_cubes_unchecked(source, origins, cube, backend=backend[0], **kw)
+    with pytest.raises(exc, match=match):
+        rubikops.extract_cubes(source, origins, cube, backend=backend[0], validate=False, **kw)
+
+
+@pytest.mark.parametrize("op", ["compiled", "triton"])
+def test_direct_out_op_calls_refuse_a_wrong_out(op):
+    """The reproducer of the Triton double free, through the registered ops."""
+    if op == "triton" and not (ops.triton_available() and ops.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    src, origins = torch.zeros(2, 1, 8, 8, 8), torch.zeros(2, 3, 3, dtype=torch.long)
+    args = (src, origins, [4, 4, 4], None, None, None, 0.0, 0.0, 0, None, None, 1.0, -0.0, None, None, None)
+    fn = torch.ops.rubikops.extract_cubes.out if op == "compiled" else torch.ops.rubikops.extract_cubes_triton_out
+    with pytest.raises(ValueError, match="out must have shape"):
+        fn(*args, out=torch.zeros(1, 1, 1, 4, 4, 4))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        fn(*args[:5], torch.zeros(1, dtype=torch.bool), *args[6:], out=torch.zeros(2, 3, 1, 4, 4, 4))
 
 
 @pytest.mark.cuda

@@ -59,6 +59,9 @@ def test_load_from_npy(tmp_path):
     np.save(bad, arr)
     with pytest.raises(ValueError, match="row 3 .* is not a permutation"):
         load_permutation_set(bad)
+    np.save(bad, np.concatenate([p.numpy(), p.numpy()[:1]]))
+    with pytest.raises(ValueError, match="holds repeated permutations"):
+        load_permutation_set(bad)
     with pytest.raises(ValueError, match="has 8 cells per permutation, the grid has 27"):
         load_permutation_set(f, 27)
     with pytest.raises(FileNotFoundError):

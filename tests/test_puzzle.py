@@ -265,3 +265,35 @@ def test_whole_puzzle_compiles_fullgraph():
         compiled = torch.compile(step, fullgraph=True)(vols, index)
     for e, c in zip(eager, compiled):
         torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(cube_size="444"), TypeError, r"RubikCube: cube_size \(an int or 3 ints\) must be three integers, got '444'"),
+    (dict(cube_size=2.7), ValueError, r"cube_size .* \(2.7 is not an integer\)"),
+    (dict(cube_size=True), TypeError, "cube_size"),
+    (dict(grid=(2.5, 2, 2)), ValueError, r"grid .* \(2.5 is not an integer\)"),
+    (dict(grid=(2, 2)), TypeError, "grid .* must be three integers"),
+    (dict(gap=(1, 2, 3)), TypeError, r"gap \(an int or 2 ints\) must be two integers, got \(1, 2, 3\)"),
+    (dict(gap=(0.5, 2)), ValueError, "gap .* is not an integer"),
+    (dict(permutations=torch.full((4, 8), 99)), ValueError, r"permutations: row 0 = \[99, .* is not a permutation"),
+    (dict(permutations=torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6]])), ValueError, "row 0 .* is not a permutation"),
+    (dict(permutations=torch.arange(8).repeat(3, 1)), ValueError, "permutations holds repeated permutations"),
+    (dict(permutations=torch.arange(8.0).view(1, 8)), TypeError, "permutations must be an integer tensor"),
+    (dict(permutations=torch.zeros(0, 8, dtype=torch.long)), ValueError, r"must be \(K, 8\) with K >= 1"),
+])
+def test_bad_sizes_and_permutation_tensors_are_named(kw, exc, match):
+    """Nothing is truncated (int(2.7) = 2, "444" read as three 4s) and no
+    permutation tensor that would cut one cell twice gets through."""
+    with pytest.raises(exc, match=match):
+        RubikCube(**kw)
+
+
+def test_integral_floats_count_as_integers():
+    puzzle = RubikCube(grid=(2.0, 2, 2), cube_size=4.0, gap=(0.0, 2))
+    assert puzzle.grid == (2, 2, 2) and puzzle.cube_size == (4, 4, 4) and puzzle.gap == (0, 2)
+    assert all(type(v) is int for v in puzzle.cube_size + puzzle.grid + puzzle.gap)
+
+
+def test_a_valid_permutation_tensor_of_any_integer_dtype_is_taken():
+    perms = torch.tensor([[1, 0, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 7, 6]], dtype=torch.int32)
+    assert torch.equal(RubikCube(permutations=perms).permutations, perms.long())

@@ -60,8 +60,10 @@ def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s
     s_w = _as_index(s_w, WIDE)
     start = n * _as_index(s_n, WIDE) + c * _as_index(s_c, WIDE) + oz * s_d + oy * s_h + ox * s_w
     if HAS_ROT:
-        code = tl.load(rot_ptr + bm).to(tl.int32) % 48
-        code = tl.where(code < 0, code + 48, code)
+        # mod 48 in 64 bits, as the C++ kernels: a code >= 2**31 truncated to
+        # int32 first would name another rotation.
+        code = tl.load(rot_ptr + bm).to(tl.int64) % 48
+        code = tl.where(code < 0, code + 48, code).to(tl.int32)
         # axis_order(p, a) = (0x061209211824 >> (8p + 2a)) & 3 (see csrc/extract_cubes.h)
         p = code // 8
         a0 = ((0x061209211824 >> (8 * p).to(tl.int64)) & 3).to(tl.int32)
@@ -105,11 +107,27 @@ def _keep(out_offs, seed_lo, seed_hi, threshold):
 
 
 @triton.jit
+def _to_out(v, out_dtype: tl.constexpr, BF16_RTNE: tl.constexpr):
+    """v as out_dtype.  BF16_RTNE (the interpreter, bfloat16 out): round
+    float32 to nearest even by hand, as torch and the GPU compiler do; the
+    interpreter's own float32 -> bfloat16 cast truncates (2063 -> 2048, not
+    2064)."""
+    if BF16_RTNE:
+        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+        rounded = tl.where(v != v, bits | 0x400000, rounded)  # NaN stays a (quiet) NaN
+        return (rounded >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return v.to(out_dtype)
+
+
+@triton.jit
 def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
                       scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
                       HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
                       HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ARITH: tl.constexpr,
-                      F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr):
+                      F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
+                      BF16_RTNE: tl.constexpr):
     """Intensity (float(x) * scale + shift, clamp, cast), the mask and its
     random keep rule, then the store."""
     out_dtype = out_ptr.dtype.element_ty
@@ -139,18 +157,18 @@ def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, s
             v = tl.where(v > clamp_hi, clamp_hi, v)
         if VIA_F32:
             v = v.to(tl.float32)
-        y = v.to(out_dtype)
+        y = _to_out(v, out_dtype, BF16_RTNE)
     else:
         if VIA_F32:
-            y = x.to(tl.float32).to(out_dtype)
+            y = _to_out(x.to(tl.float32), out_dtype, BF16_RTNE)
         else:
-            y = x.to(out_dtype)
+            y = _to_out(x, out_dtype, BF16_RTNE)
     if HAS_MASK:
         masked = tl.load(mask_ptr + bm) != 0
         if PARAMS_IN_TENSOR:
-            fill_v = tl.load(params_ptr + 4).to(out_dtype)
+            fill_v = _to_out(tl.load(params_ptr + 4), out_dtype, BF16_RTNE)
         else:
-            fill_v = tl.full([], fill, tl.float32).to(out_dtype)
+            fill_v = _to_out(tl.full([], fill, tl.float32), out_dtype, BF16_RTNE)
         if KEEP_RANDOM:
             y = tl.where(masked & ~_keep(out_offs, seed_lo, seed_hi, threshold), fill_v, y)
         else:
@@ -168,7 +186,7 @@ def _extract_cubes_kernel(
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     ARITH: tl.constexpr, F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
-    TO: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr, PER_CUBE: tl.constexpr, WIDE: tl.constexpr,
+    BF16_RTNE: tl.constexpr, TO: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr, PER_CUBE: tl.constexpr, WIDE: tl.constexpr,
 ):
     # A program writes a (TO, TR, TW) box of one (b, m, c) cube: TW along the
     # output W axis (contiguous stores), TR along the output axis `r`, TO along
@@ -215,7 +233,7 @@ def _extract_cubes_kernel(
         _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
                           scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
                           HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
-                          PARAMS_IN_TENSOR, VIA_F32)
+                          PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
     else:
         valid_t = (io < n_o)[:, None, None] & (i2 < CW)[None, :, None] & (ir < n_r)[None, None, :]
         xt = tl.load(src_ptr + start + o_part + (i2 * st2)[None, :, None] + (ir * st_r)[None, None, :],
@@ -223,7 +241,7 @@ def _extract_cubes_kernel(
         _finish_and_store(tl.permute(xt, (0, 2, 1)), out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr,
                           shift_ptr, params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi,
                           threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
-                          PARAMS_IN_TENSOR, VIA_F32)
+                          PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
 
 
 @triton.jit
@@ -436,7 +454,10 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         params = torch.tensor([scale_value, shift_value, clamp_lo if clamp_lo is not None else 0.0,
                                clamp_hi if clamp_hi is not None else 0.0, fill], dtype=torch.float64,
                               device=source.device)
-    via_f32 = f64 and odt in (torch.float16, torch.bfloat16)  # match torch: double -> float -> half
+    # Half outputs go through float32: double -> float -> half matches torch,
+    # and a direct int16/uint8 -> bfloat16 cast gave NaNs and denormals in the
+    # interpreter (float32 holds every int16 exactly, so the rounding is the same).
+    via_f32 = (f64 or not source.dtype.is_floating_point) and odt in (torch.float16, torch.bfloat16)
     to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt)
     per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
     grid = (B * M * C * per_cube,)
@@ -447,19 +468,23 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
         *_seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
+        BF16_RTNE=_INTERPRET and odt == torch.bfloat16,
         TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
         num_warps=warps,
     )
 
 
-def _check(source, origins, cube_size, out_dtype):
-    """Cheap shape checks that keep the kernel in bounds when the op is called
-    directly through torch.ops (rubikops.extract_cubes validates fully)."""
-    torch._check(source.dim() == 5 and origins.dim() == 3 and origins.shape[2] == 3,
-                 lambda: "rubikops.extract_cubes: source must be 5-D and origins (B, M, 3)")
-    for k in range(3):
-        torch._check(1 <= int(cube_size[k]) <= source.shape[2 + k],
-                     lambda: f"rubikops.extract_cubes: cube_size {list(cube_size)} does not fit the source")
+def _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
+           clamp_lo, clamp_hi, out_dtype, out=None):
+    """The shape, dtype, device and out= checks of the C++ backends
+    (csrc/extract_cubes_checks.h), for calls that reach this op without the
+    Python ones (validate=False, torch.ops): they keep the kernel in bounds."""
+    from .. import ops
+
+    arithmetic = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
+        or scale_value != 1.0 or not reference.is_noop_shift(shift_value)
+    ops.check_tensors(source, origins, cube_size, index, rotations, mask, scale, shift, fill, out_dtype, arithmetic,
+                      out)
 
 
 class _TritonExtractCubes:
@@ -493,7 +518,8 @@ def register() -> _TritonExtractCubes:
                    rotations: Optional[Tensor], mask: Optional[Tensor], fill: float, keep_prob: float, seed: int,
                    scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
                    clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype]) -> Tensor:
-        _check(source, origins, cube_size, out_dtype)
+        _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
+               clamp_lo, clamp_hi, out_dtype)
         odt = out_dtype or reference.default_out_dtype(source.dtype)
         out = torch.empty(ops._out_shape(source, origins, cube_size), dtype=odt, device=source.device)
         _launch(runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
@@ -505,7 +531,8 @@ def register() -> _TritonExtractCubes:
                     scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
                     clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype],
                     out: Tensor) -> None:
-        _check(source, origins, cube_size, out_dtype)
+        _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
+               clamp_lo, clamp_hi, out_dtype, out)
         _launch(runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
                 scale_value, shift_value, clamp_lo, clamp_hi, out)
 
@@ -540,7 +567,12 @@ def register() -> _TritonExtractCubes:
                  rotations: Optional[Tensor], mask: Optional[Tensor], keep_prob: float, seed: int,
                  scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
                  clamp_lo: Optional[float], clamp_hi: Optional[float]) -> Tensor:
-        _check(source, origins, cube_size, None)
+        _check(source, origins, cube_size, index, rotations, mask, 0.0, scale, shift, scale_value, shift_value,
+               clamp_lo, clamp_hi, grad.dtype)
+        torch._check_value(grad.shape == ops._out_shape(source, origins, cube_size) and grad.device == source.device,
+                           lambda: f"rubikops.extract_cubes_backward: grad must have shape "
+                                   f"{ops._out_shape(source, origins, cube_size)} on {source.device}, got "
+                                   f"{tuple(grad.shape)} on {grad.device}")
         return launch_backward(lambda k: k, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
                                scale, shift, scale_value, shift_value, clamp_lo, clamp_hi)
 

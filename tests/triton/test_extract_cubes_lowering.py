@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("triton")
 
 FLAGS = ("HAS_INDEX", "HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI", "ARITH",
-         "F64", "PARAMS_IN_TENSOR", "VIA_F32")
+         "F64", "PARAMS_IN_TENSOR", "VIA_F32", "BF16_RTNE")
 
 SCRIPT = r"""
 import importlib, json, sys
@@ -48,6 +48,7 @@ CASES = [
     ("i16", "fp32", ("HAS_ROT", "ARITH", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI", "HAS_MASK"), True),
     ("fp64", "fp16", ("HAS_ROT", "ARITH", "F64", "PARAMS_IN_TENSOR", "VIA_F32", "HAS_MASK", "KEEP_RANDOM"), False),
     ("u8", "u8", ("HAS_MASK",), True),
+    ("i16", "bf16", ("HAS_ROT", "VIA_F32", "HAS_MASK"), True),  # integer source into a half output, via float32
 ]
 
 
