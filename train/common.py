@@ -570,3 +570,23 @@ def progress(total: int, initial: int, enabled: bool, desc: str, every: Optional
 def write_json(path: str, data: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         json.dump(data, fh, indent=2)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
+
+
+def write_doc_section(path: str, name: str, text: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in a
+    markdown file (appended with its markers when absent), so each script that
+    writes into a document owns one section and leaves the prose around it."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    old = open(path).read() if os.path.exists(path) else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in old and end in old.split(start, 1)[1]:
+        before, rest = old.split(start, 1)
+        new = before + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
+    write_text(path, new)

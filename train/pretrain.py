@@ -88,6 +88,8 @@ class PretrainConfig(common.RunSettings):
     alpha: float = _f(1.0, "weight of the permutation loss")
     beta: float = _f(1.0, "weight of the rotation loss")
     mask_weight: float = _f(1.0, "weight of the mask loss (Rubik's Cube+)")
+    rotation_warmup: float = _f(0.0, "fraction of the steps trained on turns (and masks) alone, before ordering "
+                                      "joins")
     cube_loss: str = _f("sum", "per-cube losses: sum (each puzzle's log-likelihood: 3-way turn CE summed over "
                                "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
     out: str = _f("runs/pretrain", "output folder")
@@ -144,6 +146,7 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("momentum", "mask_prob", "mask_keep_prob"):
         common.require_range(cfg, name, 0, 1)
     common.require_range(cfg, "dropout", 0, 1, hi_open=True)
+    common.require_range(cfg, "rotation_warmup", 0, 1, hi_open=True)
 
 
 def make_puzzle(cfg: PretrainConfig) -> rubikops.RubikCube:
@@ -356,8 +359,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         t1 = time.perf_counter()
         with amp_ctx():
             out = fwd(cubes)
-            loss, parts = puzzle_loss(out, targets, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight,
-                                       cfg.cube_loss)
+            alpha = 0.0 if step < cfg.rotation_warmup * cfg.steps else cfg.alpha
+            loss, parts = puzzle_loss(out, targets, cfg.rotations, alpha, cfg.beta, cfg.mask_weight, cfg.cube_loss)
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
         if timed:
@@ -438,26 +441,46 @@ def save_encoder(model: SiameseOctad, cfg: PretrainConfig, path: str, step: int)
         "step": step, "source": "rubikops train/pretrain.py"})
 
 
+def chance_levels(cfg: PretrainConfig) -> dict:
+    """Accuracy of always answering the most frequent label, per task."""
+    return {"order_acc": 1.0 / cfg.num_permutations,
+            "orient_acc": {"paper": 1 / 3, "all": 1 / 24}.get(cfg.rotations),
+            "mask_acc": max(cfg.mask_prob, 1 - cfg.mask_prob) if cfg.mask_prob > 0 else None}
+
+
 def finish(cfg, model, last_eval, step, puzzles_per_s, logger) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
+    chance = chance_levels(cfg)
+    trained = {"order_acc": cfg.alpha > 0, "orient_acc": cfg.beta > 0 and cfg.rotations != "none",
+               "mask_acc": cfg.mask_weight > 0 and cfg.mask_prob > 0}
     summary = {
-        "steps": step, "puzzles_per_s": puzzles_per_s,
+        "steps": step, "encoder_step": step, "puzzles_per_s": puzzles_per_s,
         "order_acc": last_eval.get("eval/order_acc"), "orient_acc": last_eval.get("eval/orient_acc"),
-        "mask_acc": last_eval.get("eval/mask_acc"), "chance_order_acc": 1.0 / cfg.num_permutations,
+        "mask_acc": last_eval.get("eval/mask_acc"), "num_permutations": cfg.num_permutations,
+        **{f"chance_{k}": v for k, v in chance.items()},
+        "trained_order": trained["order_acc"], "trained_orient": trained["orient_acc"],
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
         "puzzles_png": os.path.join(cfg.out, "puzzles.png"), "metrics_csv": logger.csv_path,
     }
     common.write_json(os.path.join(cfg.out, "summary.json"), summary)
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = []
+    for key, task in (("order_acc", "ordering"), ("orient_acc", "orientation"), ("mask_acc", "masking")):
+        if chance[key] is None:
+            continue
+        acc = summary[key]
+        verdict = ("not trained (its loss weight is 0)" if not trained[key] else
+                   "STILL AT CHANCE: this task learned nothing" if acc is not None and acc < chance[key] + 0.02 else
+                   f"{acc / chance[key]:.1f}x chance" if acc is not None else "not evaluated")
+        lines.append(f"  {task:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"held-out puzzles: ordering accuracy {pct(summary['order_acc'])} (chance {pct(1 / cfg.num_permutations)}),"
-          f" orientation accuracy {pct(summary['orient_acc'])} (chance 33.3%)"
-          + (f", mask accuracy {pct(summary['mask_acc'])}" if summary["mask_acc"] is not None else "") +
-          f"\ncheckpoints: {summary['checkpoints']}\nencoder weights: {summary['encoder']} (+ encoder.json)\n"
-          f"example puzzles: {summary['puzzles_png']}\nlogs: {summary['metrics_csv']}, "
-          f"{os.path.join(cfg.out, 'tensorboard')}")
+          f"held-out puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume), encoder of step {step}:\n"
+          + "\n".join(lines) +
+          f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
+          f"(+ encoder.json)\nexample puzzles: {summary['puzzles_png']}\nlogs: {summary['metrics_csv']}"
+          + (f", {os.path.join(cfg.out, 'tensorboard')}" if cfg.tensorboard else ""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""The pretext study: held-out ordering and orientation accuracy of
+pretraining as one setting at a time moves away from the defaults.
+
+    python train/pretext_study.py                          # every row, 2-core CPU: about 40 minutes
+    python train/pretext_study.py --rows defaults,joint_heads --seeds 0,1,2
+    python train/pretext_study.py --steps 3000 --device cuda
+
+Each row is ``python train/pretrain.py`` with the row's flags added (printed
+with the table, so any row reruns on its own), evaluated on the fixed
+held-out puzzles of the held-out volume.  Rows finished earlier are read
+back, not rerun.  The table goes to --out/study.md and, with --docs, into
+docs/experiment.md between its pretext-study markers."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import pretrain  # noqa: E402
+from common import UserError  # noqa: E402
+
+# (row name, what it changes, flags added to the defaults)
+ROWS = [
+    ("defaults", "the defaults", []),
+    ("before", "the defaults before this study: joint heads, mean loss, no augmentation, 3 volumes' worth",
+     ["--no-cube-heads", "--cube-loss", "mean", "--augment", "none"]),
+    ("joint_heads", "heads: the paper's joint heads over all cubes", ["--no-cube-heads"]),
+    ("mean_loss", "loss: the paper's form (sigmoid BCE averaged over cubes)", ["--cube-loss", "mean"]),
+    ("paper_weights", "loss: the paper's alpha = beta = 0.5 with its mean form",
+     ["--cube-loss", "mean", "--alpha", "0.5", "--beta", "0.5"]),
+    ("rotation_warmup", "schedule: turns alone for the first 20% of steps", ["--rotation-warmup", "0.2"]),
+    ("rotation_only", "task: turns alone", ["--alpha", "0"]),
+    ("ordering_only", "task: ordering alone", ["--beta", "0"]),
+    ("cube_norm", "input: each cube to [-1, 1] (the paper)", ["--normalize", "cube"]),
+    ("octant_pool", "head input: average per octant instead of global", ["--pool", "grid"]),
+    ("hidden_512", "head: 512 hidden units", ["--hidden", "512"]),
+    ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2"]),
+    ("cubes_64mm", "scale: 16^3 cubes at 4 mm (64 mm)", ["--spacing", "4"]),
+    ("cubes_96mm", "scale: 24^3 cubes at 4 mm (96 mm)", ["--spacing", "4", "--cube-size", "24", "--gap", "0,2"]),
+    ("no_augment", "data: no augmentation", ["--augment", "none"]),
+    ("masks", "Rubik's Cube+: half the cubes masked", ["--mask-prob", "0.5"]),
+]
+ROW_NAMES = [r[0] for r in ROWS]
+
+
+def parse(argv=None):
+    p = common.ArgumentParser(prog="python train/pretext_study.py", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/pretext_study", help="one folder per row and seed")
+    p.add_argument("--rows", default="all", help=f"comma-separated rows, or all: {', '.join(ROW_NAMES)}")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--steps", default="1000", help="pretraining steps per run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pretrain-args", default="", help="extra flags for every run of train/pretrain.py")
+    p.add_argument("--docs", default=None, help="also write the table into DOCS/experiment.md")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    rows = ROW_NAMES if args.rows == "all" else [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROW_NAMES]
+    if unknown or not rows:
+        raise UserError(f"--rows: unknown row(s) {unknown or args.rows!r}; choose from {', '.join(ROW_NAMES)}")
+    seeds = common.parse_list(args.seeds, int, "--seeds")
+    steps = common.parse_list(args.steps, int, "--steps")
+    if len(steps) != 1 or steps[0] < 1:
+        raise UserError(f"--steps takes one int >= 1, got {args.steps!r}")
+    return rows, seeds, steps[0]
+
+
+def run_row(name: str, seed: int, steps: int, args) -> dict:
+    flags = dict((r[0], r[2]) for r in ROWS)[name]
+    folder = os.path.join(args.out, f"{name}_seed{seed}")
+    summary = os.path.join(folder, "summary.json")
+    if not os.path.exists(summary):
+        resume = ["--resume"] if common.Checkpoints(os.path.join(folder, "checkpoints")).latest() else []
+        argv = ["--out", folder, "--steps", str(steps), "--seed", str(seed), "--device", args.device,
+                "--no-progress", "--no-tensorboard", "--eval-every", str(max(1, steps // 4)), *flags,
+                *args.pretrain_args.split(), *resume]
+        print(f"== {name} seed {seed}: python train/pretrain.py {' '.join(argv)}", flush=True)
+        if common.run_main(pretrain.main, argv) != 0:
+            raise UserError(f"pretext study: row {name} seed {seed} failed (see above)")
+    with open(summary) as fh:
+        return json.load(fh)
+
+
+def _mean_sd(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
+
+
+def table(results: dict, rows, seeds, steps: int) -> str:
+    def cell(vals, chance):
+        m, sd = _mean_sd(vals)
+        if math.isnan(m):
+            return "n/a"
+        spread = f" ± {100 * sd:.1f}" if len(seeds) > 1 else ""
+        return f"{100 * m:.1f}{spread}" + (" (chance)" if m < chance + 0.02 else "")
+
+    lines = [f"| row | what changes | ordering % (chance {100 / results[(rows[0], seeds[0])]['num_permutations']:.1f}) "
+             "| orientation % (chance 33.3) | puzzles/s | flags added |", "|---|---|---|---|---|---|"]
+    what = dict((r[0], r[1]) for r in ROWS)
+    flags = dict((r[0], r[2]) for r in ROWS)
+    for name in rows:
+        rs = [results[(name, s)] for s in seeds]
+        chance_order = 1.0 / rs[0]["num_permutations"]
+        order = cell([r["order_acc"] for r in rs], chance_order) if rs[0].get("trained_order") else "not trained"
+        orient = cell([r["orient_acc"] for r in rs], 1 / 3) if rs[0].get("trained_orient") else "not trained"
+        speed = sum(r["puzzles_per_s"] for r in rs) / len(rs)
+        lines.append(f"| {name} | {what[name]} | {order} | {orient} | {speed:.0f} | `{' '.join(flags[name]) or '-'}` |")
+    head = (f"`python train/pretext_study.py --steps {steps} --seeds {','.join(map(str, seeds))}`: "
+            f"{steps} pretraining steps per run, held-out accuracy on the fixed puzzles of the held-out volume "
+            f"{'(mean ± sd over seeds)' if len(seeds) > 1 else f'(seed {seeds[0]})'}.")
+    return head + "\n\n" + "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    rows, seeds, steps = check_args(args)
+    results = {(name, s): run_row(name, s, steps, args) for name in rows for s in seeds}
+    text = table(results, rows, seeds, steps)
+    os.makedirs(args.out, exist_ok=True)
+    common.write_text(os.path.join(args.out, "study.md"), text + "\n")
+    if args.docs:
+        common.write_doc_section(os.path.join(args.docs, "experiment.md"), "pretext-study", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    common.exit_main(main)
