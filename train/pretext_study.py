@@ -26,22 +26,25 @@ from common import UserError  # noqa: E402
 
 # (row name, what it changes, flags added to the defaults)
 ROWS = [
-    ("defaults", "the defaults", []),
-    ("before", "the defaults before this study: joint heads, mean loss, no augmentation, 3 volumes' worth",
-     ["--no-cube-heads", "--cube-loss", "mean", "--augment", "none"]),
-    ("joint_heads", "heads: the paper's joint heads over all cubes", ["--no-cube-heads"]),
+    ("defaults", "the defaults (64 mm cubes, octant pooling, per-cube heads, summed loss, augmentation)", []),
+    ("before", "the defaults before this study: 32 mm cubes, global pooling, joint heads, mean loss, no "
+               "augmentation", ["--spacing", "2", "--gap", "0,4", "--pool", "avg", "--no-cube-heads",
+                                "--cube-loss", "mean", "--augment", "none"]),
+    ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2", "--gap", "0,4"]),
+    ("cubes_48mm", "scale: 16^3 cubes at 3 mm (48 mm)", ["--spacing", "3", "--gap", "0,3"]),
+    ("cubes_80mm", "scale: 16^3 cubes at 5 mm (80 mm; a 2x2x2 grid of 96 mm cubes does not fit in a head)",
+     ["--spacing", "5"]),
+    ("global_pool", "head input: global average of each cube's features", ["--pool", "avg"]),
+    ("flatten_pool", "head input: each cube's whole feature map", ["--pool", "flatten"]),
+    ("hidden_512", "head: 512 hidden units", ["--hidden", "512"]),
+    ("joint_heads", "head: the paper's joint turn/mask heads over all cubes", ["--no-cube-heads"]),
     ("mean_loss", "loss: the paper's form (sigmoid BCE averaged over cubes)", ["--cube-loss", "mean"]),
-    ("paper_weights", "loss: the paper's alpha = beta = 0.5 with its mean form",
+    ("paper_weights", "loss: the paper's form with its alpha = beta = 0.5",
      ["--cube-loss", "mean", "--alpha", "0.5", "--beta", "0.5"]),
     ("rotation_warmup", "schedule: turns alone for the first 20% of steps", ["--rotation-warmup", "0.2"]),
     ("rotation_only", "task: turns alone", ["--alpha", "0"]),
     ("ordering_only", "task: ordering alone", ["--beta", "0"]),
     ("cube_norm", "input: each cube to [-1, 1] (the paper)", ["--normalize", "cube"]),
-    ("octant_pool", "head input: average per octant instead of global", ["--pool", "grid"]),
-    ("hidden_512", "head: 512 hidden units", ["--hidden", "512"]),
-    ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2"]),
-    ("cubes_64mm", "scale: 16^3 cubes at 4 mm (64 mm)", ["--spacing", "4"]),
-    ("cubes_96mm", "scale: 24^3 cubes at 4 mm (96 mm)", ["--spacing", "4", "--cube-size", "24", "--gap", "0,2"]),
     ("no_augment", "data: no augmentation", ["--augment", "none"]),
     ("masks", "Rubik's Cube+: half the cubes masked", ["--mask-prob", "0.5"]),
 ]
@@ -106,7 +109,7 @@ def table(results: dict, rows, seeds, steps: int) -> str:
         return f"{100 * m:.1f}{spread}" + (" (chance)" if m < chance + 0.02 else "")
 
     lines = [f"| row | what changes | ordering % (chance {100 / results[(rows[0], seeds[0])]['num_permutations']:.1f}) "
-             "| orientation % (chance 33.3) | puzzles/s | flags added |", "|---|---|---|---|---|---|"]
+             "| orientation % (chance 33.3) | flags added |", "|---|---|---|---|---|"]
     what = dict((r[0], r[1]) for r in ROWS)
     flags = dict((r[0], r[2]) for r in ROWS)
     for name in rows:
@@ -114,8 +117,7 @@ def table(results: dict, rows, seeds, steps: int) -> str:
         chance_order = 1.0 / rs[0]["num_permutations"]
         order = cell([r["order_acc"] for r in rs], chance_order) if rs[0].get("trained_order") else "not trained"
         orient = cell([r["orient_acc"] for r in rs], 1 / 3) if rs[0].get("trained_orient") else "not trained"
-        speed = sum(r["puzzles_per_s"] for r in rs) / len(rs)
-        lines.append(f"| {name} | {what[name]} | {order} | {orient} | {speed:.0f} | `{' '.join(flags[name]) or '-'}` |")
+        lines.append(f"| {name} | {what[name]} | {order} | {orient} | `{' '.join(flags[name]) or '-'}` |")
     head = (f"`python train/pretext_study.py --steps {steps} --seeds {','.join(map(str, seeds))}`: "
             f"{steps} pretraining steps per run, held-out accuracy on the fixed puzzles of the held-out volume "
             f"{'(mean ± sd over seeds)' if len(seeds) > 1 else f'(seed {seeds[0]})'}.")

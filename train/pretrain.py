@@ -43,7 +43,8 @@ class PretrainConfig(common.RunSettings):
     # data
     data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
                                    "MRI templates (requirements-data.txt)", "str")
-    spacing: float = _f(2.0, "resample to this spacing in mm (0: keep the files')")
+    spacing: float = _f(4.0, "resample to this spacing in mm (0: keep the files'); with 16^3 cubes, 4 mm makes "
+                                  "64 mm cubes, the scale at which both tasks learn (docs/experiment.md)")
     intensity: str = _f("zscore", "zscore (MRI), window (CT, see --window) or none")
     window: tuple = _f((-1000.0, 1000.0), "CT window lo,hi in HU", "floats")
     crop_foreground: bool = _f(True, "crop each volume to its foreground")
@@ -57,7 +58,7 @@ class PretrainConfig(common.RunSettings):
     grid: tuple = _f((2, 2, 2), "cubes per axis", "ints")
     cube_size: tuple = _f((16, 16, 16), "cube edge(s) in voxels", "ints")
     num_permutations: int = _f(24, "K, the permutation classes")
-    gap: tuple = _f((0, 4), "gap between cubes lo,hi voxels", "ints")
+    gap: tuple = _f((0, 2), "gap between cubes lo,hi voxels", "ints")
     rotations: str = _f("paper", "paper (180 deg turns, 2 per cube), all (24 rotations), none")
     mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
     mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
@@ -72,7 +73,7 @@ class PretrainConfig(common.RunSettings):
     norm: str = _f("batch", "batch, instance or group")
     hidden: int = _f(128, "hidden units of each head (one hidden layer; 0: linear)")
     dropout: float = _f(0.1, "dropout in the heads")
-    pool: str = _f("avg", "cube features: avg (global average), grid (average per octant) or flatten")
+    pool: str = _f("grid", "cube features: avg (global average), grid (average per octant) or flatten")
     cube_heads: bool = _f(True, "rotation/mask heads shared by the cubes, each seeing its cube and the puzzle's "
                                 "mean (false: the paper's joint heads over all cubes)")
     channels: int = _f(1, "input channels (modalities)")
@@ -94,21 +95,23 @@ class PretrainConfig(common.RunSettings):
                                "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
     out: str = _f("runs/pretrain", "output folder")
     eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
-    eval_puzzles: int = _f(128, "fixed held-out puzzles")
+    eval_puzzles: int = _f(512, "fixed held-out puzzles")
 
 PRESETS = {
     # Zhuang et al. 2019 as far as the paper states it: 2x2x2 cubes, K = 100
     # permutations chosen for large Hamming distance, random gaps of about 10
     # voxels, 180-degree turns about two axes, 3D VGG, per-cube normalisation.
-    # What it leaves open (width, cube size, optimiser) is our choice.
+    # What it leaves open (width, cube size, spacing, optimiser) is our choice:
+    # 32^3 cubes at 2 mm make 64 mm cubes, the scale at which the pretext study
+    # (docs/experiment.md) found both tasks learn; at 32 mm neither took off.
     "paper": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 10), rotations="paper", backbone="vgg", width=32,
                   cube_size=(32, 32, 32), normalize="cube", batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9,
-                  weight_decay=5e-4, schedule="step", steps=20000, spacing=1.0, hidden=512, dropout=0.5),
+                  weight_decay=5e-4, schedule="step", steps=20000, spacing=2.0, hidden=512, dropout=0.5),
     # Rubik's Cube+ (Zhu et al. 2020): the above plus cube masking and a 3D ResNet-18.
     "rubikcube_plus": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 10), rotations="paper",
                            backbone="resnet18", width=32, cube_size=(32, 32, 32), normalize="cube", mask_prob=0.5,
                            mask_keep_prob=0.0, batch_size=32, optimizer="sgd", lr=0.01, schedule="step",
-                           steps=20000, spacing=1.0, hidden=512, dropout=0.5),
+                           steps=20000, spacing=2.0, hidden=512, dropout=0.5),
     # a few-second smoke run (tests, CI)
     "tiny": dict(spacing=4.0, cube_size=(8, 8, 8), gap=(0, 2), width=4, hidden=32, batch_size=4, steps=6,
                  eval_every=3, checkpoint_every=3, log_every=1, eval_puzzles=8, num_permutations=8),

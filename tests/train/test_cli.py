@@ -16,7 +16,7 @@ def _help_text(main, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["pretrain", "finetune", "experiment", "rubikops.data", "rubikops.demo"])
+@pytest.mark.parametrize("name", ["pretrain", "finetune", "experiment", "pretext_study", "rubikops.data", "rubikops.demo"])
 def test_help_exits_0_and_shows_each_default_once(name, capsys):
     if name.startswith("rubikops."):
         import importlib

@@ -28,7 +28,8 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
     for f in ("config.yaml", "encoder.pt", "encoder.json", "metrics.csv", "puzzles.png", "summary.json",
               "checkpoints/best.pt", "checkpoints/step_0000006.pt", "tensorboard"):
         assert os.path.exists(out / f), f
-    assert "held-out puzzles: ordering accuracy" in cap.out and "batch generation" in cap.out
+    assert "held-out puzzles (8 fixed puzzles of the held-out volume), encoder of step 6" in cap.out
+    assert "(chance 12.5%)" in cap.out and "(chance 33.3%)" in cap.out and "batch generation" in cap.out
     # encoder.pt is a plain state_dict a fresh encoder takes
     from rubikops.models import build_encoder
     enc = build_encoder("vgg", 1, 4)
@@ -165,3 +166,21 @@ def test_rng_state_round_trips_through_weights_only_and_old_checkpoints_still_lo
         random.seed(0)
         common.set_rng_state(common.load_tensors(str(path))["rng"], {})
         assert (np.random.random(), random.random(), torch.rand(1).item()) == expected
+
+
+def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
+    """The pretraining recipe learns both tasks: 300 steps on the bundled volumes (64 mm cubes of 8^3
+    voxels at 8 mm, a small VGG), judged on fixed puzzles of the held-out volume, which training never
+    sees.  Measured at seed 0: ordering 17.2% (chance 4.2%), orientation 44.6% (chance 33.3%); the
+    bounds sit about three binomial standard errors (256 puzzles) below."""
+    import json
+    out = tmp_path / "run"
+    rc, cap = _run(["--spacing", "8", "--cube-size", "8", "--gap", "0,2", "--width", "8", "--hidden", "64",
+                    "--steps", "300", "--eval-every", "300", "--eval-puzzles", "256", "--out", str(out),
+                    "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--no-tensorboard"], capsys)
+    assert rc == 0, cap.err
+    summary = json.load(open(out / "summary.json"))
+    assert summary["chance_order_acc"] == pytest.approx(1 / 24) and summary["chance_orient_acc"] == pytest.approx(1 / 3)
+    assert summary["order_acc"] > 2.5 * summary["chance_order_acc"], summary
+    assert summary["orient_acc"] > summary["chance_orient_acc"] + 0.06, summary
+    assert "STILL AT CHANCE" not in cap.out

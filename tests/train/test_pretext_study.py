@@ -1,0 +1,53 @@
+"""train/pretext_study.py end to end with tiny settings: each row is a pretraining run with the
+row's flags, finished rows are read back instead of rerun, and the table lands between the
+docs markers without touching the rest of the file."""
+import json
+import os
+
+import pytest
+
+from .helpers import script, smooth_volumes
+
+study = script("pretext_study")
+common = script("common")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return smooth_volumes(tmp_path_factory.mktemp("scans"))
+
+
+def test_rows_run_resume_and_fill_the_docs_section(data, tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "experiment.md").write_text("# Title\n\nkept above\n\n<!-- pretext-study:start -->\nold\n"
+                                        "<!-- pretext-study:end -->\n\nkept below\n")
+    out = tmp_path / "study"
+    argv = ["--out", str(out), "--rows", "rotation_only,ordering_only", "--seeds", "0,1", "--steps", "4",
+            "--pretrain-args", f"--preset tiny --data {data} --cache-dir {tmp_path / 'cache'} --spacing 1",
+            "--docs", str(docs)]
+    assert common.run_main(study.main, argv) == 0, capsys.readouterr().err
+    for row in ("rotation_only", "ordering_only"):
+        for seed in (0, 1):
+            summary = json.load(open(out / f"{row}_seed{seed}" / "summary.json"))
+            assert summary["steps"] == 4
+    assert json.load(open(out / "rotation_only_seed0" / "summary.json"))["trained_order"] is False
+    text = (docs / "experiment.md").read_text()
+    assert text.startswith("# Title\n\nkept above\n") and text.rstrip().endswith("kept below")
+    assert "old" not in text and "| rotation_only |" in text and "mean ± sd over seeds" in text
+    table_rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "not trained" in table_rows["rotation_only"].split("|")[3]    # ordering column
+    assert "not trained" in table_rows["ordering_only"].split("|")[4]    # orientation column
+    assert "`--alpha 0`" in table_rows["rotation_only"]
+    # a second call reads the finished rows back: nothing is rerun
+    stamp = os.path.getmtime(out / "ordering_only_seed0" / "summary.json")
+    capsys.readouterr()
+    assert common.run_main(study.main, argv) == 0
+    assert "== ordering_only" not in capsys.readouterr().out
+    assert os.path.getmtime(out / "ordering_only_seed0" / "summary.json") == stamp
+
+
+def test_unknown_row_is_one_line(capsys):
+    assert common.run_main(study.main, ["--rows", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rows" in err[0] and "nope" in err[0]
