@@ -120,11 +120,43 @@ def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
     rows.append(utils.Row("puzzle sampling, rubikops::sample_puzzle", wl, t_fused, 0, baseline_s=t_ref.median_s))
     print(f"puzzle sampling: fused op {t_fused.median_s * 1e6:.1f} us, plain-torch reference "
           f"{t_ref.median_s * 1e6:.1f} us ({t_ref.median_s / t_fused.median_s:.1f}x)")
+    _add_augment_rows(rows, dev, B, cube, vol, rep)
     if dev.type == "cuda" and rubikops.ops.triton_available():  # what a build without the CUDA kernels samples with
         triton_sampler = RubikCube(**settings, backend="triton")
         t_tri = utils.time_fn(lambda: triton_sampler.sample(B, shapes, index, gen), dev, repeats=rep)
         rows.append(utils.Row("puzzle sampling, Triton kernel", wl, t_tri, 0, baseline_s=t_ref.median_s))
     return puzzle
+
+
+def _add_augment_rows(rows, dev, B, cube, vol, rep):
+    """Label-preserving augmentation on the batch's device, against the same puzzles cut from the
+    bank without it: the crop resample (rotation + zoom before cutting) and the per-cube intensity
+    changes (contrast, gamma, bias field, noise) after it."""
+    from rubikops.augment import CropAffine, IntensityAugment
+    from rubikops.data import VolumeBank
+    from rubikops.puzzle import RubikCube
+
+    g = torch.Generator().manual_seed(5)
+    bank = VolumeBank([torch.randn(1, vol, vol, vol, generator=g) for _ in range(4)], device=dev)
+    puzzle = RubikCube(grid=(2, 2, 2), cube_size=cube, num_permutations=100, gap=(0, 10), rotations="paper",
+                       normalize=None, validate=False)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    wl = f"B={B} M=8 {cube}^3 from a bank of 4 x {vol}^3 f32"
+    cubes, _ = bank.puzzles(puzzle, B, gen)
+    nbytes = 2 * cubes.numel() * 4
+    t_plain = utils.time_fn(lambda: bank.puzzles(puzzle, B, gen), dev, repeats=rep)
+    rows.append(utils.Row("bank.puzzles, no augmentation", wl, t_plain, nbytes))
+    crop = CropAffine(max_angle=10.0, zoom=(0.9, 1.1))
+    t_geo = utils.time_fn(lambda: bank.puzzles(puzzle, B, gen, crop_transform=crop), dev, repeats=rep)
+    rows.append(utils.Row("bank.puzzles + CropAffine (resampled crops)", wl, t_geo, nbytes,
+                          extra={"ratio_to_no_augmentation": t_geo.median_s / t_plain.median_s}))
+    intensity = IntensityAugment()
+    t_int = utils.time_fn(lambda: intensity(cubes, gen), dev, repeats=rep)
+    rows.append(utils.Row("IntensityAugment on the cut cubes", wl, t_int, nbytes,
+                          extra={"ratio_to_no_augmentation": t_int.median_s / t_plain.median_s}))
+    print(f"augmentation, relative to cutting the same puzzles without it: crop resample "
+          f"{t_geo.median_s / t_plain.median_s:.2f}x, per-cube intensity {t_int.median_s / t_plain.median_s:.2f}x "
+          f"(+{t_int.median_s * 1e3:.1f} ms)")
 
 
 def bench_cuda(args) -> list[utils.Row]:

@@ -51,7 +51,12 @@ def test_resample_crops_matches_grid_sample(dtype):
         torch.testing.assert_close(out[b].double(), ref, atol=2e-4 * float(ref.abs().max()), rtol=1e-4)
 
 
-def test_identity_resampling_is_the_box():
+@pytest.mark.parametrize("path", ["grid_sample", "gather"])
+def test_identity_resampling_is_the_box(path, monkeypatch):
+    """The corner gather gives the box bit for bit; grid_sample's normalised float32 coordinates
+    are off by about 1e-7 of the packed storage's length."""
+    import rubikops.augment as augment
+    monkeypatch.setattr(augment, "_force_gather", path == "gather")
     bank = _bank()
     crop = (8, 9, 10)
     index = torch.tensor([0, 1, 1, 2])
@@ -60,7 +65,11 @@ def test_identity_resampling_is_the_box():
     out = resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, torch.eye(3).expand(4, 3, 3), crop)
     for b in range(4):
         z, y, x = starts[b].tolist()
-        assert torch.equal(out[b], bank[int(index[b])][:, z:z + 8, y:y + 9, x:x + 10])
+        box = bank[int(index[b])][:, z:z + 8, y:y + 9, x:x + 10]
+        if path == "gather":
+            assert torch.equal(out[b], box)
+        else:
+            torch.testing.assert_close(out[b], box, atol=1e-4, rtol=0)
 
 
 def test_rotation_matrices_are_rotations():
@@ -164,3 +173,21 @@ def test_intensity_augment_refuses_bad_settings(bad):
 def test_intensity_augment_refuses_bad_cubes():
     with pytest.raises(ValueError, match="IntensityAugment: cubes"):
         IntensityAugment()(torch.zeros(2, 8, 1, 4, 4, 4, dtype=torch.int16))
+
+
+def test_grid_sample_path_matches_the_corner_gather_path(monkeypatch):
+    """float32 banks take one grid_sample over the packed storage; the corner gather (every other
+    dtype) is the independent check, on volumes of different shapes so that crops near an edge
+    would read the neighbouring volume if the clamping were wrong."""
+    import rubikops.augment as augment
+    g = torch.Generator().manual_seed(11)
+    bank = VolumeBank([torch.randn(1, 9 + i, 12 - i, 7 + 2 * i, generator=g) * 50 for i in range(3)])
+    index = torch.tensor([0, 1, 2, 2, 1, 0])
+    angles = (torch.rand(6, 3, generator=g) * 2 - 1) * 0.6
+    mats = rotation_matrices(angles) * (0.7 + 0.6 * torch.rand(6, 1, 1, generator=g))
+    centres = torch.rand(6, 3, generator=g) * bank.shapes[index].float()  # some crops hang over the edges
+    args = (bank.storage, bank.shapes, bank.offsets, index, centres, mats, (5, 6, 7))
+    fast = resample_crops(*args)
+    monkeypatch.setattr(augment, "_force_gather", True)
+    slow = resample_crops(*args)
+    torch.testing.assert_close(fast, slow, atol=1e-3, rtol=1e-5)
