@@ -79,7 +79,7 @@ class PretrainConfig(common.RunSettings):
     channels: int = _f(1, "input channels (modalities)")
     # optimisation
     batch_size: int = _f(16, "puzzles per step (per rank)")
-    steps: int = _f(2000, "optimisation steps")
+    steps: int = _f(1500, "optimisation steps")
     lr: float = _f(2e-3, "peak learning rate")
     schedule: str = _f("cosine", "cosine, step (x0.1 at 60% and 85%) or constant, after warm-up")
     warmup_steps: int = _f(30, "linear warm-up steps")
