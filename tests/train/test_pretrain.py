@@ -184,3 +184,15 @@ def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
     assert summary["order_acc"] > 2.5 * summary["chance_order_acc"], summary
     assert summary["orient_acc"] > summary["chance_orient_acc"] + 0.06, summary
     assert "STILL AT CHANCE" not in cap.out
+
+
+@pytest.mark.parametrize("preset", [None, "paper", "rubikcube_plus"])
+def test_every_preset_fits_the_bundled_volumes(preset, tmp_path):
+    """Each preset's puzzle crop fits every bundled pretraining volume at the preset's spacing (the
+    bank refuses a crop that does not fit, so a preset that does not is a preset that cannot run)."""
+    from rubikops.data import VolumeBank
+    cfg, _ = pretrain.parse(([] if preset is None else ["--preset", preset]) + ["--cache-dir", str(tmp_path / "c")])
+    puzzle = pretrain.make_puzzle(cfg)
+    train, held_out = pretrain.load_data(cfg, common.Dist())
+    for volumes in (train, held_out):
+        VolumeBank(volumes).check_puzzle(puzzle)
