@@ -1,7 +1,7 @@
 """The pretext study: held-out ordering and orientation accuracy of
 pretraining as one setting at a time moves away from the defaults.
 
-    python train/pretext_study.py                          # every row, 2-core CPU: about 40 minutes
+    python train/pretext_study.py --seeds 0,1 --docs docs  # every row, 2 seeds: the table in docs/experiment.md
     python train/pretext_study.py --rows defaults,joint_heads --seeds 0,1,2
     python train/pretext_study.py --steps 3000 --device cuda
 
@@ -32,13 +32,11 @@ ROWS = [
                                 "--cube-loss", "mean", "--augment", "none"]),
     ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2", "--gap", "0,4"]),
     ("cubes_48mm", "scale: 16^3 cubes at 3 mm (48 mm)", ["--spacing", "3", "--gap", "0,3"]),
-    ("cubes_80mm", "scale: 16^3 cubes at 5 mm (80 mm; a 2x2x2 grid of 96 mm cubes does not fit in a head)",
-     ["--spacing", "5"]),
+    ("cubes_72mm", "scale: 16^3 cubes at 4.5 mm (72 mm: the largest whose 2x2x2 crop fits every bundled volume)",
+     ["--spacing", "4.5"]),
     ("global_pool", "head input: global average of each cube's features", ["--pool", "avg"]),
-    ("flatten_pool", "head input: each cube's whole feature map", ["--pool", "flatten"]),
     ("hidden_512", "head: 512 hidden units", ["--hidden", "512"]),
     ("joint_heads", "head: the paper's joint turn/mask heads over all cubes", ["--no-cube-heads"]),
-    ("mean_loss", "loss: the paper's form (sigmoid BCE averaged over cubes)", ["--cube-loss", "mean"]),
     ("paper_weights", "loss: the paper's form with its alpha = beta = 0.5",
      ["--cube-loss", "mean", "--alpha", "0.5", "--beta", "0.5"]),
     ("rotation_warmup", "schedule: turns alone for the first 20% of steps", ["--rotation-warmup", "0.2"]),
@@ -57,7 +55,7 @@ def parse(argv=None):
     p.add_argument("--out", default="runs/pretext_study", help="one folder per row and seed")
     p.add_argument("--rows", default="all", help=f"comma-separated rows, or all: {', '.join(ROW_NAMES)}")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
-    p.add_argument("--steps", default="1000", help="pretraining steps per run")
+    p.add_argument("--steps", default="300", help="pretraining steps per run")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrain-args", default="", help="extra flags for every run of train/pretrain.py")
     p.add_argument("--docs", default=None, help="also write the table into DOCS/experiment.md")

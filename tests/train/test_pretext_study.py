@@ -51,3 +51,16 @@ def test_unknown_row_is_one_line(capsys):
     assert common.run_main(study.main, ["--rows", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rows" in err[0] and "nope" in err[0]
+
+
+def test_every_row_is_valid_and_fits_the_bundled_volumes(tmp_path):
+    """Each row's flags parse and pass pretrain's checks, and its puzzle crop fits every bundled
+    volume at the row's spacing (a row that did not would stop the study midway)."""
+    from rubikops.data import VolumeBank
+    pretrain = script("pretrain")
+    for name, _, flags in study.ROWS:
+        cfg, _ = pretrain.parse([*flags, "--cache-dir", str(tmp_path / "c")])
+        pretrain.check_config(cfg)
+        puzzle = pretrain.make_puzzle(cfg)
+        for volumes in pretrain.load_data(cfg, common.Dist()):
+            VolumeBank(volumes).check_puzzle(puzzle)
