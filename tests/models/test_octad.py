@@ -90,7 +90,7 @@ def test_summed_cube_loss_is_each_puzzles_negative_log_likelihood():
             h, v = out.rotation[b, m].tolist()
             logp = torch.log_softmax(torch.tensor([0.0, h, v], dtype=torch.float64), 0)
             rot -= float(logp[int(t.rotation[b, m, 0] + 2 * t.rotation[b, m, 1])])
-            q = torch.sigmoid(out.mask[b, m].double())
+            q = torch.sigmoid(out.mask[b, m].detach().double())
             msk -= float(torch.log(q if t.mask[b, m] else 1 - q))
     ce = float(F.cross_entropy(out.permutation, t.permutation))
     assert abs(float(parts["rotation"]) - rot / B) < 1e-4 and abs(float(parts["mask"]) - msk / B) < 1e-4
