@@ -433,7 +433,8 @@ def as_integers(value, count: int, label: str) -> tuple:
         raise TypeError(f"{label} must be {words} integers, got {value!r}")
     out = []
     for v in value:
-        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+        if isinstance(v, torch.SymInt) or (isinstance(v, torch.Tensor) and v.numel() == 1
+                                           and not v.is_floating_point()):
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, Real):
             raise TypeError(f"{label} must be {words} integers, got {value!r}")
@@ -723,7 +724,10 @@ def extract_cubes_unchecked(source, origins, cube_size, *, index=None, rotations
                                          fill=fill, keep_prob=keep_prob, seed=seed, scale=scale, shift=shift,
                                          clamp=clamp, out_dtype=out_dtype)
         return out.copy_(result) if out is not None else result
-    size = [int(s) for s in cube_size]
+    # Checked, not int()-ed: "444" or 2.5 would be cut silently into another cube size.  Three
+    # plain ints (RubikCube's own cube_size) skip the general check (8 us of host time a call).
+    size = list(cube_size) if type(cube_size) is tuple and len(cube_size) == 3 and all(
+        type(s) is int for s in cube_size) else list(as_integers(cube_size, 3, "rubikops.extract_cubes: cube_size"))
     seed = int(seed)
     seed = seed - (1 << 64) if seed >= (1 << 63) else seed
     scale_t = scale if isinstance(scale, torch.Tensor) else None

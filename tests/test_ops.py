@@ -416,6 +416,11 @@ def test_direct_op_call_checks_shapes_in_cpp():
 def test_integral_float_cube_size_counts_as_integers():
     out = _call(cube_size=(4.0, 4, 4))
     assert out.shape == (2, 3, 1, 4, 4, 4)
+    kw = _good()
+    want = reference.extract_cubes(kw["source"], kw["origins"], (4, 4, 4))
+    for name, _ in CPU_BACKENDS:  # the unchecked path too, in every sequence form
+        for size in ((4.0, 4, 4), [4, 4, 4], torch.Size([4, 4, 4]), (torch.tensor(4), 4, 4)):
+            assert torch.equal(ops.extract_cubes_unchecked(kw["source"], kw["origins"], size, backend=name), want)
 
 
 def test_out_overlapping_the_source_is_refused_on_every_path():
@@ -458,6 +463,12 @@ UNCHECKED_BAD = [
     (dict(source=torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8), out_dtype=torch.uint8, scale=2.0), TypeError,
      "integer"),
     (dict(cube_size=(9, 4, 4)), ValueError, "cube_size"),
+    # Issue 16, item 12, on the unchecked path: int() read "444" as (4, 4, 4)
+    # and cut (2.5, 4, 4) or (True, 4, 4) as (2, 4, 4) or (1, 4, 4) cubes.
+    (dict(cube_size="444"), TypeError, "cube_size must be three integers, got '444'"),
+    (dict(cube_size=(2.5, 4, 4)), ValueError, r"cube_size must be three integers, got \(2.5, 4, 4\) \(2.5 is not"),
+    (dict(cube_size=(True, 4, 4)), TypeError, r"cube_size must be three integers, got \(True, 4, 4\)"),
+    (dict(cube_size=4.0), TypeError, "cube_size must be three integers, got 4.0"),
 ] + [(dict(**{name: torch.zeros(shape, dtype=dtype)}), ValueError, f"{name} (as a tensor )?must have shape")
      for name, dtype in (("mask", torch.bool), ("index", torch.long), ("scale", torch.float32),
                          ("shift", torch.float32), ("rotations", torch.long))
