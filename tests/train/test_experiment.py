@@ -90,7 +90,7 @@ def test_rows_pair_by_seed_and_say_whether_pretrained_beats_scratch_by_one_sd():
     text = experiment.table([row], "python train/experiment.py", 5, 5, [0, 1, 2, 3, 4])
     assert "| classification | macro AUC | 0.1 | 0.620 ± 0.016 (0.001) | Rubik's cube | 0.720 ± 0.016 (0.001) " \
            "| +0.100 | 0.062 (5) | **yes** |" in text
-    assert "**Rubik's cube: met** (1 of 1 rows" in text
+    assert "**Rubik's cube: met** (1 of 1 such rows)." in text
 
 
 # -- finetune.py's validation split ----------------------------------------------------------------
