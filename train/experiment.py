@@ -33,7 +33,7 @@ classification run (300 steps, 120 cases) took 57 s and one segmentation run
 slab and the test hemisphere) 139 s, so the 240 runs take about
 120 x 57 s + 120 x 139 s = 6.5 hours, plus the pretraining.  The cheaper
 command above (classification only, 2 fractions x 2 rates x 5 seeds x 2 arms
-= 40 runs) took about 55 minutes: 11 minutes of pretraining and about 64 s
+= 40 runs) took 56 minutes: about 11 minutes of pretraining and 64 s
 per fine-tuning run, timed from its log on 2026-12-01 on the same machine."""
 from __future__ import annotations
 
