@@ -10,9 +10,11 @@ by the seed).
 
 Default data: the offline tasks of rubikops.data.default (simulated lesion
 types in real brain templates; Harvard-Oxford lobes, left hemisphere for
-training, right for testing).  Outputs in --out: config.yaml, checkpoints/,
-metrics.csv, tensorboard/, results.json (metrics, chance level, the split, what
-the encoder load did)."""
+training, right for testing), each with a validation split (--val-fraction:
+held-out cases, or the top axial slab of the training hemisphere) that never
+overlaps training or test data.  Outputs in --out: config.yaml, checkpoints/,
+metrics.csv, tensorboard/, results.json (test metrics, validation metrics, chance
+level, the split, what the encoder load did)."""
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +60,12 @@ class FinetuneConfig(common.RunSettings):
     spacing: float = _f(0.0, "resample your data to this spacing in mm (0: keep)")
     num_cases: int = _f(120, "offline classification task: number of cases")
     test_fraction: float = _f(0.25, "classification: held-out share of cases (fixed by --seed)")
-    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, a slab)")
+    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, a slab), "
+                                    "taken after the validation split")
+    val_fraction: float = _f(0.2, "offline tasks: share of the training data held out for validation, fixed by "
+                                  "--seed and independent of --label-fraction (classification: stratified cases "
+                                  "from the non-test cases; segmentation: the most superior axial slices of the "
+                                  "training volume, at least the patch depth); 0: none.  Your data: --val-cases")
     test_cases: Optional[str] = _f(None, "your data (--images/--labels or --csv): the cases held out for testing, "
                                          "as 0-based indices in file order or file names, comma-separated "
                                          "(default: a share chosen by --seed)", "str")
@@ -85,7 +92,7 @@ class FinetuneConfig(common.RunSettings):
     checkpoint_every: int = _f(50, "steps between checkpoints")
     keep_checkpoints: int = _f(2, "checkpoints kept")
 
-PRESETS = {"tiny": dict(num_cases=8, steps=4, batch_size=2, patch=(16, 16, 16), log_every=1, checkpoint_every=2,
+PRESETS = {"tiny": dict(num_cases=12, steps=4, batch_size=2, patch=(16, 16, 16), log_every=1, checkpoint_every=2,
                         width=4)}
 
 
@@ -104,6 +111,21 @@ def _split(labels: np.ndarray, test_fraction: float, seed: int):
         test += idx[:k].tolist()
         train += idx[k:].tolist()
     return sorted(train), sorted(test)
+
+
+def _val_split(train: list, labels: np.ndarray, fraction: float, seed: int):
+    """Stratified validation cases carved from ``train`` (the non-test cases), fixed by the
+    seed: (train, val).  Per class round(n * fraction) cases, at least one, and always at
+    least one left for training (a class with a single case gives none)."""
+    if fraction <= 0:
+        return train, []
+    rng = np.random.default_rng([seed, 2])
+    val = []
+    for c in np.unique(labels[train]):
+        idx = [i for i in train if labels[i] == c]
+        k = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
+        val += rng.permutation(idx)[:k].tolist()
+    return sorted(set(train) - set(val)), sorted(val)
 
 
 def _subset(train: list, labels: np.ndarray, fraction: float, seed: int) -> list:
@@ -193,8 +215,15 @@ def load_classification(cfg):
     y = np.array([c.label for c in cases])
     case_names = [c.name for c in cases]
     split = choose_split(cfg, case_names, lambda: _split(y, cfg.test_fraction, cfg.seed)[1])
+    source = _split_source(cfg)
+    if not cfg.csv and not cfg.val_cases and cfg.val_fraction > 0:
+        split["train"], split["val"] = _val_split(split["train"], y, cfg.val_fraction, cfg.seed)
+        if not split["val"]:
+            raise UserError(f"--val-fraction {cfg.val_fraction:g}: no class has 2 training cases to hold one out "
+                            f"for validation ({cfg.num_cases} cases); raise --num-cases or pass --val-fraction 0")
+        source += f", --val-fraction {cfg.val_fraction:g}"
     split["train"] = _subset(split["train"], y, cfg.label_fraction, cfg.seed)
-    return x, torch.from_numpy(y), split, names, describe_split(split, case_names, _split_source(cfg))
+    return x, torch.from_numpy(y), split, names, describe_split(split, case_names, source)
 
 
 def load_segmentation(cfg):
@@ -225,16 +254,37 @@ def load_segmentation(cfg):
                  "chosen_by": "the offline task"}
     pairs = lambda cs: [(torch.from_numpy(c.image.data).float(), torch.from_numpy(c.label.data[0]).long())  # noqa
                         for c in cs]
+    own = bool(cfg.images)
     train, val, test = pairs(train), pairs(val), pairs(test)
+    slabs = {}
+    fits = all(s >= p for s, p in zip(train[0][0].shape[1:], cfg.patch))  # else run() names --patch
+    if not own and cfg.val_fraction > 0 and fits:  # the offline atlas: a validation slab of the training volume
+        (img, lab), depth = train[0], train[0][0].shape[-1]
+        n_val = max(cfg.patch[-1], int(round(depth * cfg.val_fraction)))
+        if depth - n_val < cfg.patch[-1]:
+            raise UserError(f"--val-fraction {cfg.val_fraction:g}: a validation slab of {n_val} axial slices leaves "
+                            f"{depth - n_val} of {depth} for training, fewer than the patch depth {cfg.patch[-1]}")
+        val = [(img[..., depth - n_val:], lab[..., depth - n_val:])]
+        train = [(img[..., :depth - n_val], lab[..., :depth - n_val])]
+        slabs["val"] = [depth - n_val, depth]
+        named["val"] = [f"{named['train'][0]}, axial slices {depth - n_val}-{depth - 1} (most superior)"]
+        named["chosen_by"] += f", --val-fraction {cfg.val_fraction:g}"
     if cfg.label_fraction < 1.0:
         if len(train) > 1:
             keep = max(1, int(round(len(train) * cfg.label_fraction)))
             train = train[:keep]
         else:  # one labelled volume: a slab of it along the last axis (axial in RAS)
             img, lab = train[0]
-            n = max(cfg.patch[-1], int(round(img.shape[-1] * cfg.label_fraction)))
+            n = min(img.shape[-1], max(cfg.patch[-1], int(round(img.shape[-1] * cfg.label_fraction))))
             z0 = (img.shape[-1] - n) // 2
             train = [(img[..., z0:z0 + n], lab[..., z0:z0 + n])]
+            slabs["train"] = [z0, z0 + n]
+    if not own and len(train) == 1:
+        slabs.setdefault("train", [0, train[0][0].shape[-1]])
+        z0, z1 = slabs["train"]
+        named["train"] = [f"{named['train'][0]}, axial slices {z0}-{z1 - 1}"]
+    if slabs:
+        named["axial_slices"] = slabs  # [first, end) of each slab of the training volume
     return train, val, test, names, named
 
 
@@ -345,6 +395,7 @@ def check_config(cfg: FinetuneConfig) -> None:
     need(len(cfg.patch) == 3 and min(cfg.patch) >= 1, f"--patch takes 3 positive ints, got {cfg.patch}")
     common.require_range(cfg, "label_fraction", 0, 1, lo_open=True)
     common.require_range(cfg, "test_fraction", 0, 1, lo_open=True, hi_open=True)
+    common.require_range(cfg, "val_fraction", 0, 1, hi_open=True)
     common.require_at_least(cfg, 1, "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                             "width", "num_cases")
     common.require_at_least(cfg, 0, "eval_every", "freeze_steps")

@@ -67,9 +67,12 @@ FINETUNE_BAD = [
     (["--patch", "16"], "--patch takes 3 positive ints"),
     (["--test-fraction", "1"], "--test-fraction must be in (0, 1)"),
     (["--overlap", "1"], "--overlap must be in [0, 1)"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),
+    (["--num-cases", "8"], "--val-fraction 0.2: no class has 2 training cases to hold one out"),
     (["--encoder-lr", "-1"], "--encoder-lr must be in (0, inf)"),
     (["--decoder", "fpn"], "--decoder must be unet or duc"),
-    (["--test-cases", "99"], "--test-cases: index 99 is out of range for 8 case(s)"),
+    (["--test-cases", "99"], "--test-cases: index 99 is out of range for 12 case(s)"),
     (["--test-cases", "0", "--val-cases", "0"], "--test-cases and --val-cases both name"),
     (["--test-cases", "nosuchcase"], "--test-cases: 'nosuchcase' names no case"),
     (["--task", "segmentation", "--test-cases", "0"], "--test-cases and --val-cases choose among your own cases"),
@@ -83,6 +86,11 @@ EXPERIMENT_BAD = [
     (["--steps", "classification=x"], "--steps: 'classification=x' is not TASK=STEPS"),
     (["--tasks", "classification", "--steps", "segmentation=3"], "--steps: no step count for ['classification']"),
     (["--tasks", "detection"], "--tasks: unknown task 'detection'"),
+    (["--lrs", "1e-3,0"], "--lrs: '1e-3,0' must be distinct positive learning rates"),
+    (["--lrs", "fast"], "--lrs: 'fast' is not a comma-separated list of floats"),
+    (["--inits", "rubik"], "--inits: 'rubik' must name scratch and at least one of rubik, ordering"),
+    (["--inits", "scratch,imagenet"], "--inits: 'scratch,imagenet' must name scratch"),
+    (["--seeds", "0,0"], "--seeds: '0,0' names a seed twice"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""train/finetune.py and train/experiment.py on tiny settings."""
+"""train/finetune.py on tiny settings (train/experiment.py: test_experiment.py)."""
 import json
 import os
 
@@ -10,7 +10,6 @@ from .helpers import script, smooth_volumes, tiny_args
 common = script("common")
 pretrain = script("pretrain")
 finetune = script("finetune")
-experiment = script("experiment")
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +69,6 @@ def test_bad_input(tmp_path, capsys, case):
     assert rc == 2 and err[-1].startswith("error: ") and msg in err[-1], cap.err
 
 
-def test_experiment_runs_resumes_and_writes_table_and_plot(tmp_path, capsys):
-    data = smooth_volumes(tmp_path / "scans")
-    argv = ["--out", str(tmp_path / "exp"), "--docs", str(tmp_path / "docs"), "--tasks", "classification",
-            "--fractions", "0.5,1", "--seeds", "0", "--pretrain-steps", "4", "--steps", "classification=3",
-            "--pretrain-args", f"--preset tiny --data {data} --spacing 1 --no-tensorboard --cache-dir {tmp_path}/c",
-            "--finetune-args", "--preset tiny"]
-    assert common.run_main(experiment.main, argv) == 0
-    md = open(tmp_path / "docs" / "experiment.md").read()
-    assert md.count("| classification | macro AUC |") == 2 and "± " in md
-    assert os.path.getsize(tmp_path / "docs" / "experiment.png") > 1000
-    capsys.readouterr()
-    assert common.run_main(experiment.main, argv) == 0  # everything done: only the report is rebuilt
-    assert "== " not in capsys.readouterr().out
-
-
 def test_exact_resume_after_sigkill(tmp_path):
     from .helpers import run_subprocess
     base = ["train/finetune.py", "--preset", "tiny", "--task", "segmentation", "--no-progress", "--no-tensorboard"]
@@ -122,7 +106,7 @@ def test_pretraining_checkpoint_as_pretrained(encoder, tmp_path, capsys):
     res = json.load(open(tmp_path / "ft" / "results.json"))
     assert res["encoder_load"]["loaded"] == len(torch.load(encoder)) and not res["encoder_load"]["missing"]
     assert "chance:" in cap.out and f"results: {tmp_path / 'ft' / 'results.json'}" in cap.out
-    assert res["chance"]["macro_auc"] == 0.5 and res["split"]["chosen_by"] == "--seed 0"
+    assert res["chance"]["macro_auc"] == 0.5 and res["split"]["chosen_by"] == "--seed 0, --val-fraction 0.2"
 
 
 def _bare_copy(encoder, folder, value=None, meta=None):
