@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import glob
 import json
+import math
 import os
 import random
 import re
@@ -590,3 +591,13 @@ def write_doc_section(path: str, name: str, text: str) -> None:
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
     write_text(path, new)
+
+
+def mean_sd(values) -> tuple:
+    """Mean and sample sd (0 for one value) of the finite values; (nan, nan) for none."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return mean, sd

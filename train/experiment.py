@@ -26,7 +26,7 @@ leaves its results.json and is skipped when the experiment is started again;
 pretraining resumes from its checkpoints.
 
 Time on the project's 2 CPU cores (shared with other work, OMP_NUM_THREADS=1):
-the defaults pretrain one encoder (2000 steps) and run 2 tasks x 2 arms x 4
+the defaults pretrain one encoder (train/pretrain.py's default steps) and run 2 tasks x 2 arms x 4
 fractions x 5 seeds x 3 rates = 240 fine-tuning runs.  Measured: one
 classification run (300 steps, 120 cases) took 57 s and one segmentation run
 (150 steps of 8 patches of 32^3, sliding-window evaluation of the validation
@@ -38,6 +38,7 @@ per fine-tuning run, timed from its log on 2026-12-01 on the same machine."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -50,8 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import finetune  # noqa: E402
 import pretrain  # noqa: E402
-from common import UserError  # noqa: E402
+from common import UserError, mean_sd  # noqa: E402
 
+PRETRAIN_STEPS = next(f.default for f in dataclasses.fields(pretrain.PretrainConfig) if f.name == "steps")
 INITS = ("scratch", "rubik", "ordering")
 ARM_NAME = {"scratch": "from scratch", "rubik": "Rubik's cube", "ordering": "ordering only"}
 PRETRAIN_FLAGS = {"rubik": [], "ordering": ["--rotations", "none"]}
@@ -73,7 +75,8 @@ def parse(argv=None):
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3",
                    help=f"learning-rate grid (finetune.py's --encoder-lr; --head-lr is {HEAD_LR_RATIO:g} times it), "
                         "the same for every arm; chosen on validation data")
-    p.add_argument("--pretrain-steps", default="2000", help="pretraining steps per encoder")
+    p.add_argument("--pretrain-steps", default=str(PRETRAIN_STEPS), help="pretraining steps per encoder; "
+                   "train/pretrain.py's own default")
     p.add_argument("--pretrain-args", default="", help="extra flags for train/pretrain.py")
     p.add_argument("--steps", default="classification=300,segmentation=150", help="fine-tuning steps per task")
     p.add_argument("--finetune-args", default="", help="extra flags for train/finetune.py (e.g. --val-fraction)")
@@ -123,16 +126,6 @@ def check_args(args) -> tuple:
 
 
 # -- statistics ----------------------------------------------------------------------------------------
-def mean_sd(values) -> tuple:
-    """Mean and sample sd (0 for one value) of the finite values; (nan, nan) for none."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return mean, sd
-
-
 def _average_ranks(values: list) -> list:
     """Ranks 1..n of ``values``, ties given the mean of the ranks they span."""
     order = sorted(range(len(values)), key=lambda i: values[i])

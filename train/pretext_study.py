@@ -90,17 +90,9 @@ def run_row(name: str, seed: int, steps: int, args) -> dict:
         return json.load(fh)
 
 
-def _mean_sd(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return math.nan, math.nan
-    m = sum(vals) / len(vals)
-    return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0)
-
-
 def table(results: dict, rows, seeds, steps: int) -> str:
     def cell(vals, chance):
-        m, sd = _mean_sd(vals)
+        m, sd = common.mean_sd(vals)
         if math.isnan(m):
             return "n/a"
         spread = f" ± {100 * sd:.1f}" if len(seeds) > 1 else ""
