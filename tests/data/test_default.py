@@ -23,7 +23,7 @@ def test_every_bundled_volume_is_installed_and_loads():
 def test_default_pretraining_volumes_preprocess(tmp_path):
     r = load_volumes(default.pretraining_files(), Preprocessing.mri(spacing=2.0, crop_foreground=True),
                      cache=str(tmp_path))
-    assert len(r.volumes) == 3
+    assert len(r.volumes) == len(default.PRETRAINING) == 5
     for v in r.volumes:
         assert v.orientation == "RAS" and np.allclose(v.spacing, 2.0, rtol=0.03)
         assert all(60 <= n <= 130 for n in v.shape)
