@@ -27,7 +27,7 @@ from common import UserError  # noqa: E402
 # (row name, what it changes, flags added to the defaults)
 ROWS = [
     ("defaults", "the defaults (64 mm cubes, octant pooling, per-cube heads, summed loss, augmentation)", []),
-    ("before", "the defaults before this study: 32 mm cubes, global pooling, joint heads, mean loss, no "
+    ("before", "all four fixes undone: 32 mm cubes, global pooling, joint heads, mean loss, no "
                "augmentation", ["--spacing", "2", "--gap", "0,4", "--pool", "avg", "--no-cube-heads",
                                 "--cube-loss", "mean", "--augment", "none"]),
     ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2", "--gap", "0,4"]),
