@@ -42,7 +42,7 @@ _f = common.setting
 class PretrainConfig(common.RunSettings):
     # data
     data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
-                                   "MRI templates (requirements-data.txt)", "str")
+                                   "MRI and CT templates (requirements-data.txt)", "str")
     spacing: float = _f(4.0, "resample to this spacing in mm (0: keep the files'); with 16^3 cubes, 4 mm makes "
                                   "64 mm cubes, the scale at which both tasks learn (docs/experiment.md)")
     intensity: str = _f("zscore", "zscore (MRI), window (CT, see --window) or none")
