@@ -60,8 +60,9 @@ class FinetuneConfig(common.RunSettings):
     spacing: float = _f(0.0, "resample your data to this spacing in mm (0: keep)")
     num_cases: int = _f(120, "offline classification task: number of cases")
     test_fraction: float = _f(0.25, "classification: held-out share of cases (fixed by --seed)")
-    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, a slab), "
-                                    "taken after the validation split")
+    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, the "
+                                    "labels of a central axial slab, the image kept whole), taken after the "
+                                    "validation split")
     val_fraction: float = _f(0.2, "offline tasks: share of the training data held out for validation, fixed by "
                                   "--seed and independent of --label-fraction (classification: stratified cases "
                                   "from the non-test cases; segmentation: the most superior axial slices of the "
@@ -91,6 +92,9 @@ class FinetuneConfig(common.RunSettings):
     eval_every: int = _f(0, "steps between evaluations (0: only at the end)")
     checkpoint_every: int = _f(50, "steps between checkpoints")
     keep_checkpoints: int = _f(2, "checkpoints kept")
+
+# the label of voxels without annotation (outside the labelled slab of --label-fraction): no loss, no Dice
+UNLABELLED = -1
 
 PRESETS = {"tiny": dict(num_cases=12, steps=4, batch_size=2, patch=(16, 16, 16), log_every=1, checkpoint_every=2,
                         width=4)}
@@ -273,18 +277,23 @@ def load_segmentation(cfg):
         if len(train) > 1:
             keep = max(1, int(round(len(train) * cfg.label_fraction)))
             train = train[:keep]
-        else:  # one labelled volume: a slab of it along the last axis (axial in RAS)
+        else:  # one labelled volume: labels on a central slab of it along the last axis (axial in RAS); the
+            # image stays whole, as with sparsely annotated slices, so every fraction has its own label count
             img, lab = train[0]
-            n = min(img.shape[-1], max(cfg.patch[-1], int(round(img.shape[-1] * cfg.label_fraction))))
+            n = max(1, int(round(img.shape[-1] * cfg.label_fraction)))
             z0 = (img.shape[-1] - n) // 2
-            train = [(img[..., z0:z0 + n], lab[..., z0:z0 + n])]
+            lab = lab.clone()
+            lab[..., :z0] = UNLABELLED
+            lab[..., z0 + n:] = UNLABELLED
+            train = [(img, lab)]
             slabs["train"] = [z0, z0 + n]
     if not own and len(train) == 1:
-        slabs.setdefault("train", [0, train[0][0].shape[-1]])
+        depth = train[0][0].shape[-1]
+        slabs.setdefault("train", [0, depth])
         z0, z1 = slabs["train"]
-        named["train"] = [f"{named['train'][0]}, axial slices {z0}-{z1 - 1}"]
+        named["train"] = [f"{named['train'][0]}, axial slices 0-{depth - 1}, labelled {z0}-{z1 - 1}"]
     if slabs:
-        named["axial_slices"] = slabs  # [first, end) of each slab of the training volume
+        named["axial_slices"] = slabs  # [first, end): the validation slab, and the labelled slices of training
     return train, val, test, names, named
 
 
@@ -425,13 +434,15 @@ def run(cfg, dist, ckpts, resume) -> int:
     if seg:
         train_cases, val_cases, test_cases, names, split = load_segmentation(cfg)
         in_ch = train_cases[0][0].shape[0]
-        counts = np.bincount(torch.cat([lab.flatten() for _, lab in train_cases]).numpy(), minlength=len(names))
+        labelled = torch.cat([lab.flatten() for _, lab in train_cases])
+        counts = np.bincount(labelled[labelled != UNLABELLED].numpy(), minlength=len(names))
         test_counts = np.bincount(torch.cat([lab.flatten() for _, lab in test_cases]).numpy(), minlength=len(names))
         val_data, test_data = val_cases, test_cases
         for img, _ in train_cases:
             if any(s < p for s, p in zip(img.shape[1:], cfg.patch)):
                 raise UserError(f"--patch {tuple(cfg.patch)} does not fit a training volume of shape "
                                 f"{tuple(img.shape[1:])}")
+        origin_ranges = [patch_origin_range(lab, cfg.patch) for _, lab in train_cases]
     else:
         x, y, idx, names, split = load_classification(cfg)
         train_idx = idx["train"]
@@ -479,8 +490,9 @@ def run(cfg, dist, ckpts, resume) -> int:
         if seg:
             imgs, labs = [], []
             for _ in range(cfg.batch_size):
-                img, lab = train_cases[int(torch.randint(len(train_cases), (1,), generator=gen))]
-                o = [int(torch.randint(s - p + 1, (1,), generator=gen)) for s, p in zip(img.shape[1:], cfg.patch)]
+                k = int(torch.randint(len(train_cases), (1,), generator=gen))
+                (img, lab), (lo, hi) = train_cases[k], origin_ranges[k]
+                o = [a + int(torch.randint(b - a + 1, (1,), generator=gen)) for a, b in zip(lo, hi)]
                 sl = tuple(slice(a, a + p) for a, p in zip(o, cfg.patch))
                 imgs.append(img[(slice(None),) + sl])
                 labs.append(lab[sl])
@@ -492,14 +504,7 @@ def run(cfg, dist, ckpts, resume) -> int:
         return xb.to(dev), y[pick].to(dev)
 
     def loss_fn(out, target):
-        ce = F.cross_entropy(out.float(), target, weight=weights)
-        if not seg:
-            return ce
-        prob = torch.softmax(out.float(), 1)
-        onehot = F.one_hot(target, prob.shape[1]).movedim(-1, 1).float()
-        inter = (prob * onehot).sum((0, 2, 3, 4))
-        dice = 1 - (2 * inter + 1) / (prob.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)) + 1)
-        return ce + dice[1:].mean()
+        return segmentation_loss(out, target, weights) if seg else F.cross_entropy(out.float(), target, weight=weights)
 
     t0 = time.perf_counter()
     results: dict = {}
@@ -551,6 +556,31 @@ def run(cfg, dist, ckpts, resume) -> int:
         print_table(summary)
         print(f"results: {results_path}")
     return 0
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights=None) -> torch.Tensor:
+    """Cross-entropy plus the soft Dice loss of the foreground classes, both over the labelled voxels only
+    (``target != UNLABELLED``); logits (N, C, X, Y, Z), target (N, X, Y, Z)."""
+    ce = F.cross_entropy(logits.float(), target, weight=weights, ignore_index=UNLABELLED)
+    labelled = (target != UNLABELLED).unsqueeze(1).float()
+    prob = torch.softmax(logits.float(), 1) * labelled
+    onehot = F.one_hot(target.clamp(min=0), prob.shape[1]).movedim(-1, 1).float() * labelled
+    inter = (prob * onehot).sum((0, 2, 3, 4))
+    dice = 1 - (2 * inter + 1) / (prob.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)) + 1)
+    return ce + dice[1:].mean()
+
+
+def patch_origin_range(label: torch.Tensor, patch) -> tuple:
+    """(lowest, highest) patch origin per axis such that every patch holds at least one labelled voxel
+    along the last axis: the training patches of a sparsely labelled volume overlap its labelled slab."""
+    shape = label.shape
+    lo = [0] * len(shape)
+    hi = [s - p for s, p in zip(shape, patch)]
+    slices = (label != UNLABELLED).flatten(0, -2).any(0).nonzero().flatten()
+    first, last = int(slices[0]), int(slices[-1])
+    lo[-1] = max(0, first - patch[-1] + 1)
+    hi[-1] = min(hi[-1], last)
+    return lo, hi
 
 
 def chance_level(task: str, train_counts: np.ndarray, test_counts: np.ndarray) -> dict:

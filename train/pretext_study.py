@@ -1,7 +1,7 @@
 """The pretext study: held-out ordering and orientation accuracy of
 pretraining as one setting at a time moves away from the defaults.
 
-    python train/pretext_study.py --seeds 0,1 --docs docs  # every row, 2 seeds: the table in docs/experiment.md
+    python train/pretext_study.py --seeds 0,1 --docs docs  # every row, 2 seeds: the table in docs/experiment.md and README.md
     python train/pretext_study.py --rows defaults,joint_heads --seeds 0,1,2
     python train/pretext_study.py --steps 3000 --device cuda
 
@@ -9,7 +9,7 @@ Each row is ``python train/pretrain.py`` with the row's flags added (printed
 with the table, so any row reruns on its own), evaluated on the fixed
 held-out puzzles of the held-out volume.  Rows finished earlier are read
 back, not rerun.  The table goes to --out/study.md and, with --docs, into
-docs/experiment.md between its pretext-study markers."""
+DOCS/experiment.md and --readme between their pretext-study markers."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +58,8 @@ def parse(argv=None):
     p.add_argument("--steps", default="300", help="pretraining steps per run")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrain-args", default="", help="extra flags for every run of train/pretrain.py")
-    p.add_argument("--docs", default=None, help="also write the table into DOCS/experiment.md")
+    p.add_argument("--docs", default=None, help="also write the table into DOCS/experiment.md and --readme")
+    p.add_argument("--readme", default="README.md", help="with --docs: the README that also gets the table; none: skip")
     return p.parse_args(argv)
 
 
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     common.write_text(os.path.join(args.out, "study.md"), text + "\n")
     if args.docs:
         common.write_doc_section(os.path.join(args.docs, "experiment.md"), "pretext-study", text)
+        if args.readme != "none":
+            common.write_doc_section(args.readme, "pretext-study", text)
     print(text)
     return 0
 

@@ -126,11 +126,14 @@ def test_segmentation_val_slab_is_disjoint_and_independent_of_label_fraction():
                                                                      "--label-fraction", str(fraction)))
         (t0, t1), (v0, v1) = named["axial_slices"]["train"], named["axial_slices"]["val"]
         assert v1 == 91 and v1 - v0 == max(16, round(91 * 0.2)) and t1 <= v0  # the top slab, no overlap
-        assert val[0][0].shape[-1] == v1 - v0 and train[0][0].shape[-1] == t1 - t0 >= 16
+        assert val[0][0].shape[-1] == v1 - v0 and train[0][0].shape[-1] == v0  # the image kept whole
+        labelled = (train[0][1] != finetune.UNLABELLED).flatten(0, 1).any(0).nonzero().flatten().tolist()
+        assert labelled == list(range(t0, t1)) and t1 - t0 == max(1, round(v0 * fraction))
         assert "left hemisphere" in named["val"][0] and "right hemisphere" in named["test"][0]
         seen[fraction] = (t0, t1, v0, v1)
     assert len({v[2:] for v in seen.values()}) == 1  # the same validation slab at every label fraction
-    assert seen[1.0][:2] == (0, seen[1.0][2]) and seen[0.05][1] - seen[0.05][0] == 16
+    assert seen[1.0][:2] == (0, seen[1.0][2])
+    assert len({v[1] - v[0] for v in seen.values()}) == 3  # each fraction its own number of labelled slices
     too_much = _cfg("--task", "segmentation", "--patch", "16,16,16", "--val-fraction", "0.9")
     with pytest.raises(common.UserError, match=r"^--val-fraction 0.9: a validation slab of 82 axial slices"):
         finetune.load_segmentation(too_much)

@@ -160,3 +160,33 @@ def test_own_cases_split_as_the_user_chooses(tmp_path, capsys):
     assert "mean_dice" in res["val_metrics"] and "chance mean Dice" in cap.out and "validation (1 cases)" in cap.out
     rc, cap = _ft(capsys, *own, "--out", str(tmp_path / "b"), "--test-cases", "0,2", "--val-cases", "1")
     assert rc == 2 and "no training case is left out of 3" in cap.err
+
+
+# -- sparse labels (--label-fraction on one segmentation volume) ------------------------------------------
+def test_segmentation_loss_ignores_unlabelled_voxels():
+    ft = script("finetune")
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 5, 6, 7, generator=g)
+    target = torch.randint(4, (2, 5, 6, 7), generator=g)
+    sparse = target.clone()
+    sparse[..., :2] = ft.UNLABELLED
+    sparse[..., 5:] = ft.UNLABELLED
+    # unlabelled voxels contribute nothing: the loss equals the one of the labelled slab alone
+    expected = ft.segmentation_loss(logits[..., 2:5], target[..., 2:5])
+    torch.testing.assert_close(ft.segmentation_loss(logits, sparse), expected)
+    # and what the unlabelled voxels' logits say does not matter
+    scrambled = logits.clone()
+    scrambled[..., :2] = torch.randn(2, 4, 5, 6, 2, generator=g) * 10
+    torch.testing.assert_close(ft.segmentation_loss(scrambled, sparse), expected)
+
+
+@pytest.mark.parametrize("first,last,depth,patch", [(0, 9, 10, 4), (3, 3, 20, 8), (18, 19, 20, 8), (5, 12, 30, 16)])
+def test_every_training_patch_holds_labelled_slices(first, last, depth, patch):
+    ft = script("finetune")
+    label = torch.full((6, 5, depth), ft.UNLABELLED)
+    label[..., first:last + 1] = 1
+    lo, hi = ft.patch_origin_range(label, (4, 3, patch))
+    assert lo[:2] == [0, 0] and hi[:2] == [2, 2]
+    origins = range(lo[-1], hi[-1] + 1)
+    # exactly the origins whose patch fits the volume and overlaps the labelled slices
+    assert list(origins) == [z for z in range(depth - patch + 1) if z <= last and z + patch - 1 >= first]

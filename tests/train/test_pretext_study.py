@@ -1,6 +1,6 @@
 """train/pretext_study.py end to end with tiny settings: each row is a pretraining run with the
 row's flags, finished rows are read back instead of rerun, and the table lands between the
-docs markers without touching the rest of the file."""
+docs' and the README's markers without touching the rest of either file."""
 import json
 import os
 
@@ -22,10 +22,12 @@ def test_rows_run_resume_and_fill_the_docs_section(data, tmp_path, capsys):
     docs.mkdir()
     (docs / "experiment.md").write_text("# Title\n\nkept above\n\n<!-- pretext-study:start -->\nold\n"
                                         "<!-- pretext-study:end -->\n\nkept below\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# rubikops\n\n<!-- pretext-study:start -->\nold\n<!-- pretext-study:end -->\n\nafter\n")
     out = tmp_path / "study"
     argv = ["--out", str(out), "--rows", "rotation_only,ordering_only", "--seeds", "0,1", "--steps", "4",
             "--pretrain-args", f"--preset tiny --data {data} --cache-dir {tmp_path / 'cache'} --spacing 1",
-            "--docs", str(docs)]
+            "--docs", str(docs), "--readme", str(readme)]
     assert common.run_main(study.main, argv) == 0, capsys.readouterr().err
     for row in ("rotation_only", "ordering_only"):
         for seed in (0, 1):
@@ -39,6 +41,10 @@ def test_rows_run_resume_and_fill_the_docs_section(data, tmp_path, capsys):
     assert "not trained" in table_rows["rotation_only"].split("|")[3]    # ordering column
     assert "not trained" in table_rows["ordering_only"].split("|")[4]    # orientation column
     assert "`--alpha 0`" in table_rows["rotation_only"]
+    # the README gets the same table between its own markers
+    md = readme.read_text()
+    assert md.startswith("# rubikops\n") and md.rstrip().endswith("after") and "old" not in md
+    assert text.split("<!-- pretext-study:start -->")[1].split("<!-- pretext-study:end -->")[0] in md
     # a second call reads the finished rows back: nothing is rerun
     stamp = os.path.getmtime(out / "ordering_only_seed0" / "summary.json")
     capsys.readouterr()
