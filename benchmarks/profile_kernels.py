@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from run import make_workload
+from utils import make_workload
 
 import rubikops
 

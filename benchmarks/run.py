@@ -5,6 +5,12 @@
     python benchmarks/run.py --full          # + sweeps (batch, cube edge, dtype, threads) as PNG plots
     python benchmarks/run.py --device cuda   # GPU: both backends, ceilings, baselines
     python benchmarks/run.py --compare benchmarks/results/OLD.json
+    python benchmarks/run.py --no-e2e --results-dir docs/results   # refresh the documented file
+    python benchmarks/run.py --show docs/results/FILE.json          # print a saved run's table
+
+Each run writes one JSON (machine, git revision, flags, every row) to
+benchmarks/results/ or --results-dir, replacing the earlier file of the
+same machine and flags (--quick, --full, --no-e2e) there.
 
 Every row: median time with p20-p80 spread, effective GB/s (bytes read +
 bytes written), % of the copy ceiling measured in the same run, and speed-up
@@ -24,31 +30,16 @@ import utils  # noqa: E402
 import rubikops  # noqa: E402
 from rubikops import reference  # noqa: E402
 from rubikops.baselines import numpy_puzzle_loop, torch_puzzle_loop as torch_loop  # noqa: E402
-from rubikops.rotations import PAPER_ROTATIONS  # noqa: E402
 from pipelines import pipeline_rows  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def make_workload(B, M, cube, vol, dtype, device, codes="paper", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    source = (torch.randn(B, 1, vol, vol, vol, generator=g) * 100).to(dtype).to(device)
-    origins = torch.randint(0, vol - cube + 1, (B, M, 3), generator=g).to(device)
-    if codes == "paper":
-        rot = torch.tensor(PAPER_ROTATIONS)[torch.randint(0, 3, (B, M), generator=g)]
-    elif codes == "w-moving":  # axis orders that put source W elsewhere (e.g. 90-degree turns)
-        moving = [c for c in range(48) if rubikops.rotations.moves_w(c)]
-        rot = torch.tensor(moving)[torch.randint(0, len(moving), (B, M), generator=g)]
-    else:
-        rot = None
-    return source, origins, rot.to(device) if rot is not None else None
 
 
 def bench_cpu(args) -> list[utils.Row]:
     dev = torch.device("cpu")
     B, M, cube, vol = (8, 8, 32, 96) if args.quick else (16, 8, 48, 128)
     rep = 5 if args.quick else 15
-    source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev)
+    source, origins, rot = utils.make_workload(B, M, cube, vol, torch.float32, dev)
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 paper-rot"
     out = torch.empty(B, M, 1, cube, cube, cube)
     nbytes = 2 * out.numel() * 4
@@ -168,7 +159,7 @@ def bench_cuda(args) -> list[utils.Row]:
     for dtype in (torch.float32, torch.bfloat16):
         esize = torch.tensor([], dtype=dtype).element_size()
         tag = str(dtype).replace("torch.", "")
-        source, origins, rot = make_workload(B, M, cube, vol, dtype, dev, "paper")
+        source, origins, rot = utils.make_workload(B, M, cube, vol, dtype, dev, "paper")
         out = torch.empty(B, M, 1, cube, cube, cube, dtype=dtype, device=dev)
         nbytes = 2 * out.numel() * esize
         wl = f"B={B} M={M} {cube}^3 from {vol}^3 {tag}"
@@ -184,7 +175,7 @@ def bench_cuda(args) -> list[utils.Row]:
         t_g = utils.time_fn(lambda: reference.extract_cubes_gather(source, origins, (cube,) * 3, rotations=rot), dev)
         rows.append(utils.Row(f"baseline: torch gather [{tag}]", wl, t_g, nbytes, ceil, base))
         for codes in ("paper", "w-moving", "none"):
-            _, _, rot_c = make_workload(B, M, cube, vol, dtype, dev, codes)
+            _, _, rot_c = utils.make_workload(B, M, cube, vol, dtype, dev, codes)
             for name, label in backends:
                 f = lambda: rubikops.extract_cubes(source, origins, (cube,) * 3, rotations=rot_c,  # noqa: E731
                                                    validate=False, backend=name)
@@ -195,7 +186,8 @@ def bench_cuda(args) -> list[utils.Row]:
                                                        validate=False, backend=name, out=out)
                     t = utils.time_fn(f, dev)
                     rows.append(utils.Row(f"{label} out= [{tag}, {codes}]", wl, t, nbytes, ceil, base))
-                    # One isolated call, host overhead included (what earlier runs measured).
+                    # One isolated call, host launch overhead included: the latency of a single
+                    # batch, next to the device time of the queued row above.
                     t = utils.time_fn(f, dev, host_sync=True)
                     rows.append(utils.Row(f"{label} out= 1 call [{tag}, {codes}]", wl, t, nbytes, ceil, base))
         if dtype == torch.float32:
@@ -203,7 +195,7 @@ def bench_cuda(args) -> list[utils.Row]:
             rows += pipeline_rows(dev, source, origins, rot, puzzle, cube, nbytes, base, ceil, 10)
     # int16 CT in, float32 out with the fused window (scale/shift/clamp).
     src16 = torch.randint(-1024, 3072, (B, 1, vol, vol, vol), dtype=torch.int16, device=dev)
-    _, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
+    _, origins, rot = utils.make_workload(B, M, cube, vol, torch.float32, dev, "paper")
     nbytes = out.numel() * (2 + 4)
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 int16->f32 window"
     out32 = torch.empty(B, M, 1, cube, cube, cube, device=dev)
@@ -215,8 +207,6 @@ def bench_cuda(args) -> list[utils.Row]:
                                            out_dtype=torch.float32, out=out32)
         rows.append(utils.Row(f"{label} int16 window", wl, utils.time_fn(f, dev), nbytes, ceil))
     rows += backward_rows(dev, B, M, cube, vol)
-    if args.variants:
-        rows += _variants(dev, B, M, cube, vol)
     return rows
 
 
@@ -226,7 +216,7 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     compiled kernel of the device (CPU: one thread per volume, no atomics;
     CUDA: atomics) and, on the GPU, the Triton kernel (atomics).  Bytes: grad
     read + gradient buffer zeroed and written."""
-    source, origins, rot = make_workload(B, M, cube, vol, torch.float32, dev, "paper")
+    source, origins, rot = utils.make_workload(B, M, cube, vol, torch.float32, dev, "paper")
     grad = torch.randn(B, M, 1, cube, cube, cube, device=dev)
     args = (grad, source, origins, [cube] * 3, None, rot, None, 0.0, 0, None, None, 1.0, -0.0, None, None)
     nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
@@ -244,49 +234,23 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     return rows
 
 
-def _variants(dev, B, M, cube, vol):
-    """Tuning knobs, on the paper's codes with out=: CUDA packs per thread,
-    Triton bytes per program and warps; and Triton box shapes (TO, TR, TW) on
-    both the paper's codes and codes that move W; float32 and bfloat16."""
-    rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        tag = str(dtype).replace("torch.", "")
-        source, origins, rot = make_workload(B, M, cube, vol, dtype, dev, "paper")
-        _, _, rot_w = make_workload(B, M, cube, vol, dtype, dev, "w-moving")
-        out = torch.empty(B, M, 1, cube, cube, cube, dtype=dtype, device=dev)
-        nbytes = 2 * out.numel() * out.element_size()
-        ceil = nbytes / utils.time_fn(lambda: out.clone(), dev).median_s / 1e9
-        f = lambda name, r: (lambda: rubikops.extract_cubes(source, origins, (cube,) * 3,  # noqa: E731
-                                                            rotations=r, validate=False, backend=name, out=out))
-        knobs = [("compiled", "paper", {"RUBIKOPS_CUDA_UNROLL": str(u)}) for u in (4, 8)] \
-            if rubikops.ops.HAS_CUDA_KERNEL else []
-        if rubikops.ops.HAS_CUDA_KERNEL and dtype == torch.bfloat16:  # the pair-load experiment
-            knobs += [("compiled", "paper", {"RUBIKOPS_CUDA_PAIRS": "1", "RUBIKOPS_CUDA_UNROLL": str(u)})
-                      for u in (4, 8)]
-        knobs += [("triton", "paper", {"RUBIKOPS_TRITON_BLOCK": str(nbytes_block), "RUBIKOPS_TRITON_WARPS": str(w)})
-                  for nbytes_block in (4096, 8192, 16384) for w in (4, 8)]
-        knobs += [("triton", codes, {"RUBIKOPS_TRITON_TILE": tile, "RUBIKOPS_TRITON_WARPS": "4"})
-                  for tile in ("1,16,64", "1,32,32", "2,32,32", "1,64,32", "1,64,64") for codes in ("paper", "w-moving")]
-        for name, codes, env in knobs:
-            os.environ.update(env)
-            label = " ".join(f"{k.split('_')[-1].lower()}={v}" for k, v in env.items())
-            t = utils.time_fn(f(name, rot if codes == "paper" else rot_w), dev)
-            rows.append(utils.Row(f"variant: {name} {label} [{tag}, {codes}]", f"{codes} out=", t, nbytes, ceil))
-            for k in env:
-                os.environ.pop(k)
-    return rows
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="smaller workload, no end-to-end rows, under 30 s")
     p.add_argument("--full", action="store_true", help="also sweep batch size, cube edge, dtype and threads (plots)")
-    p.add_argument("--variants", action="store_true", help="(cuda) also time the kernels' tuning knobs")
     p.add_argument("--compare", metavar="FILE", help="print time ratios against an earlier results JSON")
     p.add_argument("--no-save", action="store_true", help="do not write a results JSON")
+    p.add_argument("--results-dir", default=RESULTS, metavar="DIR",
+                   help="where the results JSON goes (default benchmarks/results); it replaces the file of an "
+                        "earlier run of the same machine and flags there, e.g. --results-dir docs/results")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end pretraining-step rows")
+    p.add_argument("--show", metavar="FILE", help="print the table of a saved results JSON and exit")
     args = p.parse_args(argv)
+    if args.show:
+        rows = utils.load_rows(args.show)
+        print(utils.format_table(rows))
+        return rows
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
@@ -307,10 +271,11 @@ def main(argv=None):
     print(utils.format_table(rows))
     print("\n% ceil: GB/s against the copy ceiling of the same run (clone for allocating rows, copy_ for out= rows "
           "on CPU; clone on GPU). vs base: speed-up against the NumPy loop (CPU) or the torch loop (GPU).")
-    if not args.no_save:
-        print(f"results: {utils.write_results(rows, dev, vars(args), RESULTS)}")
-    if args.compare:
+    if args.compare:  # before saving: the file compared against may be the one the save replaces
         print(utils.compare(rows, args.compare))
+    if not args.no_save:
+        flags = {k: v for k, v in vars(args).items() if k not in ("results_dir", "show")}
+        print(f"results: {utils.write_results(rows, dev, flags, args.results_dir)}")
     return rows
 
 

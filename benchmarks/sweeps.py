@@ -14,9 +14,8 @@ from rubikops.baselines import numpy_puzzle_loop
 
 
 def _workload(B, cube, dtype, dev, seed=0):
-    from run import make_workload
     vol = 2 * cube + 16
-    return make_workload(B, 8, cube, vol, dtype, dev, "paper", seed), vol
+    return utils.make_workload(B, 8, cube, vol, dtype, dev, "paper", seed), vol
 
 
 def _op_row(name, B, cube, dtype, dev, rep, out_dtype=None, window=False, with_numpy=False):

@@ -1,22 +1,22 @@
-"""Does torch.compile trace rubikops' Triton kernel as a torch.library.triton_op
-on this machine?  Informational (prints OK or the error); run by gpu_check.sh."""
-import os
+"""Does torch.compile(fullgraph=True) compile a call of rubikops' Triton op
+(an opaque custom op) on this machine's torch and Triton, and give the
+compiled C++ kernel's result?  Informational (prints OK or the error); run by
+gpu_check.sh."""
 import sys
 
-os.environ["RUBIKOPS_TRITON_OP"] = "1"
-import torch  # noqa: E402
+import torch
 
-import rubikops  # noqa: E402
+import rubikops
 
 if not torch.cuda.is_available():
-    sys.exit("triton_op probe: needs a CUDA GPU")
+    sys.exit("Triton op compile probe: needs a CUDA GPU")
 src = torch.randn(2, 1, 16, 16, 16, device="cuda")
 origins = torch.randint(0, 8, (2, 8, 3), device="cuda")
 rot = torch.randint(0, 48, (2, 8), device="cuda")
 
 
 mask = torch.rand(2, 8, device="cuda") < 0.5
-kw = dict(mask=mask, keep_prob=0.3, seed=2**62 + 5)  # a seed above 2**32: it once broke inductor
+kw = dict(mask=mask, keep_prob=0.3, seed=2**62 + 5)  # a seed above 2**32: inductor checks integer arguments' width
 
 
 @torch.compile(fullgraph=True)
@@ -29,10 +29,10 @@ try:
     got = f(src, origins, rot, mask)
     ok = torch.equal(got, 2 * rubikops.extract_cubes(src, origins, (8, 8, 8), rotations=rot, backend="compiled",
                                                      **kw))
-    print(f"triton_op probe: torch.compile {'OK' if ok else 'WRONG RESULT'} (torch {torch.__version__})")
+    print(f"Triton op compile probe: torch.compile {'OK' if ok else 'WRONG RESULT'} (torch {torch.__version__})")
 except Exception as exc:  # noqa: BLE001 - report whatever inductor raises
     import traceback
     frames = traceback.extract_tb(exc.__traceback__)[-3:]
     where = " <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" for f in reversed(frames))
-    print(f"triton_op probe: torch.compile failed on torch {torch.__version__}: {type(exc).__name__}: "
+    print(f"Triton op compile probe: torch.compile failed on torch {torch.__version__}: {type(exc).__name__}: "
           f"{' '.join(str(exc).split())[:400]} [at {where}]")

@@ -1,5 +1,8 @@
-"""Shared benchmark utilities: timing (medians with p20/p80 spread), machine
-description, table printing and JSON records."""
+"""Shared benchmark utilities: the workloads, timing (medians with p20/p80
+spread), machine description, table printing and JSON records.
+
+The benchmark scripts import this module and never each other's entry
+points: run.py -> sweeps.py, pipelines.py, e2e.py -> utils.py."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -13,6 +16,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
+
+import rubikops
+from rubikops.rotations import PAPER_ROTATIONS
+
+
+def make_workload(B, M, cube, vol, dtype, device, codes="paper", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    source = (torch.randn(B, 1, vol, vol, vol, generator=g) * 100).to(dtype).to(device)
+    origins = torch.randint(0, vol - cube + 1, (B, M, 3), generator=g).to(device)
+    if codes == "paper":
+        rot = torch.tensor(PAPER_ROTATIONS)[torch.randint(0, 3, (B, M), generator=g)]
+    elif codes == "w-moving":  # axis orders that put source W elsewhere (e.g. 90-degree turns)
+        moving = [c for c in range(48) if rubikops.rotations.moves_w(c)]
+        rot = torch.tensor(moving)[torch.randint(0, len(moving), (B, M), generator=g)]
+    else:
+        rot = None
+    return source, origins, rot.to(device) if rot is not None else None
 
 
 @dataclass
@@ -137,18 +157,66 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+# The flags of benchmarks/run.py that choose which rows a run measures: runs
+# that differ in them are different configurations of the same machine.
+CONFIG_FLAGS = ("quick", "full", "variants", "no_e2e")
+
+
+def machine_tag(info: dict) -> str:
+    """Short machine name for file names: "cpu", or the GPU model ("h100")."""
+    gpu = info.get("gpu")
+    if not gpu:
+        return "cpu"
+    model = [t for t in gpu.replace("-", " ").split() if any(c.isdigit() for c in t)]
+    return model[0].lower() if model else "gpu"
+
+
+def result_key(doc: dict) -> tuple:
+    """What makes two result files measurements of the same thing: the
+    machine (model, cores) and the configuration flags of the run."""
+    machine, args = doc["machine"], doc.get("args", {})
+    return (args.get("device"), machine.get("gpu") or machine.get("cpu"), machine.get("cores"),
+            tuple(flag for flag in CONFIG_FLAGS if args.get(flag)))
+
+
 def write_results(rows: list[Row], device: torch.device, args: dict, directory: str) -> str:
-    """Atomically write one JSON file per run under `directory`."""
+    """Write the run's JSON under `directory`, replacing the file of an
+    earlier run of the same machine and configuration (see `result_key`), so
+    the folder holds the latest run of each.  The new file is written to a
+    temporary name and renamed into place before the old one is removed: an
+    interrupted run leaves the previous file intact."""
     os.makedirs(directory, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = os.path.join(directory, f"{stamp}-{device.type}.json")
     doc = {"machine": machine_info(device), "git": git_revision(), "time": stamp, "args": args,
            "rows": [r.to_record() for r in rows]}
+    key = result_key(doc)
+    name = machine_tag(doc["machine"]) + f"-{stamp}" + ("-cuda" if device.type == "cuda" else "") + \
+        "".join("-" + flag.replace("_", "-") for flag in key[-1]) + ".json"
+    path = os.path.join(directory, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1, default=str)
     os.replace(tmp, path)
+    for other in sorted(os.listdir(directory)):
+        other_path = os.path.join(directory, other)
+        if other_path == path or not other.endswith(".json"):
+            continue
+        try:
+            with open(other_path) as f:
+                same = result_key(json.load(f)) == key
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a results file of ours: leave it alone
+        if same:
+            os.remove(other_path)
     return path
+
+
+def load_rows(path: str) -> list[Row]:
+    """The rows of a results JSON, as `format_table` takes them."""
+    with open(path) as f:
+        records = json.load(f)["rows"]
+    fields = ("name", "workload", "bytes_moved", "ceiling_gbs", "baseline_s", "extra")
+    return [Row(timing=Timing(**r["timing"]), **{k: r[k] for k in fields}) for r in records]
 
 
 def compare(rows: list[Row], path: str) -> str:
