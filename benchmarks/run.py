@@ -250,6 +250,7 @@ def main(argv=None):
     if args.show:
         rows = utils.load_rows(args.show)
         print(utils.format_table(rows))
+        print(utils.format_extras(rows))
         return rows
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -269,6 +270,7 @@ def main(argv=None):
         rows += bench_e2e(dev, quick=args.quick)
     print()
     print(utils.format_table(rows))
+    print(utils.format_extras(rows))
     print("\n% ceil: GB/s against the copy ceiling of the same run (clone for allocating rows, copy_ for out= rows "
           "on CPU; clone on GPU). vs base: speed-up against the NumPy loop (CPU) or the torch loop (GPU).")
     if args.compare:  # before saving: the file compared against may be the one the save replaces

@@ -211,6 +211,17 @@ def write_results(rows: list[Row], device: torch.device, args: dict, directory: 
     return path
 
 
+def format_extras(rows: list[Row]) -> str:
+    """The rows' derived figures (whole puzzle / bare op, steps per second,
+    batch generation's share of a step), one line each."""
+    lines = []
+    for r in rows:
+        for key, value in r.extra.items():
+            shown = f"{100 * value:.1f}%" if key.startswith("fraction") else f"{value:.2f}"
+            lines.append(f"{r.name}: {key.replace('_', ' ')} {shown}")
+    return "\n".join(lines)
+
+
 def load_rows(path: str) -> list[Row]:
     """The rows of a results JSON, as `format_table` takes them."""
     with open(path) as f:
