@@ -11,24 +11,31 @@ def describe() -> str:
     from rubikops import ops
 
     b = rubikops.available_backends()
+    compiled, triton = b["compiled"], b["triton"]
+
+    def kernel(device):
+        if not compiled["loaded"] or not compiled[device]:
+            return "no"
+        return "yes" + (" (forward and backward)" if compiled[f"{device}_backward"] else "") + \
+            (", puzzle sampler" if compiled[f"{device}_sampler"] else "")
+
     lines = [
         f"rubikops {rubikops.__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
-        f"compiled CPU kernel:  {'yes' if b['compiled_cpu'] else 'no'}"
-        + (" (forward and backward)" if b["compiled_cpu_backward"] else "")
-        + (", puzzle sampler" if b["compiled_cpu_sampler"] else ""),
-        f"compiled CUDA kernel: {'yes' if b['compiled_cuda'] else 'no'}"
-        + (" (forward and backward)" if b["compiled_cuda_backward"] else "")
-        + (", puzzle sampler" if b["compiled_cuda_sampler"] else ""),
+        f"compiled CPU kernel:  {kernel('cpu')}",
+        f"compiled CUDA kernel: {kernel('cuda')}",
         f"triton:               {_triton_version() or 'not installed'}"
         + (" (interpreter on: TRITON_INTERPRET=1)" if ops.interpreter_enabled() else ""),
         "torch reference:      yes",
         f"CUDA device:          {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none visible'}",
     ]
-    if b["load_error"]:
-        lines.append(f"compiled library failed to load: {b['load_error']}")
-    default_cuda = "CUDA C++" if b["compiled_cuda"] else ("Triton" if b["triton"] else "none")
-    lines.append(f"default on CPU tensors: compiled C++ kernel; on CUDA tensors: {default_cuda}")
+    for name, info in b.items():
+        if info["error"]:
+            lines.append(f"{name} backend installed but failed to load: {info['error']}")
+    has_cuda = compiled["loaded"] and compiled["cuda"]
+    default_cuda = "CUDA C++" if has_cuda else ("Triton" if triton["loaded"] else "the torch reference")
+    lines.append(f"default on CPU tensors: {'compiled C++ kernel' if compiled['loaded'] else 'the torch reference'}; "
+                 f"on CUDA tensors: {default_cuda}")
     return "\n".join(lines)
 
 

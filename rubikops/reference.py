@@ -43,11 +43,6 @@ def keep_threshold(keep_prob: float) -> int:
     return min(int(keep_prob * (1 << 24)), 1 << 24)
 
 
-def is_noop_shift(shift_value: float) -> bool:
-    """-0.0 is what the op's schema carries for shift=None: x + (-0.0) == x for every x."""
-    return shift_value == 0.0 and math.copysign(1.0, shift_value) < 0
-
-
 def _lshr(z: torch.Tensor, k: int) -> torch.Tensor:
     """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
     return (z >> k) & ((1 << (64 - k)) - 1)

@@ -333,14 +333,15 @@ TRITON_BACKENDS = [p for p in BACKENDS if p.values[0][0] == "triton"]
 
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS)
-@pytest.mark.parametrize("tile", ["1,2,4", "2,4,8", "4,1,16"])
+@pytest.mark.parametrize("tile", [(1, 2, 4), (2, 4, 8), (4, 1, 16)], ids=str)
 @pytest.mark.parametrize("cube,codes", [((6, 5, 6), "all"), ((9, 7, 13), "flips"), ((8, 8, 8), "all")], ids=str)
-def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes, monkeypatch):
-    """The Triton kernel split into GPU-sized tiles (forced: under the
-    interpreter a program takes a whole cube): partial tiles along every axis,
-    and (6, 5, 6) whose W-moving codes split the cube (o, r) = (H, D) while the
-    others split it (D, H)."""
-    monkeypatch.setenv("RUBIKOPS_TRITON_TILE", tile)
+def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes):
+    """The Triton kernel split into GPU-sized tiles (forced through the
+    launcher's ``tile``: under the interpreter a program takes a whole cube):
+    partial tiles along every axis, and (6, 5, 6) whose W-moving codes split
+    the cube (o, r) = (H, D) while the others split it (D, H)."""
+    from rubikops._schema import ExtractCubesParams, out_shape
+    from rubikops.triton import extract_cubes as triton_kernels
     case = random_case(40, B=2, M=3, cube=cube, vol=(12, 11, 14), codes=codes, mask=0.4, keep_prob=0.3,
                        with_index=True)
     if codes == "all":  # every axis order that keeps the shape, W-moving ones included
@@ -348,21 +349,24 @@ def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes, monkeypa
         picked = [allowed[(9 * i) % len(allowed)] for i in range(6)]
         assert len({c // 8 for c in picked}) == len(allowed) // 8
         case.kwargs["rotations"] = torch.tensor(picked).view(2, 3)
-    assert_matches(run(case, backend), case)
+    c = case.to(backend[1])
+    args = ExtractCubesParams(c.source, c.origins, c.cube_size, **c.kwargs).schema_args()
+    out = torch.full(out_shape(c.source, c.origins, c.cube_size), float("nan"), device=c.source.device)
+    triton_kernels.launch(*args[:15], out, tile=tile)
+    assert_matches(out, case)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("unroll", ["4", "8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.uint8], ids=str)
 @pytest.mark.parametrize("cube", [(3, 2, 32), (5, 3, 40), (4, 4, 64)], ids=str)
-def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
-    """Both unroll depths of the CUDA vector path (RUBIKOPS_CUDA_UNROLL) on
-    rows of 32 to 64 voxels, so that one block's packs cross rows and
-    planes; masks with keep noise, an index, flips, and per-sample arithmetic."""
+def test_cuda_vector_path(dtype, cube):
+    """The CUDA vector path on rows of 32 to 64 voxels, so that one block's
+    packs cross rows and planes, at both unroll depths (8 packs a thread for
+    4- and 8-byte outputs, 4 for 1- and 2-byte ones); masks with keep noise,
+    an index, flips, and per-sample arithmetic."""
     if not rubikops.ops.HAS_CUDA_KERNEL:
         pytest.skip("CUDA kernel not built")
-    monkeypatch.setenv("RUBIKOPS_CUDA_UNROLL", unroll)
     case = random_case(41, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips", mask=0.3,
                        keep_prob=0.4, with_index=True)
     assert_matches(run(case, ("compiled", "cuda")), case)
@@ -370,23 +374,6 @@ def test_cuda_vector_path_unroll(unroll, dtype, cube, monkeypatch):
         arith = random_case(42, dtype=dtype, B=3, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
                             scale="tensor", shift="float", out_dtype=torch.float32)
         assert_matches(run(arith, ("compiled", "cuda")), arith)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int16], ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "strided"])
-@pytest.mark.parametrize("cube", [(3, 2, 32), (4, 4, 64)], ids=str)
-def test_cuda_pair_loads(dtype, layout, cube, monkeypatch):
-    """The pair-load experiment (RUBIKOPS_CUDA_PAIRS=1) for 2-byte types:
-    random origins give packs at both 4-byte alignments, flips reverse W, and
-    the strided layout (W step 2) must fall back to single loads."""
-    if not rubikops.ops.HAS_CUDA_KERNEL:
-        pytest.skip("CUDA kernel not built")
-    monkeypatch.setenv("RUBIKOPS_CUDA_PAIRS", "1")
-    case = random_case(43, dtype=dtype, layout=layout, B=4, M=8, cube=cube, vol=(9, 7, 70), codes="flips",
-                       mask=0.3, keep_prob=0.4, with_index=True)
-    assert_matches(run(case, ("compiled", "cuda")), case)
 
 
 @pytest.mark.cuda

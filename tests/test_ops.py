@@ -6,19 +6,18 @@ import pytest
 import torch
 
 import rubikops
-from rubikops import ops, reference
+from rubikops import _library, _schema, backends, ops, reference
 
 from .testing import BACKENDS, random_case
 
 
-def test_python_schema_matches_compiled_schema():
+def test_the_registered_schemas_are_the_python_ones():
     if not ops.HAS_COMPILED:
-        pytest.fail(f"compiled library missing: {ops._LOAD_ERROR}")
-    assert str(torch.ops.rubikops.extract_cubes.default._schema) == "rubikops::" + ops.EXTRACT_CUBES_SCHEMA
-    assert str(torch.ops.rubikops.extract_cubes.out._schema) == "rubikops::" + ops.EXTRACT_CUBES_OUT_SCHEMA.replace(
-        "extract_cubes.out(", "extract_cubes.out(")
+        pytest.fail(f"compiled library missing: {backends.REGISTRY['compiled'].error}")
+    assert str(torch.ops.rubikops.extract_cubes.default._schema) == "rubikops::" + _schema.EXTRACT_CUBES_SCHEMA
+    assert str(torch.ops.rubikops.extract_cubes.out._schema) == "rubikops::" + _schema.EXTRACT_CUBES_OUT_SCHEMA
     assert str(torch.ops.rubikops.extract_cubes_backward.default._schema) == \
-        "rubikops::" + ops.EXTRACT_CUBES_BACKWARD_SCHEMA
+        "rubikops::" + _schema.EXTRACT_CUBES_BACKWARD_SCHEMA
 
 
 def _op_args(case):
@@ -52,7 +51,6 @@ def test_opcheck_out_variant():
 def test_opcheck_triton_interpreter():
     case = random_case(22, dtype=torch.float64, scale="tensor", mask=0.5, keep_prob=0.3)
     case.source.requires_grad_(True)
-    ops._get_triton_op()  # registers rubikops::extract_cubes_triton
     torch.library.opcheck(torch.ops.rubikops.extract_cubes_triton.default, _op_args(case))
 
 
@@ -132,13 +130,12 @@ def test_backward_kernels_equal_generic_backward(backend, dtype, grad_dtype, lay
     grad = flat[grad_offset:].view(shape)
     args = _backward_args(grad, case)
     if name == "triton":
-        ops._get_triton_op()  # registers rubikops::extract_cubes_backward_triton
         got = torch.ops.rubikops.extract_cubes_backward_triton(*args)
     else:
-        if not ops._has_kernel("rubikops::extract_cubes_backward", device.upper()):
+        if not _library.has_kernel("rubikops::extract_cubes_backward", device.upper()):
             pytest.fail(f"the compiled library has no {device} backward kernel")
         got = torch.ops.rubikops.extract_cubes_backward(*args)
-    want = ops.extract_cubes_backward_generic(*args)
+    want = _library.extract_cubes_backward_generic(*args)
     assert got.shape == case.source.shape and got.dtype == dtype and got.is_contiguous()
     assert bool((want != 0).any()) and bool((want == 0).any())
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
@@ -165,7 +162,7 @@ def test_backward_with_a_strided_gradient(backend, layout):
     args = _backward_args(grad, case)
     op = torch.ops.rubikops.extract_cubes_backward_triton if name == "triton" else \
         torch.ops.rubikops.extract_cubes_backward
-    want = ops.extract_cubes_backward_generic(*args)
+    want = _library.extract_cubes_backward_generic(*args)
     assert bool((want != 0).any())
     torch.testing.assert_close(op(*args), want, rtol=1e-5, atol=1e-4)
 
@@ -174,7 +171,7 @@ def test_cpu_backward_is_deterministic_across_thread_counts():
     """The CPU backward kernel splits work by volume, so every voxel receives
     its additions in one order: overlapping boxes and a volume shared by
     several samples give bit-identical gradients with 1 and 2 threads."""
-    if not ops.HAS_CPU_BACKWARD_KERNEL:
+    if not backends.get("compiled").features()["cpu_backward"]:
         pytest.fail("the compiled library has no CPU backward kernel")
     case = random_case(26, dtype=torch.float32, B=6, M=8, N=3, with_index=True, cube=(5, 5, 5), vol=(7, 8, 6),
                        scale="tensor")
@@ -189,7 +186,7 @@ def test_cpu_backward_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
-    torch.testing.assert_close(one, ops.extract_cubes_backward_generic(*args), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(one, _library.extract_cubes_backward_generic(*args), rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("bad,exc,match", [
@@ -282,7 +279,7 @@ def test_out_with_autograd_is_refused():
 def test_backend_choice(monkeypatch):
     assert ops.resolve_backend("cpu", torch.device("cpu")) == "compiled"
     assert ops.resolve_backend("reference", torch.device("cpu")) == "torch"
-    monkeypatch.setenv("RUBIKOPS_BACKEND", "torch")
+    monkeypatch.setattr(ops, "DEFAULT_BACKEND", "torch")  # RUBIKOPS_BACKEND, as read at import
     assert ops.resolve_backend(None, torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.resolve_backend("opencl", torch.device("cpu"))
@@ -299,7 +296,7 @@ def test_triton_ops_are_registered_at_import():
     import subprocess
     import sys
     code = ("import torch, rubikops; "
-            "print(hasattr(torch.ops.rubikops, 'extract_cubes_triton'), rubikops.available_backends()['triton'])")
+            "print(hasattr(torch.ops.rubikops, 'extract_cubes_triton'), rubikops.available_backends()['triton']['loaded'])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     want = ["True", "True"] if ops.triton_available() else ["False", "False"]
@@ -328,7 +325,7 @@ def test_interpreter_set_after_import_is_refused_clearly():
 
 def test_available_backends_reports_cpu():
     info = rubikops.available_backends()
-    assert info["compiled_cpu"] is True and info["torch_reference"] is True
+    assert info["compiled"]["loaded"] and info["compiled"]["cpu"] is True and info["torch"]["loaded"]
 
 
 # --- validation: every bad input names its argument ---------------------------------
@@ -509,8 +506,7 @@ def test_cuda_opcheck_and_compile(name):
     case = random_case(27, dtype=torch.float32, scale="tensor", mask=0.5, keep_prob=0.3, with_index=True).to("cuda")
     args = _op_args(case)
     if name == "triton":
-        ops._get_triton_op()  # registers rubikops::extract_cubes_triton
-    op = torch.ops.rubikops.extract_cubes.default if name == "compiled" else \
+        op = torch.ops.rubikops.extract_cubes.default if name == "compiled" else \
         torch.ops.rubikops.extract_cubes_triton.default
     torch.library.opcheck(op, args)
     kw = case.kwargs
@@ -542,10 +538,10 @@ sys.meta_path.insert(0, NoCompiled())
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import rubikops
-assert any("compiled library could not be loaded" in str(w.message) for w in caught), caught
+assert any("compiled library is not built" in str(w.message) for w in caught), caught
 import torch
 from rubikops import ops, reference
-assert not ops.HAS_COMPILED and not ops.available_backends()["compiled_cpu_sampler"]
+assert not ops.HAS_COMPILED and not ops.available_backends()["compiled"]["loaded"]
 vol = torch.randn(2, 1, 30, 31, 32, generator=torch.Generator().manual_seed(0))
 puzzle = rubikops.RubikCube(cube_size=8, gap=(0, 4), mask_prob=0.5)
 cubes, t = puzzle(vol, generator=torch.Generator().manual_seed(1))

@@ -6,7 +6,7 @@ import zlib
 import pytest
 import torch
 
-from rubikops import ops, reference
+from rubikops import _library, _schema, ops, reference
 from rubikops.rotations import PAPER_ROTATIONS, PROPER_ROTATIONS
 
 DEVICES = [pytest.param("cpu", id="cpu")]
@@ -140,7 +140,7 @@ def test_choices_cover_their_ranges_uniformly():
 
 
 def test_schema_matches_python():
-    assert str(torch.ops.rubikops.sample_puzzle.default._schema) == "rubikops::" + ops.SAMPLE_PUZZLE_SCHEMA
+    assert str(torch.ops.rubikops.sample_puzzle.default._schema) == "rubikops::" + _schema.SAMPLE_PUZZLE_SCHEMA
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -176,16 +176,17 @@ def test_backend_torch_runs_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "sample_puzzle", lambda *a: calls.append(a) or "reference")
     assert ops.sample_puzzle(*args, backend="torch") == "reference"
-    monkeypatch.setenv("RUBIKOPS_BACKEND", "torch")
+    monkeypatch.setattr(ops, "DEFAULT_BACKEND", "torch")  # RUBIKOPS_BACKEND, as read at import
     assert ops.sample_puzzle(*args) == "reference"
     assert len(calls) == 2
 
 
 def test_compiled_kernels_are_reported():
     backends = ops.available_backends()
-    assert backends["compiled_cpu_sampler"] is True
-    assert backends["compiled_cuda_sampler"] == ops.HAS_CUDA_SAMPLER_KERNEL
-    assert backends["triton_sampler"] == ops.triton_available()
+    assert backends["compiled"]["cpu_sampler"] is True
+    assert backends["compiled"]["cuda_sampler"] == _library.has_kernel("rubikops::sample_puzzle", "CUDA") or \
+        backends["triton"]["cuda_fallback"]["sample_puzzle"]
+    assert hasattr(torch.ops.rubikops, "sample_puzzle_triton") == ops.triton_available()
 
 
 def _with(args, i, value):

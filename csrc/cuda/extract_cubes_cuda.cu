@@ -108,33 +108,6 @@ __device__ __forceinline__ CubeGeom cube_geom(const ExtractCubesParams& p, int64
   return g;
 }
 
-// The 8 consecutive 2-byte elements lo[0..7] (reversed when `reverse`) with
-// 4-byte loads: every load stays inside lo[0..7], whatever lo's alignment.
-template <typename in_t>
-__device__ __forceinline__ void load_pairs(const in_t* __restrict__ lo, bool reverse, in_t (&dst)[8]) {
-  struct alignas(4) Pair { in_t a, b; };
-  in_t t[8];
-  if ((reinterpret_cast<uintptr_t>(lo) & 3) == 0) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const Pair q = reinterpret_cast<const Pair*>(lo)[k];
-      t[2 * k] = q.a;
-      t[2 * k + 1] = q.b;
-    }
-  } else {  // lo + 1 is 4-byte aligned
-    t[0] = lo[0];
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      const Pair q = reinterpret_cast<const Pair*>(lo + 1)[k];
-      t[2 * k + 1] = q.a;
-      t[2 * k + 2] = q.b;
-    }
-    t[7] = lo[7];
-  }
-#pragma unroll
-  for (int e = 0; e < 8; ++e) dst[e] = reverse ? t[7 - e] : t[e];
-}
-
 template <typename out_t>
 __device__ __forceinline__ out_t apply_mask(const ExtractCubesParams& p, bool masked, int64_t k, out_t v, out_t fill) {
   if (!masked) return v;
@@ -172,12 +145,6 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t nvec = cube_numel / VEC;
     const uint32_t first = blk * (kThreads * kUnroll) + threadIdx.x;
     in_t raw[kUnroll][VEC];
-    // Experiment (RUBIKOPS_CUDA_PAIRS=1, not yet timed): 2-byte types on a
-    // unit W step read their 8 elements as 4-byte pairs (4 loads where the
-    // pack's lowest element is 4-byte aligned, else 1 + 3 pairs + 1), not 8
-    // 2-byte loads; bfloat16 is at 66% of clone where float32, with 4 loads a
-    // pack, is at 85% (run 14).
-    const bool pairs = sizeof(in_t) == 2 && VEC == 8 && p.pair_loads && (g.step[2] == 1 || g.step[2] == -1);
     if (!fill_only) {
       const uint32_t d2v = d2 / VEC;
 #pragma unroll
@@ -187,12 +154,6 @@ __global__ void __launch_bounds__(kThreads)
           const uint32_t row = v / d2v, col = (v - row * d2v) * VEC;
           const uint32_t i0 = row / d1, i1 = row - i0 * d1;
           const in_t* s = src + g.start + i0 * g.step[0] + i1 * g.step[1] + static_cast<int64_t>(col) * g.step[2];
-          if constexpr (sizeof(in_t) == 2 && VEC == 8) {
-            if (pairs) {
-              load_pairs(g.step[2] > 0 ? s : s - (VEC - 1), g.step[2] < 0, raw[u]);
-              continue;
-            }
-          }
 #pragma unroll
           for (int e = 0; e < VEC; ++e) raw[u][e] = s[e * g.step[2]];
         }
@@ -393,8 +354,8 @@ cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t strea
         // 16-byte packs in flight per thread in the vector path.  H100, B=32 x 8
         // cubes of 64^3, paper codes, out=, one run: float32 4 -> 8 packs went
         // 70.6% -> 78.4% of the clone ceiling; bfloat16 8 -> 4 packs 54.9% -> 64.2%.
-        const int unroll = p.unroll > 0 ? p.unroll : (sizeof(out_t) >= 4 ? 8 : 4);
-        return unroll >= 8 ? launch_typed<in_t, out_t, 8>(p, stream) : launch_typed<in_t, out_t, 4>(p, stream);
+        if constexpr (sizeof(out_t) >= 4) return launch_typed<in_t, out_t, 8>(p, stream);
+        else return launch_typed<in_t, out_t, 4>(p, stream);
       } else {
         return cudaErrorInvalidValue;  // integer outputs are plain copies of the same dtype (checked before)
       }

@@ -27,8 +27,6 @@ struct ExtractCubesParams {
   double scale_value, shift_value, clamp_lo, clamp_hi, fill;
   bool arithmetic;
   uint64_t seed, threshold;  // keep iff splitmix64 top 24 bits < threshold
-  int unroll;                // vector packs per thread: 4, 8, or 0 for the default
-  bool pair_loads;           // 2-byte types, unit W step: read the pack as 4-byte pairs (experiment, off by default)
   bool clamp;                // backward only: a clamp bound is set (gradient passes where lo <= v <= hi)
 };
 

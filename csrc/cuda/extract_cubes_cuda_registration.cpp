@@ -5,7 +5,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -92,10 +91,6 @@ at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& o
   const c10::cuda::CUDAGuard guard(source.device());
   std::vector<at::Tensor> keep;
   cuda::ExtractCubesParams p = make_params(a, out, keep);
-  const char* unroll = std::getenv("RUBIKOPS_CUDA_UNROLL");  // tuning knob, read per call
-  p.unroll = unroll ? std::atoi(unroll) : 0;  // 0: the kernel's measured default
-  const char* pairs = std::getenv("RUBIKOPS_CUDA_PAIRS");  // experiment knob, not yet measured on a GPU
-  p.pair_loads = pairs && std::atoi(pairs) != 0;
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
   return out;

@@ -16,6 +16,9 @@ import triton
 import triton.language as tl
 
 from .. import reference
+from .._library import backward_via, extract_cubes_backward_fake, extract_cubes_fake, setup_context
+from .._schema import EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_SCHEMA, is_no_shift, out_shape, seed_halves
+from ..checks import check_tensors
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -96,7 +99,7 @@ def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s
 def _keep(out_offs, seed_lo, seed_hi, threshold):
     """Rubik's Cube+ keep decision: splitmix64 of the output's linear index
     (normative, see the core issue).  The 64-bit seed arrives as two signed
-    32-bit halves (see _seed_halves)."""
+    32-bit halves (see rubikops._schema.seed_halves)."""
     k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
     seed = (tl.cast(seed_hi, tl.int64) << 32) | (tl.cast(seed_lo, tl.int64) & 0xFFFFFFFF)
     z = seed.to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
@@ -328,17 +331,6 @@ def _extract_cubes_backward_kernel(
     tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
 
 
-def _seed_halves(seed: int) -> tuple[int, int]:
-    """The 64-bit keep seed as two signed 32-bit ints (low, high), so that
-    every integer kernel argument fits in int32.  On torch 2.11 (H100),
-    inductor failed to compile the triton_op for a call with a 62-bit seed
-    ("'int' object has no attribute 'xreplace'", raised from its check of
-    whether each argument fits in 32 bits) while a call with seed 0 compiled."""
-    u = int(seed) & 0xFFFFFFFFFFFFFFFF
-    lo, hi = u & 0xFFFFFFFF, u >> 32
-    return tuple(x - (1 << 32) if x >= (1 << 31) else x for x in (lo, hi))
-
-
 def _optional_pointers(source, index, rotations, mask, scale, shift) -> tuple:
     """The optional tensors, with the source standing in for absent ones
     (never read: their HAS_* flag is off)."""
@@ -355,7 +347,7 @@ def _flags(cube, index, rotations, mask, threshold, scale, shift, clamp_lo, clam
                 HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None)
 
 
-def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
+def launch_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
                     scale, shift, scale_value, shift_value, clamp_lo, clamp_hi) -> Tensor:
     """Gradient w.r.t. ``source`` (its shape, contiguous, its dtype)."""
     N, C, D, H, W = source.shape
@@ -376,11 +368,11 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
     numel = CD * CH * CW
     block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
     grid = (B * M * C * triton.cdiv(numel, block),)
-    kernel_runner(_extract_cubes_backward_kernel)[grid](
+    _extract_cubes_backward_kernel[grid](
         grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(), *grad.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
-        *_seed_halves(seed), int(threshold),
+        *seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block,
         WIDE=not (_fits_int32(source, grad) and _span(grad) < 2**31 and acc.numel() < 2**31),
@@ -389,32 +381,37 @@ def launch_backward(kernel_runner, grad, source, origins, cube_size, index, rota
     return acc.to(source.dtype)
 
 
-def tile_shape(cube_size: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, int, int, int]:
+# A GPU program writes 4 KB of output with 4 warps.  H100, B=32 x 8 cubes of 64^3, paper codes, out=, % of
+# the clone ceiling for 4/8/16 KB with 4 warps: float32 88.5/51.6/55.4, bfloat16 49.9/46.5/47.4 (8 warps:
+# 39.8/53.5/56.0 and 47.5/24.4/50.6).
+GPU_BLOCK_BYTES = 4096
+GPU_WARPS = 4
+
+
+def tile_shape(cube_size: Sequence[int], device: torch.device, dtype: torch.dtype,
+               tile: Optional[Sequence[int]] = None) -> tuple[int, int, int, int]:
     """(TO, TR, TW, num_warps) of a program's output box.
 
     Under the interpreter each program costs ~5 ms whatever its size, so a
     program takes a whole cube (up to 64k voxels).  On the GPU a program
-    writes RUBIKOPS_TRITON_BLOCK bytes, whole output rows first.  H100,
-    B=32 x 8 cubes of 64^3, paper codes, out=, % of the clone ceiling for
-    4/8/16 KB with 4 warps: float32 88.5/51.6/55.4, bfloat16 49.9/46.5/47.4
-    (8 warps: 39.8/53.5/56.0 and 47.5/24.4/50.6), so 4 KB and 4 warps."""
+    writes GPU_BLOCK_BYTES, whole output rows first.  ``tile`` (TO, TR, TW)
+    forces the box (rounded up to powers of two): the tests split cubes into
+    GPU-sized tiles under the interpreter with it."""
     CD, CH, CW = (int(s) for s in cube_size)
-    forced = os.environ.get("RUBIKOPS_TRITON_TILE")  # "TO,TR,TW" (powers of two), for tests and tuning
-    if forced:
-        to, tr, tw = (triton.next_power_of_2(int(v)) for v in forced.split(","))
-        return to, tr, tw, int(os.environ.get("RUBIKOPS_TRITON_WARPS", "4"))
+    if tile is not None:
+        to, tr, tw = (triton.next_power_of_2(int(v)) for v in tile)
+        return to, tr, tw, GPU_WARPS if device.type == "cuda" else 1
     tw = triton.next_power_of_2(CW)
     rows = triton.next_power_of_2(max(CD, CH))
     if device.type != "cuda":
         tr = min(rows, max(1, (1 << 16) // tw))
         return min(rows, max(1, (1 << 16) // (tw * tr))), tr, tw, 1
     esize = torch.empty((), dtype=dtype).element_size()
-    block = triton.next_power_of_2(int(os.environ.get("RUBIKOPS_TRITON_BLOCK", "4096")) // esize)
-    warps = int(os.environ.get("RUBIKOPS_TRITON_WARPS", "4"))
+    block = triton.next_power_of_2(GPU_BLOCK_BYTES // esize)
     tw = min(tw, max(16, block))
     tr = min(rows, max(1, block // tw))
     to = min(rows, max(1, block // (tw * tr)))
-    return to, tr, tw, warps
+    return to, tr, tw, GPU_WARPS
 
 
 def _programs_per_cube(cube_size: Sequence[int], to: int, tr: int, tw: int) -> int:
@@ -434,8 +431,10 @@ def _fits_int32(source: Tensor, out: Tensor) -> bool:
     return _span(source) < 2**31 and out.numel() < 2**31 and max(abs(s) for s in source.stride()) < 2**31
 
 
-def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-            scale_value, shift_value, clamp_lo, clamp_hi, out):
+def launch(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,
+           shift_value, clamp_lo, clamp_hi, out, tile: Optional[Sequence[int]] = None):
+    """Run the kernel into ``out`` (arguments: the op's schema; checked by the caller).  ``tile``: see
+    :func:`tile_shape`."""
     N, C, D, H, W = source.shape
     B, M = origins.shape[0], origins.shape[1]
     CD, CH, CW = (int(s) for s in cube_size)
@@ -444,7 +443,7 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
     odt = out.dtype
     f64 = torch.float64 in (source.dtype, odt)
     arith = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not reference.is_noop_shift(shift_value)
+        or scale_value != 1.0 or not is_no_shift(shift_value)
     threshold = reference.keep_threshold(keep_prob)
     if threshold >= (1 << 24):  # keep_prob == 1: a masked cube keeps every voxel
         mask = None
@@ -458,14 +457,14 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
     # and a direct int16/uint8 -> bfloat16 cast gave NaNs and denormals in the
     # interpreter (float32 holds every int16 exactly, so the rounding is the same).
     via_f32 = (f64 or not source.dtype.is_floating_point) and odt in (torch.float16, torch.bfloat16)
-    to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt)
+    to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt, tile)
     per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
     grid = (B * M * C * per_cube,)
-    kernel_runner(_extract_cubes_kernel)[grid](
+    _extract_cubes_kernel[grid](
         source, out, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0), float(fill),
-        *_seed_halves(seed), int(threshold),
+        *seed_halves(seed), int(threshold),
         **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
         ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
         BF16_RTNE=_INTERPRET and odt == torch.bfloat16,
@@ -474,20 +473,18 @@ def _launch(kernel_runner, source, origins, cube_size, index, rotations, mask, f
     )
 
 
-def _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
-           clamp_lo, clamp_hi, out_dtype, out=None):
+def _check(schema_args: tuple, out: Optional[Tensor] = None) -> None:
     """The shape, dtype, device and out= checks of the C++ backends
     (csrc/extract_cubes_checks.h), for calls that reach this op without the
     Python ones (validate=False, torch.ops): they keep the kernel in bounds."""
-    from .. import ops
-
+    (source, origins, cube_size, index, rotations, mask, fill, _keep_prob, _seed, scale, shift, scale_value,
+     shift_value, clamp_lo, clamp_hi, out_dtype) = schema_args
     arithmetic = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not reference.is_noop_shift(shift_value)
-    ops.check_tensors(source, origins, cube_size, index, rotations, mask, scale, shift, fill, out_dtype, arithmetic,
-                      out)
+        or scale_value != 1.0 or not is_no_shift(shift_value)
+    check_tensors(source, origins, cube_size, index, rotations, mask, scale, shift, fill, out_dtype, arithmetic, out)
 
 
-class _TritonExtractCubes:
+class TritonExtractCubes:
     """The registered Triton op and its out= variant (two ops: a custom op
     cannot define an overload)."""
 
@@ -503,81 +500,47 @@ class _TritonExtractCubes:
         return out
 
 
-def use_triton_op() -> bool:
-    """torch.library.triton_op only on a real GPU and when asked for
-    (RUBIKOPS_TRITON_OP=1); otherwise an opaque custom op (see register)."""
-    return not _INTERPRET and os.environ.get("RUBIKOPS_TRITON_OP", "0") not in ("", "0")
-
-
-def register() -> _TritonExtractCubes:
-    from .. import ops
-
-    # Annotated so that torch.library can infer the schema where triton_op
-    # takes none (torch 2.11).
-    def functional(source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
-                   rotations: Optional[Tensor], mask: Optional[Tensor], fill: float, keep_prob: float, seed: int,
-                   scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
-                   clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype]) -> Tensor:
-        _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
-               clamp_lo, clamp_hi, out_dtype)
+def register() -> TritonExtractCubes:
+    """Define the Triton ops: ``rubikops::extract_cubes_triton`` (and its out= variant and backward) as
+    opaque custom ops around the launcher, with the fake kernel and autograd formula of extract_cubes.
+    Opaque, not torch.library.triton_op: opcheck and torch.compile(fullgraph=True) pass with them on CPU
+    (the interpreter, where triton_op fails: "Attempted to set the storage of a tensor on device meta")
+    and on the GPU."""
+    def functional(*schema_args):
+        _check(schema_args)
+        source, origins, cube_size, out_dtype = schema_args[0], schema_args[1], schema_args[2], schema_args[15]
         odt = out_dtype or reference.default_out_dtype(source.dtype)
-        out = torch.empty(ops._out_shape(source, origins, cube_size), dtype=odt, device=source.device)
-        _launch(runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-                scale_value, shift_value, clamp_lo, clamp_hi, out)
+        out = torch.empty(out_shape(source, origins, cube_size), dtype=odt, device=source.device)
+        launch(*schema_args[:15], out)
         return out
 
-    def out_variant(source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
-                    rotations: Optional[Tensor], mask: Optional[Tensor], fill: float, keep_prob: float, seed: int,
-                    scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
-                    clamp_lo: Optional[float], clamp_hi: Optional[float], out_dtype: Optional[torch.dtype],
-                    out: Tensor) -> None:
-        _check(source, origins, cube_size, index, rotations, mask, fill, scale, shift, scale_value, shift_value,
-               clamp_lo, clamp_hi, out_dtype, out)
-        _launch(runner, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-                scale_value, shift_value, clamp_lo, clamp_hi, out)
+    def out_variant(*schema_args_and_out):
+        *schema_args, out = schema_args_and_out
+        _check(tuple(schema_args), out)
+        launch(*schema_args[:15], out)
 
-    schema = ops.EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
+    schema = EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
     out_schema = schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()")
-    if use_triton_op():
-        # Lets inductor trace into the kernel.  On torch 2.11 + Triton 3.6
-        # (H100), with the ops registered at import (registering on first use
-        # inside the traced function failed as "function marked as skipped"),
-        # torch.compile(fullgraph=True) compiled a call with seed 0, but not
-        # one with a 62-bit seed ("'int' object has no attribute 'xreplace'"
-        # in inductor's 32-bit argument check).  The seed now travels as two
-        # int32 halves; until a GPU run confirms that this is the whole fix,
-        # triton_op stays opt-in (RUBIKOPS_TRITON_OP=1).
-        from torch.library import triton_op, wrap_triton
-        runner = wrap_triton
-        func_op = triton_op("rubikops::extract_cubes_triton", functional, mutates_args=())
-        out_op = triton_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",))
-    else:
-        # An opaque custom op around the same launcher: opcheck and
-        # torch.compile(fullgraph=True) pass with it on CPU (interpreter, where
-        # triton_op fails: "Attempted to set the storage of a tensor on device
-        # meta") and GPU.
-        runner = lambda k: k  # noqa: E731
-        func_op = torch.library.custom_op("rubikops::extract_cubes_triton", functional, mutates_args=(),
-                                          schema=schema)
-        out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", out_variant,
-                                         mutates_args=("out",), schema=out_schema)
-    torch.library.register_fake("rubikops::extract_cubes_triton", ops._extract_cubes_fake)
+    func_op = torch.library.custom_op("rubikops::extract_cubes_triton", functional, mutates_args=(), schema=schema)
+    out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",),
+                                     schema=out_schema)
+    torch.library.register_fake("rubikops::extract_cubes_triton", extract_cubes_fake)
 
-    def backward(grad: Tensor, source: Tensor, origins: Tensor, cube_size: Sequence[int], index: Optional[Tensor],
-                 rotations: Optional[Tensor], mask: Optional[Tensor], keep_prob: float, seed: int,
-                 scale: Optional[Tensor], shift: Optional[Tensor], scale_value: float, shift_value: float,
-                 clamp_lo: Optional[float], clamp_hi: Optional[float]) -> Tensor:
-        _check(source, origins, cube_size, index, rotations, mask, 0.0, scale, shift, scale_value, shift_value,
-               clamp_lo, clamp_hi, grad.dtype)
-        torch._check_value(grad.shape == ops._out_shape(source, origins, cube_size) and grad.device == source.device,
-                           lambda: f"rubikops.extract_cubes_backward: grad must have shape "
-                                   f"{ops._out_shape(source, origins, cube_size)} on {source.device}, got "
-                                   f"{tuple(grad.shape)} on {grad.device}")
-        return launch_backward(lambda k: k, grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
+    def backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale, shift,
+                 scale_value, shift_value, clamp_lo, clamp_hi):
+        _check((source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift, scale_value,
+                shift_value, clamp_lo, clamp_hi, grad.dtype))
+        want = out_shape(source, origins, cube_size)
+        torch._check_value(grad.shape == want and grad.device == source.device,
+                           lambda: f"rubikops.extract_cubes_backward: grad must have shape {want} on "
+                                   f"{source.device}, got {tuple(grad.shape)} on {grad.device}")
+        return launch_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
                                scale, shift, scale_value, shift_value, clamp_lo, clamp_hi)
 
-    backward_op = torch.library.custom_op("rubikops::extract_cubes_backward_triton", backward, mutates_args=())
-    backward_op.register_fake(ops._extract_cubes_backward_fake)
-    torch.library.register_autograd("rubikops::extract_cubes_triton", ops.backward_via(backward_op),
-                                    setup_context=ops._setup_context)
-    return _TritonExtractCubes(func_op, out_op)
+    backward_schema = EXTRACT_CUBES_BACKWARD_SCHEMA.replace("extract_cubes_backward(", "(")
+    backward_op = torch.library.custom_op("rubikops::extract_cubes_backward_triton", backward, mutates_args=(),
+                                          schema=backward_schema)
+    backward_op.register_fake(extract_cubes_backward_fake)
+    torch.library.register_autograd("rubikops::extract_cubes_triton", backward_via(backward_op),
+                                    setup_context=setup_context)
+    return TritonExtractCubes(func_op, out_op)

@@ -17,6 +17,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
+from ..checks import check_sample_puzzle
 from .extract_cubes import _INTERPRET
 
 
@@ -96,10 +97,8 @@ def _block(total: int) -> int:
 
 def sample_puzzle(uniforms: Tensor, volume_shapes: Tensor, index: Tensor, cells: Tensor, permutations: Tensor,
                   code_table: Tensor, crop_size: Sequence[int], jitter: int, mask_prob: float):
-    """Launch the kernel (arguments checked by the caller: rubikops.ops)."""
-    from .. import ops
-
-    ops.check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter,
+    """Check the arguments (as the C++ kernels do) and launch the kernel."""
+    check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter,
                             mask_prob)
     dev = uniforms.device
     B, (K, M), R = uniforms.shape[0], permutations.shape, code_table.numel()
