@@ -223,7 +223,7 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
     rows = []
     kernels = [("generic scatter-add", rubikops.ops.extract_cubes_backward_generic)]
-    if rubikops.ops._has_kernel("rubikops::extract_cubes_backward", dev.type.upper()):
+    if rubikops._library.has_kernel("rubikops::extract_cubes_backward", dev.type.upper()):
         label = "CUDA C++ atomics" if dev.type == "cuda" else "compiled C++"
         kernels.append((label, torch.ops.rubikops.extract_cubes_backward))
     if dev.type == "cuda":

@@ -8,7 +8,6 @@ indexing) used by the backward pass and the benchmarks.
 """
 from __future__ import annotations
 
-import math
 
 from typing import Optional, Sequence
 

@@ -157,11 +157,7 @@ def test_import_graph_reads_the_tree():
 
 # Cycles in code this test does not own, each with why it is allowed for now.
 # A cycle is matched by the set of modules on the path the test prints.
-KNOWN_CYCLES = {
-    frozenset({"rubikops.ops", "rubikops.triton.extract_cubes"}):
-        "both imports are inside functions (ops loads the Triton backend on first use; the Triton "
-        "launcher calls back into ops' argument checks); to go when ops.py is split",
-}
+KNOWN_CYCLES: dict = {}
 
 
 def test_no_import_cycles():
@@ -170,8 +166,6 @@ def test_no_import_cycles():
         " -> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=False, reason="rubikops/ops.py, train/common.py and train/finetune.py are over the "
-                                        "limit and are being split; remove this mark once they are")
 def test_no_python_file_over_the_line_limit():
     over = []
     for folder in LINE_LIMIT_DIRS:

@@ -49,9 +49,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import reporting  # noqa: E402
 import finetune  # noqa: E402
 import pretrain  # noqa: E402
-from common import UserError, mean_sd  # noqa: E402
+from common import UserError  # noqa: E402
+from reporting import mean_sd  # noqa: E402
 
 PRETRAIN_STEPS = next(f.default for f in dataclasses.fields(pretrain.PretrainConfig) if f.name == "steps")
 INITS = ("scratch", "rubik", "ordering")
@@ -347,10 +349,10 @@ def report(args, argv, tasks, inits, fractions, seeds, lrs) -> str:
     os.makedirs(args.docs, exist_ok=True)
     if plot(rows, tasks, fractions, os.path.join(args.docs, "experiment.png"), seeds):
         text += "\n\n![test score vs label fraction, mean ± sd over seeds](experiment.png)"
-    common.write_doc_section(os.path.join(args.docs, "experiment.md"), SECTION, text)
+    reporting.write_doc_section(os.path.join(args.docs, "experiment.md"), SECTION, text)
     if args.readme != "none":
         png = os.path.relpath(os.path.join(args.docs, "experiment.png"), os.path.dirname(os.path.abspath(args.readme)))
-        common.write_doc_section(args.readme, SECTION, text.replace("](experiment.png)", f"]({png})"))
+        reporting.write_doc_section(args.readme, SECTION, text.replace("](experiment.png)", f"]({png})"))
     return text
 
 

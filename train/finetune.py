@@ -33,6 +33,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
+from splits import (choose_split, describe_split, label_subset, print_split, split_source,  # noqa: E402
+                    stratified_test_split, validation_split)
 from common import UserError  # noqa: E402
 
 from rubikops import metrics as M  # noqa: E402
@@ -40,6 +42,7 @@ from rubikops.data import Preprocessing  # noqa: E402
 from rubikops.data.nifti import path_problem  # noqa: E402
 from rubikops.inference import sliding_window  # noqa: E402
 from rubikops.models import BACKBONES, DUC3D, Classifier, UNet3D, build_encoder, load_encoder  # noqa: E402
+from rubikops.sparse_labels import UNLABELLED, patch_origin_range, segmentation_loss  # noqa: E402
 
 
 _f = common.setting
@@ -93,9 +96,6 @@ class FinetuneConfig(common.RunSettings):
     checkpoint_every: int = _f(50, "steps between checkpoints")
     keep_checkpoints: int = _f(2, "checkpoints kept")
 
-# the label of voxels without annotation (outside the labelled slab of --label-fraction): no loss, no Dice
-UNLABELLED = -1
-
 PRESETS = {"tiny": dict(num_cases=12, steps=4, batch_size=2, patch=(16, 16, 16), log_every=1, checkpoint_every=2,
                         width=4)}
 
@@ -105,106 +105,6 @@ def parse(argv=None):
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def _split(labels: np.ndarray, test_fraction: float, seed: int):
-    """Stratified split fixed by the seed: (train indices, test indices)."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = max(1, int(round(len(idx) * test_fraction)))
-        test += idx[:k].tolist()
-        train += idx[k:].tolist()
-    return sorted(train), sorted(test)
-
-
-def _val_split(train: list, labels: np.ndarray, fraction: float, seed: int):
-    """Stratified validation cases carved from ``train`` (the non-test cases), fixed by the
-    seed: (train, val).  Per class round(n * fraction) cases, at least one, and always at
-    least one left for training (a class with a single case gives none)."""
-    if fraction <= 0:
-        return train, []
-    rng = np.random.default_rng([seed, 2])
-    val = []
-    for c in np.unique(labels[train]):
-        idx = [i for i in train if labels[i] == c]
-        k = min(max(1, int(round(len(idx) * fraction))), len(idx) - 1)
-        val += rng.permutation(idx)[:k].tolist()
-    return sorted(set(train) - set(val)), sorted(val)
-
-
-def _subset(train: list, labels: np.ndarray, fraction: float, seed: int) -> list:
-    """Stratified label fraction, at least one case per class."""
-    if fraction >= 1.0:
-        return train
-    rng = np.random.default_rng(seed + 1)
-    keep = []
-    for c in np.unique(labels[train]):
-        idx = [i for i in train if labels[i] == c]
-        keep += rng.permutation(idx)[:max(1, int(round(len(idx) * fraction)))].tolist()
-    return sorted(keep)
-
-
-def _pick_cases(spec: Optional[str], names: list, flag: str) -> list:
-    """Indices of the cases that ``spec`` names: 0-based indices into ``names``,
-    or names (a file's base name or path)."""
-    if not spec:
-        return []
-    picked = []
-    for token in (t.strip() for t in spec.split(",")):
-        if not token:
-            continue
-        if token.lstrip("-").isdigit():
-            i = int(token)
-            if not 0 <= i < len(names):
-                raise UserError(f"{flag}: index {i} is out of range for {len(names)} case(s) (0 to {len(names) - 1})")
-        else:
-            hits = [j for j, n in enumerate(names) if token in (n, os.path.basename(n))
-                    or os.path.basename(token) == os.path.basename(n)]
-            if not hits:
-                raise UserError(f"{flag}: {token!r} names no case; the cases are {names}")
-            i = hits[0]
-        if i in picked:
-            raise UserError(f"{flag}: case {names[i]!r} is named twice")
-        picked.append(i)
-    return picked
-
-
-def choose_split(cfg, names: list, default_test) -> dict:
-    """{"train", "val", "test"}: index lists.  --test-cases and --val-cases when
-    given, else ``default_test()`` (chosen by the seed) for the test cases."""
-    test = _pick_cases(cfg.test_cases, names, "--test-cases")
-    val = _pick_cases(cfg.val_cases, names, "--val-cases")
-    if not test:
-        test = [i for i in default_test() if i not in val]
-    both = sorted(set(test) & set(val))
-    if both:
-        raise UserError(f"--test-cases and --val-cases both name {[names[i] for i in both]}")
-    train = [i for i in range(len(names)) if i not in test and i not in val]
-    if not train:
-        raise UserError(f"no training case is left out of {len(names)}: --test-cases and --val-cases take them all")
-    if not test:
-        raise UserError("no test case: name at least one with --test-cases")
-    return {"train": train, "val": val, "test": test}
-
-
-def describe_split(split: dict, names: list, chosen_by: str) -> dict:
-    """The split as results.json records it and as printed: case names per part."""
-    return {part: [names[i] for i in idx] for part, idx in split.items()} | {"chosen_by": chosen_by}
-
-
-def _print_split(named: dict) -> None:
-    def part(k):
-        cases = named[k]
-        return f"{k} {len(cases)}" + (f" {cases}" if len(cases) <= 8 else "")
-    print(f"split ({named['chosen_by']}): " + ", ".join(part(k) for k in ("train", "val", "test")), file=sys.stderr)
-
-
-def _split_source(cfg) -> str:
-    if cfg.test_cases:
-        return "--test-cases" + (" and --val-cases" if cfg.val_cases else "")
-    return f"--seed {cfg.seed}" + (", --val-cases" if cfg.val_cases else "")
-
-
 def load_classification(cfg):
     from rubikops.data import default
     if cfg.csv:
@@ -218,15 +118,15 @@ def load_classification(cfg):
     x = torch.from_numpy(np.stack([c.image.data for c in cases])).float()
     y = np.array([c.label for c in cases])
     case_names = [c.name for c in cases]
-    split = choose_split(cfg, case_names, lambda: _split(y, cfg.test_fraction, cfg.seed)[1])
-    source = _split_source(cfg)
+    split = choose_split(cfg, case_names, lambda: stratified_test_split(y, cfg.test_fraction, cfg.seed)[1])
+    source = split_source(cfg)
     if not cfg.csv and not cfg.val_cases and cfg.val_fraction > 0:
-        split["train"], split["val"] = _val_split(split["train"], y, cfg.val_fraction, cfg.seed)
+        split["train"], split["val"] = validation_split(split["train"], y, cfg.val_fraction, cfg.seed)
         if not split["val"]:
             raise UserError(f"--val-fraction {cfg.val_fraction:g}: no class has 2 training cases to hold one out "
                             f"for validation ({cfg.num_cases} cases); raise --num-cases or pass --val-fraction 0")
         source += f", --val-fraction {cfg.val_fraction:g}"
-    split["train"] = _subset(split["train"], y, cfg.label_fraction, cfg.seed)
+    split["train"] = label_subset(split["train"], y, cfg.label_fraction, cfg.seed)
     return x, torch.from_numpy(y), split, names, describe_split(split, case_names, source)
 
 
@@ -246,7 +146,7 @@ def load_segmentation(cfg):
             return order[:max(1, int(round(len(cases) * 0.25)))]
         case_names = [c.name for c in cases]
         split = choose_split(cfg, case_names, seeded_test)
-        named = describe_split(split, case_names, _split_source(cfg))
+        named = describe_split(split, case_names, split_source(cfg))
         train, val, test = ([cases[i] for i in split[k]] for k in ("train", "val", "test"))
     else:
         if cfg.test_cases or cfg.val_cases:
@@ -457,7 +357,7 @@ def run(cfg, dist, ckpts, resume) -> int:
     if dist.main:
         print(report.summary() if report is not None else "encoder: random initialisation (--pretrained none)",
               file=sys.stderr)
-        _print_split(split)
+        print_split(split)
     enc_params = list(model.encoder.parameters())
     enc_ids = {id(p) for p in enc_params}
     head_params = [p for p in model.parameters() if id(p) not in enc_ids]
@@ -556,31 +456,6 @@ def run(cfg, dist, ckpts, resume) -> int:
         print_table(summary)
         print(f"results: {results_path}")
     return 0
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weights=None) -> torch.Tensor:
-    """Cross-entropy plus the soft Dice loss of the foreground classes, both over the labelled voxels only
-    (``target != UNLABELLED``); logits (N, C, X, Y, Z), target (N, X, Y, Z)."""
-    ce = F.cross_entropy(logits.float(), target, weight=weights, ignore_index=UNLABELLED)
-    labelled = (target != UNLABELLED).unsqueeze(1).float()
-    prob = torch.softmax(logits.float(), 1) * labelled
-    onehot = F.one_hot(target.clamp(min=0), prob.shape[1]).movedim(-1, 1).float() * labelled
-    inter = (prob * onehot).sum((0, 2, 3, 4))
-    dice = 1 - (2 * inter + 1) / (prob.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)) + 1)
-    return ce + dice[1:].mean()
-
-
-def patch_origin_range(label: torch.Tensor, patch) -> tuple:
-    """(lowest, highest) patch origin per axis such that every patch holds at least one labelled voxel
-    along the last axis: the training patches of a sparsely labelled volume overlap its labelled slab."""
-    shape = label.shape
-    lo = [0] * len(shape)
-    hi = [s - p for s, p in zip(shape, patch)]
-    slices = (label != UNLABELLED).flatten(0, -2).any(0).nonzero().flatten()
-    first, last = int(slices[0]), int(slices[-1])
-    lo[-1] = max(0, first - patch[-1] + 1)
-    hi[-1] = min(hi[-1], last)
-    return lo, hi
 
 
 def chance_level(task: str, train_counts: np.ndarray, test_counts: np.ndarray) -> dict:

@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import reporting  # noqa: E402
 import pretrain  # noqa: E402
 from common import UserError  # noqa: E402
 
@@ -93,7 +94,7 @@ def run_row(name: str, seed: int, steps: int, args) -> dict:
 
 def table(results: dict, rows, seeds, steps: int) -> str:
     def cell(vals, chance):
-        m, sd = common.mean_sd(vals)
+        m, sd = reporting.mean_sd(vals)
         if math.isnan(m):
             return "n/a"
         spread = f" ± {100 * sd:.1f}" if len(seeds) > 1 else ""
@@ -123,9 +124,9 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     common.write_text(os.path.join(args.out, "study.md"), text + "\n")
     if args.docs:
-        common.write_doc_section(os.path.join(args.docs, "experiment.md"), "pretext-study", text)
+        reporting.write_doc_section(os.path.join(args.docs, "experiment.md"), "pretext-study", text)
         if args.readme != "none":
-            common.write_doc_section(args.readme, "pretext-study", text)
+            reporting.write_doc_section(args.readme, "pretext-study", text)
     print(text)
     return 0
 

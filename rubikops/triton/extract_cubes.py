@@ -381,9 +381,9 @@ def launch_backward(grad, source, origins, cube_size, index, rotations, mask, ke
     return acc.to(source.dtype)
 
 
-# A GPU program writes 4 KB of output with 4 warps.  H100, B=32 x 8 cubes of 64^3, paper codes, out=, % of
-# the clone ceiling for 4/8/16 KB with 4 warps: float32 88.5/51.6/55.4, bfloat16 49.9/46.5/47.4 (8 warps:
-# 39.8/53.5/56.0 and 47.5/24.4/50.6).
+# A GPU program writes 4 KB of output with 4 warps.  H100, B=32 x 8 cubes of 64^3, paper codes, out=
+# (docs/results/h100-20261126T193004Z-cuda.json), median ms for 4/8/16 KB blocks with 4 warps: float32
+# 0.283/0.304/0.302 (8 warps: 0.281/0.315/0.380), bfloat16 0.175/0.176/- (8 warps: 0.186/0.255/-).
 GPU_BLOCK_BYTES = 4096
 GPU_WARPS = 4
 
