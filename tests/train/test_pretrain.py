@@ -79,7 +79,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0 of 2" in r.stderr
     state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=False)
-    assert len(state["rng"]) == 2 and len(state["puzzle_calls"]) == 2  # every rank's streams saved
+    assert len(state["rng"]) == 2 and len(state["task_state"]) == 2  # every rank's streams saved
     assert state["rng"][0]["generators"]["puzzle"].tolist() != state["rng"][1]["generators"]["puzzle"].tolist()
 
 
