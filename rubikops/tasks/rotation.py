@@ -55,8 +55,9 @@ class RotationPrediction3D(ClassificationTask):
         self.rotation_axis = rotation_axis
         self.rotation_codes = rotation_codes(rotation_axis)
         if not all(preserves_shape(c, self.cube_size) for c in self.rotation_codes):
-            need = "cubic" if rotation_axis == "all" else f"equal extents across axis {rotation_axis!r}"
-            raise ValueError(f"{self.label}: rotation_axis={rotation_axis!r} needs {need} crops, got cube_size "
+            need = ("a cubic crop" if rotation_axis == "all" else
+                    f"a crop square across axis {rotation_axis!r} (equal extents along the other two)")
+            raise ValueError(f"{self.label}: rotation_axis={rotation_axis!r} needs {need}, got cube_size "
                              f"{self.cube_size}")
         self.num_classes = len(self.rotation_codes)
         self.num_cubes = 1
