@@ -292,9 +292,9 @@ def evaluate(model, batches, cfg, puzzle, amp_ctx) -> dict:
 
 def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
     """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers."""
-    from rubikops.viz import draw_puzzle
     if not isinstance(puzzle, rubikops.RubikCube):
         return
+    from rubikops.viz import draw_puzzle
     cubes, t = batches[0]
     was = model.training
     model.eval()

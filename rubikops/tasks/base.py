@@ -106,6 +106,9 @@ class PretextTask:
     reads shapes back from the device."""
 
     name = "?"
+    # tasks that mask cubes (RubikCube) set these: the op's fill value and share of voxels kept in a masked cube
+    mask_fill = 0.0
+    mask_keep_prob = 0.0
     cube_size: tuple
     crop_size: tuple
     num_cubes: int
@@ -196,8 +199,8 @@ class PretextTask:
             scale, shift = a, b
         volumes = src.storage
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
-        kwargs = dict(index=op_index, rotations=cut.codes, mask=cut.mask, fill=getattr(self, "mask_fill", 0.0),
-                      keep_prob=getattr(self, "mask_keep_prob", 0.0), seed=self.op_seed(seed, generator),
+        kwargs = dict(index=op_index, rotations=cut.codes, mask=cut.mask, fill=self.mask_fill,
+                      keep_prob=self.mask_keep_prob, seed=self.op_seed(seed, generator),
                       scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend)
         if self.validate:
             cubes = ops.extract_cubes(volumes, op_origins, self.cube_size, validate=True, **kwargs)
