@@ -282,6 +282,8 @@ def test_register_adds_a_task_and_refuses_a_second_with_the_same_name():
                                                                                        device="meta")),
      ValueError, r"index must be a tensor on the volumes' device \(cpu\)"),
     (lambda: rubikops.RubikCube().load_state_dict({"calls": 3}), ValueError, "load_state_dict got unknown keys"),
+    (lambda: RotationPrediction3D(cube_size=4)(TensorVolumes(torch.zeros(2, 1, 8, 8, 8)), stats=(1, 2)), ValueError,
+     "RotationPrediction3D: stats describe a tensor's storage; a TensorVolumes describes its own"),
 ])
 def test_bad_input_is_one_line_naming_the_argument(make_bad, exc, match):
     with pytest.raises(exc, match=match) as info:

@@ -135,12 +135,20 @@ class PretextTask:
         raise NotImplementedError
 
     def source(self, volumes, volume_shapes=None, volume_offsets=None, intensity=None, stats=None) -> VolumeSource:
+        """``volumes`` as a volume source: itself, or a tensor wrapped with its storage description."""
         if isinstance(volumes, VolumeSource):
+            given = [n for n, v in (("volume_shapes", volume_shapes), ("volume_offsets", volume_offsets),
+                                    ("intensity", intensity), ("stats", stats)) if v is not None]
+            if given:
+                raise ValueError(f"{self.label}: {', '.join(given)} describe a tensor's storage; a "
+                                 f"{type(volumes).__name__} describes its own")
             return volumes
         return TensorVolumes(volumes, volume_shapes, volume_offsets, intensity, stats, label=self.label)
 
     def __call__(self, volumes, index: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                 out: Optional[torch.Tensor] = None, *, seed: Optional[int] = None, **storage):
+                 out: Optional[torch.Tensor] = None, *, seed: Optional[int] = None,
+                 volume_shapes: Optional[torch.Tensor] = None, volume_offsets: Optional[torch.Tensor] = None,
+                 intensity: Optional[tuple] = None, stats: Optional[tuple] = None):
         """``cubes, targets = task(volumes, index=None, generator=None, out=None)``.
 
         volumes: a :class:`rubikops.volumes.VolumeSource` (e.g. a
@@ -150,7 +158,7 @@ class PretextTask:
         ``intensity`` and ``stats`` describe its storage
         (:class:`rubikops.volumes.TensorVolumes`).  seed: the op's keep-mask
         seed.  Returns cubes (B, M, C, d, h, w) and the task's targets."""
-        src = self.source(volumes, **storage)
+        src = self.source(volumes, volume_shapes, volume_offsets, intensity, stats)
         dev = src.device
         if index is None:
             index = torch.arange(len(src), device=dev)
