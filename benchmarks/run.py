@@ -112,11 +112,30 @@ def _add_puzzle_rows(rows, dev, B, cube, vol, out, ceiling, base, rep):
     print(f"puzzle sampling: fused op {t_fused.median_s * 1e6:.1f} us, plain-torch reference "
           f"{t_ref.median_s * 1e6:.1f} us ({t_ref.median_s / t_fused.median_s:.1f}x)")
     _add_augment_rows(rows, dev, B, cube, vol, rep)
+    _add_task_rows(rows, dev, B, cube, vol, rep)
     if dev.type == "cuda" and rubikops.ops.triton_available():  # what a build without the CUDA kernels samples with
         triton_sampler = RubikCube(**settings, backend="triton")
         t_tri = utils.time_fn(lambda: triton_sampler.sample(B, shapes, index, gen), dev, repeats=rep)
         rows.append(utils.Row("puzzle sampling, Triton kernel", wl, t_tri, 0, baseline_s=t_ref.median_s))
     return puzzle
+
+
+def _add_task_rows(rows, dev, B, cube, vol, rep):
+    """A batch of each other pretext task (sampling + its one op call), beside the Rubik's cube rows.
+    The 3x3x3 grid tasks cut cubes of half the edge, so their crop (3 cubes + gaps) fits the volume."""
+    from rubikops.tasks import Jigsaw3D, RelativePatchLocation3D, RotationPrediction3D
+
+    source = torch.randn(B, 1, vol, vol, vol, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    half = cube // 2
+    for task in (Jigsaw3D(cube_size=half, num_permutations=100, gap=(0, 10), validate=False),
+                 RotationPrediction3D(cube_size=cube, validate=False),
+                 RelativePatchLocation3D(cube_size=half, gap=(0, 10), validate=False)):
+        edge = task.cube_size[0]
+        out = torch.empty(B, task.num_cubes, 1, edge, edge, edge, device=dev)
+        t = utils.time_fn(lambda: task(source, generator=gen, out=out), dev, repeats=rep)
+        wl = f"B={B} M={task.num_cubes} {edge}^3 from {vol}^3 f32"
+        rows.append(utils.Row(f"task {task.name} (sample + op, out=)", wl, t, 2 * out.numel() * 4))
 
 
 def _add_augment_rows(rows, dev, B, cube, vol, rep):

@@ -1,11 +1,13 @@
 """Pretrain a 3D encoder by solving Rubik's cubes (Zhuang et al., MICCAI 2019;
-Rubik's Cube+ masking, Zhu et al., MedIA 2020).
+Rubik's Cube+ masking, Zhu et al., MedIA 2020) or another registered pretext
+task (--task: jigsaw, rotation, relative_location; Taleb et al., NeurIPS 2020).
 
     python train/pretrain.py                      # the bundled MRI templates, ~5 min on 2 CPU cores
     python train/pretrain.py --data scans/ --preset paper --device cuda --amp bf16
     python train/pretrain.py --config my.yaml --steps 20000
     torchrun --nproc_per_node=4 train/pretrain.py --data scans/ ...
     python train/pretrain.py --out runs/pretrain --resume   # continue exactly where it stopped
+    python train/pretrain.py --task rotation               # any task in rubikops.tasks.TASKS
 
 Every batch is cut on the training device from a VolumeBank with one
 extract_cubes launch: no DataLoader workers.  Outputs in --out: config.yaml,
@@ -14,6 +16,7 @@ encoder.json, metrics.csv, tensorboard/, puzzles.png, summary.json."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import sys
@@ -30,9 +33,9 @@ from common import UserError  # noqa: E402
 
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
-from rubikops.puzzle import normalize_cubes  # noqa: E402
+from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # noqa: E402
-from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, SiameseOctad, build_encoder, puzzle_loss, puzzle_metrics  # noqa: E402
+from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
 
 _f = common.setting
@@ -55,11 +58,14 @@ class PretrainConfig(common.RunSettings):
     storage_dtype: str = _f("float32", "bank storage: float32, bfloat16, float16, int16 (half memory), uint8")
     holdout: int = _f(-1, "volumes held out for evaluation (-1: one when there are 3 or more)")
     # puzzle
+    task: str = _f("rubik", f"pretext task: one of {', '.join(TASKS)}; the settings below that a task does not "
+                            "take are ignored")
     grid: tuple = _f((2, 2, 2), "cubes per axis", "ints")
     cube_size: tuple = _f((16, 16, 16), "cube edge(s) in voxels", "ints")
     num_permutations: int = _f(24, "K, the permutation classes")
     gap: tuple = _f((0, 2), "gap between cubes lo,hi voxels", "ints")
     rotations: str = _f("paper", "paper (180 deg turns, 2 per cube), all (24 rotations), none")
+    rotation_axis: str = _f("all", "rotation task: all (24 rotations) or d, h, w (the 4 about that axis)")
     mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
     mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
     normalize: str = _f("none", "none, cube (each cube to [-1, 1], the paper), zscore")
@@ -128,7 +134,10 @@ def check_config(cfg: PretrainConfig) -> None:
     need = common.require
     need(cfg.backbone in BACKBONES or cfg.backbone.startswith("monai:"),
          f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
+    need(cfg.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
+    need(cfg.rotation_axis in ROTATION_AXES, f"--rotation-axis must be one of {', '.join(ROTATION_AXES)}, got "
+                                             f"{cfg.rotation_axis!r}")
     need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none, got {cfg.intensity!r}")
     need(cfg.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore, got {cfg.normalize!r}")
@@ -154,16 +163,31 @@ def check_config(cfg: PretrainConfig) -> None:
     common.require_range(cfg, "rotation_warmup", 0, 1, hi_open=True)
 
 
-def make_puzzle(cfg: PretrainConfig) -> rubikops.RubikCube:
+def accepted(fn, options: dict) -> dict:
+    """The options ``fn`` takes (tasks take different settings; the others do not apply to them)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
+def make_puzzle(cfg: PretrainConfig) -> rubikops.tasks.PretextTask:
+    """The pretext task of --task, from the settings it takes."""
     triple = lambda t: tuple(t) * 3 if len(t) == 1 else tuple(t)  # noqa: E731
     gap = (cfg.gap[0], cfg.gap[0]) if len(cfg.gap) == 1 else tuple(cfg.gap)
+    task = rubikops.tasks.get(cfg.task)
+    options = dict(grid=triple(cfg.grid), cube_size=triple(cfg.cube_size), num_permutations=cfg.num_permutations,
+                   gap=gap, rotations=cfg.rotations, rotation_axis=cfg.rotation_axis, mask_prob=cfg.mask_prob,
+                   mask_keep_prob=cfg.mask_keep_prob, normalize=None if cfg.normalize == "none" else cfg.normalize,
+                   validate=False)
     try:
-        return rubikops.RubikCube(grid=triple(cfg.grid), cube_size=triple(cfg.cube_size),
-                                  num_permutations=cfg.num_permutations, gap=gap, rotations=cfg.rotations,
-                                  mask_prob=cfg.mask_prob, mask_keep_prob=cfg.mask_keep_prob,
-                                  normalize=None if cfg.normalize == "none" else cfg.normalize, validate=False)
+        return task(**accepted(task.__init__, options))
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def loss_options(cfg: PretrainConfig, task, step: Optional[int] = None) -> dict:
+    """The loss weights the task takes; before ``step`` passes --rotation-warmup the ordering weighs 0."""
+    alpha = 0.0 if step is not None and step < cfg.rotation_warmup * cfg.steps else cfg.alpha
+    return accepted(task.loss, dict(alpha=alpha, beta=cfg.beta, mask_weight=cfg.mask_weight, cube_loss=cfg.cube_loss))
 
 
 AUGMENTS = ("none", "intensity", "geometry", "all")
@@ -192,16 +216,15 @@ def make_batch(bank, puzzle, cfg, gen, augment):
     return cubes, targets
 
 
-def make_model(cfg: PretrainConfig, puzzle: rubikops.RubikCube) -> SiameseOctad:
+def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch.nn.Module:
     try:
         encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm) if not cfg.backbone.startswith(
             "monai:") else build_encoder(cfg.backbone)
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
-    return SiameseOctad(encoder, puzzle.num_cells, puzzle.num_permutations, rotation_mode=puzzle.rotation_mode,
-                        mask_head=cfg.mask_prob > 0, hidden=cfg.hidden, dropout=cfg.dropout,
-                        in_channels=cfg.channels, cube_size=puzzle.cube_size, pool=cfg.pool,
-                        cube_heads=cfg.cube_heads)
+    options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
+                   cube_heads=cfg.cube_heads)
+    return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
 
 
 def load_data(cfg: PretrainConfig, dist: common.Dist):
@@ -238,7 +261,7 @@ def lr_factor(cfg: PretrainConfig, step: int) -> float:
     return 1.0
 
 
-def fixed_puzzles(bank: VolumeBank, puzzle: rubikops.RubikCube, n: int, seed: int, batch: int) -> list:
+def fixed_puzzles(bank: VolumeBank, puzzle: rubikops.tasks.PretextTask, n: int, seed: int, batch: int) -> list:
     """Held-out puzzles drawn once, with their own generator (so evaluating never moves the training stream)."""
     gen = rubikops.make_generator(seed, rank=10_000, device=bank.device)
     out = []
@@ -249,15 +272,15 @@ def fixed_puzzles(bank: VolumeBank, puzzle: rubikops.RubikCube, n: int, seed: in
 
 
 @torch.no_grad()
-def evaluate(model, batches, cfg, amp_ctx) -> dict:
+def evaluate(model, batches, cfg, puzzle, amp_ctx) -> dict:
     was = model.training
     model.eval()
     sums, count = {}, 0
     for cubes, t in batches:
         with amp_ctx():
             out = model(cubes)
-        loss, _ = puzzle_loss(out, t, cfg.rotations, cfg.alpha, cfg.beta, cfg.mask_weight, cfg.cube_loss)
-        m = {k: float(v) for k, v in puzzle_metrics(out, t, cfg.rotations).items()}
+        loss, _ = puzzle.loss(out, t, **loss_options(cfg, puzzle))
+        m = {k: float(v) for k, v in puzzle.metrics(out, t).items()}
         m["loss"] = float(loss)
         n = cubes.shape[0]
         for k, v in m.items():
@@ -268,6 +291,9 @@ def evaluate(model, batches, cfg, amp_ctx) -> dict:
 
 
 def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
+    """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers."""
+    if not isinstance(puzzle, rubikops.RubikCube):
+        return
     from rubikops.viz import draw_puzzle
     cubes, t = batches[0]
     was = model.training
@@ -276,7 +302,7 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
         out = model(cubes[:1])
     model.train(was)
     pred = {"permutation": int(out.permutation[0].argmax())}
-    if cfg.rotations == "paper":
+    if puzzle.rotation_mode == "paper":
         p = torch.sigmoid(out.rotation[0].float())
         pred["rotation"] = ["H" if (p[m].max() > 0.5 and p[m].argmax() == 0) else "V" if p[m].max() > 0.5 else "none"
                             for m in range(p.shape[0])]
@@ -326,7 +352,10 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
         rngs = resume_state["rng"]
         common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"puzzle": gen})
-        puzzle._calls = int(resume_state["puzzle_calls"][dist.rank])
+        if "task_state" in resume_state:
+            puzzle.load_state_dict(resume_state["task_state"][dist.rank])
+        else:  # checkpoints written before tasks kept their own state: the keep-mask seed count
+            puzzle.load_state_dict({"keep_seeds_drawn": int(resume_state["puzzle_calls"][dist.rank])})
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.compile else model
@@ -336,9 +365,13 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
         print(f"rubikops pretraining: {len(bank)} training volume(s) on rank 0 of {dist.world}, "
               f"{len(held_vols)} held out; {bank.memory_report()}", file=sys.stderr)
-        print(f"puzzle: grid {puzzle.grid}, cubes {puzzle.cube_size}, K={puzzle.num_permutations}, gap {puzzle.gap},"
-              f" rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}; model {cfg.backbone} width {cfg.width}: "
+        print(f"task {puzzle.name} ({type(puzzle).__name__}): {puzzle.describe()}, crop {puzzle.crop_size}"
+              + (f", K={puzzle.num_permutations}" if hasattr(puzzle, "num_permutations") else "")
+              + (f", rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}" if puzzle.name == "rubik" else "")
+              + f"; model {cfg.backbone} width {cfg.width}: "
               f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f} M parameters on {dev}", file=sys.stderr)
+    headline = next(iter(puzzle.chance_levels()))  # the metric that picks best.pt
+    headline_word = puzzle.metric_names()[headline]
     eval_batches = fixed_puzzles(held, puzzle, cfg.eval_puzzles, cfg.seed + 7919, cfg.batch_size)
     logger = common.Logger(cfg.out, dist.main, resume_step=step, tensorboard=cfg.tensorboard)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
@@ -364,8 +397,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         t1 = time.perf_counter()
         with amp_ctx():
             out = fwd(cubes)
-            alpha = 0.0 if step < cfg.rotation_warmup * cfg.steps else cfg.alpha
-            loss, parts = puzzle_loss(out, targets, cfg.rotations, alpha, cfg.beta, cfg.mask_weight, cfg.cube_loss)
+            loss, parts = puzzle.loss(out, targets, **loss_options(cfg, puzzle, step))
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
         if timed:
@@ -375,7 +407,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
             t_timed += time.perf_counter() - t0
         puzzles_done += cfg.batch_size * dist.world
         window += 1
-        metrics = puzzle_metrics(out, targets, cfg.rotations)
+        metrics = puzzle.metrics(out, targets)
         metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()}, loss=loss.detach())
         for k, v in metrics.items():
             acc[k] = acc.get(k, 0.0) + v.float()
@@ -389,9 +421,9 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
                         "puzzles_per_s": cfg.batch_size * dist.world * window / (time.perf_counter() - window_start),
                         "batch_gen_fraction": t_gen / t_timed})
             if bar is not None:
-                bar.set_postfix(loss=f"{row['train/loss']:.3f}", order=f"{row['train/order_acc']:.2f}")
+                bar.set_postfix(loss=f"{row['train/loss']:.3f}", **{headline_word: f"{row[f'train/{headline}']:.2f}"})
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                last_eval = evaluate(raw_model, eval_batches, cfg, amp_ctx)
+                last_eval = evaluate(raw_model, eval_batches, cfg, puzzle, amp_ctx)
                 row.update(last_eval)
                 if dist.main:
                     draw_examples(raw_model, held, eval_batches, puzzle, cfg, os.path.join(cfg.out, "puzzles.png"),
@@ -400,7 +432,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
             acc, window, t_gen, t_timed = {}, 0, 0.0, 0.0
             window_start = time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            score = last_eval.get("eval/order_acc", -1.0)
+            score = last_eval.get(f"eval/{headline}", -1.0)
             is_best = score > best
             best = max(best, score)
             t_ckpt = time.perf_counter()
@@ -412,23 +444,23 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         bar.close()
     elapsed = time.perf_counter() - run_start
     if dist.main:
-        finish(cfg, raw_model, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger)
+        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger)
     logger.close()
     return 0
 
 
 def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best, metrics) -> None:
     rng = common.rng_state({"puzzle": gen})
-    calls = [puzzle._calls]
+    task_state = [puzzle.state_dict()]
     if dist.world > 1:
-        rngs, all_calls = [None] * dist.world, [None] * dist.world
+        rngs, all_states = [None] * dist.world, [None] * dist.world
         torch.distributed.all_gather_object(rngs, rng)
-        torch.distributed.all_gather_object(all_calls, puzzle._calls)
-        rng, calls = rngs, all_calls
+        torch.distributed.all_gather_object(all_states, task_state[0])
+        rng, task_state = rngs, all_states
     if not dist.main:
         return
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "scaler": scaler.state_dict(), "step": step, "best": best, "rng": rng, "puzzle_calls": calls,
+             "scaler": scaler.state_dict(), "step": step, "best": best, "rng": rng, "task_state": task_state,
              "config": dataclasses.asdict(cfg), "metrics": metrics, "rubikops": rubikops.__version__}
     ckpts.save(state, step, best=is_best)
     save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step)
@@ -446,46 +478,39 @@ def save_encoder(model: SiameseOctad, cfg: PretrainConfig, path: str, step: int)
         "step": step, "source": "rubikops train/pretrain.py"})
 
 
-def chance_levels(cfg: PretrainConfig) -> dict:
-    """Accuracy of always answering the most frequent label, per task."""
-    return {"order_acc": 1.0 / cfg.num_permutations,
-            "orient_acc": {"paper": 1 / 3, "all": 1 / 24}.get(cfg.rotations),
-            "mask_acc": max(cfg.mask_prob, 1 - cfg.mask_prob) if cfg.mask_prob > 0 else None}
-
-
-def finish(cfg, model, last_eval, step, puzzles_per_s, logger) -> None:
+def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
-    chance = chance_levels(cfg)
-    trained = {"order_acc": cfg.alpha > 0, "orient_acc": cfg.beta > 0 and cfg.rotations != "none",
-               "mask_acc": cfg.mask_weight > 0 and cfg.mask_prob > 0}
+    chance = puzzle.chance_levels()
+    trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
+    drawn = isinstance(puzzle, rubikops.RubikCube)
     summary = {
-        "steps": step, "encoder_step": step, "puzzles_per_s": puzzles_per_s,
-        "order_acc": last_eval.get("eval/order_acc"), "orient_acc": last_eval.get("eval/orient_acc"),
-        "mask_acc": last_eval.get("eval/mask_acc"), "num_permutations": cfg.num_permutations,
+        "task": cfg.task, "steps": step, "encoder_step": step, "puzzles_per_s": puzzles_per_s,
+        **{k: last_eval.get(f"eval/{k}") for k in chance},
+        "num_permutations": getattr(puzzle, "num_permutations", None),
         **{f"chance_{k}": v for k, v in chance.items()},
-        "trained_order": trained["order_acc"], "trained_orient": trained["orient_acc"],
+        **{f"trained_{k.replace('_acc', '')}": trained[k] for k in chance},
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
-        "puzzles_png": os.path.join(cfg.out, "puzzles.png"), "metrics_csv": logger.csv_path,
+        "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
     }
     common.write_json(os.path.join(cfg.out, "summary.json"), summary)
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = []
-    for key, task in (("order_acc", "ordering"), ("orient_acc", "orientation"), ("mask_acc", "masking")):
-        if chance[key] is None:
+    for key, word in puzzle.metric_names().items():
+        if chance.get(key) is None:
             continue
         acc = summary[key]
         verdict = ("not trained (its loss weight is 0)" if not trained[key] else
                    "STILL AT CHANCE: this task learned nothing" if acc is not None and acc < chance[key] + 0.02 else
                    f"{acc / chance[key]:.1f}x chance" if acc is not None else "not evaluated")
-        lines.append(f"  {task:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
+        lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
           f"held-out puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
-          f"(+ encoder.json)\nexample puzzles: {summary['puzzles_png']}\nlogs: {summary['metrics_csv']}"
-          + (f", {os.path.join(cfg.out, 'tensorboard')}" if cfg.tensorboard else ""))
+          f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")
+          + f"\nlogs: {summary['metrics_csv']}" + (f", {os.path.join(cfg.out, 'tensorboard')}" if cfg.tensorboard else ""))
 
 
 if __name__ == "__main__":

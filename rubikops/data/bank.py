@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..puzzle import RubikCube
+from ..volumes import VolumeSource
 from .nifti import DataError, Volume
 
 STORAGE_DTYPES = {
@@ -65,8 +65,8 @@ def _quantise(x: np.ndarray, dtype: torch.dtype):
     return np.rint((x - lo) / scale).clip(0, 255).astype(np.uint8), scale, lo
 
 
-class VolumeBank:
-    """A device-resident bank of volumes.
+class VolumeBank(VolumeSource):
+    """A device-resident bank of volumes, a :class:`rubikops.volumes.VolumeSource`.
 
     ``VolumeBank(volumes, device="cuda", dtype="int16")`` with ``volumes`` a
     list of :class:`Volume` or (C, D, H, W) arrays/tensors of equal C.
@@ -147,13 +147,6 @@ class VolumeBank:
         self._checked: set = set()
 
     # -- facts ---------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.shapes.shape[0]
-
-    @property
-    def channels(self) -> int:
-        return self.storage.shape[1]
-
     @property
     def nbytes(self) -> int:
         return self.storage.numel() * self.storage.element_size()
@@ -177,24 +170,30 @@ class VolumeBank:
         x = self.storage[0, :, z:z + d, :h, :w].double()
         return (x * self.scale[i] + self.shift[i]).float()
 
+    # -- as a volume source ------------------------------------------------------------------
+    def value_map(self) -> Optional[tuple]:
+        return (self.scale, self.shift) if self.quantised else None
+
+    def volume_stats(self) -> tuple:
+        return self.stats
+
     # -- puzzles -------------------------------------------------------------------------
-    def check_puzzle(self, puzzle: RubikCube) -> None:
+    def check_puzzle(self, puzzle) -> None:
+        """Refuse (DataError) a task whose crop does not fit every volume."""
         crop = torch.tensor(puzzle.crop_size, device=self.device)
         small = (self.shapes < crop).any(1)
         if bool(small.any()):
             bad = small.nonzero()[:, 0].tolist()
             raise DataError(f"VolumeBank: {len(bad)} volume(s) are smaller than the puzzle's crop "
-                            f"{puzzle.crop_size} (grid {puzzle.grid}, cube {puzzle.cube_size}, gap {puzzle.gap}), "
+                            f"{puzzle.crop_size} ({puzzle.describe()}), "
                             f"e.g. {self.names[bad[0]]} of shape {self.shapes[bad[0]].tolist()}; use a smaller "
                             "cube_size or gap, or pad with Preprocessing(min_shape=...)")
 
-    def sample_index(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return torch.randint(len(self), (batch,), generator=generator, device=self.device)
-
-    def puzzles(self, puzzle: RubikCube, batch: int, generator: Optional[torch.Generator] = None,
+    def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
                 index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
                 crop_transform=None):
-        """One batch of puzzles, volumes drawn on the device: (cubes, targets).
+        """One batch of ``puzzle`` (any pretext task, e.g. :class:`rubikops.RubikCube`), volumes drawn on
+        the device: (cubes, targets).
 
         ``crop_transform`` (e.g. :class:`rubikops.augment.CropAffine`):
         ``crop_transform.crops(bank, puzzle.crop_size, index, generator)``
@@ -208,6 +207,4 @@ class VolumeBank:
         if crop_transform is not None:
             crops = crop_transform.crops(self, puzzle.crop_size, index, generator)
             return puzzle(crops, None, generator, out=out, seed=seed)
-        return puzzle(self.storage, index, generator, out=out, volume_shapes=self.shapes,
-                      volume_offsets=self.offsets, intensity=(self.scale, self.shift) if self.quantised else None,
-                      stats=self.stats, seed=seed)
+        return puzzle(self, index, generator, out=out, seed=seed)

@@ -41,4 +41,6 @@ def tiny_args(data, out, cache, *extra) -> list:
 def run_subprocess(args, env_extra=None, timeout=600):
     env = dict(os.environ, **(env_extra or {}))
     env.pop("TRITON_INTERPRET", None)
+    # the scripts import this checkout's rubikops, not whichever one the environment installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -71,6 +71,30 @@ def test_exact_resume_after_sigkill(data, tmp_path):
     assert open(straight / "metrics.csv").read().count("\n") == open(killed / "metrics.csv").read().count("\n")
 
 
+@pytest.mark.parametrize("task", ["jigsaw", "rotation", "relative_location"])
+def test_every_task_trains_and_resumes_exactly(task, data, tmp_path):
+    """--task NAME: the same loop, summary (each metric against chance) and exact resume after SIGKILL."""
+    import json
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = lambda out: ["train/pretrain.py", *tiny_args(data, out, tmp_path / "cache", "--task", task)]  # noqa: E731
+    r = run_subprocess(args(straight))
+    assert r.returncode == 0, r.stderr
+    summary = json.load(open(straight / "summary.json"))
+    chance = {k[len("chance_"):]: v for k, v in summary.items() if k.startswith("chance_")}
+    assert summary["task"] == task and chance and all(summary[k] is not None for k in chance)
+    assert all(f"(chance {100 * v:.1f}%)" in r.stdout for v in chance.values()), r.stdout
+    r = run_subprocess(args(killed), env_extra={"RUBIKOPS_TEST_KILL_AT_STEP": "3"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    r = run_subprocess(["train/pretrain.py", "--out", str(killed), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    a = torch.load(straight / "checkpoints" / "step_0000006.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints" / "step_0000006.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys() and a["task_state"] == b["task_state"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert json.load(open(killed / "summary.json"))["task"] == task
+
+
 def test_ddp_two_processes_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     r = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train/pretrain.py",
@@ -79,7 +103,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0 of 2" in r.stderr
     state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=False)
-    assert len(state["rng"]) == 2 and len(state["puzzle_calls"]) == 2  # every rank's streams saved
+    assert len(state["rng"]) == 2 and len(state["task_state"]) == 2  # every rank's streams saved
     assert state["rng"][0]["generators"]["puzzle"].tolist() != state["rng"][1]["generators"]["puzzle"].tolist()
 
 
@@ -92,6 +116,9 @@ BAD = [
     (lambda d, t: ["--data", str(d), "--config", str(t / "bad.yaml")], "unknown setting 'learning_rate'"),
     (lambda d, t: ["--data", str(d), "--lr", "fast"], "lr = 'fast' is not a valid float"),
     (lambda d, t: ["--data", str(d), "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
+    (lambda d, t: ["--data", str(d), "--task", "inpainting"], "--task must be one of rubik, jigsaw"),
+    (lambda d, t: ["--data", str(d), "--task", "rotation", "--cube-size", "8,8,6"],
+     "rotation_axis='all' needs a cubic crop"),
 ]
 
 
