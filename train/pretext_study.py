@@ -59,7 +59,7 @@ def parse(argv=None):
     p.add_argument("--steps", default="300", help="pretraining steps per run")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrain-args", default="", help="extra flags for every run of train/pretrain.py")
-    p.add_argument("--docs", default=None, help="also write the table into DOCS/experiment.md and --readme")
+    p.add_argument("--docs", default="", help="also write the table into DOCS/experiment.md and --readme (empty: no)")
     p.add_argument("--readme", default="README.md", help="with --docs: the README that also gets the table; none: skip")
     return p.parse_args(argv)
 
