@@ -3,20 +3,19 @@
 // One block writes one part of one (b, m, c) cube, picked by the cube's code:
 //  - codes that keep W as the output's fastest axis (the paper's rotations):
 //    each thread writes VEC consecutive outputs with one 16-byte store and
-//    reads them straight from the source row (unit or reversed stride).
-//    Reading warp-coalesced runs instead (lane l takes run element l, l+32,
-//    ...) and regrouping them into packs through shared memory was slower on
-//    an H100 (B=32 x 8 cubes of 64^3, paper codes, out=: float32 88.4% ->
-//    71.0% of the clone ceiling, bfloat16 62.4% -> 34.6%), so it is gone;
+//    reads them straight from the source row (unit or reversed stride):
+//    faster on an H100 than reading warp-coalesced runs (lane l takes run
+//    element l, l+32, ...) regrouped into packs through shared memory (B=32 x
+//    8 cubes of 64^3, paper codes, out=: float32 88.4% against 71.0% of the
+//    clone ceiling, bfloat16 62.4% against 34.6%);
 //  - codes that move W: a 64x64 tile in the plane (output axis fed by source W,
 //    output W) goes through shared memory, so reads run along source W and
 //    writes along output W, both coalesced; each thread has 16 loads in flight.
 // Both paths share one launch (the block decides from its cube's code).
-// Tried on an H100 and removed (docs/performance.md, run 13): aligned 16-byte
-// window loads shifted with __byte_perm in the vector path (float32 85.3% ->
-// 69.6%, bfloat16 55.2% -> 40.8% of clone), and two planes per step with
-// packed 4-byte stores for 16-bit types in the tiled path (bfloat16 W-moving
-// 42.4% -> 36.1%).
+// Plain loads, not aligned 16-byte window loads shifted with __byte_perm, in
+// the vector path (H100: float32 85.3% against 69.6% of clone, bfloat16 55.2%
+// against 40.8%); one plane per step in the tiled path, not two with packed
+// 4-byte stores for 16-bit types (bfloat16 W-moving 42.4% against 36.1%).
 // The backward kernel (further down) scatters grad * scale with atomics.
 // Only cuda_runtime and the fp16/bf16 headers are included, so CI can compile
 // this file with nvcc on a machine without a CUDA build of torch.
