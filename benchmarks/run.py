@@ -241,7 +241,7 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
     rows = []
-    kernels = [("generic scatter-add", rubikops.ops.extract_cubes_backward_generic)]
+    kernels = [("generic scatter-add", rubikops._library.extract_cubes_backward_generic)]
     if rubikops._library.has_kernel("rubikops::extract_cubes_backward", dev.type.upper()):
         label = "CUDA C++ atomics" if dev.type == "cuda" else "compiled C++"
         kernels.append((label, torch.ops.rubikops.extract_cubes_backward))
