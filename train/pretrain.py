@@ -466,7 +466,7 @@ def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, c
     save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step)
 
 
-def save_encoder(model: SiameseOctad, cfg: PretrainConfig, path: str, step: int) -> None:
+def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: int) -> None:
     """encoder.pt is a plain state_dict (``encoder.load_state_dict(torch.load(path))``);
     encoder.json says how to build the encoder it belongs to."""
     from rubikops.data import atomic_path
