@@ -2,7 +2,7 @@
 what a folder of NIfTI files holds and what preprocessing would make of it.
 ``python -m rubikops.data prepare SRC --out DIR --workers N``: preprocess
 once, in parallel and resumably, into a folder that training ranks read
-their share of (rubikops/data/prepare.py).
+their share of (rubikops/data/prepared.py).
 ``python -m rubikops.data default``: where the offline default dataset is."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def info(args) -> int:
 
 def prepare(args) -> int:
     from . import DataError, Preprocessing
-    from .prepare import prepare as run_prepare
+    from .prepared import prepare as run_prepare
     settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
                              window=tuple(args.window), crop_foreground=args.crop_foreground,
                              foreground_threshold=args.threshold, frames=args.frames)
