@@ -14,8 +14,8 @@ writes, under ``prepared/``:
 - ``volumes/<name>-<key>.json``: that volume's manifest entry, written after
   the ``.npy``; a volume counts as done when both exist, so a killed job
   resumes where it stopped and a second run redoes only what changed.
-- ``manifest.rank<r>.json`` and ``report.rank<r>.json``: what rank ``r`` of
-  ``world`` did (rank ``r`` takes cases ``r, r + world, ...`` of the sorted
+- ``manifest.rank<r>.json``: what rank ``r`` of ``world`` did, skipped files
+  included (rank ``r`` takes cases ``r, r + world, ...`` of the sorted
   list); ``manifest.json`` and ``report.json`` merge them once every rank's
   part is there (rank 0 after a barrier under torch.distributed, else
   whichever rank finishes last, else the next ``load_prepared``).
