@@ -228,11 +228,15 @@ def prepare(files_or_spec: Union[str, Sequence], out_dir: str, settings: Preproc
                         f.cancel()
                     break
     bar.close()
+    first = {}  # duplicates within this rank; merge_manifest finds those across ranks
     for r in sorted(results, key=lambda r: r["index"]):
         name = r["sources"][0]
         if r["status"] == "skipped":
             report.skipped.append({"file": name, "reason": r["reason"], "detail": r["detail"]})
+        elif r["source_hash"] in first:
+            report.skipped.append(_duplicate(name, first[r["source_hash"]]))
         else:
+            first[r["source_hash"]] = name
             (report.prepared if r["status"] == "prepared" else report.reused).append(name)
     if _reached(results, stop_after):
         report.stopped = True
@@ -243,6 +247,10 @@ def prepare(files_or_spec: Union[str, Sequence], out_dir: str, settings: Preproc
     _write_json(os.path.join(out_dir, f"manifest.rank{rank}.json"), part)
     report.manifest = _merge_after_all_ranks(out_dir, world)
     return report
+
+
+def _duplicate(name: str, kept: str) -> dict:
+    return {"file": name, "reason": "duplicate", "detail": f"{name}: same content as {kept}, which is kept"}
 
 
 def _reached(results: list, stop_after: Optional[int]) -> bool:
@@ -307,8 +315,7 @@ def merge_manifest(out_dir: str) -> Optional[str]:
         if r["status"] == "skipped":
             skipped.append({"file": name, "reason": r["reason"], "detail": r["detail"]})
         elif r["source_hash"] in first:
-            skipped.append({"file": name, "reason": "duplicate",
-                            "detail": f"{name}: same content as {first[r['source_hash']]}, which is kept"})
+            skipped.append(_duplicate(name, first[r["source_hash"]]))
         else:
             first[r["source_hash"]] = name
             volumes.append(dict(r["entry"], sources=r["sources"]))

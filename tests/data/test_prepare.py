@@ -109,6 +109,7 @@ def test_bad_inputs_are_reported_and_good_ones_kept(scans, tmp_path):
     assert report.manifest
     reasons = {os.path.basename(item["file"]): item["reason"]
                for item in json.loads((tmp_path / "out" / "report.json").read_text())["skipped"]}
+    assert reasons == {os.path.basename(item["file"]): item["reason"] for item in report.skipped}
     assert reasons == {"empty.nii.gz": "empty", "garbage.nii.gz": "unreadable", "flat.nii.gz": "not 3-D",
                        "nan.nii.gz": "NaN or Inf voxels", "v1_copy.nii.gz": "duplicate"}
     kept = [os.path.basename(e["sources"][0]) for e in manifest_volumes(tmp_path / "out")]
