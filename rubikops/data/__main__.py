@@ -120,7 +120,10 @@ def main(argv=None) -> int:
     sub.add_parser("default", help="where the offline default dataset lives")
     args = p.parse_args(argv)
     if getattr(args, "frames", None) not in (None, "channels"):
-        args.frames = int(args.frames)
+        try:
+            args.frames = int(args.frames)
+        except ValueError:
+            p.error(f"--frames takes an index or 'channels', got {args.frames!r}")
     np.set_printoptions(precision=3)
     return {"info": info, "prepare": prepare, "default": default}[args.cmd](args)
 

@@ -200,3 +200,13 @@ def test_cli_errors_are_one_line(scans, tmp_path, capsys):
     assert "4 volume(s) prepared" in capsys.readouterr().out
     with pytest.raises(DataError, match="no manifest.json"):
         read_manifest(str(tmp_path / "scans"))
+
+
+def test_a_duplicate_on_another_rank_is_dropped_at_the_merge(scans, tmp_path):
+    shutil.copyfile(os.path.join(scans, "v1.nii.gz"), os.path.join(scans, "v1_copy.nii.gz"))
+    out = tmp_path / "out"
+    shares = [prepare(scans, out, SETTINGS, rank=rank, world=2, progress=False) for rank in range(2)]
+    assert "v1_copy.nii.gz" in [os.path.basename(p) for p in shares[0].prepared]  # v1 itself is rank 1's
+    skipped = json.loads((out / "report.json").read_text())["skipped"]
+    assert [(os.path.basename(s["file"]), s["reason"]) for s in skipped] == [("v1_copy.nii.gz", "duplicate")]
+    assert [os.path.basename(e["sources"][0]) for e in manifest_volumes(out)] == [f"v{i}.nii.gz" for i in range(4)]
