@@ -247,3 +247,15 @@ def test_data_prepared_trains_exactly_as_data(data, tmp_path, capsys):
     assert losses("from_files") == losses("from_prepared")
     rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared", str(data)], capsys)
     assert rc != 0 and "give --data or --data-prepared, not both" in cap.err
+
+
+def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_held_out(data, tmp_path):
+    from rubikops.data import Preprocessing, prepare
+    prepare(data, tmp_path / "prepared", Preprocessing(spacing=1.0), progress=False)  # 4 volumes, 1 held out
+    names = {}
+    for rank in range(2):
+        cfg = pretrain.PretrainConfig(data_prepared=str(tmp_path / "prepared"))
+        train_vols, held_vols = pretrain.load_data(cfg, common.Dist(rank=rank, world=2))
+        names[rank] = [v.name for v in train_vols]
+        assert [v.name for v in held_vols] == ["v3.nii.gz"]
+    assert names == {0: ["v0.nii.gz", "v2.nii.gz"], 1: ["v1.nii.gz"]}
