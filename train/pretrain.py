@@ -35,6 +35,7 @@ import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # noqa: E402
+from rubikops.data import load_prepared, read_manifest  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
 
@@ -46,6 +47,8 @@ class PretrainConfig(common.RunSettings):
     # data
     data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
                                    "MRI and CT templates (requirements-data.txt)", "str")
+    data_prepared: Optional[str] = _f(None, "a folder made by python -m rubikops.data prepare: each rank memory-maps "
+                                            "only its share; the folder's preprocessing applies", "str")
     spacing: float = _f(4.0, "resample to this spacing in mm (0: keep the files'); with 16^3 cubes, 4 mm makes "
                                   "64 mm cubes, the scale at which both tasks learn (docs/experiment.md)")
     intensity: str = _f("zscore", "zscore (MRI), window (CT, see --window) or none")
@@ -138,6 +141,7 @@ def check_config(cfg: PretrainConfig) -> None:
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
     need(cfg.rotation_axis in ROTATION_AXES, f"--rotation-axis must be one of {', '.join(ROTATION_AXES)}, got "
                                              f"{cfg.rotation_axis!r}")
+    need(not (cfg.data and cfg.data_prepared), "give --data or --data-prepared, not both")
     need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none, got {cfg.intensity!r}")
     need(cfg.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore, got {cfg.normalize!r}")
@@ -227,7 +231,27 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
     return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
 
 
+def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
+    """--data-prepared: the training volumes of this rank's shard (the rule
+    VolumeBank(shard=...) applies) and the held-out ones, memory-mapped."""
+    try:
+        n = len(read_manifest(cfg.data_prepared)["volumes"])
+        holdout = cfg.holdout if cfg.holdout >= 0 else (1 if n >= 3 else 0)
+        if holdout >= n:
+            raise UserError(f"--holdout {holdout} leaves no training volume out of {n}")
+        train_vols = load_prepared(cfg.data_prepared, shard=(dist.rank, dist.world) if dist.world > 1 else None,
+                                   volumes=range(n - holdout))
+        held_vols = load_prepared(cfg.data_prepared, volumes=range(n - holdout, n))
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if train_vols[0].channels != cfg.channels:
+        raise UserError(f"--channels {cfg.channels}, but {train_vols[0].name} has {train_vols[0].channels} channel(s)")
+    return train_vols, held_vols
+
+
 def load_data(cfg: PretrainConfig, dist: common.Dist):
+    if cfg.data_prepared:
+        return load_prepared_data(cfg, dist)
     if cfg.data:
         spec = [s for s in cfg.data.split(",") if s] if "," in cfg.data else cfg.data
     else:
@@ -326,7 +350,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     train_vols, held_vols = load_data(cfg, dist)
     try:
         bank = VolumeBank(train_vols, dev, cfg.storage_dtype,
-                          shard=(dist.rank, dist.world) if dist.world > 1 else None)
+                          shard=(dist.rank, dist.world) if dist.world > 1 and not cfg.data_prepared else None)
         held = VolumeBank(held_vols or train_vols, dev, cfg.storage_dtype)
         bank.check_puzzle(puzzle)
         held.check_puzzle(puzzle)

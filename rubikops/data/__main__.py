@@ -1,5 +1,8 @@
 """``python -m rubikops.data info PATH [--spacing S] [--intensity MODE] ...``:
 what a folder of NIfTI files holds and what preprocessing would make of it.
+``python -m rubikops.data prepare SRC --out DIR --workers N``: preprocess
+once, in parallel and resumably, into a folder that training ranks read
+their share of (rubikops/data/prepared.py).
 ``python -m rubikops.data default``: where the offline default dataset is."""
 from __future__ import annotations
 
@@ -51,6 +54,33 @@ def info(args) -> int:
     return 1 if bad == len(cases) else 0
 
 
+def prepare(args) -> int:
+    from . import DataError, Preprocessing
+    from .prepared import prepare as run_prepare
+    settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
+                             window=tuple(args.window), crop_foreground=args.crop_foreground,
+                             foreground_threshold=args.threshold, frames=args.frames)
+    try:
+        report = run_prepare(args.src, args.out, settings, workers=args.workers, rank=args.rank,
+                             world=args.world, progress=args.progress)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an --out that cannot be created
+        print(f"error: {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0 if report.prepared or report.reused else 1
+
+
+def _window(text: str) -> tuple:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected lo,hi in HU, got {text!r}") from None
+    return lo, hi
+
+
 def default(_args) -> int:
     from .default import INSTALL_HINT, PRETRAINING, SOURCES, available
     paths = available()
@@ -74,12 +104,28 @@ def main(argv=None) -> int:
     i.add_argument("--crop-foreground", action="store_true")
     i.add_argument("--threshold", type=float, default=0.0, help="foreground threshold")
     i.add_argument("--frames", default=None, help="4-D files: an index or 'channels'")
+    pr = sub.add_parser("prepare", help="preprocess SRC once into --out, in parallel and resumably")
+    pr.add_argument("src", help="NIfTI folder, glob or file")
+    pr.add_argument("--out", required=True, help="output folder (volumes/*.npy, manifest.json, report.json)")
+    pr.add_argument("--workers", type=int, default=1, help="processes (1: this process)")
+    pr.add_argument("--rank", type=int, default=0, help="this job's rank; it takes files rank, rank+world, ...")
+    pr.add_argument("--world", type=int, default=1, help="number of ranks sharing the files")
+    pr.add_argument("--no-progress", dest="progress", action="store_false")
+    pr.add_argument("--spacing", type=float, default=None, help="target spacing in mm")
+    pr.add_argument("--intensity", choices=("none", "window", "zscore"), default="none")
+    pr.add_argument("--window", type=_window, default=(-1000.0, 1000.0), help="CT window lo,hi in HU")
+    pr.add_argument("--crop-foreground", action="store_true")
+    pr.add_argument("--threshold", type=float, default=0.0, help="foreground threshold")
+    pr.add_argument("--frames", default=None, help="4-D files: an index or 'channels'")
     sub.add_parser("default", help="where the offline default dataset lives")
     args = p.parse_args(argv)
     if getattr(args, "frames", None) not in (None, "channels"):
-        args.frames = int(args.frames)
+        try:
+            args.frames = int(args.frames)
+        except ValueError:
+            p.error(f"--frames takes an index or 'channels', got {args.frames!r}")
     np.set_printoptions(precision=3)
-    return info(args) if args.cmd == "info" else default(args)
+    return {"info": info, "prepare": prepare, "default": default}[args.cmd](args)
 
 
 if __name__ == "__main__":

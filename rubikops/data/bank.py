@@ -65,6 +65,18 @@ def _quantise(x: np.ndarray, dtype: torch.dtype):
     return np.rint((x - lo) / scale).clip(0, 255).astype(np.uint8), scale, lo
 
 
+def take_shard(items: Sequence, shard: tuple, who: str) -> list:
+    """Items rank, rank + world, ... of ``shard=(rank, world)``: the share
+    of one DDP rank, the same for the bank and for ``load_prepared``."""
+    rank, world = int(shard[0]), int(shard[1])
+    if not 0 <= rank < world:
+        raise ValueError(f"{who}: shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    if len(items) < world:
+        raise ValueError(f"{who}: {len(items)} volumes cannot be sharded over {world} ranks "
+                         "(each rank needs at least one)")
+    return list(items[rank::world])
+
+
 class VolumeBank(VolumeSource):
     """A device-resident bank of volumes, a :class:`rubikops.volumes.VolumeSource`.
 
@@ -88,14 +100,7 @@ class VolumeBank(VolumeSource):
             names = [v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
         names = list(names)
         if shard is not None:
-            rank, world = int(shard[0]), int(shard[1])
-            if not 0 <= rank < world:
-                raise ValueError(f"VolumeBank: shard must be (rank, world_size) with 0 <= rank < world_size, "
-                                 f"got {shard!r}")
-            if len(vols) < world:
-                raise ValueError(f"VolumeBank: {len(vols)} volumes cannot be sharded over {world} ranks "
-                                 "(each rank needs at least one)")
-            vols, names = vols[rank::world], names[rank::world]
+            vols, names = take_shard(vols, shard, "VolumeBank"), take_shard(names, shard, "VolumeBank")
         if not vols:
             raise ValueError("VolumeBank: no volumes given")
         arrays = []
@@ -133,7 +138,9 @@ class VolumeBank(VolumeSource):
                 src = torch.from_numpy(q)
             else:
                 s, t = 1.0, 0.0
-                src = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.dtype)
+                # from phys, a writable copy: torch refuses to wrap a read-only memory map (load_prepared)
+                # quietly; float64 -> dtype rounds as float32 -> dtype does, the values being float32's
+                src = torch.from_numpy(phys).to(self.dtype)
             self.storage[0, :, z:z + d, :h, :w] = src.to(self.device)
             scale.append(s), shift.append(t), mean.append(phys.mean()), std.append(phys.std())
             offsets.append((z, 0, 0))

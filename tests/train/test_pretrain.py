@@ -110,6 +110,8 @@ def test_ddp_two_processes_gloo(data, tmp_path):
 BAD = [
     (lambda d, t: ["--data", str(t / "missing")], "missing: no such file or folder"),
     (lambda d, t: ["--data", str(t / "empty")], "empty: folder holds no .nii"),
+    (lambda d, t: ["--data-prepared", str(t / "missing")], "missing: no such folder"),
+    (lambda d, t: ["--data-prepared", str(t / "empty")], "empty: no manifest.json"),
     (lambda d, t: ["--data", str(d), "--cube-size", "30"], "smaller than the puzzle's crop"),
     (lambda d, t: ["--data", str(d), "--backbone", "vit"], "--backbone: unknown backbone 'vit'"),
     (lambda d, t: ["--data", str(d), "--preset", "nope"], "--preset: unknown preset 'nope'"),
@@ -223,3 +225,37 @@ def test_every_preset_fits_the_bundled_volumes(preset, tmp_path):
     train, held_out = pretrain.load_data(cfg, common.Dist())
     for volumes in (train, held_out):
         VolumeBank(volumes).check_puzzle(puzzle)
+
+
+def test_data_prepared_trains_exactly_as_data(data, tmp_path, capsys):
+    """--data-prepared DIR (made with pretrain's own settings) gives the same
+    bank, hence the same losses, as --data on the source files."""
+    from rubikops.data import Preprocessing, prepare
+    prepare(data, tmp_path / "prepared", Preprocessing(spacing=1.0, intensity="zscore", crop_foreground=True),
+            progress=False)
+    rc, cap = _run(tiny_args(data, tmp_path / "from_files", tmp_path / "cache"), capsys)
+    assert rc == 0, cap.err
+    args = tiny_args(data, tmp_path / "from_prepared", tmp_path / "cache")
+    args[args.index("--data"):args.index("--data") + 2] = ["--data-prepared", str(tmp_path / "prepared")]
+    rc, cap = _run(args, capsys)
+    assert rc == 0, cap.err
+
+    def losses(run):
+        rows = [r.split(",") for r in (tmp_path / run / "metrics.csv").read_text().splitlines()]
+        keep = [i for i, name in enumerate(rows[0]) if "loss" in name or "acc" in name]
+        return [[r[i] for i in keep] for r in rows]
+    assert losses("from_files") == losses("from_prepared")
+    rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared", str(data)], capsys)
+    assert rc != 0 and "give --data or --data-prepared, not both" in cap.err
+
+
+def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_held_out(data, tmp_path):
+    from rubikops.data import Preprocessing, prepare
+    prepare(data, tmp_path / "prepared", Preprocessing(spacing=1.0), progress=False)  # 4 volumes, 1 held out
+    names = {}
+    for rank in range(2):
+        cfg = pretrain.PretrainConfig(data_prepared=str(tmp_path / "prepared"))
+        train_vols, held_vols = pretrain.load_data(cfg, common.Dist(rank=rank, world=2))
+        names[rank] = [v.name for v in train_vols]
+        assert [v.name for v in held_vols] == ["v3.nii.gz"]
+    assert names == {0: ["v0.nii.gz", "v2.nii.gz"], 1: ["v1.nii.gz"]}
