@@ -419,6 +419,14 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def gather(self, value) -> list:
+        """Every rank's ``value`` (a picklable object), in rank order (one all_gather)."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
     def mean(self, values: dict) -> dict:
         """Average scalars across ranks (one all_reduce)."""
         keys = sorted(values)
@@ -428,6 +436,13 @@ class Dist:
             torch.distributed.all_reduce(t)
             t /= self.world
         return dict(zip(keys, t.tolist()))
+
+
+def peak_host_rss() -> int:
+    """This process's peak resident set in bytes (Linux ``ru_maxrss`` is in KiB),
+    file-backed pages of memory maps included."""
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def setup_distributed(device_flag: str) -> Dist:

@@ -467,20 +467,17 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - run_start
+    peak_rss = dist.gather(common.peak_host_rss())
     if dist.main:
-        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger)
+        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss)
     logger.close()
     return 0
 
 
 def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best, metrics) -> None:
-    rng = common.rng_state({"puzzle": gen})
-    task_state = [puzzle.state_dict()]
-    if dist.world > 1:
-        rngs, all_states = [None] * dist.world, [None] * dist.world
-        torch.distributed.all_gather_object(rngs, rng)
-        torch.distributed.all_gather_object(all_states, task_state[0])
-        rng, task_state = rngs, all_states
+    rng, task_state = dist.gather(common.rng_state({"puzzle": gen})), dist.gather(puzzle.state_dict())
+    if dist.world == 1:
+        rng = rng[0]  # the single-process layout earlier checkpoints have
     if not dist.main:
         return
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -502,7 +499,7 @@ def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: i
         "step": step, "source": "rubikops train/pretrain.py"})
 
 
-def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger) -> None:
+def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
     chance = puzzle.chance_levels()
     trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
@@ -514,6 +511,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger) -> None:
         **{f"chance_{k}": v for k, v in chance.items()},
         **{f"trained_{k.replace('_acc', '')}": trained[k] for k in chance},
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
+        "peak_host_rss_bytes": peak_rss,  # per rank
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
         "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
     }

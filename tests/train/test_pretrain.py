@@ -105,6 +105,8 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=False)
     assert len(state["rng"]) == 2 and len(state["task_state"]) == 2  # every rank's streams saved
     assert state["rng"][0]["generators"]["puzzle"].tolist() != state["rng"][1]["generators"]["puzzle"].tolist()
+    rss = json.load(open(out / "summary.json"))["peak_host_rss_bytes"]
+    assert len(rss) == 2 and all(50 * 2**20 < r < 8 * 2**30 for r in rss), rss  # each rank's own, in bytes
 
 
 BAD = [
