@@ -1,5 +1,6 @@
 """train/pretrain.py: config round trip, exact resume after SIGKILL, 2-process
 DDP with gloo, and one-line errors for bad input that leave files alone."""
+import json
 import os
 
 import pytest
@@ -74,7 +75,6 @@ def test_exact_resume_after_sigkill(data, tmp_path):
 @pytest.mark.parametrize("task", ["jigsaw", "rotation", "relative_location"])
 def test_every_task_trains_and_resumes_exactly(task, data, tmp_path):
     """--task NAME: the same loop, summary (each metric against chance) and exact resume after SIGKILL."""
-    import json
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = lambda out: ["train/pretrain.py", *tiny_args(data, out, tmp_path / "cache", "--task", task)]  # noqa: E731
     r = run_subprocess(args(straight))
@@ -105,7 +105,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     state = torch.load(out / "checkpoints" / "step_0000006.pt", weights_only=False)
     assert len(state["rng"]) == 2 and len(state["task_state"]) == 2  # every rank's streams saved
     assert state["rng"][0]["generators"]["puzzle"].tolist() != state["rng"][1]["generators"]["puzzle"].tolist()
-    rss = json.load(open(out / "summary.json"))["peak_host_rss_bytes"]
+    rss = json.loads((out / "summary.json").read_text())["peak_host_rss_bytes"]
     assert len(rss) == 2 and all(50 * 2**20 < r < 8 * 2**30 for r in rss), rss  # each rank's own, in bytes
 
 
@@ -204,7 +204,6 @@ def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
     voxels at 8 mm, a small VGG), judged on fixed puzzles of the held-out volume, which training never
     sees.  Measured at seed 0: ordering 17.2% (chance 4.2%), orientation 44.6% (chance 33.3%); the
     bounds sit about three binomial standard errors (256 puzzles) below."""
-    import json
     out = tmp_path / "run"
     rc, cap = _run(["--spacing", "8", "--cube-size", "8", "--gap", "0,2", "--width", "8", "--hidden", "64",
                     "--steps", "300", "--eval-every", "300", "--eval-puzzles", "256", "--out", str(out),
