@@ -132,7 +132,6 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self._slot_meta = torch.zeros(4, self.slots, dtype=torch.float64, device=dev)
         self.scale, self.shift, mean, std = self._slot_meta.unbind(0)
         self.stats = (mean, std)
-        self._head = None  # the first A - 1 volumes of every epoch's order
         self._orders: dict = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rubikops-stream")
         self._pending: Optional[tuple] = None  # (position, future) of the load into the spare slot
@@ -184,9 +183,10 @@ class StreamingBank(BankPuzzles, VolumeSource):
         return torch.tensor([slot_to_volume[int(k)] for k in slot_index.tolist()], dtype=torch.int64)
 
     # -- loading ---------------------------------------------------------------------------------
-    def _load(self, position: int, wait_for: Optional[torch.cuda.Event]):
-        """Read the volume at ``position`` into slot ``position mod slots`` (runs on the worker)."""
-        v, k = self.volume_at(position), position % self.slots
+    def _load(self, position: int, v: int, wait_for: Optional[torch.cuda.Event]):
+        """Read volume ``v`` (at ``position``) into slot ``position mod slots`` (runs on the worker;
+        the caller looks ``v`` up, so only the training thread touches the order cache)."""
+        k = position % self.slots
         src, s, t, m, sd = stored_volume(self._host[v], self.dtype, self.names[v], "StreamingBank")
         d, h, w = (int(x) for x in self.volume_shapes[v])
         z = k * self.slot_shape[0]
@@ -231,7 +231,8 @@ class StreamingBank(BankPuzzles, VolumeSource):
 
     def _submit(self, position: int) -> None:
         self.loads += 1
-        self._pending = (position, self._pool.submit(self._load, position, self._training_stream_mark()))
+        self._pending = (position, self._pool.submit(self._load, position, self.volume_at(position),
+                                                     self._training_stream_mark()))
 
     def _finish_pending(self) -> None:
         """Wait for the spare slot's load; the training stream waits on its copy."""
@@ -252,7 +253,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.refreshes = refresh
         for p in range(refresh, refresh + self.active):
             self.loads += 1
-            done = self._load(p, self._training_stream_mark())
+            done = self._load(p, self.volume_at(p), self._training_stream_mark())
             if done is not None:
                 torch.cuda.current_stream(self.device).wait_event(done)
         self._submit(refresh + self.active)
