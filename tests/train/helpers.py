@@ -38,9 +38,21 @@ def tiny_args(data, out, cache, *extra) -> list:
             "--no-progress", "--no-tensorboard", *extra]
 
 
-def run_subprocess(args, env_extra=None, timeout=600):
+def subprocess_env(env_extra=None) -> dict:
     env = dict(os.environ, **(env_extra or {}))
     env.pop("TRITON_INTERPRET", None)
     # the scripts import this checkout's rubikops, not whichever one the environment installed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run_subprocess(args, env_extra=None, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=subprocess_env(env_extra), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_subprocess(args, env_extra=None, **popen):
+    """``python ARGS`` started in the background, in a session of its own so that
+    ``os.killpg(p.pid, ...)`` ends it with every process it started."""
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=subprocess_env(env_extra), start_new_session=True,
+                            **popen)
