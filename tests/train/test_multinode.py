@@ -10,17 +10,11 @@ import socket
 import subprocess
 import time
 
-import pytest
 import torch
 
-from .helpers import smooth_volumes, start_subprocess, tiny_args
+from .helpers import start_subprocess, tiny_args
 
 TIMEOUT = 180  # seconds for both nodes together (about 15 s on 2 CPU cores): a hang fails, it does not block
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return smooth_volumes(tmp_path_factory.mktemp("scans"))
 
 
 def free_port() -> int:

@@ -4,17 +4,10 @@ docs' and the README's markers without touching the rest of either file."""
 import json
 import os
 
-import pytest
-
-from .helpers import script, smooth_volumes
+from .helpers import script
 
 study = script("pretext_study")
 common = script("common")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return smooth_volumes(tmp_path_factory.mktemp("scans"))
 
 
 def test_rows_run_resume_and_fill_the_docs_section(data, tmp_path, capsys):

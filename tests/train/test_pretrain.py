@@ -6,15 +6,10 @@ import os
 import pytest
 import torch
 
-from .helpers import run_subprocess, script, smooth_volumes, tiny_args
+from .helpers import run_subprocess, script, tiny_args
 
 pretrain = script("pretrain")
 common = script("common")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return smooth_volumes(tmp_path_factory.mktemp("scans"))
 
 
 def _run(args, capsys):
