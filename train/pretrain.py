@@ -35,7 +35,7 @@ import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
-from rubikops.data import load_prepared, read_manifest  # noqa: E402
+from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
 
@@ -48,7 +48,10 @@ class PretrainConfig(common.RunSettings):
     data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
                                    "MRI and CT templates (requirements-data.txt)", "str")
     data_prepared: Optional[str] = _f(None, "a folder made by python -m rubikops.data prepare: each rank memory-maps "
-                                            "only its share; the folder's preprocessing applies", "str")
+                                            "only its share; the folder's preprocessing applies. With --data too: "
+                                            "prepare --data into it first (each rank its slice of the files, "
+                                            "resumable; the preprocessing flags here apply)", "str")
+    prepare_workers: int = _f(1, "with --data and --data-prepared: processes per rank that prepare the files")
     spacing: float = _f(4.0, "resample to this spacing in mm (0: keep the files'); with 16^3 cubes, 4 mm makes "
                                   "64 mm cubes, the scale at which both tasks learn (docs/experiment.md)")
     intensity: str = _f("zscore", "zscore (MRI), window (CT, see --window) or none")
@@ -144,7 +147,6 @@ def check_config(cfg: PretrainConfig) -> None:
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
     need(cfg.rotation_axis in ROTATION_AXES, f"--rotation-axis must be one of {', '.join(ROTATION_AXES)}, got "
                                              f"{cfg.rotation_axis!r}")
-    need(not (cfg.data and cfg.data_prepared), "give --data or --data-prepared, not both")
     if cfg.bank_budget:
         try:
             parse_size(cfg.bank_budget, "--bank-budget")
@@ -162,7 +164,7 @@ def check_config(cfg: PretrainConfig) -> None:
     need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")
     need(len(cfg.gap) in (1, 2), "--gap takes lo or lo,hi")
     need(len(cfg.window) == 2 and cfg.window[0] < cfg.window[1], f"--window takes lo,hi with lo < hi, got {cfg.window}")
-    common.require_at_least(cfg, 1, "steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+    common.require_at_least(cfg, 1, "prepare_workers", "steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                             "keep_checkpoints", "eval_puzzles", "width", "channels", "num_permutations")
     common.require_at_least(cfg, 0, "hidden", "warmup_steps")
     common.require_at_least(cfg, -1, "holdout")
@@ -257,18 +259,39 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     return train_vols, held_vols
 
 
+def preprocessing(cfg: PretrainConfig) -> Preprocessing:
+    frames = None if cfg.frames is None else (cfg.frames if cfg.frames == "channels" else int(cfg.frames))
+    return Preprocessing(spacing=cfg.spacing or None, intensity=cfg.intensity, window=tuple(cfg.window),
+                         crop_foreground=cfg.crop_foreground, foreground_threshold=cfg.foreground_threshold,
+                         frames=frames)
+
+
+def data_spec(cfg: PretrainConfig):
+    if cfg.data:
+        return [s for s in cfg.data.split(",") if s] if "," in cfg.data else cfg.data
+    from rubikops.data import default
+    return default.pretraining_files()
+
+
+def prepare_data(cfg: PretrainConfig, dist: common.Dist) -> None:
+    """--data with --data-prepared: every rank prepares its slice of the files (files rank, rank +
+    world, ...) into the folder, rank 0 merges the manifest after a barrier."""
+    try:
+        report = prepare(data_spec(cfg), cfg.data_prepared, preprocessing(cfg), workers=cfg.prepare_workers,
+                         rank=dist.rank, world=dist.world, progress=cfg.progress and dist.main)
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if dist.main:
+        print(report.summary(), file=sys.stderr)
+
+
 def load_data(cfg: PretrainConfig, dist: common.Dist):
     if cfg.data_prepared:
+        if cfg.data:
+            prepare_data(cfg, dist)
         return load_prepared_data(cfg, dist)
-    if cfg.data:
-        spec = [s for s in cfg.data.split(",") if s] if "," in cfg.data else cfg.data
-    else:
-        from rubikops.data import default
-        spec = default.pretraining_files()
-    frames = None if cfg.frames is None else (cfg.frames if cfg.frames == "channels" else int(cfg.frames))
-    settings = Preprocessing(spacing=cfg.spacing or None, intensity=cfg.intensity, window=tuple(cfg.window),
-                             crop_foreground=cfg.crop_foreground, foreground_threshold=cfg.foreground_threshold,
-                             frames=frames)
+    settings = preprocessing(cfg)
+    spec = data_spec(cfg)
     report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
                           progress=cfg.progress and dist.main)
     if report.skipped and dist.main:

@@ -108,6 +108,23 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert len(rss) == 2 and all(50 * 2**20 < r < 8 * 2**30 for r in rss), rss  # each rank's own, in bytes
 
 
+
+def test_ddp_ranks_prepare_their_slices_and_merge_after_a_barrier(data, tmp_path):
+    """--data with --data-prepared under torchrun: rank r prepares files r, r + 2, ..., rank 0 merges
+    the manifest after the barrier, then each rank trains on its share of the merged folder."""
+    out, prepared = tmp_path / "ddp", tmp_path / "prepared"
+    r = run_subprocess(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train/pretrain.py",
+                        *tiny_args(data, out, tmp_path / "cache"), "--data-prepared", str(prepared),
+                        "--device", "cpu"], env_extra={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    parts = {rank: json.loads((prepared / f"manifest.rank{rank}.json").read_text()) for rank in range(2)}
+    assert [[x["sources"][0].rsplit("/", 1)[1] for x in parts[rank]["results"]] for rank in range(2)] == \
+        [["v0.nii.gz", "v2.nii.gz"], ["v1.nii.gz", "v3.nii.gz"]]
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert [v["sources"][0].rsplit("/", 1)[1] for v in manifest["volumes"]] == [f"v{i}.nii.gz" for i in range(4)]
+    assert "rank 0 of 2: 2 volume(s) prepared" in r.stderr and "rank 0 of 2, 1 held out" in r.stderr
+
+
 BAD = [
     (lambda d, t: ["--data", str(t / "missing")], "missing: no such file or folder"),
     (lambda d, t: ["--data", str(t / "empty")], "empty: folder holds no .nii"),
@@ -247,8 +264,12 @@ def test_data_prepared_trains_exactly_as_data(data, tmp_path, capsys):
         keep = [i for i, name in enumerate(rows[0]) if "loss" in name or "acc" in name]
         return [[r[i] for i in keep] for r in rows]
     assert losses("from_files") == losses("from_prepared")
-    rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared", str(data)], capsys)
-    assert rc != 0 and "give --data or --data-prepared, not both" in cap.err
+    # --data and --data-prepared: pretraining prepares the folder itself, then trains from it
+    rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared",
+                    str(tmp_path / "prepared_here"), "--prepare-workers", "2"], capsys)
+    assert rc == 0, cap.err
+    assert "4 volume(s) prepared, 0 already done, 0 skipped" in cap.err, cap.err
+    assert losses("both") == losses("from_files")
 
 
 def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_held_out(data, tmp_path):
