@@ -34,7 +34,7 @@ from common import UserError  # noqa: E402
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
-from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes  # noqa: E402
+from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
 from rubikops.data import load_prepared, read_manifest  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
@@ -59,6 +59,9 @@ class PretrainConfig(common.RunSettings):
     skip_bad: bool = _f(False, "skip unreadable files (listed) instead of stopping")
     cache_dir: Optional[str] = _f(None, "preprocessing cache (default ~/.cache/rubikops)", "str")
     storage_dtype: str = _f("float32", "bank storage: float32, bfloat16, float16, int16 (half memory), uint8")
+    bank_budget: str = _f("", "device memory for a rank's training bank, e.g. 20GB or 512MiB: a shard larger than "
+                              "this streams through a resident working set of that size (rubikops.data.StreamingBank, "
+                              "one volume swapped per step); empty: the whole shard resident")
     holdout: int = _f(-1, "volumes held out for evaluation (-1: one when there are 3 or more)")
     # puzzle
     task: str = _f("rubik", f"pretext task: one of {', '.join(TASKS)}; the settings below that a task does not "
@@ -142,6 +145,11 @@ def check_config(cfg: PretrainConfig) -> None:
     need(cfg.rotation_axis in ROTATION_AXES, f"--rotation-axis must be one of {', '.join(ROTATION_AXES)}, got "
                                              f"{cfg.rotation_axis!r}")
     need(not (cfg.data and cfg.data_prepared), "give --data or --data-prepared, not both")
+    if cfg.bank_budget:
+        try:
+            parse_size(cfg.bank_budget, "--bank-budget")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     need(cfg.intensity in ("zscore", "window", "none"), f"--intensity must be zscore, window or none, got {cfg.intensity!r}")
     need(cfg.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     need(cfg.normalize in ("none", "cube", "zscore"), f"--normalize must be none, cube or zscore, got {cfg.normalize!r}")
@@ -349,8 +357,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     augment = make_augment(cfg)
     train_vols, held_vols = load_data(cfg, dist)
     try:
-        bank = VolumeBank(train_vols, dev, cfg.storage_dtype,
-                          shard=(dist.rank, dist.world) if dist.world > 1 and not cfg.data_prepared else None)
+        bank = make_bank(train_vols, dev, cfg.storage_dtype, budget=cfg.bank_budget or None, seed=cfg.seed,
+                         shard=(dist.rank, dist.world) if dist.world > 1 and not cfg.data_prepared else None)
         held = VolumeBank(held_vols or train_vols, dev, cfg.storage_dtype)
         bank.check_puzzle(puzzle)
         held.check_puzzle(puzzle)
@@ -376,6 +384,11 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
         rngs = resume_state["rng"]
         common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"puzzle": gen})
+        if "bank_state" in resume_state:
+            try:
+                bank.load_state_dict(resume_state["bank_state"][dist.rank])
+            except ValueError as exc:
+                raise UserError(f"--resume: {exc}") from None
         if "task_state" in resume_state:
             puzzle.load_state_dict(resume_state["task_state"][dist.rank])
         else:  # checkpoints written before tasks kept their own state: the keep-mask seed count
@@ -460,13 +473,14 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
             is_best = score > best
             best = max(best, score)
             t_ckpt = time.perf_counter()
-            save_checkpoint(ckpts, raw_model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best,
+            save_checkpoint(ckpts, raw_model, opt, sched, scaler, step, best, gen, puzzle, bank, cfg, dist, is_best,
                             last_eval)
             window_start += time.perf_counter() - t_ckpt  # checkpointing is not training throughput
             common.kill_point(step)
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - run_start
+    bank.close()
     peak_rss = dist.gather(common.peak_host_rss())
     if dist.main:
         finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss)
@@ -474,14 +488,17 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     return 0
 
 
-def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, cfg, dist, is_best, metrics) -> None:
+def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, bank, cfg, dist, is_best,
+                    metrics) -> None:
     rng, task_state = dist.gather(common.rng_state({"puzzle": gen})), dist.gather(puzzle.state_dict())
+    bank_state = dist.gather(bank.state_dict())
     if dist.world == 1:
         rng = rng[0]  # the single-process layout earlier checkpoints have
     if not dist.main:
         return
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "best": best, "rng": rng, "task_state": task_state,
+             "bank_state": bank_state,
              "config": dataclasses.asdict(cfg), "metrics": metrics, "rubikops": rubikops.__version__}
     ckpts.save(state, step, best=is_best)
     save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step)

@@ -6,6 +6,7 @@ device="cuda", dtype="int16")`` packs them into one allocation that
 ``bank.puzzles(puzzle, batch)`` cuts puzzles from with one kernel launch.
 ``python -m rubikops.data info PATH`` describes a folder."""
 from .bank import VolumeBank  # noqa: F401
+from .streaming import StreamingBank, bank_bytes, make_bank, parse_size  # noqa: F401
 from .cache import PreprocessCache, atomic_path, default_cache_dir  # noqa: F401
 from .dataset import LoadReport, load_case, load_volumes  # noqa: F401
 from .nifti import DataError, Volume, find_files, load_nifti  # noqa: F401

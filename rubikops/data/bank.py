@@ -17,6 +17,7 @@ per-volume (scale, shift) that the op fuses into its intensity scaling, so an
 int16 bank holds CT in half the memory of float32 at no speed cost."""
 from __future__ import annotations
 
+import mmap
 import os
 from typing import Optional, Sequence, Union
 
@@ -50,6 +51,14 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def human_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit that leaves at least 1 (e.g. 196.0 KiB, 2.50 GiB)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def _quantise(x: np.ndarray, dtype: torch.dtype):
     """Stored values and (scale, shift) with x ~= stored * scale + shift."""
     lo, hi = float(x.min()), float(x.max())
@@ -65,6 +74,57 @@ def _quantise(x: np.ndarray, dtype: torch.dtype):
     return np.rint((x - lo) / scale).clip(0, 255).astype(np.uint8), scale, lo
 
 
+def check_fits(need: int, device: torch.device, headroom: float, what: str, advice: str) -> None:
+    """MemoryError naming the numbers when ``need`` bytes exceed ``headroom`` of ``device``'s free memory."""
+    have = _available_bytes(device)
+    if need > headroom * have:
+        raise MemoryError(f"{what} need {_gib(need)} on {device} but only {_gib(have)} is free "
+                          f"({headroom:.0%} usable); {advice}")
+
+
+def host_array(v, name: str, who: str) -> np.ndarray:
+    """Volume ``v`` (a :class:`Volume`, array or tensor) as a (C, D, H, W) host array, without reading
+    a memory-mapped one's pages."""
+    a = v.data if isinstance(v, Volume) else v
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.ndim != 4:
+        raise ValueError(f"{who}: {name} must be (C, D, H, W), got shape {a.shape}")
+    return a
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Drop the resident pages of a memory-mapped array (``load_prepared``'s volumes): they count in
+    the process's RSS while mapped, and come back from the page cache if read again."""
+    while a is not None and not isinstance(a, mmap.mmap):
+        a = getattr(a, "_mmap", None) if isinstance(a, np.memmap) and getattr(a, "_mmap", None) is not None \
+            else getattr(a, "base", None)
+    if a is not None and hasattr(a, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            a.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # closed, or a platform that refuses: the pages just stay
+            pass
+
+
+def stored_volume(a: np.ndarray, dtype: torch.dtype, name: str, who: str) -> tuple:
+    """One volume as the bank stores it: (host tensor in ``dtype``, scale, shift, mean, std) with
+    physical = stored * scale + shift and the z-score statistics of the physical values."""
+    phys = a.astype(np.float64)  # once: quantisation and the statistics both read it
+    release_pages(a)
+    if not np.isfinite(phys).all():
+        raise DataError(f"{who}: {name} holds NaN or Inf")
+    if dtype in (torch.int16, torch.uint8):
+        q, s, t = _quantise(phys, dtype)
+        src = torch.from_numpy(q)
+    else:
+        s, t = 1.0, 0.0
+        # from phys, a writable copy: torch refuses to wrap a read-only memory map (load_prepared)
+        # quietly; float64 -> dtype rounds as float32 -> dtype does, the values being float32's
+        src = torch.from_numpy(phys).to(dtype)
+    return src, s, t, float(phys.mean()), float(phys.std())
+
+
 def take_shard(items: Sequence, shard: tuple, who: str) -> list:
     """Items rank, rank + world, ... of ``shard=(rank, world)``: the share
     of one DDP rank, the same for the bank and for ``load_prepared``."""
@@ -77,7 +137,47 @@ def take_shard(items: Sequence, shard: tuple, who: str) -> list:
     return list(items[rank::world])
 
 
-class VolumeBank(VolumeSource):
+class BankPuzzles:
+    """What both banks do with a task: refuse one whose crop does not fit a
+    volume, and cut a batch of it.  Needs ``names`` and ``host_shapes()``."""
+
+    def check_puzzle(self, puzzle) -> None:
+        """Refuse (DataError) a task whose crop does not fit every volume."""
+        shapes = self.host_shapes()
+        small = (shapes < np.array(tuple(puzzle.crop_size))).any(1)
+        if small.any():
+            bad = small.nonzero()[0].tolist()
+            raise DataError(f"{type(self).__name__}: {len(bad)} volume(s) are smaller than the puzzle's crop "
+                            f"{puzzle.crop_size} ({puzzle.describe()}), "
+                            f"e.g. {self.names[bad[0]]} of shape {shapes[bad[0]].tolist()}; use a smaller "
+                            "cube_size or gap, or pad with Preprocessing(min_shape=...)")
+
+    def close(self) -> None:
+        """Release background resources (none for a resident bank)."""
+
+    def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
+                index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
+                crop_transform=None):
+        """One batch of ``puzzle`` (any pretext task, e.g. :class:`rubikops.RubikCube`), volumes drawn on
+        the device: (cubes, targets).
+
+        ``crop_transform`` (e.g. :class:`rubikops.augment.CropAffine`):
+        ``crop_transform.crops(bank, puzzle.crop_size, index, generator)``
+        gives each sample's crop, and the puzzle is cut from it (then
+        ``targets.index`` counts crops: sample ``b`` is crop ``b``)."""
+        checked = self.__dict__.setdefault("_checked_puzzles", set())
+        if id(puzzle) not in checked:
+            self.check_puzzle(puzzle)
+            checked.add(id(puzzle))
+        if index is None:
+            index = self.sample_index(batch, generator)
+        if crop_transform is not None:
+            crops = crop_transform.crops(self, puzzle.crop_size, index, generator)
+            return puzzle(crops, None, generator, out=out, seed=seed)
+        return puzzle(self, index, generator, out=out, seed=seed)
+
+
+class VolumeBank(BankPuzzles, VolumeSource):
     """A device-resident bank of volumes, a :class:`rubikops.volumes.VolumeSource`.
 
     ``VolumeBank(volumes, device="cuda", dtype="int16")`` with ``volumes`` a
@@ -103,15 +203,7 @@ class VolumeBank(VolumeSource):
             vols, names = take_shard(vols, shard, "VolumeBank"), take_shard(names, shard, "VolumeBank")
         if not vols:
             raise ValueError("VolumeBank: no volumes given")
-        arrays = []
-        for i, v in enumerate(vols):
-            a = v.data if isinstance(v, Volume) else v
-            a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-            if a.ndim != 4:
-                raise ValueError(f"VolumeBank: {names[i]} must be (C, D, H, W), got shape {a.shape}")
-            if not np.isfinite(a).all():
-                raise DataError(f"VolumeBank: {names[i]} holds NaN or Inf")
-            arrays.append(a)
+        arrays = [host_array(v, names[i], "VolumeBank") for i, v in enumerate(vols)]
         C = arrays[0].shape[0]
         for i, a in enumerate(arrays):
             if a.shape[0] != C:
@@ -119,30 +211,21 @@ class VolumeBank(VolumeSource):
         self.names = names
         shapes = np.array([a.shape[1:] for a in arrays], dtype=np.int64)
         total_d, max_h, max_w = int(shapes[:, 0].sum()), int(shapes[:, 1].max()), int(shapes[:, 2].max())
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        need = C * total_d * max_h * max_w * elem
-        have = _available_bytes(self.device)
-        if need > headroom * have:
-            raise MemoryError(f"VolumeBank: {len(arrays)} volumes need {_gib(need)} on {self.device} but only "
-                              f"{_gib(have)} is free ({headroom:.0%} usable); use dtype='int16' or 'bfloat16', a "
-                              "coarser spacing, foreground cropping, or fewer volumes")
+        need = C * total_d * max_h * max_w * torch.empty((), dtype=self.dtype).element_size()
+        check_fits(need, self.device, headroom, f"VolumeBank: {len(arrays)} volumes",
+                   "use dtype='int16' or 'bfloat16', a coarser spacing, foreground cropping, fewer volumes, "
+                   "or a StreamingBank (pretrain.py --bank-budget)")
         self.storage = torch.zeros(1, C, total_d, max_h, max_w, dtype=self.dtype, device=self.device)
         scale, shift, mean, std = [], [], [], []
         z = 0
         offsets = []
         self.quantised = self.dtype in (torch.int16, torch.uint8)
-        for a, (d, h, w) in zip(arrays, shapes):
-            phys = a.astype(np.float64)  # once: quantisation and the z-score statistics both read it
-            if self.quantised:
-                q, s, t = _quantise(phys, self.dtype)
-                src = torch.from_numpy(q)
-            else:
-                s, t = 1.0, 0.0
-                # from phys, a writable copy: torch refuses to wrap a read-only memory map (load_prepared)
-                # quietly; float64 -> dtype rounds as float32 -> dtype does, the values being float32's
-                src = torch.from_numpy(phys).to(self.dtype)
+        # one volume at a time: a memory-mapped volume's pages are dropped once copied, so building
+        # the bank holds the storage plus one volume, not the storage plus every mapped volume
+        for a, name, (d, h, w) in zip(arrays, names, shapes):
+            src, s, t, m, sd = stored_volume(a, self.dtype, name, "VolumeBank")
             self.storage[0, :, z:z + d, :h, :w] = src.to(self.device)
-            scale.append(s), shift.append(t), mean.append(phys.mean()), std.append(phys.std())
+            scale.append(s), shift.append(t), mean.append(m), std.append(sd)
             offsets.append((z, 0, 0))
             z += int(d)
         f64 = dict(dtype=torch.float64, device=self.device)
@@ -151,7 +234,6 @@ class VolumeBank(VolumeSource):
         self.scale, self.shift = torch.tensor(scale, **f64), torch.tensor(shift, **f64)
         self.stats = (torch.tensor(mean, **f64), torch.tensor(std, **f64))
         self._voxels = int(np.prod(shapes, axis=1).sum()) * C
-        self._checked: set = set()
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -181,37 +263,17 @@ class VolumeBank(VolumeSource):
     def value_map(self) -> Optional[tuple]:
         return (self.scale, self.shift) if self.quantised else None
 
+    def host_shapes(self) -> np.ndarray:
+        """(N, 3) true extents of the volumes, on the host."""
+        return self.shapes.cpu().numpy()
+
+    def state_dict(self) -> dict:
+        return {"kind": "resident"}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (every volume is resident); refuses another bank's state."""
+        if state.get("kind") != "resident":
+            raise ValueError(f"VolumeBank.load_state_dict: a {state.get('kind')!r} bank's state")
+
     def volume_stats(self) -> tuple:
         return self.stats
-
-    # -- puzzles -------------------------------------------------------------------------
-    def check_puzzle(self, puzzle) -> None:
-        """Refuse (DataError) a task whose crop does not fit every volume."""
-        crop = torch.tensor(puzzle.crop_size, device=self.device)
-        small = (self.shapes < crop).any(1)
-        if bool(small.any()):
-            bad = small.nonzero()[:, 0].tolist()
-            raise DataError(f"VolumeBank: {len(bad)} volume(s) are smaller than the puzzle's crop "
-                            f"{puzzle.crop_size} ({puzzle.describe()}), "
-                            f"e.g. {self.names[bad[0]]} of shape {self.shapes[bad[0]].tolist()}; use a smaller "
-                            "cube_size or gap, or pad with Preprocessing(min_shape=...)")
-
-    def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
-                index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
-                crop_transform=None):
-        """One batch of ``puzzle`` (any pretext task, e.g. :class:`rubikops.RubikCube`), volumes drawn on
-        the device: (cubes, targets).
-
-        ``crop_transform`` (e.g. :class:`rubikops.augment.CropAffine`):
-        ``crop_transform.crops(bank, puzzle.crop_size, index, generator)``
-        gives each sample's crop, and the puzzle is cut from it (then
-        ``targets.index`` counts crops: sample ``b`` is crop ``b``)."""
-        if id(puzzle) not in self._checked:
-            self.check_puzzle(puzzle)
-            self._checked.add(id(puzzle))
-        if index is None:
-            index = self.sample_index(batch, generator)
-        if crop_transform is not None:
-            crops = crop_transform.crops(self, puzzle.crop_size, index, generator)
-            return puzzle(crops, None, generator, out=out, seed=seed)
-        return puzzle(self, index, generator, out=out, seed=seed)

@@ -54,11 +54,15 @@ def test_config_round_trip(data, tmp_path, capsys):
     assert cfg.steps == 9 and cfg.cube_size == (10, 12, 8) and cfg.rotations == "all"
 
 
-def test_exact_resume_after_sigkill(data, tmp_path):
+@pytest.mark.parametrize("bank", ["resident", "streaming"])
+def test_exact_resume_after_sigkill(data, tmp_path, bank):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = run_subprocess(["train/pretrain.py", *tiny_args(data, straight, tmp_path / "cache")])
+    # 3 training volumes of 191 KiB (float32): 400KB holds 2 slots, one resident and one loading
+    extra = ["--bank-budget", "400KB"] if bank == "streaming" else []
+    r = run_subprocess(["train/pretrain.py", *tiny_args(data, straight, tmp_path / "cache", *extra)])
     assert r.returncode == 0, r.stderr
-    r = run_subprocess(["train/pretrain.py", *tiny_args(data, killed, tmp_path / "cache")],
+    assert ("StreamingBank: 3 volumes" in r.stderr) == (bank == "streaming"), r.stderr
+    r = run_subprocess(["train/pretrain.py", *tiny_args(data, killed, tmp_path / "cache", *extra)],
                        env_extra={"RUBIKOPS_TEST_KILL_AT_STEP": "3"})
     assert r.returncode == -9, (r.returncode, r.stderr)  # SIGKILL after the step-3 checkpoint
     assert sorted(os.listdir(killed / "checkpoints")) == ["best.pt", "step_0000003.pt"]
@@ -121,6 +125,8 @@ BAD = [
     (lambda d, t: ["--data", str(d), "--lr", "fast"], "lr = 'fast' is not a valid float"),
     (lambda d, t: ["--data", str(d), "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
     (lambda d, t: ["--data", str(d), "--task", "inpainting"], "--task must be one of rubik, jigsaw"),
+    (lambda d, t: ["--data", str(d), "--bank-budget", "big"], "--bank-budget: 'big' is not a size"),
+    (lambda d, t: ["--data", str(d), "--bank-budget", "1KB"], "budget 1000 B holds 0 slot(s) of 191.2 KiB"),
     (lambda d, t: ["--data", str(d), "--task", "rotation", "--cube-size", "8,8,6"],
      "rotation_axis='all' needs a cubic crop"),
 ]

@@ -1,0 +1,355 @@
+"""StreamingBank: puzzles from a shard larger than the device can hold.
+
+A resident working set of ``A`` volumes lives on the device in ``A + 1``
+equal slots (each as large as the shard's largest volume), packed along the
+first spatial axis exactly as in :class:`rubikops.data.VolumeBank`, so every
+task and :class:`rubikops.augment.CropAffine` read it unchanged.  ``A``
+slots are active; the spare one is being filled with the next volume in the
+background: a worker thread reads it from its (memory-mapped) host array,
+quantises it, stages it in pinned memory and copies it on a side CUDA
+stream with a non-blocking copy; the training stream waits on that copy's
+event only when the slot turns active, so the copy overlaps the steps
+before it.  On the CPU the worker writes the spare slot directly.
+
+Schedule (``refresh_every`` = R calls of :meth:`puzzles` per refresh):
+volumes are visited in a stream of positions ``p = 0, 1, 2, ...``; epoch
+``e`` covers positions ``eN .. eN + N - 1`` and visits every volume of the
+shard once, in an order drawn from ``seed`` and ``e``.  At refresh ``r``
+(calls ``rR .. rR + R - 1``) positions ``r .. r + A - 1`` are resident, in
+slots ``p mod (A + 1)``, and each sample's volume is drawn uniformly from
+them.  So each position is resident for exactly ``A`` refreshes, and every
+volume is resident for exactly ``A·R`` calls in every epoch of ``N·R``
+calls, with ``batch·R`` expected samples.  What makes that count exact
+across epoch seams: the first ``A - 1`` volumes keep their places at the
+start of every epoch (they are resident at the seam for the end of one
+epoch and the start of the next); the other ``N - A + 1`` are reshuffled
+each epoch.
+
+Every part of the schedule is a function of ``seed`` and the number of
+calls, and a slot is only read after its load has finished, so the puzzles
+do not depend on the worker's timing and :meth:`state_dict` (the call
+count) restores a run exactly.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..volumes import VolumeSource
+from .bank import (STORAGE_DTYPES, BankPuzzles, VolumeBank, check_fits, host_array, human_bytes, stored_volume,
+                   take_shard)
+from .nifti import DataError, Volume
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: Union[str, int], what: str = "size") -> int:
+    """Bytes in ``text``: ``"20GB"`` (10^9), ``"20GiB"`` or ``"20G"`` (2^30), ``"512MB"``, ``"1e9"``."""
+    if isinstance(text, (int, np.integer)) and not isinstance(text, bool):
+        n = int(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"{what}: {text!r} is not a size (e.g. 20GB, 512MiB, 1e9)")
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError(f"{what}: must be positive, got {text!r}")
+    return n
+
+
+def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") -> int:
+    """Bytes a :class:`VolumeBank` of ``volumes`` would take (read from their shapes only)."""
+    dtype = STORAGE_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    shapes = np.array([host_array(v, f"volume {i}", "bank_bytes").shape for i, v in enumerate(volumes)])
+    return int(shapes[0, 0] * shapes[:, 1].sum() * shapes[:, 2].max() * shapes[:, 3].max()
+               * torch.empty((), dtype=dtype).element_size())
+
+
+class StreamingBank(BankPuzzles, VolumeSource):
+    """A working set of a large shard on the device, refreshed in the background.
+
+    ``StreamingBank(volumes, device="cuda", dtype="int16", budget=20e9)``:
+    ``volumes`` as for :class:`VolumeBank` (memory-mapped ones from
+    ``load_prepared`` are read one at a time, when due); ``budget``: device
+    bytes for the slots (``parse_size`` strings accepted); ``seed``: the
+    visiting order; ``refresh_every``: calls of :meth:`puzzles` between two
+    volume swaps.  Schedule and guarantees: the module docstring."""
+
+    def __init__(self, volumes: Sequence[Union[Volume, np.ndarray, torch.Tensor]], device="cpu",
+                 dtype: Union[str, torch.dtype] = "float32", *, budget: Union[int, str], shard: Optional[tuple] = None,
+                 seed: int = 0, refresh_every: int = 1, names: Optional[Sequence[str]] = None,
+                 headroom: float = 0.8):
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).replace("torch.", "")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"StreamingBank: dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+        if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
+            raise ValueError(f"StreamingBank: refresh_every must be an int >= 1, got {refresh_every!r}")
+        budget = parse_size(budget, "StreamingBank: budget")
+        self.dtype, self.device = STORAGE_DTYPES[dtype], torch.device(device)
+        self.quantised = self.dtype in (torch.int16, torch.uint8)
+        vols = list(volumes)
+        names = list(names) if names is not None else [
+            v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
+        if shard is not None:
+            vols, names = take_shard(vols, shard, "StreamingBank"), take_shard(names, shard, "StreamingBank")
+        if not vols:
+            raise ValueError("StreamingBank: no volumes given")
+        self._host = [host_array(v, names[i], "StreamingBank") for i, v in enumerate(vols)]
+        self.names = names
+        C = self._host[0].shape[0]
+        for name, a in zip(names, self._host):
+            if a.shape[0] != C:
+                raise ValueError(f"StreamingBank: {name} has {a.shape[0]} channels, the first volume {C}")
+        self.volume_shapes = np.array([a.shape[1:] for a in self._host], dtype=np.int64)
+        n = len(self._host)
+        slot_shape = tuple(int(x) for x in self.volume_shapes.max(0))
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        slot_bytes = C * int(np.prod(slot_shape)) * elem
+        slots = budget // slot_bytes
+        if slots < 2:
+            raise ValueError(f"StreamingBank: budget {human_bytes(budget)} holds {slots} slot(s) of "
+                             f"{human_bytes(slot_bytes)} (the largest volume, {slot_shape}); it needs at least 2")
+        if slots - 1 >= n:
+            raise ValueError(f"StreamingBank: all {n} volumes fit the budget {human_bytes(budget)}; use VolumeBank "
+                             "(make_bank picks the right one)")
+        check_fits(slots * slot_bytes, self.device, headroom, f"StreamingBank: {slots} slots", "use a smaller budget")
+        self.slots, self.active = int(slots), int(slots) - 1
+        self.seed, self.refresh_every = int(seed), refresh_every
+        self.slot_shape = slot_shape
+        d = slot_shape[0]
+        dev = self.device
+        self.storage = torch.zeros(1, C, self.slots * d, slot_shape[1], slot_shape[2], dtype=self.dtype, device=dev)
+        self.offsets = torch.tensor([(k * d, 0, 0) for k in range(self.slots)], dtype=torch.int64, device=dev)
+        self.shapes = torch.zeros(self.slots, 3, dtype=torch.int64, device=dev)
+        # per slot: scale, shift, mean, std of the volume it holds (physical = stored * scale + shift)
+        self._slot_meta = torch.zeros(4, self.slots, dtype=torch.float64, device=dev)
+        self.scale, self.shift, mean, std = self._slot_meta.unbind(0)
+        self.stats = (mean, std)
+        self._orders: dict = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rubikops-stream")
+        self._pending: Optional[tuple] = None  # (position, future) of the load into the spare slot
+        self._cuda = dev.type == "cuda"
+        if self._cuda:
+            self._side = torch.cuda.Stream(dev)
+            # two staging buffers: the worker fills one while the other's copy may still run
+            self._staging = [torch.empty(C * int(np.prod(slot_shape)), dtype=self.dtype).pin_memory()
+                             for _ in range(2)]
+            self._staging_free = [None, None]  # the event after which each may be overwritten
+            self._meta_staging = [torch.empty(4, dtype=torch.float64).pin_memory() for _ in range(2)]
+            self._shape_staging = [torch.empty(3, dtype=torch.int64).pin_memory() for _ in range(2)]
+            self._staging_turn = 0
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.refreshes = 0
+        self.loads = 0  # volumes read from the host so far
+        self._fill(0)
+
+    # -- schedule --------------------------------------------------------------------------------
+    def order(self, epoch: int) -> np.ndarray:
+        """The volumes of epoch ``epoch`` in visiting order."""
+        if epoch not in self._orders:
+            n, head = len(self._host), self.active - 1
+            first = np.random.default_rng([self.seed, 0]).permutation(n)
+            if epoch == 0:
+                order = first
+            else:
+                rest = np.random.default_rng([self.seed, epoch]).permutation(first[head:])
+                order = np.concatenate([first[:head], rest])
+            if len(self._orders) > 4:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def volume_at(self, position: int) -> int:
+        n = len(self._host)
+        return int(self.order(position // n)[position % n])
+
+    def resident(self) -> list:
+        """The volumes resident now (active slots), oldest first."""
+        return [self.volume_at(p) for p in range(self.refreshes, self.refreshes + self.active)]
+
+    def slot_volumes(self, slot_index: torch.Tensor) -> torch.Tensor:
+        """The shard's volume index of each slot in ``slot_index`` (as ``targets.index`` of a
+        puzzle drawn now holds), on the CPU."""
+        r, s = self.refreshes, self.slots
+        slot_to_volume = {(p % s): self.volume_at(p) for p in range(r, r + self.active)}
+        return torch.tensor([slot_to_volume[int(k)] for k in slot_index.tolist()], dtype=torch.int64)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load(self, position: int, v: int, wait_for: Optional[torch.cuda.Event]):
+        """Read volume ``v`` (at ``position``) into slot ``position mod slots`` (runs on the worker;
+        the caller looks ``v`` up, so only the training thread touches the order cache)."""
+        k = position % self.slots
+        src, s, t, m, sd = stored_volume(self._host[v], self.dtype, self.names[v], "StreamingBank")
+        d, h, w = (int(x) for x in self.volume_shapes[v])
+        z = k * self.slot_shape[0]
+        meta = torch.tensor([s, t, m, sd], dtype=torch.float64)
+        shape = torch.tensor([d, h, w], dtype=torch.int64)
+        if not self._cuda:
+            slot = self.storage[0, :, z:z + self.slot_shape[0]]
+            slot.zero_()
+            slot[:, :d, :h, :w] = src
+            self._slot_meta[:, k] = meta
+            self.shapes[k] = shape
+            return None
+        with self._lock:
+            b = self._staging_turn % 2
+            self._staging_turn += 1
+        if self._staging_free[b] is not None:
+            self._staging_free[b].synchronize()  # that buffer's previous copy has finished
+        staged = self._staging[b][:src.numel()].view(src.shape)
+        staged.copy_(src)
+        self._meta_staging[b].copy_(meta)
+        self._shape_staging[b].copy_(shape)
+        done = torch.cuda.Event()
+        with torch.cuda.stream(self._side):
+            if wait_for is not None:
+                self._side.wait_event(wait_for)  # the training stream no longer reads this slot
+            slot = self.storage[0, :, z:z + self.slot_shape[0]]
+            slot.zero_()
+            slot[:, :d, :h, :w].copy_(staged, non_blocking=True)
+            self._slot_meta[:, k].copy_(self._meta_staging[b], non_blocking=True)
+            self.shapes[k].copy_(self._shape_staging[b], non_blocking=True)
+            done.record(self._side)
+        self._staging_free[b] = done
+        return done
+
+    def _training_stream_mark(self) -> Optional[torch.cuda.Event]:
+        """An event after everything the training stream has queued so far (CUDA), else None."""
+        if not self._cuda:
+            return None
+        mark = torch.cuda.Event()
+        mark.record(torch.cuda.current_stream(self.device))
+        return mark
+
+    def _submit(self, position: int) -> None:
+        self.loads += 1
+        self._pending = (position, self._pool.submit(self._load, position, self.volume_at(position),
+                                                     self._training_stream_mark()))
+
+    def _finish_pending(self) -> None:
+        """Wait for the spare slot's load; the training stream waits on its copy."""
+        if self._pending is None:
+            return
+        _, fut = self._pending
+        self._pending = None
+        done = fut.result()  # re-raises the worker's error (e.g. a DataError naming the volume)
+        if done is not None:
+            torch.cuda.current_stream(self.device).wait_event(done)
+
+    def _fill(self, refresh: int) -> None:
+        """Make positions ``refresh .. refresh + A - 1`` resident now and start the next load."""
+        try:
+            self._finish_pending()
+        except DataError:
+            pass  # replaced below; a bad volume raises again when its position is loaded
+        self.refreshes = refresh
+        for p in range(refresh, refresh + self.active):
+            self.loads += 1
+            done = self._load(p, self.volume_at(p), self._training_stream_mark())
+            if done is not None:
+                torch.cuda.current_stream(self.device).wait_event(done)
+        self._submit(refresh + self.active)
+
+    def _advance_to(self, refresh: int) -> None:
+        while self.refreshes < refresh:
+            self._finish_pending()
+            self.refreshes += 1
+            # the spare slot is now the one position refreshes - 1 left; it takes the next volume
+            self._submit(self.refreshes + self.active)
+
+    # -- as a volume source ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._host)
+
+    def value_map(self) -> Optional[tuple]:
+        return (self.scale, self.shift) if self.quantised else None
+
+    def volume_stats(self) -> tuple:
+        return self.stats
+
+    def sample_index(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Slots of ``batch`` samples, uniform over the resident volumes."""
+        j = torch.randint(self.active, (batch,), generator=generator, device=self.device)
+        return (j + self.refreshes) % self.slots
+
+    def smaller_than(self, crop_size) -> Optional[int]:
+        small = (self.volume_shapes < np.array(tuple(crop_size))).any(1)
+        return int(small.nonzero()[0][0]) if small.any() else None
+
+    def host_shapes(self) -> np.ndarray:
+        return self.volume_shapes
+
+    def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
+                index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
+                crop_transform=None):
+        """One batch, as :meth:`VolumeBank.puzzles`; each call is one step of the schedule
+        (``index``, when given, holds slots: see :meth:`slot_volumes`)."""
+        self._advance_to(self.calls // self.refresh_every)
+        self.calls += 1
+        return super().puzzles(puzzle, batch, generator, index, out, seed, crop_transform)
+
+    # -- facts and state ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return self.storage.numel() * self.storage.element_size()
+
+    def memory_report(self) -> str:
+        return (f"StreamingBank: {len(self)} volumes x {self.channels} channel(s), "
+                f"{str(self.dtype).replace('torch.', '')}, {self.active} resident + 1 loading on {self.device}: "
+                f"{human_bytes(self.nbytes)} (slots of {self.slot_shape}); one volume swapped every "
+                f"{self.refresh_every} batch(es), each resident {self.active * self.refresh_every} batches an epoch "
+                f"of {len(self) * self.refresh_every}")
+
+    def state_dict(self) -> dict:
+        return {"kind": "streaming", "calls": self.calls, "seed": self.seed, "refresh_every": self.refresh_every,
+                "volumes": len(self), "active": self.active}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` (from :meth:`state_dict`) was taken: same resident set,
+        same slots, same next loads."""
+        mine = self.state_dict()
+        for key in ("kind", "seed", "refresh_every", "volumes", "active"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"StreamingBank.load_state_dict: the state's {key} is {state.get(key)!r}, "
+                                 f"this bank's {mine[key]!r} (same volumes, budget, seed and refresh_every needed)")
+        self.calls = int(state["calls"])
+        self._fill(self.calls // self.refresh_every)
+
+    def close(self) -> None:
+        """Finish the background load and stop the worker."""
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+        self._pool.shutdown(wait=True)
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+def make_bank(volumes: Sequence, device="cpu", dtype: Union[str, torch.dtype] = "float32", *,
+              budget: Union[None, int, str] = None, shard: Optional[tuple] = None, seed: int = 0,
+              refresh_every: int = 1, names: Optional[Sequence[str]] = None):
+    """A :class:`VolumeBank` when ``budget`` is None or the (shard of the) volumes fit it, else a
+    :class:`StreamingBank` within ``budget`` bytes."""
+    if budget is not None:
+        budget = parse_size(budget, "budget")
+        vols = list(volumes)
+        if names is None:  # named by their place in the whole list, as VolumeBank names them
+            names = [v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
+        if shard is not None:
+            vols, names = take_shard(vols, shard, "make_bank"), take_shard(list(names), shard, "make_bank")
+        if bank_bytes(vols, dtype) > budget:
+            return StreamingBank(vols, device, dtype, budget=budget, seed=seed, refresh_every=refresh_every,
+                                 names=names)
+        return VolumeBank(vols, device, dtype, names=names)
+    return VolumeBank(volumes, device, dtype, shard=shard, names=names)
