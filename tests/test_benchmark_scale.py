@@ -7,19 +7,22 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(tmp_path, *flags):
+def _run(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
     return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--scale", "--quick",
-                           "--scale-dir", str(tmp_path / "scale"), "--results-dir", str(tmp_path / "results"),
-                           *flags], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+                           "--scale-dir", str(tmp_path / "scale"), "--results-dir", str(tmp_path / "results")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
 
 
 def test_the_quick_scale_section_reports_every_bad_file_and_its_floors(tmp_path):
     done = _run(tmp_path)
+    print(done.stdout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (name,) = os.listdir(tmp_path / "results")
     assert name.endswith("-quick-scale.json")
@@ -51,6 +54,30 @@ def test_the_quick_scale_section_reports_every_bad_file_and_its_floors(tmp_path)
     for text in ("changed during the job", "memory: peak RSS per rank", "prepare --workers 2"):
         assert text in done.stdout, text
 
-    again = _run(tmp_path, "--no-save")  # the corpus is reused, not generated again
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "corpus: reusing" in again.stdout
+    scale = _import_scale()  # a second run reuses the corpus instead of generating it again
+    before = (tmp_path / "scale" / "corpus.json").stat().st_mtime_ns
+    assert scale.make_corpus(str(tmp_path / "scale"), 40)["bad"] == corpus["bad"]
+    assert (tmp_path / "scale" / "corpus.json").stat().st_mtime_ns == before
+
+
+def _import_scale():
+    """benchmarks/scale.py, which imports its sibling utils.py by bare name."""
+    folder = os.path.join(ROOT, "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import scale
+        return scale
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop("scale", None)
+        sys.modules.pop("utils", None)
+
+
+def test_a_folder_the_benchmark_did_not_make_is_refused(tmp_path):
+    scale = _import_scale()
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not made by this benchmark"):
+        scale.own_folder(str(tmp_path))
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    assert scale.own_folder(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert scale.own_folder(str(tmp_path / "new")) == str(tmp_path / "new")  # its own: reused
