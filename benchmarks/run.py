@@ -7,10 +7,12 @@
     python benchmarks/run.py --compare benchmarks/results/OLD.json
     python benchmarks/run.py --no-e2e --results-dir docs/results   # refresh the documented file
     python benchmarks/run.py --show docs/results/FILE.json          # print a saved run's table
+    python benchmarks/run.py --scale         # only the scale section: 2,000 scans (~10 min, benchmarks/scale.py)
+    python benchmarks/run.py --scale --quick # the same at 40 scans, floors not enforced
 
 Each run writes one JSON (machine, git revision, flags, every row) to
 benchmarks/results/ or --results-dir, replacing the earlier file of the
-same machine and flags (--quick, --full, --no-e2e) there.
+same machine and flags (--quick, --full, --no-e2e, --scale) there.
 
 Every row: median time with p20-p80 spread, effective GB/s (bytes read +
 bytes written), % of the copy ceiling measured in the same run, and speed-up
@@ -19,6 +21,7 @@ against the baseline named in the table.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -31,6 +34,7 @@ import rubikops  # noqa: E402
 from rubikops import reference  # noqa: E402
 from rubikops.baselines import numpy_puzzle_loop, torch_puzzle_loop as torch_loop  # noqa: E402
 from pipelines import pipeline_rows  # noqa: E402
+import scale  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -265,19 +269,35 @@ def main(argv=None):
                         "earlier run of the same machine and flags there, e.g. --results-dir docs/results")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end pretraining-step rows")
     p.add_argument("--show", metavar="FILE", help="print the table of a saved results JSON and exit")
+    p.add_argument("--scale", action="store_true",
+                   help="only the scale section (benchmarks/scale.py): a generated corpus of thousands of small "
+                        "scans, preparing files/s, resident vs streaming bank puzzles/s, peak RSS per rank of a "
+                        "2-rank run, with their floors; exits 1 when a floor fails")
+    p.add_argument("--scale-dir", metavar="DIR", help="--scale: where the corpus and its prepared folders go "
+                                                      "(reused while there; default in the temp folder)")
+    p.add_argument("--scale-files", type=int, metavar="N", help="--scale: valid files in the corpus "
+                                                                f"(default {scale.FILES}, --quick {scale.QUICK_FILES})")
     args = p.parse_args(argv)
     if args.show:
         rows = utils.load_rows(args.show)
         print(utils.format_table(rows))
         print(utils.format_extras(rows))
+        with open(args.show) as f:
+            section = json.load(f).get("scale")
+        if section:
+            print(scale.format_section(section))
         return rows
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
+    if args.scale and dev.type != "cpu":
+        p.error("--scale measures this machine's CPUs and host memory: use it with --device cpu")
     info = utils.machine_info(dev)
     print(f"rubikops {rubikops.__version__} @ {utils.git_revision()} | " +
           ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"backends: {rubikops.available_backends()}")
+    if args.scale:
+        return run_scale(args, dev)
     rows = bench_cpu(args) if dev.type == "cpu" else bench_cuda(args)
     if args.full:
         from sweeps import run_sweeps
@@ -295,8 +315,29 @@ def main(argv=None):
     if args.compare:  # before saving: the file compared against may be the one the save replaces
         print(utils.compare(rows, args.compare))
     if not args.no_save:
-        flags = {k: v for k, v in vars(args).items() if k not in ("results_dir", "show")}
-        print(f"results: {utils.write_results(rows, dev, flags, args.results_dir)}")
+        print(f"results: {utils.write_results(rows, dev, _flags(args), args.results_dir)}")
+    return rows
+
+
+def _flags(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("results_dir", "show", "scale_dir")}
+
+
+def run_scale(args, dev):
+    """--scale: the scale section alone; its own results file (flag scale), exit 1 when a floor fails."""
+    rows, section = scale.bench_scale(args)
+    print()
+    print(utils.format_table(rows))
+    print(utils.format_extras(rows))
+    print()
+    print(scale.format_section(section))
+    print(f"scale section: {section['seconds']:.0f} s")
+    if not args.no_save:
+        print(f"results: {utils.write_results(rows, dev, _flags(args), args.results_dir, {'scale': section})}")
+    code = scale.exit_code(section)
+    if code:
+        print(f"FAILED: {', '.join(section['failed'])}", file=sys.stderr)
+        raise SystemExit(code)
     return rows
 
 

@@ -73,7 +73,12 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    times.sort()
+    return timing_of(times)
+
+
+def timing_of(times: list) -> Timing:
+    """Median and p20/p80 spread of measured seconds."""
+    times = sorted(times)
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     return Timing(statistics.median(times), q(0.2), q(0.8), len(times))
 
@@ -159,7 +164,7 @@ def format_table(rows: list[Row]) -> str:
 
 # The flags of benchmarks/run.py that choose which rows a run measures: runs
 # that differ in them are different configurations of the same machine.
-CONFIG_FLAGS = ("quick", "full", "variants", "no_e2e")
+CONFIG_FLAGS = ("quick", "full", "variants", "no_e2e", "scale")
 
 
 def machine_tag(info: dict) -> str:
@@ -179,16 +184,18 @@ def result_key(doc: dict) -> tuple:
             tuple(flag for flag in CONFIG_FLAGS if args.get(flag)))
 
 
-def write_results(rows: list[Row], device: torch.device, args: dict, directory: str) -> str:
+def write_results(rows: list[Row], device: torch.device, args: dict, directory: str,
+                  sections: Optional[dict] = None) -> str:
     """Write the run's JSON under `directory`, replacing the file of an
     earlier run of the same machine and configuration (see `result_key`), so
     the folder holds the latest run of each.  The new file is written to a
     temporary name and renamed into place before the old one is removed: an
-    interrupted run leaves the previous file intact."""
+    interrupted run leaves the previous file intact.  `sections`: more
+    top-level entries (the scale section's floors and checks)."""
     os.makedirs(directory, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     doc = {"machine": machine_info(device), "git": git_revision(), "time": stamp, "args": args,
-           "rows": [r.to_record() for r in rows]}
+           "rows": [r.to_record() for r in rows], **(sections or {})}
     key = result_key(doc)
     name = machine_tag(doc["machine"]) + f"-{stamp}" + ("-cuda" if device.type == "cuda" else "") + \
         "".join("-" + flag.replace("_", "-") for flag in key[-1]) + ".json"
