@@ -64,7 +64,8 @@ class PretrainConfig(common.RunSettings):
     storage_dtype: str = _f("float32", "bank storage: float32, bfloat16, float16, int16 (half memory), uint8")
     bank_budget: str = _f("", "device memory for a rank's training bank, e.g. 20GB or 512MiB: a shard larger than "
                               "this streams through a resident working set of that size (rubikops.data.StreamingBank, "
-                              "one volume swapped per step); empty: the whole shard resident")
+                              "one volume swapped every --bank-refresh-every steps); empty: the whole shard resident")
+    bank_refresh_every: int = _f(4, "with --bank-budget: steps between two volume swaps of the streaming bank")
     holdout: int = _f(-1, "volumes held out for evaluation (-1: one when there are 3 or more)")
     # puzzle
     task: str = _f("rubik", f"pretext task: one of {', '.join(TASKS)}; the settings below that a task does not "
@@ -164,7 +165,8 @@ def check_config(cfg: PretrainConfig) -> None:
     need(len(cfg.grid) in (1, 3) and len(cfg.cube_size) in (1, 3), "--grid and --cube-size take 1 or 3 ints")
     need(len(cfg.gap) in (1, 2), "--gap takes lo or lo,hi")
     need(len(cfg.window) == 2 and cfg.window[0] < cfg.window[1], f"--window takes lo,hi with lo < hi, got {cfg.window}")
-    common.require_at_least(cfg, 1, "prepare_workers", "steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+    common.require_at_least(cfg, 1, "prepare_workers", "bank_refresh_every", "steps", "batch_size", "log_every",
+                            "eval_every", "checkpoint_every",
                             "keep_checkpoints", "eval_puzzles", "width", "channels", "num_permutations")
     common.require_at_least(cfg, 0, "hidden", "warmup_steps")
     common.require_at_least(cfg, -1, "holdout")
@@ -381,6 +383,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     train_vols, held_vols = load_data(cfg, dist)
     try:
         bank = make_bank(train_vols, dev, cfg.storage_dtype, budget=cfg.bank_budget or None, seed=cfg.seed,
+                         refresh_every=cfg.bank_refresh_every,
                          shard=(dist.rank, dist.world) if dist.world > 1 and not cfg.data_prepared else None)
         held = VolumeBank(held_vols or train_vols, dev, cfg.storage_dtype)
         bank.check_puzzle(puzzle)
