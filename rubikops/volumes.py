@@ -60,6 +60,10 @@ class VolumeSource:
             return origins, index
         return origins + self.offsets[index][:, None, :], torch.zeros_like(index)
 
+    def every_index(self) -> torch.Tensor:
+        """One sample per volume: what a task cuts when it is given no ``index``."""
+        return torch.arange(len(self), device=self.device)
+
     def sample_index(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randint(len(self), (batch,), generator=generator, device=self.device)
 

@@ -35,6 +35,7 @@ import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
+from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
 from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
@@ -65,7 +66,7 @@ class PretrainConfig(common.RunSettings):
     bank_budget: str = _f("", "device memory for a rank's training bank, e.g. 20GB or 512MiB: a shard larger than "
                               "this streams through a resident working set of that size (rubikops.data.StreamingBank, "
                               "one volume swapped every --bank-refresh-every steps); empty: the whole shard resident")
-    bank_refresh_every: int = _f(4, "with --bank-budget: steps between two volume swaps of the streaming bank")
+    bank_refresh_every: int = _f(REFRESH_EVERY, "with --bank-budget: steps between two volume swaps of the streaming bank")
     holdout: int = _f(-1, "volumes held out for evaluation (-1: one when there are 3 or more)")
     # puzzle
     task: str = _f("rubik", f"pretext task: one of {', '.join(TASKS)}; the settings below that a task does not "
@@ -385,7 +386,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         bank = make_bank(train_vols, dev, cfg.storage_dtype, budget=cfg.bank_budget or None, seed=cfg.seed,
                          refresh_every=cfg.bank_refresh_every,
                          shard=(dist.rank, dist.world) if dist.world > 1 and not cfg.data_prepared else None)
-        held = VolumeBank(held_vols or train_vols, dev, cfg.storage_dtype)
+        # no held-out volume: evaluate on training volumes, as many as the streaming bank keeps resident
+        held = VolumeBank(held_vols or train_vols[:getattr(bank, "active", len(train_vols))], dev, cfg.storage_dtype)
         bank.check_puzzle(puzzle)
         held.check_puzzle(puzzle)
     except (DataError, MemoryError, ValueError) as exc:
@@ -454,7 +456,10 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         if timed and cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        cubes, targets = make_batch(bank, puzzle, cfg, gen, augment)
+        try:
+            cubes, targets = make_batch(bank, puzzle, cfg, gen, augment)
+        except DataError as exc:  # a streaming bank's volume that turned out unreadable when due
+            raise UserError(str(exc)) from None
         if timed and cuda:
             torch.cuda.synchronize()
         t1 = time.perf_counter()

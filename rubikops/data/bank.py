@@ -109,9 +109,13 @@ def release_pages(a: np.ndarray) -> None:
 
 def known_stats(v) -> Optional[dict]:
     """The statistics a prepared volume's manifest recorded (``load_prepared`` puts them in
-    ``meta["stats"]``: finite values checked, float64 mean and std), else None."""
+    ``meta["stats"]``: finite values checked, float64 mean and std), while its data is still the
+    memory map of that file (not a processed copy that kept the meta); else None."""
     stats = v.meta.get("stats") if isinstance(v, Volume) else None
-    return stats if isinstance(stats, dict) and {"mean", "std"} <= set(stats) else None
+    if not isinstance(stats, dict) or not {"mean", "std", "file"} <= set(stats):
+        return None
+    name = getattr(v.data, "filename", None)
+    return stats if name is not None and os.path.abspath(name) == stats["file"] else None
 
 
 def stored_volume(a: np.ndarray, dtype: torch.dtype, name: str, who: str, stats: Optional[dict] = None) -> tuple:

@@ -370,6 +370,7 @@ def load_prepared(out_dir: str, shard: Optional[tuple] = None,
             raise DataError(f"{path}: cannot read prepared volume ({type(exc).__name__}: {exc})") from None
         if list(data.shape) != e["shape"]:
             raise DataError(f"{path}: shape {data.shape} does not match the manifest's {tuple(e['shape'])}")
-        meta = dict(e["meta"], stats=e["stats"])  # the bank trusts these instead of reading the volume twice
+        # the bank trusts these statistics while the volume's data is still this file's memory map
+        meta = dict(e["meta"], stats=dict(e["stats"], file=os.path.abspath(path)))
         out.append(Volume(data, np.asarray(e["affine"], dtype=np.float64), tuple(e["sources"]), meta))
     return out

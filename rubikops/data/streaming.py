@@ -17,9 +17,9 @@ volumes are visited in a stream of positions ``p = 0, 1, 2, ...``; epoch
 shard once, in an order drawn from ``seed`` and ``e``.  At refresh ``r``
 (calls ``rR .. rR + R - 1``) positions ``r .. r + A - 1`` are resident, in
 slots ``p mod (A + 1)``, and each sample's volume is drawn uniformly from
-them.  So each position is resident for exactly ``A`` refreshes, and every
-volume is resident for exactly ``A·R`` calls in every epoch of ``N·R``
-calls, with ``batch·R`` expected samples.  What makes that count exact
+them.  So each position is resident for ``A`` refreshes (the first ``A - 1``
+positions of the run for fewer), and every volume is resident for exactly
+``A·R`` calls in every epoch of ``N·R`` calls, with ``batch·R`` expected samples.  What makes that count exact
 across epoch seams: the first ``A - 1`` volumes keep their places at the
 start of every epoch (they are resident at the seam for the end of one
 epoch and the start of the next); the other ``N - A + 1`` are reshuffled
@@ -28,11 +28,15 @@ each epoch.
 Every part of the schedule is a function of ``seed`` and the number of
 calls, and a slot is only read after its load has finished, so the puzzles
 do not depend on the worker's timing and :meth:`state_dict` (the call
-count) restores a run exactly.
+count) restores a run exactly.  Slots are one plane deeper than the largest
+volume and that plane is never written: trilinear crops
+(:class:`rubikops.augment.CropAffine`) that touch a volume's last plane
+read zeros there, not the neighbouring slot while it is being refilled.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import re
 import threading
 from typing import Optional, Sequence, Union
@@ -43,7 +47,7 @@ import torch
 from ..volumes import VolumeSource
 from .bank import (STORAGE_DTYPES, BankPuzzles, VolumeBank, check_fits, host_array, human_bytes, known_stats,
                    stored_volume, take_shard)
-from .nifti import DataError, Volume
+from .nifti import Volume
 
 # calls of puzzles() per volume swap: on the 2-core CPU (benchmarks/run.py --scale corpus, 8 cubes of
 # 10^3, batch 32, budget 10%) streaming made 0.65x, 0.84x and 0.96x the resident bank's batches/s at
@@ -66,6 +70,15 @@ def parse_size(text: Union[str, int], what: str = "size") -> int:
     if n <= 0:
         raise ValueError(f"{what}: must be positive, got {text!r}")
     return n
+
+
+def slot_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") -> int:
+    """Bytes of one :class:`StreamingBank` slot for ``volumes``: the largest extent on each axis,
+    one plane deeper (the plane that separates slots)."""
+    dtype = STORAGE_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    shapes = np.array([host_array(v, f"volume {i}", "slot_bytes").shape for i, v in enumerate(volumes)])
+    c, d, h, w = (int(x) for x in shapes.max(0))
+    return c * (d + 1) * h * w * torch.empty((), dtype=dtype).element_size()
 
 
 def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") -> int:
@@ -116,20 +129,21 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.volume_shapes = np.array([a.shape[1:] for a in self._host], dtype=np.int64)
         n = len(self._host)
         slot_shape = tuple(int(x) for x in self.volume_shapes.max(0))
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        slot_bytes = C * int(np.prod(slot_shape)) * elem
-        slots = budget // slot_bytes
+        one_slot = slot_bytes(self._host, self.dtype)
+        slots = budget // one_slot
         if slots < 2:
             raise ValueError(f"StreamingBank: budget {human_bytes(budget)} holds {slots} slot(s) of "
-                             f"{human_bytes(slot_bytes)} (the largest volume, {slot_shape}); it needs at least 2")
+                             f"{human_bytes(one_slot)} (the largest volume, {slot_shape}, and a plane); it needs at least 2")
         if slots - 1 >= n:
             raise ValueError(f"StreamingBank: all {n} volumes fit the budget {human_bytes(budget)}; use VolumeBank "
                              "(make_bank picks the right one)")
-        check_fits(slots * slot_bytes, self.device, headroom, f"StreamingBank: {slots} slots", "use a smaller budget")
+        check_fits(slots * one_slot, self.device, headroom, f"StreamingBank: {slots} slots", "use a smaller budget")
         self.slots, self.active = int(slots), int(slots) - 1
         self.seed, self.refresh_every = int(seed), refresh_every
         self.slot_shape = slot_shape
-        d = slot_shape[0]
+        d = self._slot_stride = slot_shape[0] + 1  # slot k starts at plane k * (D + 1): the separating plane
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         dev = self.device
         self.storage = torch.zeros(1, C, self.slots * d, slot_shape[1], slot_shape[2], dtype=self.dtype, device=dev)
         self.offsets = torch.tensor([(k * d, 0, 0) for k in range(self.slots)], dtype=torch.int64, device=dev)
@@ -139,9 +153,14 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.scale, self.shift, mean, std = self._slot_meta.unbind(0)
         self.stats = (mean, std)
         self._orders: dict = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rubikops-stream")
-        self._pending: Optional[tuple] = None  # (position, future) of the load into the spare slot
         self._cuda = dev.type == "cuda"
+        # on CUDA the worker is bound to the bank's device: left on device 0 it would open a context there
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="rubikops-stream", initializer=torch.cuda.set_device if self._cuda else None,
+            initargs=(dev,) if self._cuda else ())
+        self._pending: Optional[tuple] = None  # (position, future) of the load into the spare slot
+        self._failed: Optional[BaseException] = None  # a failed load: every later call raises it again
+        self._filled = False  # the resident set is loaded on the first call (or after load_state_dict)
         if self._cuda:
             self._side = torch.cuda.Stream(dev)
             # two staging buffers: the worker fills one while the other's copy may still run
@@ -155,7 +174,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.calls = 0
         self.refreshes = 0
         self.loads = 0  # volumes read from the host so far
-        self._fill(0)
+        self._volumes_hash = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
 
     # -- schedule --------------------------------------------------------------------------------
     def order(self, epoch: int) -> np.ndarray:
@@ -196,7 +215,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         src, s, t, m, sd = stored_volume(self._host[v], self.dtype, self.names[v], "StreamingBank",
                                          self._stats[v])
         d, h, w = (int(x) for x in self.volume_shapes[v])
-        z = k * self.slot_shape[0]
+        z = k * self._slot_stride
         meta = torch.tensor([s, t, m, sd], dtype=torch.float64)
         shape = torch.tensor([d, h, w], dtype=torch.int64)
         if not self._cuda:
@@ -215,7 +234,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         staged.copy_(src)
         self._meta_staging[b].copy_(meta)
         self._shape_staging[b].copy_(shape)
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)  # the worker waits on it without spinning a core
         with torch.cuda.stream(self._side):
             if wait_for is not None:
                 self._side.wait_event(wait_for)  # the training stream no longer reads this slot
@@ -247,7 +266,11 @@ class StreamingBank(BankPuzzles, VolumeSource):
             return
         _, fut = self._pending
         self._pending = None
-        done = fut.result()  # re-raises the worker's error (e.g. a DataError naming the volume)
+        try:
+            done = fut.result()  # re-raises the worker's error (e.g. a DataError naming the volume)
+        except Exception as exc:
+            self._failed = exc  # the spare slot holds stale data: never make it active
+            raise
         if done is not None:
             torch.cuda.current_stream(self.device).wait_event(done)
 
@@ -255,15 +278,26 @@ class StreamingBank(BankPuzzles, VolumeSource):
         """Make positions ``refresh .. refresh + A - 1`` resident now and start the next load."""
         try:
             self._finish_pending()
-        except DataError:
-            pass  # replaced below; a bad volume raises again when its position is loaded
-        self.refreshes = refresh
-        for p in range(refresh, refresh + self.active):
-            self.loads += 1
-            done = self._load(p, self.volume_at(p), self._training_stream_mark())
-            if done is not None:
-                torch.cuda.current_stream(self.device).wait_event(done)
+        except Exception:
+            pass  # its slot is loaded again below if resident; a bad volume raises again when due
+        self._failed, self.refreshes = None, refresh
+        try:
+            for p in range(refresh, refresh + self.active):
+                self.loads += 1
+                done = self._load(p, self.volume_at(p), self._training_stream_mark())
+                if done is not None:
+                    torch.cuda.current_stream(self.device).wait_event(done)
+        except Exception as exc:
+            self._failed = exc
+            raise
+        self._filled = True
         self._submit(refresh + self.active)
+
+    def _ready(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if not self._filled:
+            self._fill(self.calls // self.refresh_every)
 
     def _advance_to(self, refresh: int) -> None:
         while self.refreshes < refresh:
@@ -282,6 +316,11 @@ class StreamingBank(BankPuzzles, VolumeSource):
     def volume_stats(self) -> tuple:
         return self.stats
 
+    def every_index(self) -> torch.Tensor:
+        """The active slots, oldest first (one sample per resident volume)."""
+        self._ready()
+        return (torch.arange(self.active, device=self.device) + self.refreshes) % self.slots
+
     def sample_index(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Slots of ``batch`` samples, uniform over the resident volumes."""
         j = torch.randint(self.active, (batch,), generator=generator, device=self.device)
@@ -299,6 +338,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
                 crop_transform=None):
         """One batch, as :meth:`VolumeBank.puzzles`; each call is one step of the schedule
         (``index``, when given, holds slots: see :meth:`slot_volumes`)."""
+        self._ready()
         self._advance_to(self.calls // self.refresh_every)
         self.calls += 1
         return super().puzzles(puzzle, batch, generator, index, out, seed, crop_transform)
@@ -317,30 +357,35 @@ class StreamingBank(BankPuzzles, VolumeSource):
 
     def state_dict(self) -> dict:
         return {"kind": "streaming", "calls": self.calls, "seed": self.seed, "refresh_every": self.refresh_every,
-                "volumes": len(self), "active": self.active}
+                "volumes": len(self), "active": self.active, "volumes_hash": self._volumes_hash}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` (from :meth:`state_dict`) was taken: same resident set,
         same slots, same next loads."""
         mine = self.state_dict()
-        for key in ("kind", "seed", "refresh_every", "volumes", "active"):
+        for key in ("kind", "seed", "refresh_every", "volumes", "active", "volumes_hash"):
             if state.get(key) != mine[key]:
                 raise ValueError(f"StreamingBank.load_state_dict: the state's {key} is {state.get(key)!r}, "
                                  f"this bank's {mine[key]!r} (same volumes, budget, seed and refresh_every needed)")
         self.calls = int(state["calls"])
-        self._fill(self.calls // self.refresh_every)
+        self._fill(self.calls // self.refresh_every)  # now: a resumed run's first step finds it loaded
 
     def close(self) -> None:
-        """Finish the background load and stop the worker."""
+        """Finish the background load, stop the worker, and wait for the side stream's copies (the
+        slots must not return to the allocator while a copy still writes them)."""
         if self._pending is not None:
             self._pending[1].cancel()
             self._pending = None
         self._pool.shutdown(wait=True)
+        if self._cuda:
+            self._side.synchronize()
 
     def __del__(self):
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        if getattr(self, "_pool", None) is not None:
+            try:
+                self.close()
+            except Exception:  # at interpreter exit the CUDA runtime may be gone already
+                pass
 
 
 def make_bank(volumes: Sequence, device="cpu", dtype: Union[str, torch.dtype] = "float32", *,

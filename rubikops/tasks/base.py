@@ -161,7 +161,7 @@ class PretextTask:
         src = self.source(volumes, volume_shapes, volume_offsets, intensity, stats)
         dev = src.device
         if index is None:
-            index = torch.arange(len(src), device=dev)
+            index = src.every_index()
         if not isinstance(index, torch.Tensor) or index.device != dev:
             raise ValueError(f"{self.label}: index must be a tensor on the volumes' device ({dev}), got "
                              f"{getattr(index, 'device', type(index).__name__)}")

@@ -10,7 +10,8 @@ import torch
 import rubikops
 from rubikops.augment import CropAffine
 from rubikops.data import DataError, StreamingBank, VolumeBank, bank_bytes, make_bank, parse_size
-from rubikops.data.bank import release_pages
+from rubikops.data.bank import known_stats, release_pages
+from rubikops.data.streaming import slot_bytes
 
 
 def volumes(n=17, lo=26, hi=37, channels=1, seed=0, integer=False):
@@ -21,11 +22,6 @@ def volumes(n=17, lo=26, hi=37, channels=1, seed=0, integer=False):
         x = rng.normal(size=shape).cumsum(1) * 40 + rng.normal() * 100
         out.append(np.rint(x).astype(np.float32) if integer else x.astype(np.float32))
     return out
-
-
-def slot_bytes(vols, dtype=torch.float32):
-    shape = np.max([v.shape for v in vols], axis=0)
-    return int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
 
 
 PUZZLE = rubikops.RubikCube(cube_size=(8, 8, 8), gap=(0, 2))
@@ -85,11 +81,13 @@ def test_every_volume_is_resident_equally_and_drawn_uniformly_over_each_epoch():
                 resident_calls[v] += 1
             drawn += np.bincount(stream.slot_volumes(targets.index).numpy(), minlength=n)
         assert (resident_calls == A * R).all(), (epoch, resident_calls)
+        planes = stream.storage[0, :, stream.slot_shape[0]::stream.slot_shape[0] + 1]
+        assert planes.shape[1] == stream.slots and not planes.any()  # the planes between slots stay zero
         # uniform in expectation: batch * R samples per volume and epoch
         assert drawn.sum() == n * R * batch
         assert scipy.stats.chisquare(drawn).pvalue > 1e-3, drawn
-    assert stream.volume_at(n) != stream.volume_at(2 * n) or stream.order(1)[A - 1:].tolist() != \
-        stream.order(2)[A - 1:].tolist()  # reshuffled between epochs
+    assert stream.order(1)[:A - 1].tolist() == stream.order(2)[:A - 1].tolist()  # the head keeps its places
+    assert stream.order(1)[A - 1:].tolist() != stream.order(2)[A - 1:].tolist()  # the rest is reshuffled
     stream.close()
 
 
@@ -121,6 +119,7 @@ def test_refusals_are_one_clear_line():
     one = slot_bytes(vols)
     cases = [
         (dict(budget=one), "holds 1 slot(s)"),
+        (dict(budget=one + 1), "holds 1 slot(s)"),
         (dict(budget=100 * one), "all 6 volumes fit the budget"),
         (dict(budget="lots"), "'lots' is not a size"),
         (dict(budget=-5), "must be positive"),
@@ -133,15 +132,22 @@ def test_refusals_are_one_clear_line():
     bank = StreamingBank(vols, budget=3 * one, seed=0)
     with pytest.raises(ValueError, match="the state's seed is 1, this bank's 0"):
         bank.load_state_dict(dict(bank.state_dict(), seed=1))
+    other = StreamingBank(volumes(n=6), budget=3 * one, seed=0, names=[f"scan{i}" for i in range(6)])
+    with pytest.raises(ValueError, match="the state's volumes_hash"):  # same count and budget, other volumes
+        other.load_state_dict(bank.state_dict())
+    other.close()
     with pytest.raises(DataError, match="smaller than the puzzle's crop"):
         bank.puzzles(rubikops.RubikCube(cube_size=(20, 20, 20)), 2)
     bank.close()
     bad = volumes(n=6)
     bad[4][0, 3, 3, 3] = np.nan
-    bank = StreamingBank(bad, budget=3 * one, seed=0)
+    bank = StreamingBank(bad, budget=3 * one, seed=0, refresh_every=1)
     with pytest.raises(DataError, match="volume 4 holds NaN or Inf"):
         for _ in range(10):
             bank.puzzles(PUZZLE, 2)
+    # its slot holds stale data: every later call refuses instead of cutting from it
+    with pytest.raises(DataError, match="volume 4 holds NaN or Inf"):
+        bank.puzzles(PUZZLE, 2)
     bank.close()
 
 
@@ -180,3 +186,27 @@ def test_release_pages_drops_a_memory_map_from_the_resident_set(tmp_path):
     release_pages(mapped)
     assert before - _rss() > 24 * 2**20
     assert float(mapped[0, 5].sum()) == 256 * 256  # still readable: pages come back from the file
+
+
+def test_resume_loads_the_resident_set_once_and_every_index_is_the_resident_slots():
+    vols = volumes(n=9)
+    bank = StreamingBank(vols, budget=4 * slot_bytes(vols), seed=0, refresh_every=1)
+    assert bank.loads == 0  # loaded on the first call, not at construction
+    bank.load_state_dict(dict(bank.state_dict(), calls=5))
+    assert bank.loads == bank.active + 1  # the resident set and the spare slot's load, once
+    assert bank.every_index().tolist() == [(5 + j) % bank.slots for j in range(bank.active)]
+    cubes, targets = PUZZLE(bank)  # a task given no index cuts one puzzle per resident volume
+    assert targets.index.tolist() == bank.every_index().tolist()
+    bank.close()
+    bank.close()  # closing twice is harmless
+
+
+def test_prepared_statistics_are_trusted_only_for_the_files_own_memory_map(tmp_path):
+    from rubikops.data import Preprocessing, load_prepared, prepare
+    from tests.train.helpers import smooth_volumes
+    prepare(smooth_volumes(tmp_path / "scans", n=2), tmp_path / "prepared", Preprocessing(), progress=False)
+    vol = load_prepared(tmp_path / "prepared")[0]
+    stats = known_stats(vol)
+    assert stats is not None and stats["mean"] == pytest.approx(float(np.asarray(vol.data, np.float64).mean()))
+    import dataclasses
+    assert known_stats(dataclasses.replace(vol, data=np.asarray(vol.data) * 2)) is None  # processed copy

@@ -52,8 +52,8 @@ def test_config_round_trip(data, tmp_path, capsys):
 @pytest.mark.parametrize("bank", ["resident", "streaming"])
 def test_exact_resume_after_sigkill(data, tmp_path, bank):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # 3 training volumes of 191 KiB (float32): 400KB holds 2 slots, one resident and one loading
-    extra = ["--bank-budget", "400KB"] if bank == "streaming" else []
+    # 3 training volumes of 191 KiB (float32), slots of 197 KiB: 420KB holds 2, one resident, one loading
+    extra = ["--bank-budget", "420KB", "--bank-refresh-every", "1"] if bank == "streaming" else []
     r = run_subprocess(["train/pretrain.py", *tiny_args(data, straight, tmp_path / "cache", *extra)])
     assert r.returncode == 0, r.stderr
     assert ("StreamingBank: 3 volumes" in r.stderr) == (bank == "streaming"), r.stderr
@@ -138,7 +138,7 @@ BAD = [
     (lambda d, t: ["--data", str(d), "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a GPU"),
     (lambda d, t: ["--data", str(d), "--task", "inpainting"], "--task must be one of rubik, jigsaw"),
     (lambda d, t: ["--data", str(d), "--bank-budget", "big"], "--bank-budget: 'big' is not a size"),
-    (lambda d, t: ["--data", str(d), "--bank-budget", "1KB"], "budget 1000 B holds 0 slot(s) of 191.2 KiB"),
+    (lambda d, t: ["--data", str(d), "--bank-budget", "1KB"], "budget 1000 B holds 0 slot(s) of 196.6 KiB"),
     (lambda d, t: ["--data", str(d), "--task", "rotation", "--cube-size", "8,8,6"],
      "rotation_axis='all' needs a cubic crop"),
 ]
