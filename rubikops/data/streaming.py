@@ -50,9 +50,9 @@ from .bank import (STORAGE_DTYPES, BankPuzzles, VolumeBank, check_fits, host_arr
 from .nifti import Volume
 
 # calls of puzzles() per volume swap: on the 2-core CPU (benchmarks/run.py --scale corpus, 8 cubes of
-# 10^3, batch 32, budget 10%) streaming made 0.65x, 0.84x and 0.96x the resident bank's batches/s at
-# 1, 2 and 4: a load costs about a third of such a small batch, and 4 amortises it
-REFRESH_EVERY = 4
+# 10^3, batch 32, budget 10%, 5 alternated rounds) streaming made 0.72x, 0.90x and 1.00x the resident
+# bank's batches/s at 2, 4 and 8: a load costs about a quarter of such a small batch, and 8 hides it
+REFRESH_EVERY = 8
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -87,6 +87,15 @@ def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") ->
     shapes = np.array([host_array(v, f"volume {i}", "bank_bytes").shape for i, v in enumerate(volumes)])
     return int(shapes[0, 0] * shapes[:, 1].sum() * shapes[:, 2].max() * shapes[:, 3].max()
                * torch.empty((), dtype=dtype).element_size())
+
+
+def _zero_outside(slot: torch.Tensor, d: int, h: int, w: int) -> None:
+    """Zero a (C, D, H, W) slot outside the box (d, h, w) its next volume fills: the padding then
+    holds zeros whatever the slot held before (as a VolumeBank's does), at the cost of the padding,
+    not of the whole slot."""
+    slot[:, d:].zero_()
+    slot[:, :d, h:].zero_()
+    slot[:, :d, :h, w:].zero_()
 
 
 class StreamingBank(BankPuzzles, VolumeSource):
@@ -220,7 +229,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         shape = torch.tensor([d, h, w], dtype=torch.int64)
         if not self._cuda:
             slot = self.storage[0, :, z:z + self.slot_shape[0]]
-            slot.zero_()
+            _zero_outside(slot, d, h, w)
             slot[:, :d, :h, :w] = src
             self._slot_meta[:, k] = meta
             self.shapes[k] = shape
@@ -239,7 +248,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
             if wait_for is not None:
                 self._side.wait_event(wait_for)  # the training stream no longer reads this slot
             slot = self.storage[0, :, z:z + self.slot_shape[0]]
-            slot.zero_()
+            _zero_outside(slot, d, h, w)
             slot[:, :d, :h, :w].copy_(staged, non_blocking=True)
             self._slot_meta[:, k].copy_(self._meta_staging[b], non_blocking=True)
             self.shapes[k].copy_(self._shape_staging[b], non_blocking=True)
@@ -323,8 +332,9 @@ class StreamingBank(BankPuzzles, VolumeSource):
 
     def sample_index(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Slots of ``batch`` samples, uniform over the resident volumes."""
-        j = torch.randint(self.active, (batch,), generator=generator, device=self.device)
-        return (j + self.refreshes) % self.slots
+        j = torch.randint(self.refreshes, self.refreshes + self.active, (batch,), generator=generator,
+                          device=self.device)
+        return j.remainder_(self.slots)
 
     def smaller_than(self, crop_size) -> Optional[int]:
         small = (self.volume_shapes < np.array(tuple(crop_size))).any(1)
