@@ -11,6 +11,8 @@ and hands them to the source, which owns everything about storage:
 - ``value_map()``: per-volume (scale, shift) turning stored values into
   physical ones (quantised banks), or None;
 - ``volume_stats()``: per-volume (mean, std) of physical values, or None;
+- ``sample_index(batch, generator)``: the volume of each sample of a batch;
+  ``every_index()``: one sample per volume (what a task cuts given no index);
 - sharding and memory, where the source has any (:class:`rubikops.data.VolumeBank`).
 
 So a task never sees packing offsets or quantisation, and a new storage
