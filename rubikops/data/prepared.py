@@ -50,6 +50,7 @@ PREPARE_VERSION = 1  # bump when what an output holds changes
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 VOLUMES = "volumes"
+SOURCES = "sources"  # per source: its size, mtime and content hash, so a resumed job need not reread it
 
 
 @dataclass
@@ -77,6 +78,24 @@ class PrepareReport:
 
 def settings_key(settings: Preprocessing) -> str:
     return hashlib.blake2b(f"v{PREPARE_VERSION}|{settings.key()}".encode(), digest_size=8).hexdigest()
+
+
+def _stat_key(paths: Sequence[str]) -> list:
+    return [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+
+
+def _hash_record(out_dir: str, paths: Sequence[str]) -> str:
+    name = hashlib.blake2b("|".join(os.path.abspath(p) for p in paths).encode(), digest_size=12).hexdigest()
+    return os.path.join(out_dir, SOURCES, name + ".json")
+
+
+def known_source_hash(out_dir: str, paths: Sequence[str], stat: list) -> Optional[str]:
+    """The content hash recorded for ``paths`` when their sizes and modification times (ns),
+    ``stat``, are unchanged since: a resumed job over thousands of scans then rereads none of
+    those already done (a file rewritten with the same size and mtime to the nanosecond is not
+    noticed)."""
+    record = _read_json(_hash_record(out_dir, paths))
+    return record.get("source_hash") if record and record.get("stat") == stat else None
 
 
 def source_hash(paths: Sequence[str]) -> str:
@@ -145,7 +164,10 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
     try:
         for p in paths:  # an empty or misnamed file is reported as such, not hashed
             check_nifti_file(p)
-        content = source_hash(paths)
+        stat_before = _stat_key(paths)
+        content = known_source_hash(out_dir, paths, stat_before)
+        if content is None:
+            content = source_hash(paths)
     except DataError as exc:
         return dict(result, status="skipped", reason=_reason(str(exc)), detail=str(exc))
     except OSError as exc:
@@ -154,6 +176,7 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
     stem = _output_stem(paths, content, skey)
     entry = _done_entry(out_dir, stem, content, skey)
     if entry is not None:
+        _write_json(_hash_record(out_dir, paths), {"stat": stat_before, "source_hash": content})
         return dict(result, status="reused", entry=entry)
     try:
         vol = load_case(paths, settings, cache=None)
@@ -170,7 +193,8 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
     with atomic_path(os.path.join(out_dir, VOLUMES, stem + ".npy")) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(vol.data))
-    _write_json(os.path.join(out_dir, VOLUMES, stem + ".json"), entry)  # last: marks the volume done
+    _write_json(os.path.join(out_dir, VOLUMES, stem + ".json"), entry)  # marks the volume done
+    _write_json(_hash_record(out_dir, paths), {"stat": stat_before, "source_hash": content})
     return dict(result, status="prepared", entry=entry)
 
 
@@ -205,6 +229,7 @@ def prepare(files_or_spec: Union[str, Sequence], out_dir: str, settings: Preproc
     cases = find_files(files_or_spec)
     mine = rank_slice(cases, rank, world)
     os.makedirs(os.path.join(out_dir, VOLUMES), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, SOURCES), exist_ok=True)
     report = PrepareReport(out_dir, rank, world)
     results = []
     jobs = [(i, (c,) if isinstance(c, str) else tuple(c), settings, out_dir) for i, c in mine]

@@ -2,6 +2,7 @@
 memory-mapped volumes, and shard-only reads of it."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -210,3 +211,17 @@ def test_a_duplicate_on_another_rank_is_dropped_at_the_merge(scans, tmp_path):
     skipped = json.loads((out / "report.json").read_text())["skipped"]
     assert [(os.path.basename(s["file"]), s["reason"]) for s in skipped] == [("v1_copy.nii.gz", "duplicate")]
     assert [os.path.basename(e["sources"][0]) for e in manifest_volumes(out)] == [f"v{i}.nii.gz" for i in range(4)]
+
+
+def test_a_second_run_rereads_only_sources_whose_size_or_time_changed(scans, tmp_path, monkeypatch):
+    prepare(scans, tmp_path / "out", SETTINGS, progress=False)
+    read = []
+    real = prepared_module.file_digest
+    monkeypatch.setattr(prepared_module, "file_digest", lambda p: read.append(os.path.basename(p)) or real(p))
+    again = prepare(scans, tmp_path / "out", SETTINGS, progress=False)
+    assert read == [] and len(again.reused) == 4 and not again.prepared  # nothing reread
+    files = sorted(glob.glob(os.path.join(str(scans), "*.nii*")))
+    os.utime(files[1], ns=(os.stat(files[1]).st_atime_ns, os.stat(files[1]).st_mtime_ns + 10**9))
+    again = prepare(scans, tmp_path / "out", SETTINGS, progress=False)
+    assert read == [os.path.basename(files[1])]  # touched: reread, same content, so reused
+    assert len(again.reused) == 4 and not again.prepared
