@@ -27,7 +27,8 @@ def volumes(n=17, lo=26, hi=37, channels=1, seed=0, integer=False):
 PUZZLE = rubikops.RubikCube(cube_size=(8, 8, 8), gap=(0, 2))
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# marked cuda: benchmarks/gpu_check.sh runs these on the GPU machine (pytest -m cuda)
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize("device,dtype,refresh_every,augment", [
