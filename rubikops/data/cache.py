@@ -52,11 +52,13 @@ def _new_file_mode(path: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, durable: bool = True):
     """Yield a temporary path next to ``path`` (same suffix, so writers that
     look at the extension behave); rename it onto ``path`` on success, delete
     it on failure.  The file ends with the mode a plain write would give it,
-    not mkstemp's owner-only 0o600."""
+    not mkstemp's owner-only 0o600.  ``durable=False`` skips the fsync, for
+    records whose loss in a crash only costs recomputing them (readers still
+    never see a partial file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -65,8 +67,9 @@ def atomic_path(path: str):
     try:
         os.chmod(tmp, _new_file_mode(path))
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

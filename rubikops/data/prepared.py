@@ -98,6 +98,11 @@ def known_source_hash(out_dir: str, paths: Sequence[str], stat: list) -> Optiona
     return record.get("source_hash") if record and record.get("stat") == stat else None
 
 
+def _remember_hash(out_dir: str, paths: Sequence[str], stat: list, content: str) -> None:
+    # not fsynced: losing the record in a crash only costs hashing the file again
+    _write_json(_hash_record(out_dir, paths), {"stat": stat, "source_hash": content}, durable=False)
+
+
 def source_hash(paths: Sequence[str]) -> str:
     if len(paths) == 1:
         return file_digest(paths[0])
@@ -125,8 +130,8 @@ def _reason(message: str) -> str:
     return "unusable"
 
 
-def _write_json(path: str, obj) -> None:
-    with atomic_path(path) as tmp:
+def _write_json(path: str, obj, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
 
@@ -176,7 +181,7 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
     stem = _output_stem(paths, content, skey)
     entry = _done_entry(out_dir, stem, content, skey)
     if entry is not None:
-        _write_json(_hash_record(out_dir, paths), {"stat": stat_before, "source_hash": content})
+        _remember_hash(out_dir, paths, stat_before, content)
         return dict(result, status="reused", entry=entry)
     try:
         vol = load_case(paths, settings, cache=None)
@@ -194,7 +199,7 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(vol.data))
     _write_json(os.path.join(out_dir, VOLUMES, stem + ".json"), entry)  # marks the volume done
-    _write_json(_hash_record(out_dir, paths), {"stat": stat_before, "source_hash": content})
+    _remember_hash(out_dir, paths, stat_before, content)
     return dict(result, status="prepared", entry=entry)
 
 
