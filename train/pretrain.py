@@ -521,8 +521,9 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
 
 def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, bank, cfg, dist, is_best,
                     metrics) -> None:
-    rng, task_state = dist.gather(common.rng_state({"puzzle": gen})), dist.gather(puzzle.state_dict())
-    bank_state = dist.gather(bank.state_dict())
+    # every rank's streams, task state and bank state, in one all_gather
+    rng, task_state, bank_state = (list(x) for x in zip(*dist.gather(
+        (common.rng_state({"puzzle": gen}), puzzle.state_dict(), bank.state_dict()))))
     if dist.world == 1:
         rng = rng[0]  # the single-process layout earlier checkpoints have
     if not dist.main:

@@ -124,7 +124,8 @@ def stored_volume(a: np.ndarray, dtype: torch.dtype, name: str, who: str, stats:
     ``stats`` (``known_stats``): skip the finiteness check and the statistics for float storage."""
     quantised = dtype in (torch.int16, torch.uint8)
     if stats is not None and not quantised:
-        # a StreamingBank loads one volume per refresh; the checks and statistics were 40% of a load
+        # a StreamingBank loads one volume per refresh: the check and the statistics took 0.15 of 0.17 ms
+        # (46k voxels; the copy alone 0.025 ms)
         x = np.array(a, dtype=np.float32 if a.dtype != np.float64 else np.float64)
         release_pages(a)
         return torch.from_numpy(x).to(dtype), 1.0, 0.0, float(stats["mean"]), float(stats["std"])
@@ -140,6 +141,44 @@ def stored_volume(a: np.ndarray, dtype: torch.dtype, name: str, who: str, stats:
         return torch.from_numpy(q), s, t, mean, std
     # from phys, a writable copy: torch refuses to wrap a read-only memory map (load_prepared) quietly
     return torch.from_numpy(phys).to(dtype), 1.0, 0.0, mean, std
+
+
+def volume_names(volumes: Sequence) -> list:
+    """Each volume's name: its file's for a :class:`Volume`, else ``volume <i>`` (its place in the list)."""
+    return [v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(volumes)]
+
+
+def storage_dtype(dtype: Union[str, torch.dtype], who: str) -> torch.dtype:
+    """One of ``STORAGE_DTYPES`` by name or dtype; a ValueError naming ``who`` otherwise."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"{who}: dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    return STORAGE_DTYPES[dtype]
+
+
+def packed_bytes(arrays: Sequence[np.ndarray], dtype: torch.dtype) -> int:
+    """Bytes of (C, D, H, W) ``arrays`` packed along D into one (1, C, sum D, max H, max W) storage."""
+    shapes = np.array([a.shape for a in arrays], dtype=np.int64)
+    return int(shapes[0, 0] * shapes[:, 1].sum() * shapes[:, 2].max() * shapes[:, 3].max()
+               * torch.empty((), dtype=dtype).element_size())
+
+
+def bank_inputs(volumes: Sequence, shard: Optional[tuple], names: Optional[Sequence[str]], who: str) -> tuple:
+    """What both banks start from: (names, host arrays, known statistics) of this shard's volumes,
+    refusing an empty list, arrays that are not (C, D, H, W) and unequal channel counts."""
+    vols = list(volumes)
+    names = list(names) if names is not None else volume_names(vols)
+    if shard is not None:
+        vols, names = take_shard(vols, shard, who), take_shard(names, shard, who)
+    if not vols:
+        raise ValueError(f"{who}: no volumes given")
+    arrays = [host_array(v, names[i], who) for i, v in enumerate(vols)]
+    C = arrays[0].shape[0]
+    for name, a in zip(names, arrays):
+        if a.shape[0] != C:
+            raise ValueError(f"{who}: {name} has {a.shape[0]} channels, the first volume {C}")
+    return names, arrays, [known_stats(v) for v in vols]
 
 
 def take_shard(items: Sequence, shard: tuple, who: str) -> list:
@@ -206,31 +245,13 @@ class VolumeBank(BankPuzzles, VolumeSource):
     def __init__(self, volumes: Sequence[Union[Volume, np.ndarray, torch.Tensor]], device="cpu",
                  dtype: Union[str, torch.dtype] = "float32", *, shard: Optional[tuple] = None,
                  headroom: float = 0.8, names: Optional[Sequence[str]] = None):
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).replace("torch.", "")
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"VolumeBank: dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-        self.dtype = STORAGE_DTYPES[dtype]
+        self.dtype = storage_dtype(dtype, "VolumeBank")
         self.device = torch.device(device)
-        vols = list(volumes)
-        if names is None:
-            names = [v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
-        names = list(names)
-        if shard is not None:
-            vols, names = take_shard(vols, shard, "VolumeBank"), take_shard(names, shard, "VolumeBank")
-        if not vols:
-            raise ValueError("VolumeBank: no volumes given")
-        arrays = [host_array(v, names[i], "VolumeBank") for i, v in enumerate(vols)]
-        stats_known = [known_stats(v) for v in vols]
+        self.names, arrays, stats_known = bank_inputs(volumes, shard, names, "VolumeBank")
         C = arrays[0].shape[0]
-        for i, a in enumerate(arrays):
-            if a.shape[0] != C:
-                raise ValueError(f"VolumeBank: {names[i]} has {a.shape[0]} channels, the first volume {C}")
-        self.names = names
         shapes = np.array([a.shape[1:] for a in arrays], dtype=np.int64)
         total_d, max_h, max_w = int(shapes[:, 0].sum()), int(shapes[:, 1].max()), int(shapes[:, 2].max())
-        need = C * total_d * max_h * max_w * torch.empty((), dtype=self.dtype).element_size()
-        check_fits(need, self.device, headroom, f"VolumeBank: {len(arrays)} volumes",
+        check_fits(packed_bytes(arrays, self.dtype), self.device, headroom, f"VolumeBank: {len(arrays)} volumes",
                    "use dtype='int16' or 'bfloat16', a coarser spacing, foreground cropping, fewer volumes, "
                    "or a StreamingBank (pretrain.py --bank-budget)")
         self.storage = torch.zeros(1, C, total_d, max_h, max_w, dtype=self.dtype, device=self.device)
@@ -240,7 +261,7 @@ class VolumeBank(BankPuzzles, VolumeSource):
         self.quantised = self.dtype in (torch.int16, torch.uint8)
         # one volume at a time: a memory-mapped volume's pages are dropped once copied, so building
         # the bank holds the storage plus one volume, not the storage plus every mapped volume
-        for a, name, known, (d, h, w) in zip(arrays, names, stats_known, shapes):
+        for a, name, known, (d, h, w) in zip(arrays, self.names, stats_known, shapes):
             src, s, t, m, sd = stored_volume(a, self.dtype, name, "VolumeBank", known)
             self.storage[0, :, z:z + d, :h, :w] = src.to(self.device)
             scale.append(s), shift.append(t), mean.append(m), std.append(sd)

@@ -38,15 +38,14 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import re
-import threading
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..volumes import VolumeSource
-from .bank import (STORAGE_DTYPES, BankPuzzles, VolumeBank, check_fits, host_array, human_bytes, known_stats,
-                   stored_volume, take_shard)
+from .bank import (BankPuzzles, VolumeBank, bank_inputs, check_fits, host_array, human_bytes, packed_bytes,
+                   storage_dtype, stored_volume, take_shard, volume_names)
 from .nifti import Volume
 
 # calls of puzzles() per volume swap: on the 2-core CPU (benchmarks/run.py --scale corpus, 8 cubes of
@@ -75,18 +74,15 @@ def parse_size(text: Union[str, int], what: str = "size") -> int:
 def slot_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") -> int:
     """Bytes of one :class:`StreamingBank` slot for ``volumes``: the largest extent on each axis,
     one plane deeper (the plane that separates slots)."""
-    dtype = STORAGE_DTYPES[dtype] if isinstance(dtype, str) else dtype
     shapes = np.array([host_array(v, f"volume {i}", "slot_bytes").shape for i, v in enumerate(volumes)])
     c, d, h, w = (int(x) for x in shapes.max(0))
-    return c * (d + 1) * h * w * torch.empty((), dtype=dtype).element_size()
+    return c * (d + 1) * h * w * torch.empty((), dtype=storage_dtype(dtype, "slot_bytes")).element_size()
 
 
 def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") -> int:
     """Bytes a :class:`VolumeBank` of ``volumes`` would take (read from their shapes only)."""
-    dtype = STORAGE_DTYPES[dtype] if isinstance(dtype, str) else dtype
-    shapes = np.array([host_array(v, f"volume {i}", "bank_bytes").shape for i, v in enumerate(volumes)])
-    return int(shapes[0, 0] * shapes[:, 1].sum() * shapes[:, 2].max() * shapes[:, 3].max()
-               * torch.empty((), dtype=dtype).element_size())
+    arrays = [host_array(v, f"volume {i}", "bank_bytes") for i, v in enumerate(volumes)]
+    return packed_bytes(arrays, storage_dtype(dtype, "bank_bytes"))
 
 
 def _zero_outside(slot, d: int, h: int, w: int) -> None:
@@ -112,29 +108,13 @@ class StreamingBank(BankPuzzles, VolumeSource):
                  dtype: Union[str, torch.dtype] = "float32", *, budget: Union[int, str], shard: Optional[tuple] = None,
                  seed: int = 0, refresh_every: int = REFRESH_EVERY, names: Optional[Sequence[str]] = None,
                  headroom: float = 0.8):
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).replace("torch.", "")
-        if dtype not in STORAGE_DTYPES:
-            raise ValueError(f"StreamingBank: dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+        self.dtype, self.device = storage_dtype(dtype, "StreamingBank"), torch.device(device)
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
             raise ValueError(f"StreamingBank: refresh_every must be an int >= 1, got {refresh_every!r}")
         budget = parse_size(budget, "StreamingBank: budget")
-        self.dtype, self.device = STORAGE_DTYPES[dtype], torch.device(device)
         self.quantised = self.dtype in (torch.int16, torch.uint8)
-        vols = list(volumes)
-        names = list(names) if names is not None else [
-            v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
-        if shard is not None:
-            vols, names = take_shard(vols, shard, "StreamingBank"), take_shard(names, shard, "StreamingBank")
-        if not vols:
-            raise ValueError("StreamingBank: no volumes given")
-        self._host = [host_array(v, names[i], "StreamingBank") for i, v in enumerate(vols)]
-        self._stats = [known_stats(v) for v in vols]
-        self.names = names
+        self.names, self._host, self._stats = bank_inputs(volumes, shard, names, "StreamingBank")
         C = self._host[0].shape[0]
-        for name, a in zip(names, self._host):
-            if a.shape[0] != C:
-                raise ValueError(f"StreamingBank: {name} has {a.shape[0]} channels, the first volume {C}")
         self.volume_shapes = np.array([a.shape[1:] for a in self._host], dtype=np.int64)
         n = len(self._host)
         slot_shape = tuple(int(x) for x in self.volume_shapes.max(0))
@@ -180,12 +160,10 @@ class StreamingBank(BankPuzzles, VolumeSource):
             self._staging_free = [None, None]  # the event after which each may be overwritten
             self._meta_staging = [torch.empty(4, dtype=torch.float64).pin_memory() for _ in range(2)]
             self._shape_staging = [torch.empty(3, dtype=torch.int64).pin_memory() for _ in range(2)]
-            self._staging_turn = 0
-        self._lock = threading.Lock()
         self.calls = 0
         self.refreshes = 0
         self.loads = 0  # volumes read from the host so far
-        self._volumes_hash = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+        self._volumes_hash = hashlib.sha1("\n".join(self.names).encode()).hexdigest()[:16]
 
     # -- schedule --------------------------------------------------------------------------------
     def order(self, epoch: int) -> np.ndarray:
@@ -241,9 +219,8 @@ class StreamingBank(BankPuzzles, VolumeSource):
             self._slot_meta[:, k] = meta
             self.shapes[k] = shape
             return None
-        with self._lock:
-            b = self._staging_turn % 2
-            self._staging_turn += 1
+        # consecutive positions alternate the buffers (loads run one at a time, in position order)
+        b = position % 2
         if self._staging_free[b] is not None:
             self._staging_free[b].synchronize()  # that buffer's previous copy has finished
         staged = self._staging[b][:src.numel()].view(src.shape)
@@ -414,7 +391,7 @@ def make_bank(volumes: Sequence, device="cpu", dtype: Union[str, torch.dtype] = 
         budget = parse_size(budget, "budget")
         vols = list(volumes)
         if names is None:  # named by their place in the whole list, as VolumeBank names them
-            names = [v.name if isinstance(v, Volume) else f"volume {i}" for i, v in enumerate(vols)]
+            names = volume_names(vols)
         if shard is not None:
             vols, names = take_shard(vols, shard, "make_bank"), take_shard(list(names), shard, "make_bank")
         if bank_bytes(vols, dtype) > budget:
