@@ -1,5 +1,5 @@
 """``python -m rubikops.data info PATH [--spacing S] [--intensity MODE] ...``:
-what a folder of NIfTI files holds and what preprocessing would make of it.
+what a folder of scans (NIfTI, NRRD, MetaImage, DICOM series) holds and what preprocessing would make of it.
 ``python -m rubikops.data prepare SRC --out DIR --workers N``: preprocess
 once, in parallel and resumably, into a folder that training ranks read
 their share of (rubikops/data/prepared.py).
@@ -22,7 +22,7 @@ def _fmt(t, nd=2):
 
 
 def info(args) -> int:
-    from . import DataError, Preprocessing, find_files, load_nifti, preprocess
+    from . import DataError, Preprocessing, find_files, load_image, preprocess
     settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
                              crop_foreground=args.crop_foreground, foreground_threshold=args.threshold,
                              frames=args.frames)
@@ -38,7 +38,7 @@ def info(args) -> int:
     for case in cases:
         name = case if isinstance(case, str) else "+".join(case)
         try:
-            vol = load_nifti(case, frames=settings.frames)
+            vol = load_image(case, frames=settings.frames)
             pre = preprocess(vol, settings)
         except DataError as exc:
             bad += 1
@@ -48,7 +48,10 @@ def info(args) -> int:
         print(f"{name[-40:]:40s} {_fmt(vol.shape, 0):>14s} {_fmt(vol.spacing):>14s} {vol.orientation:>6s} "
               f"{vol.meta.get('dtype', '?'):>8s} {f'[{lo:.4g}, {hi:.4g}]':>20s}  -> {_fmt(pre.shape, 0)} "
               f"@ {_fmt(pre.spacing)} mm {pre.orientation}, [{float(pre.data.min()):.3g}, {float(pre.data.max()):.3g}]"
-              + (f", {vol.channels} ch" if vol.channels > 1 else ""))
+              + (f", {vol.channels} ch" if vol.channels > 1 else "")
+              + (f" [{vol.meta['format']}]" if vol.meta.get("format", "nifti") != "nifti" else ""))
+        for note in vol.meta.get("skipped_files", []):
+            print(f"    left out: {note}")
     if bad:
         print(f"{bad} file(s) could not be used (see ERROR lines)")
     return 1 if bad == len(cases) else 0
@@ -97,7 +100,7 @@ def default(_args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rubikops.data")
     sub = p.add_subparsers(dest="cmd", required=True)
-    i = sub.add_parser("info", help="describe a NIfTI file, folder or glob")
+    i = sub.add_parser("info", help="describe an image file, DICOM series, folder or glob")
     i.add_argument("path")
     i.add_argument("--spacing", type=float, default=None, help="target spacing in mm")
     i.add_argument("--intensity", choices=("none", "window", "zscore"), default="none")
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
     i.add_argument("--threshold", type=float, default=0.0, help="foreground threshold")
     i.add_argument("--frames", default=None, help="4-D files: an index or 'channels'")
     pr = sub.add_parser("prepare", help="preprocess SRC once into --out, in parallel and resumably")
-    pr.add_argument("src", help="NIfTI folder, glob or file")
+    pr.add_argument("src", help="folder, glob, image file or DICOM series folder")
     pr.add_argument("--out", required=True, help="output folder (volumes/*.npy, manifest.json, report.json)")
     pr.add_argument("--workers", type=int, default=1, help="processes (1: this process)")
     pr.add_argument("--rank", type=int, default=0, help="this job's rank; it takes files rank, rank+world, ...")

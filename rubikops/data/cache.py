@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .formats import content_key
 from .nifti import Volume
 
 CACHE_VERSION = 1  # bump when preprocessing code changes what it produces
@@ -96,9 +97,8 @@ class PreprocessCache:
     def key(self, paths: Sequence[str], settings_key: str) -> str:
         h = hashlib.blake2b(digest_size=20)
         h.update(f"v{CACHE_VERSION}|{settings_key}".encode())
-        for p in paths:  # the suffix too: nibabel reads .nii and .nii.gz differently
-            suffix = ".nii.gz" if os.fspath(p).lower().endswith(".gz") else os.path.splitext(p)[1].lower()
-            h.update(f"|{suffix}|{file_digest(p)}".encode())
+        for p in paths:  # the suffix too (nibabel reads .nii and .nii.gz differently); a series: every slice
+            h.update(f"|{content_key(os.fspath(p), file_digest)}".encode())
         return h.hexdigest()
 
     def path(self, key: str) -> str:

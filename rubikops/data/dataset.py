@@ -1,11 +1,13 @@
-"""Load a folder (or glob, or list) of NIfTI cases, preprocessed and cached."""
+"""Load a folder (or glob, or list) of cases in any format (rubikops/data/formats.py),
+preprocessed and cached."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 from .cache import PreprocessCache
-from .nifti import DataError, Volume, check_nifti_file, find_files, load_nifti
+from .formats import check_image_file, find_files, load_image
+from .nifti import DataError, Volume
 from .preprocess import Preprocessing, preprocess
 
 
@@ -13,6 +15,7 @@ from .preprocess import Preprocessing, preprocess
 class LoadReport:
     volumes: list
     skipped: list = field(default_factory=list)  # (case, reason)
+    notes: list = field(default_factory=list)    # (case, note): files a loaded case left out (DICOM localizers)
     cache_hits: int = 0
     cache_misses: int = 0
 
@@ -20,6 +23,8 @@ class LoadReport:
         s = f"{len(self.volumes)} volumes loaded ({self.cache_hits} from cache)"
         if self.skipped:
             s += f", {len(self.skipped)} skipped:\n" + "\n".join(f"  {c}: {r}" for c, r in self.skipped)
+        if self.notes:
+            s += "\nleft out of loaded cases:\n" + "\n".join(f"  {n}" for _, n in self.notes)
         return s
 
 
@@ -28,11 +33,11 @@ def load_case(case, settings: Preprocessing = Preprocessing(), cache: Optional[P
     paths = (case,) if isinstance(case, str) else tuple(case)
 
     def build():
-        vol = load_nifti(paths, frames=settings.frames, allow_nonfinite=settings.allow_nonfinite)
+        vol = load_image(paths, frames=settings.frames, allow_nonfinite=settings.allow_nonfinite)
         return preprocess(vol, settings)
 
     for p in paths:  # before the cache: a file the reader refuses is refused when its content is cached too
-        check_nifti_file(p)
+        check_image_file(p)
     vol = cache.get(paths, settings.key(), build) if cache is not None else build()
     if min_shape_for is not None and any(n < m for n, m in zip(vol.shape, min_shape_for)):
         raise DataError(f"{paths[0]}: preprocessed shape {vol.shape} is smaller than the {tuple(min_shape_for)} "
@@ -65,6 +70,7 @@ def load_volumes(spec: Union[str, Sequence], settings: Preprocessing = Preproces
     for case in it:
         try:
             report.volumes.append(load_case(case, settings, cache, min_shape))
+            report.notes += [(case, note) for note in report.volumes[-1].meta.get("skipped_files", [])]
         except DataError as exc:
             if not skip_bad:
                 raise

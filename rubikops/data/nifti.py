@@ -8,10 +8,9 @@ file's voxel order (or RAS after reorientation), its 4x4 voxel-to-world
 from __future__ import annotations
 
 import errno
-import glob as _glob
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -72,53 +71,37 @@ def path_problem(path: str) -> Optional[str]:
         return (exc.strerror or type(exc).__name__).lower()
 
 
-def check_nifti_file(path: str) -> None:
-    """What can be said of ``path`` before reading it: it exists, is a
-    non-empty file with a NIfTI name.  The preprocessing cache runs this too,
-    so a file that fails uncached also fails when its content is cached."""
+def check_file(path: str, expected: str) -> None:
+    """``path`` exists, is a file (``expected`` says what kind) and is not empty."""
     problem = path_problem(path)
     if problem is not None:
         raise DataError(f"{path}: {problem}")
     if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder, expected a NIfTI file")
+        raise DataError(f"{path}: is a folder, expected {expected}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
+
+
+def check_nifti_file(path: str) -> None:
+    """What can be said of ``path`` before reading it: it exists, is a
+    non-empty file with a NIfTI name.  The preprocessing cache runs this too,
+    so a file that fails uncached also fails when its content is cached."""
+    check_file(path, "a NIfTI file")
     if not is_nifti(path):
         raise DataError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
 
 
-def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
-    """Resolve a folder, a glob pattern, a single file or a list of them into
-    a sorted list of cases; a case is a path, or a tuple of paths (one per
-    channel, e.g. T1 and FLAIR) when the list holds tuples/lists."""
-    if isinstance(spec, (list, tuple)):
-        cases = []
-        for item in spec:
-            if isinstance(item, (list, tuple)):
-                cases.append(tuple(str(p) for p in item))
-            else:
-                cases.extend(find_files(item))
-        if not cases:
-            raise DataError(f"data: the list {list(spec)!r} holds no NIfTI files")
-        return cases
-    spec = os.fspath(spec)
-    if os.path.isdir(spec):
-        found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if is_nifti(f))
-        if not found:
-            raise DataError(f"{spec}: folder holds no .nii or .nii.gz files")
-        return found
-    if any(ch in spec for ch in "*?["):
-        found = sorted(p for p in _glob.glob(spec, recursive=True) if is_nifti(p))
-        if not found:
-            raise DataError(f"{spec}: pattern matches no .nii or .nii.gz files")
-        return found
-    problem = path_problem(spec)
-    if problem is not None:
-        raise DataError(f"{spec}: {problem}" + (" or folder" if problem == "no such file" else ""))
-    return [spec]
+class RawImage(NamedTuple):
+    """What a format's reader hands back: the array in (X, Y, Z[, T]) voxel
+    order, its RAS voxel-to-world affine (mm), whether integer values are to
+    be kept (stored integers, unscaled), and what to record in Volume.meta."""
+    array: np.ndarray
+    affine: np.ndarray
+    integer: bool
+    meta: dict
 
 
-def _read(path: str):
+def read_nifti(path: str) -> RawImage:
     import nibabel as nib
     check_nifti_file(path)
     try:
@@ -127,11 +110,14 @@ def _read(path: str):
         raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: {type(img).__name__} is not a NIfTI image")
+    integer = _is_label_dtype(img)
     try:
-        arr = np.asarray(img.dataobj, dtype=np.float32 if not _is_label_dtype(img) else None)
+        arr = np.asarray(img.dataobj, dtype=None if integer else np.float32)
     except Exception as exc:  # EOFError, zlib.error, OSError on truncated .gz
         raise DataError(f"{path}: truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
-    return img, arr
+    aff = np.asarray(img.affine, dtype=np.float64)
+    _check_affine(path, aff, img)
+    return RawImage(arr, aff, integer, {"dtype": str(arr.dtype), "format": "nifti"})
 
 
 def _is_label_dtype(img) -> bool:
@@ -144,18 +130,28 @@ def _is_label_dtype(img) -> bool:
 def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str] = None,
                allow_nonfinite: bool = False, label: bool = False) -> Volume:
     """Load one case: a NIfTI file, or several files of one subject on the
-    same grid (stacked as channels).
+    same grid (stacked as channels).  ``rubikops.data.load_image`` reads
+    every format; this one refuses anything but NIfTI.
 
     frames: what to do with a 4-D file: None (refuse), an int (take that
     volume), or "channels" (stack its volumes as channels).
     label: keep integer values (label maps); images are float32."""
+    return load_channels(path, read_nifti, frames=frames, allow_nonfinite=allow_nonfinite, label=label)
+
+
+def load_channels(path: Union[str, Sequence[str]], read: Callable[[str], RawImage], *,
+                  frames: Union[None, int, str] = None, allow_nonfinite: bool = False,
+                  label: bool = False) -> Volume:
+    """One case from ``read`` (a format's reader): one file, or several of one
+    subject on the same grid stacked as channels; 4-D images by ``frames``."""
     paths = (path,) if isinstance(path, (str, os.PathLike)) else tuple(path)
     paths = tuple(os.fspath(p) for p in paths)
     if not paths:
-        raise DataError("load_nifti: no file given")
-    chans, affine, ref = [], None, None
+        raise DataError("load_image: no file given")
+    chans, affine, ref, meta = [], None, None, {}
     for p in paths:
-        img, arr = _read(p)
+        raw = read(p)
+        arr = raw.array
         while arr.ndim > 3 and arr.shape[-1] == 1:  # (X, Y, Z, 1) and (X, Y, Z, 1, 1) are 3-D
             arr = arr[..., 0]
         if arr.ndim < 3:
@@ -174,10 +170,9 @@ def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str]
             raise DataError(f"{p}: {arr.ndim}-D image of shape {arr.shape}, expected a 3-D volume")
         else:
             parts = [arr]
-        aff = np.asarray(img.affine, dtype=np.float64)
-        _check_affine(p, aff, img)
+        aff = raw.affine
         if ref is None:
-            ref, affine = parts[0].shape, aff
+            ref, affine, meta = parts[0].shape, aff, dict(raw.meta)
         elif parts[0].shape != ref or not np.allclose(aff, affine, atol=1e-3):
             raise DataError(f"{p}: grid {parts[0].shape} does not match the case's first file {paths[0]} {ref} "
                             "(channels of one case must share shape and affine)")
@@ -194,7 +189,7 @@ def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str]
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
             raise DataError(f"{paths[0]}: label map holds non-integer values")
-    return Volume(np.ascontiguousarray(data), affine, paths, {"dtype": str(chans[0].dtype)})
+    return Volume(np.ascontiguousarray(data), affine, paths, meta)
 
 
 def _raw_zooms(path: str, img) -> tuple:

@@ -43,7 +43,8 @@ import numpy as np
 from .bank import take_shard
 from .cache import atomic_path, file_digest
 from .dataset import load_case
-from .nifti import DataError, Volume, check_nifti_file, find_files
+from .formats import case_files, check_image_file, content_key, find_files, is_series
+from .nifti import DataError, Volume
 from .preprocess import Preprocessing
 
 PREPARE_VERSION = 1  # bump when what an output holds changes
@@ -81,7 +82,8 @@ def settings_key(settings: Preprocessing) -> str:
 
 
 def _stat_key(paths: Sequence[str]) -> list:
-    return [[os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+    """Size and modification time of every file of the case (a DICOM series: each slice)."""
+    return [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for p in paths for f in case_files(p)]
 
 
 def _hash_record(out_dir: str, paths: Sequence[str]) -> str:
@@ -104,14 +106,14 @@ def _remember_hash(out_dir: str, paths: Sequence[str], stat: list, content: str)
 
 
 def source_hash(paths: Sequence[str]) -> str:
-    if len(paths) == 1:
+    if len(paths) == 1 and case_files(paths[0]) == [paths[0]]:
         return file_digest(paths[0])
-    return hashlib.blake2b("|".join(file_digest(p) for p in paths).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b("|".join(content_key(p, file_digest) for p in paths).encode(), digest_size=16).hexdigest()
 
 
 def _output_stem(paths: Sequence[str], content: str, skey: str) -> str:
     base = os.path.basename(paths[0])
-    base = base[:-7] if base.lower().endswith(".nii.gz") else os.path.splitext(base)[0]
+    base = base[:-7] if base.lower().endswith(".nii.gz") else base if is_series(paths[0]) else os.path.splitext(base)[0]
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base)[:60]
     digest = hashlib.blake2b(f"{content}|{skey}".encode(), digest_size=8).hexdigest()
     return f"{base}-{digest}"
@@ -125,7 +127,7 @@ def _reason(message: str) -> str:
         return "not 3-D"
     if "NaN or Inf" in message:
         return "NaN or Inf voxels"
-    if "not a readable" in message or "truncated" in message or "not a NIfTI" in message:
+    if "not a readable" in message or "truncated" in message or "not a NIfTI" in message or "no reader" in message:
         return "unreadable"
     return "unusable"
 
@@ -168,7 +170,7 @@ def prepare_case(index: int, paths: tuple, settings: Preprocessing, out_dir: str
     skey = settings_key(settings)
     try:
         for p in paths:  # an empty or misnamed file is reported as such, not hashed
-            check_nifti_file(p)
+            check_image_file(p)
         stat_before = _stat_key(paths)
         content = known_source_hash(out_dir, paths, stat_before)
         if content is None:

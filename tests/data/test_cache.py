@@ -109,7 +109,7 @@ def test_wrong_extension_fails_with_and_without_the_cache(folder, tmp_path):
     renamed = tmp_path / "s0.txt"
     shutil.copyfile(folder / "s0.nii.gz", renamed)
     for cache in (False, cdir):
-        with pytest.raises(DataError, match=r"s0\.txt: not a NIfTI file name"):
+        with pytest.raises(DataError, match=r"s0\.txt: no reader for this file name"):
             load_volumes(str(renamed), Preprocessing(), cache=cache)
     # gzip bytes named .nii are read as plain NIfTI by nibabel: not served from the .nii.gz entry
     plain_named = tmp_path / "s0.nii"
