@@ -71,7 +71,7 @@ class ScanVolume:
         sitk.WriteImage(img, str(path))
         return str(path)
 
-    def dicom(self, folder, series_uid=None, order=None, **overrides) -> list:
+    def dicom(self, folder, series_uid=None, order=None, overrides=None) -> list:
         """One file per slice, in shuffled file-name order; ``overrides``: {slice: {keyword: value}}."""
         os.makedirs(folder, exist_ok=True)
         from pydicom.uid import generate_uid
@@ -82,7 +82,7 @@ class ScanVolume:
             fields = dict(ImagePositionPatient=self.positions[k],
                           ImageOrientationPatient=np.concatenate([self.row_cosine, self.column_cosine]),
                           PixelSpacing=self.pixel_spacing, pixels=self.stored[:, :, k].T, InstanceNumber=n + 1)
-            fields.update(overrides.get(k, {}))
+            fields.update((overrides or {}).get(k, {}))
             paths.append(write_slice(os.path.join(folder, f"IM{n:04d}"), series_uid, **fields))
         return paths
 
