@@ -85,7 +85,12 @@ class PretrainConfig(common.RunSettings):
     augment_angle: float = _f(10.0, "geometry: largest crop rotation about each axis, degrees")
     augment_zoom: tuple = _f((0.9, 1.1), "geometry: crop zoom range lo,hi", "floats")
     # model
-    backbone: str = _f("vgg", f"one of {sorted(BACKBONES)} or monai:<NetworkClass>")
+    backbone: str = _f("vgg", f"one of {sorted(BACKBONES)}, monai:<NetworkClass>, nnunet:PlainConvUNet or "
+                              "nnunet:ResidualEncoderUNet")
+    nnunet_plans: str = _f("", "nnunet: backbones: the nnU-Net plans file (nnUNetPlans.json) to build the network "
+                               "from; empty: nnU-Net's defaults with --width features first and as many stages as "
+                               "the cube halves to 2 voxels (at most 6)")
+    nnunet_configuration: str = _f("3d_fullres", "nnunet: backbones: the plans' configuration")
     width: int = _f(8, "channels of the first encoder stage (doubled per stage)")
     norm: str = _f("batch", "batch, instance or group")
     hidden: int = _f(128, "hidden units of each head (one hidden layer; 0: linear)")
@@ -143,8 +148,9 @@ def parse(argv=None):
 
 def check_config(cfg: PretrainConfig) -> None:
     need = common.require
-    need(cfg.backbone in BACKBONES or cfg.backbone.startswith("monai:"),
-         f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)} or monai:<NetworkClass>")
+    need(cfg.backbone in BACKBONES or cfg.backbone.startswith(("monai:", "nnunet:")),
+         f"--backbone: unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}, monai:<NetworkClass> "
+         "or nnunet:<PlainConvUNet|ResidualEncoderUNet>")
     need(cfg.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.rotations in ("paper", "all", "none"), f"--rotations must be paper, all or none, got {cfg.rotations!r}")
     need(cfg.rotation_axis in ROTATION_AXES, f"--rotation-axis must be one of {', '.join(ROTATION_AXES)}, got "
@@ -235,13 +241,24 @@ def make_batch(bank, puzzle, cfg, gen, augment):
 
 def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch.nn.Module:
     try:
-        encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm) if not cfg.backbone.startswith(
-            "monai:") else build_encoder(cfg.backbone)
+        if cfg.backbone.startswith("monai:"):
+            encoder = build_encoder(cfg.backbone)
+        elif cfg.backbone.startswith("nnunet:"):
+            encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm, plans=cfg.nnunet_plans or None,
+                                    configuration=cfg.nnunet_configuration, n_stages=nnunet_stages(cfg.cube_size))
+        else:
+            encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm)
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
                    cube_heads=cfg.cube_heads)
     return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
+
+
+def nnunet_stages(cube_size) -> int:
+    """Stages of an nnU-Net network built from arguments: the deepest sees the cube halved to 2 voxels
+    (instance norm needs more than one), at most nnU-Net's 6 for 3-D."""
+    return max(2, min(6, int(math.log2(max(2, min(cube_size))))))
 
 
 def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
@@ -545,7 +562,8 @@ def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: i
     common.write_json(os.path.splitext(path)[0] + ".json", {
         "backbone": cfg.backbone, "in_channels": cfg.channels, "width": cfg.width, "norm": cfg.norm,
         "cube_size": list(cfg.cube_size), "spacing": cfg.spacing, "intensity": cfg.intensity,
-        "step": step, "source": "rubikops train/pretrain.py"})
+        "step": step, "source": "rubikops train/pretrain.py",
+        **({"nnunet": model.encoder.architecture.to_json()} if hasattr(model.encoder, "architecture") else {})})
 
 
 def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:

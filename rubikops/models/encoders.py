@@ -124,11 +124,16 @@ BACKBONES = {"vgg": VGG3D, "resnet18": ResNet3D18, "unet": UNetEncoder3D}
 
 
 def build_encoder(name: str, in_channels: int = 1, width: int = 32, norm: str = "batch", **kw) -> nn.Module:
-    """An encoder by name: 'vgg', 'resnet18', 'unet', or 'monai:<Class>' (a
+    """An encoder by name: 'vgg', 'resnet18', 'unet', 'monai:<Class>' (a
     MONAI network class whose forward gives a feature map or vector; its
-    keyword arguments go in ``kw``)."""
+    keyword arguments go in ``kw``) or 'nnunet:PlainConvUNet' /
+    'nnunet:ResidualEncoderUNet' (the encoder of the network nnU-Net trains;
+    ``kw``: plans, configuration, n_stages; see rubikops/models/nnunet.py)."""
     if name in BACKBONES:
         return BACKBONES[name](in_channels=in_channels, width=width, norm=norm, **kw)
+    if name.startswith("nnunet:"):
+        from .nnunet import build_nnunet_encoder
+        return build_nnunet_encoder(name.split(":", 1)[1], in_channels, width, norm, **kw)
     if name.startswith("monai:"):
         try:
             import monai.networks.nets as nets
@@ -138,4 +143,5 @@ def build_encoder(name: str, in_channels: int = 1, width: int = 32, norm: str = 
         if cls is None:
             raise ValueError(f"backbone {name!r}: monai.networks.nets has no {name.split(':', 1)[1]!r}")
         return cls(**kw)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or 'monai:<NetworkClass>'")
+    raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}, 'monai:<NetworkClass>' or "
+                     "'nnunet:PlainConvUNet' / 'nnunet:ResidualEncoderUNet'")

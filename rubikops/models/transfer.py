@@ -103,14 +103,16 @@ class LoadReport:
 
 def load_encoder(encoder: nn.Module, state: dict, strict: bool = False) -> LoadReport:
     """Copy a state_dict into ``encoder``; a ``module.`` (DDP) or ``encoder.``
-    (whole-network checkpoint) prefix is stripped.  ``strict``: raise unless
-    every tensor on both sides matched."""
-    for prefix in ("module.", "encoder."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    if any(k.startswith("encoder.") for k in state):  # a SiameseOctad state_dict: take its encoder
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    (whole-network checkpoint) prefix is stripped unless the encoder's own
+    names carry it (an nnU-Net encoder's keys start with ``encoder.``).
+    ``strict``: raise unless every tensor on both sides matched."""
     own = encoder.state_dict()
+    for prefix in ("module.", "encoder."):
+        if state and all(k.startswith(prefix) for k in state) and not all(k in own for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    if any(k.startswith("encoder.") for k in state) and not any(k in own for k in state):
+        # a SiameseOctad state_dict: take its encoder
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     rep = LoadReport()
     usable = {}
     for k, v in state.items():
