@@ -76,7 +76,11 @@ class FinetuneConfig(common.RunSettings):
     val_cases: Optional[str] = _f(None, "your data: cases held out for validation (evaluated and reported apart "
                                         "from the test cases; default: none)", "str")
     # model
-    backbone: str = _f("vgg", f"with --pretrained none: {sorted(BACKBONES)} (else read from encoder.json)")
+    backbone: str = _f("vgg", f"with --pretrained none: {sorted(BACKBONES)}, nnunet:PlainConvUNet or "
+                              "nnunet:ResidualEncoderUNet (else read from encoder.json)")
+    nnunet_plans: str = _f("", "nnunet: backbones with --pretrained none: the nnU-Net plans file to build the "
+                               "network from (empty: nnU-Net's defaults, as many stages as --patch halves to 2)")
+    nnunet_configuration: str = _f("3d_fullres", "nnunet: backbones: the plans' configuration")
     width: int = _f(8, "with --pretrained none: first-stage channels")
     norm: str = _f("batch", "with --pretrained none: batch, instance or group")
     decoder: str = _f("unet", "segmentation: unet or duc (the paper's light 3D DUC decoder)")
@@ -237,6 +241,9 @@ def resolve_pretrained(path: str):
         if isinstance(run, dict) and isinstance(run.get("backbone"), str):
             meta = {"backbone": run["backbone"], "width": run.get("width"), "norm": run.get("norm", "batch"),
                     "in_channels": run.get("channels", 1)}
+            beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "encoder.json")
+            if run["backbone"].startswith("nnunet:") and os.path.exists(beside):  # the network it pretrained
+                meta["nnunet"] = read_encoder_json(beside).get("nnunet")
         state = state["model"]
     elif os.path.exists(os.path.splitext(path)[0] + ".json"):
         meta = read_encoder_json(os.path.splitext(path)[0] + ".json")
@@ -256,17 +263,13 @@ def build_model(cfg, num_classes: int, in_channels: int):
             raise UserError(f"--pretrained: encoder takes {meta['in_channels']} channel(s), data has {in_channels}")
     else:
         backbone, width, norm = cfg.backbone, cfg.width, cfg.norm
+    if backbone.startswith("nnunet:"):
+        return build_nnunet_model(cfg, meta, state, backbone, num_classes, in_channels)
     if backbone not in BACKBONES:
-        raise UserError(f"--backbone: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        raise UserError(f"--backbone: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)} or "
+                        "nnunet:<PlainConvUNet|ResidualEncoderUNet>")
     encoder = build_encoder(backbone, in_channels, width, norm)
-    report = load_encoder(encoder, state) if state is not None else None
-    partial = report is not None and (report.missing or report.unexpected or report.mismatched)
-    if partial and not cfg.allow_partial_load:
-        counts = report.summary().splitlines()[0].removeprefix("encoder weights: ")
-        raise UserError(f"--pretrained: {cfg.pretrained}: does not fit a {backbone} encoder of width {width} "
-                        f"({counts}); pass the --backbone and --width it was pretrained with (or keep its "
-                        "encoder.json beside it), or --allow-partial-load to fine-tune with the rest randomly "
-                        "initialised")
+    report = check_load(cfg, encoder, state, f"a {backbone} encoder of width {width}")
     if cfg.task == "classification":
         model = Classifier(encoder, num_classes, cfg.dropout)
     elif cfg.decoder == "unet":
@@ -276,6 +279,44 @@ def build_model(cfg, num_classes: int, in_channels: int):
     else:
         raise UserError(f"--decoder must be unet or duc, got {cfg.decoder!r}")
     return model, report
+
+
+def build_nnunet_model(cfg, meta, state, backbone: str, num_classes: int, in_channels: int):
+    """The nnU-Net network itself (segmentation; its own decoder) or its encoder under a classifier, with
+    the pretrained encoder loaded; the network is the one the pretraining recorded, else --nnunet-plans or
+    nnU-Net's defaults."""
+    from rubikops.models.nnunet import NnUNetArchitecture, NnUNetEncoder, NnUNetSegmenter, nnunet_architecture, \
+        stages_for
+    try:
+        if meta is not None and meta.get("nnunet"):
+            arch = NnUNetArchitecture.from_json(meta["nnunet"])
+        else:
+            width = int(meta.get("width") or cfg.width) if meta else cfg.width
+            arch = nnunet_architecture(backbone.split(":", 1)[1], in_channels, width,
+                                       meta.get("norm", "batch") if meta else cfg.norm, cfg.nnunet_plans or None,
+                                       cfg.nnunet_configuration, stages_for(cfg.patch))
+        if cfg.task == "classification":
+            encoder = NnUNetEncoder(arch)
+            model = Classifier(encoder, num_classes, cfg.dropout)
+        else:
+            model = NnUNetSegmenter(arch, num_classes)
+            encoder = model.encoder
+    except ValueError as exc:
+        raise UserError(f"--backbone {backbone}: {exc}") from None
+    return model, check_load(cfg, encoder, state, f"the {arch.short_name} of {arch.source}")
+
+
+def check_load(cfg, encoder, state, what: str):
+    """Load the pretrained ``state`` into ``encoder``: a partial fit is refused unless --allow-partial-load."""
+    report = load_encoder(encoder, state) if state is not None else None
+    partial = report is not None and (report.missing or report.unexpected or report.mismatched)
+    if partial and not cfg.allow_partial_load:
+        counts = report.summary().splitlines()[0].removeprefix("encoder weights: ")
+        raise UserError(f"--pretrained: {cfg.pretrained}: does not fit {what} "
+                        f"({counts}); pass the --backbone and --width it was pretrained with (or keep its "
+                        "encoder.json beside it), or --allow-partial-load to fine-tune with the rest randomly "
+                        "initialised")
+    return report
 
 
 def class_weights(cfg, counts: np.ndarray) -> Optional[torch.Tensor]:

@@ -38,6 +38,7 @@ from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, ma
 from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
 from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
+from rubikops.models.nnunet import stages_for  # noqa: E402
 
 
 _f = common.setting
@@ -245,7 +246,7 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
             encoder = build_encoder(cfg.backbone)
         elif cfg.backbone.startswith("nnunet:"):
             encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm, plans=cfg.nnunet_plans or None,
-                                    configuration=cfg.nnunet_configuration, n_stages=nnunet_stages(cfg.cube_size))
+                                    configuration=cfg.nnunet_configuration, n_stages=stages_for(cfg.cube_size))
         else:
             encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm)
     except (ValueError, TypeError) as exc:
@@ -253,12 +254,6 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
                    cube_heads=cfg.cube_heads)
     return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
-
-
-def nnunet_stages(cube_size) -> int:
-    """Stages of an nnU-Net network built from arguments: the deepest sees the cube halved to 2 voxels
-    (instance norm needs more than one), at most nnU-Net's 6 for 3-D."""
-    return max(2, min(6, int(math.log2(max(2, min(cube_size))))))
 
 
 def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pydoc
 from dataclasses import dataclass, field
 from typing import Optional
@@ -204,17 +205,29 @@ class NnUNetSegmenter(nn.Module):
         return self.network(x)[..., :size[0], :size[1], :size[2]]
 
 
-def build_nnunet_encoder(name: str, in_channels: int = 1, width: int = BASE_FEATURES, norm: str = "instance",
-                         plans: Optional[str] = None, configuration: str = "3d_fullres",
-                         n_stages: int = 5) -> NnUNetEncoder:
-    """``nnunet:<name>``'s encoder: from ``plans`` (its network class must be ``name``) or from arguments."""
+def stages_for(size) -> int:
+    """Stages of a network built from arguments for inputs of ``size`` voxels: the deepest sees them
+    halved to 2 voxels (instance norm needs more than one), at most nnU-Net's 6 for 3-D."""
+    return max(2, min(6, int(math.log2(max(2, min(size))))))
+
+
+def nnunet_architecture(name: str, in_channels: int = 1, width: int = BASE_FEATURES, norm: str = "instance",
+                        plans: Optional[str] = None, configuration: str = "3d_fullres",
+                        n_stages: int = 5) -> NnUNetArchitecture:
+    """``nnunet:<name>``'s network: from ``plans`` (its network class must be ``name``) or from arguments."""
     if plans:
         arch = NnUNetArchitecture.from_plans(plans, configuration, in_channels)
         if arch.short_name != name:
             raise ValueError(f"nnunet:{name}: {plans} configuration {configuration!r} builds a {arch.short_name}")
-    else:
-        arch = NnUNetArchitecture.default(name, in_channels, width, norm, n_stages)
-    return NnUNetEncoder(arch)
+        return arch
+    return NnUNetArchitecture.default(name, in_channels, width, norm, n_stages)
+
+
+def build_nnunet_encoder(name: str, in_channels: int = 1, width: int = BASE_FEATURES, norm: str = "instance",
+                         plans: Optional[str] = None, configuration: str = "3d_fullres",
+                         n_stages: int = 5) -> NnUNetEncoder:
+    """``nnunet:<name>``'s encoder (``nnunet_architecture``'s arguments)."""
+    return NnUNetEncoder(nnunet_architecture(name, in_channels, width, norm, plans, configuration, n_stages))
 
 
 # -- export ---------------------------------------------------------------------------------------
