@@ -88,9 +88,8 @@ class PretrainConfig(common.RunSettings):
     # model
     backbone: str = _f("vgg", f"one of {sorted(BACKBONES)}, monai:<NetworkClass>, nnunet:PlainConvUNet or "
                               "nnunet:ResidualEncoderUNet")
-    nnunet_plans: str = _f("", "nnunet: backbones: the nnU-Net plans file (nnUNetPlans.json) to build the network "
-                               "from; empty: nnU-Net's defaults with --width features first and as many stages as "
-                               "the cube halves to 2 voxels (at most 6)")
+    nnunet_plans: str = _f("", "nnunet: backbones: the nnU-Net plans file to build the network from (empty: "
+                               "nnU-Net's defaults, --width features first, stages until the cube is 2 voxels)")
     nnunet_configuration: str = _f("3d_fullres", "nnunet: backbones: the plans' configuration")
     width: int = _f(8, "channels of the first encoder stage (doubled per stage)")
     norm: str = _f("batch", "batch, instance or group")
@@ -241,14 +240,11 @@ def make_batch(bank, puzzle, cfg, gen, augment):
 
 
 def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch.nn.Module:
+    nnunet = dict(plans=cfg.nnunet_plans or None, configuration=cfg.nnunet_configuration,
+                  n_stages=stages_for(cfg.cube_size)) if cfg.backbone.startswith("nnunet:") else {}
     try:
-        if cfg.backbone.startswith("monai:"):
-            encoder = build_encoder(cfg.backbone)
-        elif cfg.backbone.startswith("nnunet:"):
-            encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm, plans=cfg.nnunet_plans or None,
-                                    configuration=cfg.nnunet_configuration, n_stages=stages_for(cfg.cube_size))
-        else:
-            encoder = build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm)
+        encoder = (build_encoder(cfg.backbone) if cfg.backbone.startswith("monai:")
+                   else build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm, **nnunet))
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
