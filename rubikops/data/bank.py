@@ -248,6 +248,9 @@ class VolumeBank(BankPuzzles, VolumeSource):
         self.dtype = storage_dtype(dtype, "VolumeBank")
         self.device = torch.device(device)
         self.names, arrays, stats_known = bank_inputs(volumes, shard, names, "VolumeBank")
+        mine = take_shard(list(volumes), shard, "VolumeBank") if shard is not None else list(volumes)
+        # where each volume lies in the world (RAS, mm), for Volumes; None for bare arrays
+        self.affines = [np.asarray(v.affine, dtype=np.float64) if isinstance(v, Volume) else None for v in mine]
         C = arrays[0].shape[0]
         shapes = np.array([a.shape[1:] for a in arrays], dtype=np.int64)
         total_d, max_h, max_w = int(shapes[:, 0].sum()), int(shapes[:, 1].max()), int(shapes[:, 2].max())
@@ -274,7 +277,20 @@ class VolumeBank(BankPuzzles, VolumeSource):
         self.stats = (torch.tensor(mean, **f64), torch.tensor(std, **f64))
         self._voxels = int(np.prod(shapes, axis=1).sum()) * C
 
+    @classmethod
+    def from_monai(cls, items, key: str = "image", **kwargs) -> "VolumeBank":
+        """A bank of a MONAI dataset (or list) of dictionaries of channel-first MetaTensors
+        (``key``'s entry) or of MetaTensors; ``affines`` and ``spacings`` keep where they lie."""
+        from .from_monai import volumes_from_monai
+        return cls(volumes_from_monai(items, key), **kwargs)
+
     # -- facts ---------------------------------------------------------------------------
+    @property
+    def spacings(self) -> list:
+        """Each volume's voxel size in mm (None for a bare array)."""
+        return [None if a is None else tuple(float(s) for s in np.linalg.norm(a[:3, :3], axis=0))
+                for a in self.affines]
+
     @property
     def nbytes(self) -> int:
         return self.storage.numel() * self.storage.element_size()
