@@ -62,6 +62,7 @@ class PrepareReport:
     prepared: list = field(default_factory=list)   # sources processed in this run
     reused: list = field(default_factory=list)     # sources whose output was already there
     skipped: list = field(default_factory=list)    # {"file", "reason", "detail"}
+    notes: list = field(default_factory=list)      # files a prepared case left out (DICOM localizers), with why
     stopped: bool = False                          # stop_after ended the run early
     manifest: Optional[str] = None                 # manifest.json, once every rank's part is there
 
@@ -73,6 +74,8 @@ class PrepareReport:
             s += " (stopped early; run again to finish)"
         for item in self.skipped:
             s += f"\n  {item['file']}: {item['reason']}: {item['detail']}"
+        if self.notes:
+            s += "\nleft out of prepared cases:" + "".join(f"\n  {n}" for n in self.notes)
         s += f"\n{self.manifest or 'manifest.json not written yet: waiting for the other ranks'}"
         return s
 
@@ -270,6 +273,7 @@ def prepare(files_or_spec: Union[str, Sequence], out_dir: str, settings: Preproc
         else:
             first[r["source_hash"]] = name
             (report.prepared if r["status"] == "prepared" else report.reused).append(name)
+            report.notes += r["entry"]["meta"].get("skipped_files", [])
     if _reached(results, stop_after):
         report.stopped = True
         return report

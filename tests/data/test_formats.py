@@ -193,6 +193,8 @@ def test_localizer_is_skipped_with_its_reason(tmp_path, by):
     assert report.volumes[0].meta["skipped_files"] == [f"{scout}: {reason}"]
     assert report.notes == [(str(tmp_path / "s"), f"{scout}: {reason}")]
     assert reason in report.summary()
+    prepared = prepare(str(tmp_path / "s"), str(tmp_path / "out"), Preprocessing(orientation=None), progress=False)
+    assert prepared.notes == [f"{scout}: {reason}"] and reason in prepared.summary()
 
 
 def test_missing_optional_reader_is_one_line(tmp_path, monkeypatch):
@@ -226,3 +228,41 @@ def test_bad_files_of_the_itk_formats(tmp_path):
     report = load_volumes(str(tmp_path), skip_bad=True, cache=False)
     assert [os.path.basename(c) for c, _ in report.skipped] == ["empty.mha", "flat.mha", "junk.nrrd"]
     np.testing.assert_array_equal(report.volumes[0].data[0], ras_reference(vol)[0])
+
+
+def test_hand_written_headers_give_the_world_their_spec_defines(tmp_path):
+    """NRRD and MetaImage headers written by hand, not by SimpleITK: a NRRD in
+    right-anterior-superior space is RAS as written; a MetaImage's Offset and
+    TransformMatrix are LPS (ITK's world), so x and y flip into RAS."""
+    rng = np.random.default_rng(12)
+    data = rng.normal(size=(4, 3, 2)).astype("<f4")  # (X, Y, Z); both formats store x fastest
+    raw = data.tobytes(order="F")
+    (tmp_path / "ras.nrrd").write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nspace: right-anterior-superior\nsizes: 4 3 2\n"
+        b"space directions: (0,0.5,0) (-0.8,0,0) (0,0,2)\nkinds: domain domain domain\nendian: little\n"
+        b"encoding: raw\nspace origin: (10,20,30)\n\n" + raw)
+    want = np.array([[0, -0.8, 0, 10], [0.5, 0, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
+    vol = load_image(str(tmp_path / "ras.nrrd"))
+    np.testing.assert_array_equal(vol.data[0], data)
+    np.testing.assert_allclose(vol.affine, want, atol=1e-12)
+    (tmp_path / "lps.mha").write_bytes(
+        b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        b"TransformMatrix = 0 1 0 -1 0 0 0 0 1\nOffset = 10 20 30\nElementSpacing = 0.5 0.8 2\n"
+        b"DimSize = 4 3 2\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n" + raw)
+    # TransformMatrix lists the direction matrix row by row: column j is voxel axis j's direction (LPS)
+    lps = np.array([[0, -0.8, 0, 10], [0.5, 0, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
+    vol = load_image(str(tmp_path / "lps.mha"))
+    np.testing.assert_array_equal(vol.data[0], data)
+    np.testing.assert_allclose(vol.affine, np.diag([-1.0, -1, 1, 1]) @ lps, atol=1e-12)
+
+
+def test_four_d_metaimage_follows_frames(tmp_path):
+    import SimpleITK as sitk
+    rng = np.random.default_rng(13)
+    frames = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)  # (T, X, Y, Z)
+    img = sitk.JoinSeries([sitk.GetImageFromArray(f.transpose(2, 1, 0)) for f in frames])
+    sitk.WriteImage(img, str(tmp_path / "t.mha"))
+    with pytest.raises(DataError, match=r"t\.mha: 4-D image of shape \(5, 4, 6, 3\); pass frames="):
+        load_image(str(tmp_path / "t.mha"))
+    np.testing.assert_array_equal(load_image(str(tmp_path / "t.mha"), frames="channels").data, frames)
+    np.testing.assert_array_equal(load_image(str(tmp_path / "t.mha"), frames=1).data[0], frames[1])
