@@ -241,19 +241,18 @@ def test_hand_written_headers_give_the_world_their_spec_defines(tmp_path):
         b"NRRD0004\ntype: float\ndimension: 3\nspace: right-anterior-superior\nsizes: 4 3 2\n"
         b"space directions: (0,0.5,0) (-0.8,0,0) (0,0,2)\nkinds: domain domain domain\nendian: little\n"
         b"encoding: raw\nspace origin: (10,20,30)\n\n" + raw)
-    want = np.array([[0, -0.8, 0, 10], [0.5, 0, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
-    vol = load_image(str(tmp_path / "ras.nrrd"))
-    np.testing.assert_array_equal(vol.data[0], data)
-    np.testing.assert_allclose(vol.affine, want, atol=1e-12)
     (tmp_path / "lps.mha").write_bytes(
         b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
         b"TransformMatrix = 0 1 0 -1 0 0 0 0 1\nOffset = 10 20 30\nElementSpacing = 0.5 0.8 2\n"
         b"DimSize = 4 3 2\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n" + raw)
-    # TransformMatrix lists the direction matrix row by row: column j is voxel axis j's direction (LPS)
-    lps = np.array([[0, -0.8, 0, 10], [0.5, 0, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
-    vol = load_image(str(tmp_path / "lps.mha"))
-    np.testing.assert_array_equal(vol.data[0], data)
-    np.testing.assert_allclose(vol.affine, np.diag([-1.0, -1, 1, 1]) @ lps, atol=1e-12)
+    # both headers give the same numbers: axis 0 along the second world axis, axis 1 against the
+    # first (TransformMatrix lists each voxel axis's direction in turn); the NRRD's world is RAS,
+    # the MetaImage's LPS
+    grid = np.array([[0, -0.8, 0, 10], [0.5, 0, 0, 20], [0, 0, 2, 30], [0, 0, 0, 1.0]])
+    for name, want in (("ras.nrrd", grid), ("lps.mha", np.diag([-1.0, -1, 1, 1]) @ grid)):
+        vol = load_image(str(tmp_path / name))
+        np.testing.assert_array_equal(vol.data[0], data)
+        np.testing.assert_allclose(vol.affine, want, atol=1e-12, err_msg=name)
 
 
 def test_four_d_metaimage_follows_frames(tmp_path):
