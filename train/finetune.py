@@ -295,6 +295,8 @@ def build_nnunet_model(cfg, meta, state, backbone: str, num_classes: int, in_cha
             arch = nnunet_architecture(backbone.split(":", 1)[1], in_channels, width,
                                        meta.get("norm", "batch") if meta else cfg.norm, cfg.nnunet_plans or None,
                                        cfg.nnunet_configuration, stages_for(cfg.patch))
+        if cfg.task == "segmentation":
+            arch.check_input(cfg.patch, "--patch")
         if cfg.task == "classification":
             encoder = NnUNetEncoder(arch)
             model = Classifier(encoder, num_classes, cfg.dropout)

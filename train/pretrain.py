@@ -245,6 +245,8 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
     try:
         encoder = (build_encoder(cfg.backbone) if cfg.backbone.startswith("monai:")
                    else build_encoder(cfg.backbone, cfg.channels, cfg.width, cfg.norm, **nnunet))
+        if nnunet:
+            encoder.architecture.check_input(cfg.cube_size, "--cube-size")
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,

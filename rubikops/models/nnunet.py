@@ -78,6 +78,17 @@ class NnUNetArchitecture:
             out = [a * int(b) for a, b in zip(out, s)]
         return tuple(out)
 
+    def check_input(self, size, what: str) -> None:
+        """A ValueError unless inputs of ``size`` voxels (padded to the total stride) leave the
+        deepest stage more than one voxel: instance norm cannot normalise a single one."""
+        stride = self.total_stride
+        size = tuple(int(s) for s in size) * (3 if len(size) == 1 else 1)
+        deepest = [-(-n // s) for n, s in zip(size, stride)]
+        if math.prod(deepest) < 2:
+            need = tuple(2 * s for s in stride)
+            raise ValueError(f"{what} {size} is too small for {self.short_name} from {self.source}: its total "
+                             f"stride {stride} leaves one voxel at the deepest stage (use at least {need})")
+
     def to_json(self) -> dict:
         return {"network_class_name": self.network_class_name, "arch_kwargs": self.arch_kwargs,
                 "_kw_requires_import": list(self.kw_requires_import), "in_channels": self.in_channels,

@@ -138,6 +138,11 @@ def test_default_architecture_trains_and_a_plans_mismatch_is_one_line(data, tmp_
     rc, cap = _run(pretrain.main, tiny_args(data, tmp_path / "r2", tmp_path / "cache", "--backbone",
                                             "nnunet:Unknown"), capsys)
     assert rc == 2 and "nnunet:Unknown: choose one of nnunet:PlainConvUNet" in cap.err
+    deep = write_plans(tmp_path / "deep.json", arch=dict(ARCH, strides=[[1, 1, 1], [2, 2, 2], [4, 4, 4]]))
+    rc, cap = _run(pretrain.main, tiny_args(data, tmp_path / "r3", tmp_path / "cache", "--backbone",
+                                            "nnunet:PlainConvUNet", "--nnunet-plans", deep), capsys)
+    assert rc == 2 and cap.err.count("\n") == 1
+    assert "--cube-size (8, 8, 8) is too small for PlainConvUNet" in cap.err and "(use at least (16, 16, 16))" in cap.err
 
 
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
