@@ -110,8 +110,11 @@ def main(argv=None) -> int:
     with atomic_path(args.out) as tmp:
         torch.save(payload, tmp)
     print(report.summary())
-    print(f"wrote {args.out}: {len(payload['network_weights'])} tensors of {target.short_name} "
-          f"({target.source}); fine-tune with nnUNetv2_train ... -pretrained_weights {args.out}")
+    weights = payload["network_weights"]
+    aliases = sum(k.startswith("decoder.encoder.") for k in weights)
+    print(f"wrote {args.out}: {len(weights)} tensors of {target.short_name} ({target.source})"
+          + (f", {aliases} of them the decoder's references to the encoder" if aliases else "")
+          + f"; fine-tune with nnUNetv2_train ... -pretrained_weights {args.out}")
     return 0
 
 
