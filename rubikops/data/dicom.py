@@ -149,7 +149,7 @@ def find_series(folder: str) -> list:
     """The DICOM series cases under ``folder`` (its subfolders included)."""
     cases = []
     for root, dirs, _ in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # not .git, .cache, ...
         if not any(is_dicom_file(os.path.join(root, n)) for n in os.listdir(root)
                    if os.path.isfile(os.path.join(root, n)) and not n.lower().endswith(NOT_SLICES)):
             continue
@@ -257,7 +257,8 @@ def check_slices(case: str, uid: str, headers: list) -> tuple:
     positions = np.asarray([h.position for h in kept])
     along = (positions - positions[0]) @ normal
     gaps = np.diff(along)
-    same = np.flatnonzero(gaps < max(1e-3, 0.1 * gaps.max()))
+    # a repeated position is repeated exactly in the header (or to its printed digits)
+    same = np.flatnonzero(gaps < max(1e-3, 0.01 * float(np.median(gaps))))
     if same.size:
         i = int(same[0])
         raise DataError(f"{name}: two slices at one position ({along[i]:.3f} mm along the normal): {kept[i].file} "
