@@ -47,8 +47,8 @@ _f = common.setting
 @dataclass
 class PretrainConfig(common.RunSettings):
     # data
-    data: Optional[str] = _f(None, "NIfTI folder, glob, file or comma-separated list; default: the bundled "
-                                   "MRI and CT templates (requirements-data.txt)", "str")
+    data: Optional[str] = _f(None, "scans (NIfTI, NRRD, MHA, DICOM series): folder, glob, file or comma list; "
+                                   "default: the bundled MRI and CT templates (requirements-data.txt)", "str")
     data_prepared: Optional[str] = _f(None, "a folder made by python -m rubikops.data prepare: each rank memory-maps "
                                             "only its share; the folder's preprocessing applies. With --data too: "
                                             "prepare --data into it first (each rank its slice of the files, "

@@ -1,5 +1,6 @@
 """``python -m rubikops.data info PATH [--spacing S] [--intensity MODE] ...``:
-what a folder of scans (NIfTI, NRRD, MetaImage, DICOM series) holds and what preprocessing would make of it.
+what a folder of scans (NIfTI, NRRD, MetaImage, DICOM series) holds and
+what preprocessing would make of it.
 ``python -m rubikops.data prepare SRC --out DIR --workers N``: preprocess
 once, in parallel and resumably, into a folder that training ranks read
 their share of (rubikops/data/prepared.py).
