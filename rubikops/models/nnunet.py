@@ -198,14 +198,22 @@ class NnUNetEncoder(nn.Module):
 
 
 class NnUNetSegmenter(nn.Module):
-    """The whole nnU-Net network for fine-tuning here: inputs are padded to
-    a multiple of the total stride (nnU-Net's patch sizes are by plan) and
-    the logits cropped back."""
+    """The whole nnU-Net network, for fine-tuning here or for a dense pretext
+    task that pretrains the decoder too: inputs are padded to a multiple of
+    the total stride (nnU-Net's patch sizes are by plan) and the output
+    cropped back.  ``encoder``: an :class:`NnUNetEncoder` to build the
+    network around (its modules become the network's encoder), so a task
+    handed the backbone pretrains nnU-Net's own decoder on it; its
+    state_dict then holds every nnU-Net key under ``network.``."""
 
-    def __init__(self, architecture: NnUNetArchitecture, num_classes: int):
+    def __init__(self, architecture: NnUNetArchitecture, num_classes: int, encoder: Optional[NnUNetEncoder] = None):
         super().__init__()
         self.network = architecture.build(num_classes)
-        self.encoder = NnUNetEncoder(architecture, self.network)  # shares the network's encoder
+        if encoder is not None:
+            # the decoder keeps a reference to the encoder it was built for (nnU-Net's state_dict lists
+            # it as decoder.encoder.*): both must be the given one
+            self.network.encoder = self.network.decoder.encoder = encoder.encoder
+        self.encoder = encoder if encoder is not None else NnUNetEncoder(architecture, self.network)
         self.multiple = architecture.total_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,35 @@ def test_whole_network_pretraining_exports_its_decoder_too(tmp_path, capsys):
             assert torch.equal(value, dense.state_dict()[key]), key
 
 
+def test_a_dense_model_around_the_backbone_exports_the_whole_network(tmp_path, capsys):
+    """What a dense pretext task does with an nnunet: backbone: NnUNetSegmenter around it, so nnU-Net's
+    own decoder is trained on the same encoder and the export takes both."""
+    from rubikops.models import build_encoder
+    from rubikops.models.nnunet import NnUNetSegmenter
+    plans = write_plans(tmp_path / "p.json")
+    backbone = build_encoder("nnunet:PlainConvUNet", plans=plans)
+    dense = NnUNetSegmenter(backbone.architecture, 1, encoder=backbone)
+    assert dense.network.encoder is backbone.encoder and dense.network.decoder.encoder is backbone.encoder
+    opt = torch.optim.SGD(dense.parameters(), lr=0.1)
+    x = torch.randn(2, 1, 12, 16, 16)
+    for _ in range(2):  # a few restoration steps
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(dense(x), x).backward()
+        opt.step()
+    torch.save({"model": {"task." + k: v for k, v in dense.state_dict().items()}, "step": 2},
+               tmp_path / "ckpt.pt")
+    rc, cap = _run(export.main, [str(tmp_path / "ckpt.pt"), "--plans", plans, "--out", str(tmp_path / "w.pth")],
+                   capsys)
+    assert rc == 0, cap.err
+    assert "the whole network (encoder and decoder) is pretrained" in cap.out
+    net = nnunet_network(plans)
+    nnunet_loader.load_pretrained_weights(net, str(tmp_path / "w.pth"))
+    trained = dense.network.state_dict()
+    for key, value in net.state_dict().items():
+        if ".seg_layers." not in key:
+            assert torch.equal(value, trained[key]), key
+
+
 def test_default_architecture_trains_and_a_plans_mismatch_is_one_line(data, tmp_path, capsys):
     out = tmp_path / "run"
     rc, cap = _run(pretrain.main, tiny_args(data, out, tmp_path / "cache", "--backbone", "nnunet:ResidualEncoderUNet",
