@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .formats import load_image
 from .nifti import DataError, Volume, load_nifti
 from .preprocess import Preprocessing, crop, preprocess
 
@@ -233,13 +234,14 @@ def lesion_classification_task(num_cases: int = 120, spacing: float = 4.0, seed:
 # -- the user's own labelled data --------------------------------------------------------------------
 def paired_segmentation(images: Sequence[str], labels: Sequence[str],
                         settings: Preprocessing = Preprocessing()) -> list:
-    """Image + label-map pairs (same subject, same grid after reorientation)."""
+    """Image + label-map pairs (same subject, same grid after reorientation), in any format
+    ``load_image`` reads (a DICOM series with an NRRD or NIfTI label map, ...)."""
     if len(images) != len(labels):
         raise DataError(f"paired_segmentation: {len(images)} images but {len(labels)} label maps")
     cases = []
     for im, lb in zip(images, labels):
-        image = load_nifti(im, frames=settings.frames, allow_nonfinite=settings.allow_nonfinite)
-        label = load_nifti(lb, label=True)
+        image = load_image(im, frames=settings.frames, allow_nonfinite=settings.allow_nonfinite)
+        label = load_image(lb, label=True)
         image, label = preprocess(image, settings, label=label)
         cases.append(SegmentationCase(image, label, os.path.basename(im)))
     return cases
@@ -264,6 +266,6 @@ def csv_classification(csv_path: str, settings: Preprocessing = Preprocessing(),
     cases = []
     for r in rows:
         path = r[image_column] if os.path.isabs(r[image_column]) else os.path.join(base, r[image_column])
-        vol = preprocess(load_nifti(path, frames=settings.frames), settings)
+        vol = preprocess(load_image(path, frames=settings.frames), settings)
         cases.append(ClassificationCase(vol, names.index(r[label_column]), os.path.basename(path)))
     return cases, names

@@ -265,3 +265,25 @@ def test_four_d_metaimage_follows_frames(tmp_path):
         load_image(str(tmp_path / "t.mha"))
     np.testing.assert_array_equal(load_image(str(tmp_path / "t.mha"), frames="channels").data, frames)
     np.testing.assert_array_equal(load_image(str(tmp_path / "t.mha"), frames=1).data[0], frames[1])
+
+
+def test_a_dicom_image_pairs_with_an_nrrd_label_map(tmp_path):
+    """Fine-tuning's own-data path (paired_segmentation) takes every format: the label keeps its
+    integers and its grid is checked against the image's after both are reoriented."""
+    from rubikops.data.default import paired_segmentation
+    vol = ScanVolume(seed=14)
+    vol.dicom(tmp_path / "ct")
+    labels = ScanVolume(seed=14)
+    labels.data = (vol.data > 0).astype(np.float32) + (vol.data > 500)
+    labels.itk(tmp_path / "seg.nrrd", dtype=np.uint8)
+    case = paired_segmentation([str(tmp_path / "ct")], [str(tmp_path / "seg.nrrd")])[0]
+    want_image, _ = ras_reference(vol)
+    want_label, _ = ras_reference(labels)
+    np.testing.assert_array_equal(case.image.data[0], want_image)
+    assert case.label.data.dtype == np.int64
+    np.testing.assert_array_equal(case.label.data[0], want_label.astype(np.int64))
+    shifted = ScanVolume(seed=14, origin=(-30.5, 22.25, 61.0))
+    shifted.data = labels.data
+    shifted.itk(tmp_path / "elsewhere.nrrd", dtype=np.uint8)
+    with pytest.raises(DataError, match=r"elsewhere\.nrrd: label grid .* does not match image"):
+        paired_segmentation([str(tmp_path / "ct")], [str(tmp_path / "elsewhere.nrrd")])

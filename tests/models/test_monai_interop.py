@@ -92,8 +92,10 @@ def test_bank_from_a_list_of_metatensor_dicts_keeps_affines_and_spacing():
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(1, 9, 7, 8)).astype(np.float32), rng.normal(size=(1, 6, 10, 5)).astype(np.float32)]
     affines = [_affine(1), _affine(2)]
-    items = [{"image": MetaTensor(torch.from_numpy(a), affine=torch.from_numpy(f)), "label": 0}
-             for a, f in zip(arrays, affines)]
+    # the second as a float64 Fortran-ordered (non-contiguous) tensor: taken by value, not by layout
+    tensors = [torch.from_numpy(arrays[0]), torch.from_numpy(np.asfortranarray(arrays[1].astype(np.float64)))]
+    assert not tensors[1].is_contiguous()
+    items = [{"image": MetaTensor(t, affine=torch.from_numpy(f)), "label": 0} for t, f in zip(tensors, affines)]
     lps = MetaTensor(torch.from_numpy(arrays[0]), affine=torch.from_numpy(np.diag([-1.0, -1, 1, 1]) @ affines[0]),
                      meta={"space": "LPS"})
     items.append({"image": lps})
