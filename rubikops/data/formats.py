@@ -44,18 +44,18 @@ def read_itk(path: str, what: str) -> RawImage:
     sitk = require("SimpleITK", "SimpleITK", path, what)
     try:
         img = sitk.ReadImage(path)
-        arr = sitk.GetArrayViewFromImage(img).copy()
+        arr = sitk.GetArrayFromImage(img)
     except RuntimeError as exc:
         raise DataError(f"{path}: not a readable {what} file ({_itk_message(exc)})") from None
     dim = img.GetDimension()
+    if dim < 3:  # before the component axis could pass a 2-D colour image for a volume
+        raise DataError(f"{path}: {dim}-D image of shape {tuple(img.GetSize())}, expected a 3-D volume")
     components = img.GetNumberOfComponentsPerPixel()
     # SimpleITK's array is (Z, Y, X) (plus a trailing component axis for vector pixels; a
     # leading T for 4-D): reverse the spatial axes to (X, Y, Z), frames/components last
     if components > 1:
         arr = np.moveaxis(arr, -1, 0)
     arr = arr.transpose(tuple(range(arr.ndim - 1, -1, -1)))
-    if dim < 3:
-        return RawImage(arr, np.eye(4), False, {})  # refused as 2-D by load_channels
     spacing = np.asarray(img.GetSpacing(), dtype=np.float64)[:3]
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise DataError(f"{path}: voxel spacing {tuple(spacing.tolist())} has a zero, negative or non-finite entry")

@@ -217,16 +217,19 @@ def test_bad_files_of_the_itk_formats(tmp_path):
     (tmp_path / "junk.nrrd").write_bytes(b"NRRD0004\ntype: what\n\n")
     import SimpleITK as sitk
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.float32)), str(tmp_path / "flat.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 3), np.uint8), isVector=True), str(tmp_path / "rgb.mha"))
     with pytest.raises(DataError, match=r"empty\.mha: file is empty"):
         load_image(str(tmp_path / "empty.mha"))
     with pytest.raises(DataError, match=r"junk\.nrrd: not a readable NRRD file \(.+\)$"):
         load_image(str(tmp_path / "junk.nrrd"))
     with pytest.raises(DataError, match=r"flat\.mha: 2-D image of shape \(5, 4\), expected a 3-D volume"):
         load_image(str(tmp_path / "flat.mha"))
+    with pytest.raises(DataError, match=r"rgb\.mha: 2-D image of shape \(5, 4\), expected a 3-D volume"):
+        load_image(str(tmp_path / "rgb.mha"))  # three colour components are not three slices
     vol = ScanVolume(seed=11)
     vol.itk(tmp_path / "good.mha")
     report = load_volumes(str(tmp_path), skip_bad=True, cache=False)
-    assert [os.path.basename(c) for c, _ in report.skipped] == ["empty.mha", "flat.mha", "junk.nrrd"]
+    assert [os.path.basename(c) for c, _ in report.skipped] == ["empty.mha", "flat.mha", "junk.nrrd", "rgb.mha"]
     np.testing.assert_array_equal(report.volumes[0].data[0], ras_reference(vol)[0])
 
 
