@@ -56,6 +56,7 @@ GAP_TOLERANCE = 0.01
 ORIENTATION_TOLERANCE = 1e-3
 TILT_TOLERANCE_DEG = 0.05
 WHAT = "DICOM"
+NO_UID = "no-SeriesInstanceUID"  # the series of the files that lack one
 
 
 @dataclass
@@ -101,7 +102,7 @@ def read_header(path: str) -> SliceHeader:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
     except Exception as exc:  # pydicom raises several types for a broken file
         raise DataError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    uid = str(ds.get("SeriesInstanceUID", "") or "") or NO_UID
     if "Rows" not in ds or "Columns" not in ds:
         return SliceHeader(path, uid, False)
     return SliceHeader(
@@ -193,13 +194,18 @@ def series_files(case: str) -> list:
 
 
 def _majority(values: list, close) -> tuple:
-    """The value most slices share (``close(a, b)`` says two agree) and its count."""
-    best, count = values[0], 0
+    """The value most slices share (``close(a, b)`` says two agree) and its count: one pass
+    over the few distinct values (a series has one orientation, plus its localizers')."""
+    groups: list = []  # [first value, count]
     for v in values:
-        n = sum(close(v, w) for w in values)
-        if n > count:
-            best, count = v, n
-    return best, count
+        for g in groups:
+            if close(v, g[0]):
+                g[1] += 1
+                break
+        else:
+            groups.append([v, 1])
+    best = max(groups, key=lambda g: g[1])
+    return best[0], best[1]
 
 
 def _same_orientation(a, b) -> bool:
@@ -210,7 +216,7 @@ def check_slices(case: str, uid: str, headers: list) -> tuple:
     """The slices that make the volume, sorted along the normal, plus the
     skipped ones as (file, reason); a DataError for a series that is not
     one regular volume.  Returns (slices, normal, skipped)."""
-    name = f"DICOM series {uid or '<no SeriesInstanceUID>'} in {case}"
+    name = f"DICOM series {uid} in {case}"
     skipped = [(h.file, "no pixel data (not an image)") for h in headers if not h.image]
     slices = [h for h in headers if h.image]
     for h in slices:
