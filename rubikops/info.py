@@ -36,7 +36,30 @@ def describe() -> str:
     default_cuda = "CUDA C++" if has_cuda else ("Triton" if triton["loaded"] else "the torch reference")
     lines.append(f"default on CPU tensors: {'compiled C++ kernel' if compiled['loaded'] else 'the torch reference'}; "
                  f"on CUDA tensors: {default_cuda}")
+    lines += [f"{what:22s}{_versions(packages, hint)}" for what, packages, hint in OPTIONAL]
     return "\n".join(lines)
+
+
+# what the optional integrations need, and the line that installs it
+OPTIONAL = [
+    ("NRRD, MetaImage:", ["SimpleITK"], "pip install -r requirements-formats.txt"),
+    ("DICOM series:", ["pydicom"], "pip install -r requirements-formats.txt"),
+    ("nnU-Net backbones:", ["dynamic-network-architectures", "nnunetv2"],
+     "pip install --no-deps -r requirements-nnunet.txt"),
+    ("MONAI interop:", ["monai"], "pip install monai"),
+]
+
+
+def _versions(packages: list, hint: str) -> str:
+    """Installed versions, read from the package metadata (nothing is imported), or what to install."""
+    from importlib import metadata
+    found, missing = [], []
+    for name in packages:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return ", ".join(found) if not missing else f"{', '.join(missing)} not installed ({hint})"
 
 
 def _triton_version():
