@@ -35,7 +35,7 @@ ARCHITECTURES = {
 }
 REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")  # plans store these as dotted names
 SEG_LAYERS = ".seg_layers."  # what nnU-Net's load_pretrained_weights never transfers
-INSTALL_HINT = "pip install -r requirements-nnunet.txt"
+INSTALL_HINT = "pip install --no-deps -r requirements-nnunet.txt"
 # nnU-Net's default planner: 32 features in the first stage, doubled per stage, at most 320 in 3-D
 BASE_FEATURES, MAX_FEATURES = 32, 320
 NORMS = {"instance": ("torch.nn.modules.instancenorm.InstanceNorm3d", {"eps": 1e-5, "affine": True}),
