@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .dicom import LPS_TO_RAS, SERIES_SEPARATOR, find_series, read_series, require, series_files
+from .dicom import LPS_TO_RAS, SERIES_SEPARATOR, find_series, is_dicom_file, read_series, require, series_files
 from .nifti import (NIFTI_SUFFIXES, DataError, RawImage, Volume, check_file, check_nifti_file, load_channels,
                     path_problem, read_nifti)
 
@@ -119,13 +119,14 @@ FILE_SUFFIXES = tuple(s for r in READERS.values() if r.name != "dicom" for s in 
 
 
 def format_of(path: str) -> Optional[str]:
-    """The reader for ``path`` by its name (a folder or ``folder#UID`` is DICOM), or None."""
+    """The reader for ``path`` by its name (a folder, ``folder#UID`` or a file with the DICM marker is
+    DICOM), or None."""
     path = os.fspath(path)
     low = path.lower()
     for reader in READERS.values():
         if low.endswith(reader.suffixes):
             return reader.name
-    if os.path.isdir(path) or _series_part(path) is not None:
+    if os.path.isdir(path) or _series_part(path) is not None or (os.path.isfile(path) and is_dicom_file(path)):
         return "dicom"
     return None
 

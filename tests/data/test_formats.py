@@ -89,6 +89,9 @@ def test_prepare_and_info_take_a_mixed_folder(tmp_path, capsys):
     cases = find_files(str(src))
     assert [os.path.relpath(c, src) for c in cases] == ["a.nii.gz", "b.nrrd", "c.mha", "d.mhd", "series",
                                                          "two#1.2.3.1", "two#1.2.3.2"]
+    assert find_files(str(src / "*")) == cases  # a glob takes series folders too
+    with pytest.raises(DataError, match=r"IM0000: a single 2-D slice, not a volume"):
+        load_image(str(src / "series" / "IM0000"))  # one slice, recognised by its DICM marker
     report = prepare(str(src), str(tmp_path / "out"), Preprocessing(spacing=1.0), progress=False)
     assert len(report.prepared) == 7 and not report.skipped, report.summary()
     manifest = json.load(open(tmp_path / "out" / "manifest.json"))
