@@ -120,7 +120,8 @@ def test_dicom_cache_key_follows_every_slice(tmp_path):
     write_slice(files[0], pydicom.dcmread(files[0]).SeriesInstanceUID, pixels, vol.positions[0],
                 np.concatenate([vol.row_cosine, vol.column_cosine]), vol.pixel_spacing)
     again = load_volumes(str(tmp_path / "s"), Preprocessing(orientation=None), cache=cdir)
-    assert again.cache_misses == 1 and again.volumes[0].data[0, 0, 0, 0] == first.volumes[0].data[0, 0, 0, 0] + 7 * SLOPE
+    assert again.cache_misses == 1
+    assert again.volumes[0].data[0, 0, 0, 0] == first.volumes[0].data[0, 0, 0, 0] + 7 * SLOPE
 
 
 # -- bad series ----------------------------------------------------------------------------------------------------
@@ -133,8 +134,9 @@ def _series(tmp_path):
 def test_missing_slice(tmp_path):
     _, files = _series(tmp_path)
     os.unlink(files[3])
-    with pytest.raises(DataError, match=r"^DICOM series 1\.2\.826\.9 in .*/s: 1 missing slice\(s\): gap of 5\.000 mm "
-                                        r"between .*IM0002 and .*IM0004, where the series' slices are 2\.500 mm apart$"):
+    with pytest.raises(DataError, match=r"^DICOM series 1\.2\.826\.9 in .*/s: 1 missing slice\(s\): gap of 5\.000 "
+                                        r"mm between .*IM0002 and .*IM0004, where the series' slices are 2\.500 mm "
+                                        r"apart$"):
         load_image(str(tmp_path / "s"))
 
 

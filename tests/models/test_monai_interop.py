@@ -21,9 +21,9 @@ def _perturbed(module, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in module.state_dict().items():
+            positive = "var" in name or (name.endswith("weight") and t.ndim == 1)  # variances, norm scales
             if t.dtype.is_floating_point:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "var" in name or name.endswith("weight") and t.ndim == 1
-                        else torch.randn(t.shape, generator=g) * 0.3)
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if positive else torch.randn(t.shape, generator=g) * 0.3)
     return module.eval()
 
 

@@ -171,7 +171,8 @@ def test_default_architecture_trains_and_a_plans_mismatch_is_one_line(data, tmp_
     rc, cap = _run(pretrain.main, tiny_args(data, tmp_path / "r3", tmp_path / "cache", "--backbone",
                                             "nnunet:PlainConvUNet", "--nnunet-plans", deep), capsys)
     assert rc == 2 and cap.err.count("\n") == 1
-    assert "--cube-size (8, 8, 8) is too small for PlainConvUNet" in cap.err and "(use at least (16, 16, 16))" in cap.err
+    assert "--cube-size (8, 8, 8) is too small for PlainConvUNet" in cap.err
+    assert "(use at least (16, 16, 16))" in cap.err
 
 
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
