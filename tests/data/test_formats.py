@@ -58,6 +58,14 @@ def test_every_format_gives_the_same_ras_array_spacing_and_affine(tmp_path, reve
             expected[:3, 2] *= -1
         np.testing.assert_allclose(raw.affine, expected, atol=1e-5, err_msg=name)
     assert load_image(files["dicom"]).meta["format"] == "dicom"
+    # a second, independent DICOM implementation (ITK/GDCM's series reader) sees the same series
+    import SimpleITK as sitk
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(files["dicom"]))
+    sitk.WriteImage(reader.Execute(), str(tmp_path / "by_itk.nrrd"))
+    by_itk, ours = load_image(str(tmp_path / "by_itk.nrrd")), load_image(files["dicom"])
+    np.testing.assert_array_equal(by_itk.data, ours.data)
+    np.testing.assert_allclose(by_itk.affine, ours.affine, atol=1e-5)
 
 
 @settings(max_examples=8, deadline=None)
