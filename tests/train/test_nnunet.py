@@ -192,3 +192,24 @@ def test_finetune_builds_the_recorded_network_and_loads_its_encoder(data, tmp_pa
                                    "--pretrained", str(run), "--out", str(tmp_path / "ft")], capsys)
     assert rc == 0, cap.err
     assert f"encoder weights: {len(saved)} tensors loaded, 0 missing" in cap.err
+
+
+def test_plans_that_differ_in_norm_are_reported_and_the_shapes_that_fit_copied(data, tmp_path, capsys):
+    from rubikops.models.nnunet import NnUNetArchitecture
+    out = tmp_path / "run"
+    rc, cap = _run(pretrain.main, tiny_args(data, out, tmp_path / "cache", "--backbone", "nnunet:PlainConvUNet",
+                                            "--norm", "batch"), capsys)
+    assert rc == 0, cap.err
+    instance = NnUNetArchitecture.default("PlainConvUNet", 1, width=4, norm="instance", n_stages=3).arch_kwargs
+    plans = write_plans(tmp_path / "instance.json", arch=instance)
+    rc, cap = _run(export.main, [str(out), "--plans", plans, "--out", str(tmp_path / "w.pth")], capsys)
+    assert rc == 0, cap.err
+    assert "note: the pretrained network differs from" in cap.out and "norm_op" in cap.out
+    saved = torch.load(out / "encoder.pt")
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and f"{len(stats)} saved tensors unused" in cap.out  # batch statistics have no place
+    net = nnunet_network(plans)
+    nnunet_loader.load_pretrained_weights(net, str(tmp_path / "w.pth"))
+    for key, value in net.state_dict().items():
+        if key in saved:
+            assert torch.equal(value, saved[key]), key
