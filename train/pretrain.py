@@ -372,7 +372,19 @@ def evaluate(model, batches, cfg, puzzle, amp_ctx) -> dict:
 
 
 def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
-    """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers."""
+    """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers; for a
+    dense task, restorations.png beside it: held-out crops, corrupted, restored and untouched."""
+    if isinstance(puzzle, DenseTask):
+        from rubikops.viz import draw_restoration
+        cubes, t = batches[0]
+        was = model.training
+        model.eval()
+        with torch.no_grad(), amp_ctx():
+            out = model(cubes[:4])
+        model.train(was)
+        draw_restoration(cubes[:4], out, t.target[:4], os.path.join(os.path.dirname(path), "restorations.png"),
+                         title=f"{puzzle.name}: held-out crops (central axial slice)")
+        return
     if not isinstance(puzzle, rubikops.RubikCube):
         return
     from rubikops.viz import draw_puzzle
@@ -595,6 +607,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
     chance = puzzle.chance_levels()
     trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
     drawn = isinstance(puzzle, rubikops.RubikCube)
+    pictures = os.path.join(cfg.out, "restorations.png") if isinstance(puzzle, DenseTask) else None
     summary = {
         "task": cfg.task, "steps": step, "encoder_step": step, "puzzles_per_s": puzzles_per_s,
         **{k: last_eval.get(f"eval/{k}") for k in chance},
@@ -604,7 +617,8 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "peak_host_rss_bytes": peak_rss,  # per rank
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
-        "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
+        "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "restorations_png": pictures,
+        "metrics_csv": logger.csv_path,
     }
     dense = isinstance(puzzle, DenseTask)
     if dense:
@@ -612,6 +626,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
     common.write_json(os.path.join(cfg.out, "summary.json"), summary)
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = dense_lines(summary) if dense else []
+    noun = "crops" if dense else "puzzles"
     for key, word in puzzle.metric_names().items():
         if chance.get(key) is None:
             continue
@@ -622,10 +637,11 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"held-out puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume), encoder of step {step}:\n"
+          f"held-out {noun} ({cfg.eval_puzzles} fixed {noun} of the held-out volume), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
           f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")
+          + (f"\nexample restorations: {pictures}" if pictures else "")
           + f"\nlogs: {summary['metrics_csv']}" + (f", {os.path.join(cfg.out, 'tensorboard')}" if cfg.tensorboard else ""))
 
 

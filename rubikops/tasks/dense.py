@@ -4,10 +4,12 @@ restores it, so the decoder is pretrained with the encoder.
 
 The crop is cut by one ``extract_cubes`` call (normalisation fused); the
 corruptions then run on the batch's device as a few tensor passes
-(:mod:`rubikops.corruptions`).  They are not fused into the cut: on the
-default genesis geometry (16 crops of 32^3, VGG U-Net of width 8, 2-core
-CPU) the cut and every corruption together take ``CORRUPTION_SHARE`` of a
-training step, so a fused kernel could save at most that.
+(:mod:`rubikops.corruptions`).  They are not fused into the cut: at
+pretrain.py's defaults for these tasks (8 crops of 32^3, the VGG U-Net of
+width 8) the cut and every corruption together take a few percent of a
+training step on a 2-core CPU (``python benchmarks/dense_share.py`` prints
+the shares; its result file is named in docs/dense-tasks.md), so a fused
+kernel could save at most that.
 
 Conventions: cubes are (B, 1, C, d, h, w), one crop per sample, the corrupted
 input; ``targets.target`` (B, C, d, h, w) is the untouched crop (the cut
@@ -25,9 +27,6 @@ from .. import ops
 from ..models.transfer import RestorationUNet
 from .base import Cut, PretextTask, Targets, as_ints
 
-# Measured with benchmarks/dense_share.py (2-core AMD EPYC VM, genesis defaults): the cut plus the
-# corruptions are 2.9% of a training step; the U-Net's forward and backward are the rest.
-CORRUPTION_SHARE = "2.9%"
 
 
 @dataclass(kw_only=True)

@@ -306,6 +306,7 @@ def test_dense_tasks_train_report_their_baselines_and_resume_exactly(task, data,
     assert abs(summary["restoration_gain"] - (1 - summary["mse"] / summary["identity_mse"])) < 0.05
     assert f"reconstruction MSE {summary['mse']:.4f}: identity (input unchanged) {summary['identity_mse']:.4f}" \
         in r.stdout
+    assert summary["restorations_png"] and os.path.getsize(summary["restorations_png"]) > 1000
     meta = json.load(open(straight / "encoder.json"))
     assert meta["task"] == task and meta["decoder"] == "unet" and meta["network"] == "network.pt"
     network, encoder = torch.load(straight / "network.pt"), torch.load(straight / "encoder.pt")
