@@ -593,13 +593,13 @@ def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: i
 
 def dense_lines(summary: dict) -> list:
     """The held-out reconstruction error against its two baselines: the corrupted input returned unchanged
-    (identity) and each crop's mean."""
+    (identity) and one constant, the held-out crops' mean."""
     err, ident, mean = summary["mse"], summary["identity_mse"], summary["mean_mse"]
     if err is None:
         return ["  reconstruction: not evaluated"]
     verdict = lambda base: f"{base / err:.2f}x lower" if err < base else "NOT BELOW IT"  # noqa: E731
     return [f"  reconstruction MSE {err:.4f}: identity (input unchanged) {ident:.4f}, {verdict(ident)}; "
-            f"each crop's mean {mean:.4f}, {verdict(mean)}"]
+            f"the crops' mean everywhere {mean:.4f}, {verdict(mean)}"]
 
 
 def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:

@@ -100,14 +100,13 @@ class DenseTask(PretextTask):
     @torch.no_grad()
     def metrics(self, outputs, targets) -> dict:
         """The error of the network, of returning the input unchanged (identity),
-        and of predicting each crop's mean over the counted voxels (mean); the
-        headline ``restoration_gain`` is 1 - error / identity error (0: no better
-        than the identity, 1: exact)."""
+        and of predicting one constant, the batch's mean over the counted voxels
+        (mean); the headline ``restoration_gain`` is 1 - error / identity error
+        (0: no better than the identity, 1: exact)."""
         w = targets.weight
         err = self._weighted_mse(outputs, targets.target, w)
         ident = self._weighted_mse(targets.corrupted, targets.target, w)
-        count = w.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
-        mean = (targets.target.float() * w).sum(dim=(2, 3, 4), keepdim=True) / count
+        mean = (targets.target.float() * w).sum() / (w.sum() * targets.target.shape[1]).clamp_min(1.0)
         return {"restoration_gain": 1.0 - err / ident.clamp_min(1e-12), "mse": err, "identity_mse": ident,
                 "mean_mse": self._weighted_mse(mean.expand_as(targets.target), targets.target, w)}
 
