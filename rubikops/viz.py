@@ -118,3 +118,31 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
     finally:
         plt.close(fig)
     return path
+
+
+def draw_restoration(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, path: str,
+                     samples: int = 4, title: str = "") -> None:
+    """A dense task's examples: per sample (row), the central axial slice of the
+    corrupted input, the network's restoration and the untouched crop, on one
+    grey scale per row (the target's range).  inputs (B, 1, C, d, h, w) or
+    (B, C, d, h, w), outputs and targets (B, C, d, h, w); channel 0 is shown."""
+    plt = _plt()
+    inputs = inputs[:, 0] if inputs.dim() == 6 else inputs
+    n = min(samples, inputs.shape[0])
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for b in range(n):
+        mid = inputs.shape[2] // 2
+        images = [x[b, 0, mid].detach().float().cpu() for x in (inputs, outputs, targets)]
+        lo, hi = float(images[2].min()), float(images[2].max())
+        for ax, img, name in zip(axes[b], images, ("corrupted input", "network's restoration", "untouched crop")):
+            ax.imshow(img.numpy(), cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if b == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

@@ -34,9 +34,16 @@ def box(vol, n, origin, size):
     return vol[n, :, z:z + size[0], y:y + size[1], x:x + size[2]]
 
 
+def cut_of(cubes, targets):
+    """What the op cut: the cubes, or for a dense task its untouched crops (the cubes are their
+    corrupted copies)."""
+    return targets.target[:, None] if isinstance(targets, tasks.DenseTargets) else cubes
+
+
 def check_cubes_are_their_boxes(cubes, targets, vols, cube_size):
     """The contract every task keeps: cube m of sample b is box targets.origins[b, m] of volume
     targets.index[b], turned by targets.codes[b, m]."""
+    cubes = cut_of(cubes, targets)
     B, M = cubes.shape[:2]
     assert targets.origins.shape == (B, M, 3) and targets.origins.dtype == torch.int64
     assert targets.codes.shape == (B, M) and targets.codes.dtype == torch.int64
@@ -148,6 +155,9 @@ def _task_strategy():
         st.builds(lambda c, g: Jigsaw3D(cube_size=c, gap=g, num_permutations=5), cube, gap),
         st.builds(lambda c, g: RelativePatchLocation3D(cube_size=c, gap=g), cube, gap),
         st.builds(lambda e: RotationPrediction3D(cube_size=e), st.integers(1, 5)),
+        st.builds(lambda c: tasks.ModelsGenesis(cube_size=c, shuffle_window=2), cube),
+        st.builds(lambda c: tasks.MaskedVolumeModelling(cube_size=c, patch=1, mask_ratio=0.5),
+                  cube.filter(lambda c: c[0] * c[1] * c[2] >= 2)),
         st.builds(lambda e, d, a: RotationPrediction3D(cube_size=tuple(d if i == "dhw".index(a) else e
                                                                       for i in range(3)), rotation_axis=a),
                   st.integers(1, 5), st.integers(1, 5), st.sampled_from("dhw")),
@@ -183,6 +193,7 @@ def test_tasks_cut_banks_as_they_cut_each_volume(name, dtype):
     task = make(name, cube_size=4, mask_prob=0.0)  # masked cubes would not be their boxes
     cubes, t = bank.puzzles(task, 6, torch.Generator().manual_seed(5))
     assert cubes.dtype == torch.float32 and cubes.shape[:3] == (6, task.num_cubes, 2)
+    cubes = cut_of(cubes, t)
     for b in range(6):
         one = bank[int(t.index[b])][None]  # (1, 2, D, H, W) physical values
         expect = rubikops.extract_cubes(one, t.origins[b:b + 1], task.cube_size, rotations=t.codes[b:b + 1])[0]
@@ -197,10 +208,12 @@ def test_plain_tensors_and_their_source_give_the_same_cubes():
         a = make(name, cube_size=3, normalize="zscore")(vols, generator=torch.Generator().manual_seed(1))
         b = make(name, cube_size=3, normalize="zscore")(TensorVolumes(vols), generator=torch.Generator().manual_seed(1))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1].origins, b[1].origins), name
+        assert torch.equal(cut_of(*a), cut_of(*b)), name
 
 
 # -- the registry's contract, for every task ------------------------------------------------------
-SMALL = dict(cube_size=4, gap=(0, 2), num_permutations=6, mask_prob=0.5, mask_keep_prob=0.3, grid=(2, 2, 1))
+SMALL = dict(cube_size=4, gap=(0, 2), num_permutations=6, mask_prob=0.5, mask_keep_prob=0.3, grid=(2, 2, 1),
+             patch=1, shuffle_window=2)
 
 
 def make(name, **overrides):
@@ -218,15 +231,23 @@ def test_every_registered_task_samples_learns_and_resumes(name):
     gen = torch.Generator().manual_seed(3)
     cubes, t = task(vols, index=torch.tensor([0, 2, 1, 1]), generator=gen)
     assert cubes.shape == (4, task.num_cubes, 1, *task.cube_size)
-    model = task.build_model(build_encoder("vgg", 1, 4), hidden=8, dropout=0.0)
+    options = {k: v for k, v in dict(hidden=8, dropout=0.0, norm="batch").items()
+               if k in inspect.signature(task.build_model).parameters}
+    model = task.build_model(build_encoder("vgg", 1, 4), **options)
     out = model(cubes)
     loss, parts = task.loss(out, t)
     assert torch.isfinite(loss) and parts and all(torch.isfinite(v) for v in parts.values())
     loss.backward()
     metrics, chance = task.metrics(out, t), task.chance_levels()
-    assert set(metrics) <= set(chance) and next(iter(chance)) in metrics
-    assert all(0 <= float(v) <= 1 for v in metrics.values())
-    assert all(v is None or 0 < v < 1 for v in chance.values()) and set(task.metric_names()) >= set(metrics)
+    headline = next(iter(chance))
+    assert headline in metrics and set(task.metric_names()) >= {headline}
+    if isinstance(task, tasks.DenseTask):  # errors and the gain over returning the input unchanged
+        assert chance == {headline: None} and all(torch.isfinite(v) for v in metrics.values())
+        assert float(metrics["restoration_gain"]) == pytest.approx(
+            1 - float(metrics["mse"]) / float(metrics["identity_mse"]), rel=1e-5)
+    else:
+        assert set(metrics) <= set(chance) and all(0 <= float(v) <= 1 for v in metrics.values())
+        assert all(v is None or 0 < v < 1 for v in chance.values())
     # state_dict (with the caller's generator state) resumes the exact next batch
     state, gen_state = task.state_dict(), gen.get_state()
     expect = task(vols, generator=gen)

@@ -41,7 +41,7 @@ from rubikops import metrics as M  # noqa: E402
 from rubikops.data import Preprocessing  # noqa: E402
 from rubikops.data.nifti import path_problem  # noqa: E402
 from rubikops.inference import sliding_window  # noqa: E402
-from rubikops.models import BACKBONES, DUC3D, Classifier, UNet3D, build_encoder, load_encoder  # noqa: E402
+from rubikops.models import BACKBONES, DUC3D, Classifier, UNet3D, build_encoder, load_decoder, load_encoder  # noqa: E402
 from rubikops.sparse_labels import UNLABELLED, patch_origin_range, segmentation_loss  # noqa: E402
 
 
@@ -92,7 +92,7 @@ class FinetuneConfig(common.RunSettings):
     overlap: float = _f(0.5, "sliding-window overlap")
     encoder_lr: float = _f(1e-3, "learning rate of the encoder")
     head_lr: float = _f(3e-3, "learning rate of the new layers")
-    freeze_steps: int = _f(0, "keep the encoder frozen for this many steps, then unfreeze")
+    freeze_steps: int = _f(0, "keep the pretrained layers (the encoder, and a pretrained decoder) frozen for this many steps")
     weight_decay: float = _f(1e-4, "weight decay")
     class_weights: str = _f("none", "none, auto (inverse frequency) or comma-separated weights")
     out: str = _f("runs/finetune", "output folder")
@@ -228,13 +228,7 @@ def resolve_pretrained(path: str):
         return None, None
     if os.path.isdir(path):
         path = os.path.join(path, "encoder.pt")
-    problem = path_problem(path)
-    if problem is not None:
-        raise UserError(f"--pretrained: {path}: {problem}")
-    try:
-        state = common.load_tensors(path)
-    except Exception as exc:
-        raise UserError(f"--pretrained: {path}: not a readable state_dict ({type(exc).__name__})") from None
+    state = read_tensors(path)
     meta = None
     if isinstance(state, dict) and "model" in state and "step" in state:  # a full pretraining checkpoint
         run = state.get("config")
@@ -245,17 +239,42 @@ def resolve_pretrained(path: str):
             if run["backbone"].startswith("nnunet:") and os.path.exists(beside):  # the network it pretrained
                 meta["nnunet"] = read_encoder_json(beside).get("nnunet")
         state = state["model"]
+        if isinstance(state, dict) and any(isinstance(k, str) and k.startswith(("up.", "dec.")) for k in state):
+            meta = dict(meta or {}, network_state=state)  # a dense task's checkpoint: the whole U-Net
     elif os.path.exists(os.path.splitext(path)[0] + ".json"):
         meta = read_encoder_json(os.path.splitext(path)[0] + ".json")
-    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                      for k, v in state.items())):
-        what = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict that is not name -> tensor"
-        raise UserError(f"--pretrained: {path}: holds {what}, not an encoder state_dict (expected the encoder.pt "
-                        "or a checkpoint that train/pretrain.py writes)")
+        if meta.get("network") is not None:
+            # network.pt of a dense pretraining: the whole U-Net
+            meta["network_state"] = read_tensors(os.path.join(os.path.dirname(path), str(meta["network"])))
+            check_state_dict(meta["network_state"], os.path.join(os.path.dirname(path), str(meta["network"])),
+                             "a U-Net")
+    check_state_dict(state, path, "an encoder")
     return state, meta
 
 
+def read_tensors(path: str):
+    """A file of tensors and plain values (weights_only), or a UserError naming it."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UserError(f"--pretrained: {path}: {problem}")
+    try:
+        return common.load_tensors(path)
+    except Exception as exc:
+        raise UserError(f"--pretrained: {path}: not a readable state_dict ({type(exc).__name__})") from None
+
+
+def check_state_dict(state, path: str, kind: str) -> None:
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        what = f"a {type(state).__name__}" if not isinstance(state, dict) else "a dict that is not name -> tensor"
+        raise UserError(f"--pretrained: {path}: holds {what}, not {kind} state_dict (expected the encoder.pt, "
+                        "network.pt or a checkpoint that train/pretrain.py writes)")
+
+
 def build_model(cfg, num_classes: int, in_channels: int):
+    """(model, encoder load report or None, decoder load report or None).  A dense
+    pretraining's decoder is loaded for segmentation with --decoder unet;
+    classification and the DUC decoder take the encoder alone."""
     state, meta = resolve_pretrained(cfg.pretrained)
     if meta is not None:
         backbone, width, norm = meta["backbone"], int(meta.get("width") or cfg.width), meta.get("norm", "batch")
@@ -278,7 +297,15 @@ def build_model(cfg, num_classes: int, in_channels: int):
         model = DUC3D(encoder, num_classes)
     else:
         raise UserError(f"--decoder must be unet or duc, got {cfg.decoder!r}")
-    return model, report
+    decoder_report = None
+    network = (meta or {}).get("network_state")
+    if network is not None and isinstance(model, UNet3D):
+        decoder_report = load_decoder(model, network)
+        if (decoder_report.missing or decoder_report.mismatched) and not cfg.allow_partial_load:
+            counts = decoder_report.summary().splitlines()[0].removeprefix("decoder weights: ")
+            raise UserError(f"--pretrained: {cfg.pretrained}: its U-Net decoder does not fit ({counts}); "
+                            "--allow-partial-load fine-tunes with the rest randomly initialised")
+    return model, report, decoder_report
 
 
 def build_nnunet_model(cfg, meta, state, backbone: str, num_classes: int, in_channels: int):
@@ -395,13 +422,20 @@ def run(cfg, dist, ckpts, resume) -> int:
         val_data, test_data = (x, y, idx["val"]) if idx["val"] else [], (x, y, idx["test"])
     chance = chance_level(cfg.task, counts, test_counts)
     common.seed_everything(cfg.seed)
-    model, report = build_model(cfg, len(names), in_ch)
+    model, report, decoder_report = build_model(cfg, len(names), in_ch)
     model = model.to(dev)
     if dist.main:
         print(report.summary() if report is not None else "encoder: random initialisation (--pretrained none)",
               file=sys.stderr)
+        if decoder_report is not None:
+            print(decoder_report.summary(), file=sys.stderr)
+        elif report is not None and cfg.task == "segmentation":
+            print("decoder: random initialisation (the pretraining trained an encoder only, or --decoder duc)",
+                  file=sys.stderr)
         print_split(split)
-    enc_params = list(model.encoder.parameters())
+    # pretrained layers learn at --encoder-lr, new ones at --head-lr
+    loaded_decoder = {n for n in (decoder_report.loaded if decoder_report is not None else [])}
+    enc_params = list(model.encoder.parameters()) + [p for n, p in model.named_parameters() if n in loaded_decoder]
     enc_ids = {id(p) for p in enc_params}
     head_params = [p for p in model.parameters() if id(p) not in enc_ids]
     opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.encoder_lr}, {"params": head_params, "lr": cfg.head_lr}],
@@ -491,14 +525,19 @@ def run(cfg, dist, ckpts, resume) -> int:
         summary = {"task": cfg.task, "pretrained": cfg.pretrained, "label_fraction": cfg.label_fraction,
                    "seed": cfg.seed, "classes": list(names), "steps": step, "seconds": time.perf_counter() - t0,
                    "metrics": results, "val_metrics": val_results or None, "chance": chance, "split": split,
-                   "encoder_load": None if report is None else {
-                       "loaded": len(report.loaded), "missing": report.missing, "unexpected": report.unexpected,
-                       "mismatched": [list(m[:1]) + [list(m[1]), list(m[2])] for m in report.mismatched]}}
+                   "encoder_load": load_summary(report), "decoder_load": load_summary(decoder_report)}
         results_path = os.path.join(cfg.out, "results.json")
         common.write_json(results_path, summary)
         print_table(summary)
         print(f"results: {results_path}")
     return 0
+
+
+def load_summary(report) -> Optional[dict]:
+    if report is None:
+        return None
+    return {"loaded": len(report.loaded), "missing": report.missing, "unexpected": report.unexpected,
+            "mismatched": [list(m[:1]) + [list(m[1]), list(m[2])] for m in report.mismatched]}
 
 
 def chance_level(task: str, train_counts: np.ndarray, test_counts: np.ndarray) -> dict:

@@ -33,7 +33,7 @@ from common import UserError  # noqa: E402
 
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
-from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
+from rubikops.tasks import ROTATION_AXES, TASKS, DenseTask, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
 from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
 from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
@@ -78,6 +78,9 @@ class PretrainConfig(common.RunSettings):
     gap: tuple = _f((0, 2), "gap between cubes lo,hi voxels", "ints")
     rotations: str = _f("paper", "paper (180 deg turns, 2 per cube), all (24 rotations), none")
     rotation_axis: str = _f("all", "rotation task: all (24 rotations) or d, h, w (the 4 about that axis)")
+    patch: int = _f(4, "masked task: patch edge in voxels (the crop must be a multiple of it)")
+    mask_ratio: float = _f(0.6, "masked task: share of the patches masked")
+    normalized_target: bool = _f(False, "masked task: regress each patch normalised by its own mean and sd")
     mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
     mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
     normalize: str = _f("none", "none, cube (each cube to [-1, 1], the paper), zscore")
@@ -142,8 +145,22 @@ PRESETS = {
 }
 
 
+# Settings a task changes unless the user sets them.  The dense tasks restore crops at the scale of
+# segmentation fine-tuning (finetune.py: 32^3 patches at 2 mm), with the U-Net fine-tuning uses; 600 steps
+# of 8 crops take about 4 minutes on 2 CPU cores.  Their corruptions are intensity transforms, so the
+# label-preserving intensity augmentation is off; geometry (a crop rotation and zoom) stays.
+TASK_DEFAULTS = {
+    "genesis": dict(spacing=2.0, cube_size=(32, 32, 32), batch_size=8, steps=600, lr=1e-3, augment="geometry",
+                    eval_puzzles=64, eval_every=100),
+    "masked": dict(spacing=2.0, cube_size=(32, 32, 32), batch_size=8, steps=600, lr=1e-3, augment="geometry",
+                   eval_puzzles=64, eval_every=100),
+}
+
+
 def parse(argv=None):
-    return common.parse_config(PretrainConfig, PRESETS, "python train/pretrain.py", __doc__, argv)
+    cfg, args = common.parse_config(PretrainConfig, PRESETS, "python train/pretrain.py", __doc__, argv)
+    unset = {k: v for k, v in TASK_DEFAULTS.get(cfg.task, {}).items() if k not in args.given}
+    return (dataclasses.replace(cfg, **unset) if unset else cfg), args
 
 
 def check_config(cfg: PretrainConfig) -> None:
@@ -184,6 +201,11 @@ def check_config(cfg: PretrainConfig) -> None:
         common.require_range(cfg, name, 0, 1)
     common.require_range(cfg, "dropout", 0, 1, hi_open=True)
     common.require_range(cfg, "rotation_warmup", 0, 1, hi_open=True)
+    common.require_at_least(cfg, 1, "patch")
+    common.require_range(cfg, "mask_ratio", 0, 1, lo_open=True, hi_open=True)
+    if cfg.task in TASKS and issubclass(TASKS[cfg.task], DenseTask):
+        need(cfg.augment in ("none", "geometry"), f"--augment {cfg.augment}: the {cfg.task} task corrupts "
+             "intensities itself; use --augment geometry or none")
 
 
 def accepted(fn, options: dict) -> dict:
@@ -200,6 +222,7 @@ def make_puzzle(cfg: PretrainConfig) -> rubikops.tasks.PretextTask:
     options = dict(grid=triple(cfg.grid), cube_size=triple(cfg.cube_size), num_permutations=cfg.num_permutations,
                    gap=gap, rotations=cfg.rotations, rotation_axis=cfg.rotation_axis, mask_prob=cfg.mask_prob,
                    mask_keep_prob=cfg.mask_keep_prob, normalize=None if cfg.normalize == "none" else cfg.normalize,
+                   patch=cfg.patch, mask_ratio=cfg.mask_ratio, normalized_target=cfg.normalized_target,
                    validate=False)
     try:
         return task(**accepted(task.__init__, options))
@@ -250,7 +273,7 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
-                   cube_heads=cfg.cube_heads)
+                   cube_heads=cfg.cube_heads, norm=cfg.norm)
     return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
 
 
@@ -359,7 +382,19 @@ def evaluate(model, batches, cfg, puzzle, amp_ctx) -> dict:
 
 
 def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
-    """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers."""
+    """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers; for a
+    dense task, restorations.png beside it: held-out crops, corrupted, restored and untouched."""
+    if isinstance(puzzle, DenseTask):
+        from rubikops.viz import draw_restoration
+        cubes, t = batches[0]
+        was = model.training
+        model.eval()
+        with torch.no_grad(), amp_ctx():
+            out = model(cubes[:4])
+        model.train(was)
+        draw_restoration(cubes[:4], out, t.target[:4], os.path.join(os.path.dirname(path), "restorations.png"),
+                         title=f"{puzzle.name}: held-out crops (central axial slice)")
+        return
     if not isinstance(puzzle, rubikops.RubikCube):
         return
     from rubikops.viz import draw_puzzle
@@ -543,20 +578,39 @@ def save_checkpoint(ckpts, model, opt, sched, scaler, step, best, gen, puzzle, b
              "bank_state": bank_state,
              "config": dataclasses.asdict(cfg), "metrics": metrics, "rubikops": rubikops.__version__}
     ckpts.save(state, step, best=is_best)
-    save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step)
+    save_encoder(model, cfg, os.path.join(cfg.out, "encoder.pt"), step, dense=isinstance(puzzle, DenseTask))
 
 
-def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: int) -> None:
+def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: int, dense: bool = False) -> None:
     """encoder.pt is a plain state_dict (``encoder.load_state_dict(torch.load(path))``);
-    encoder.json says how to build the encoder it belongs to."""
+    encoder.json says how to build the encoder it belongs to.  A dense task
+    pretrains the segmentation U-Net: its whole state_dict goes to network.pt
+    beside it (module names of rubikops.models.UNet3D), and encoder.json names it."""
     from rubikops.data import atomic_path
     with atomic_path(path) as tmp:
         torch.save(model.encoder.state_dict(), tmp)
+    network = {}
+    if dense:
+        network_path = os.path.join(os.path.dirname(path), "network.pt")
+        with atomic_path(network_path) as tmp:
+            torch.save(model.state_dict(), tmp)
+        network = {"decoder": "unet", "network": os.path.basename(network_path)}
     common.write_json(os.path.splitext(path)[0] + ".json", {
         "backbone": cfg.backbone, "in_channels": cfg.channels, "width": cfg.width, "norm": cfg.norm,
         "cube_size": list(cfg.cube_size), "spacing": cfg.spacing, "intensity": cfg.intensity,
-        "step": step, "source": "rubikops train/pretrain.py",
+        "step": step, "task": cfg.task, **network, "source": "rubikops train/pretrain.py",
         **({"nnunet": model.encoder.architecture.to_json()} if hasattr(model.encoder, "architecture") else {})})
+
+
+def dense_lines(summary: dict) -> list:
+    """The held-out reconstruction error against its two baselines: the corrupted input returned unchanged
+    (identity) and one constant, the held-out crops' mean."""
+    err, ident, mean = summary["mse"], summary["identity_mse"], summary["mean_mse"]
+    if err is None:
+        return ["  reconstruction: not evaluated"]
+    verdict = lambda base: f"{base / err:.2f}x lower" if err < base else "NOT BELOW IT"  # noqa: E731
+    return [f"  reconstruction MSE {err:.4f}: identity (input unchanged) {ident:.4f}, {verdict(ident)}; "
+            f"the crops' mean everywhere {mean:.4f}, {verdict(mean)}"]
 
 
 def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:
@@ -564,6 +618,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
     chance = puzzle.chance_levels()
     trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
     drawn = isinstance(puzzle, rubikops.RubikCube)
+    pictures = os.path.join(cfg.out, "restorations.png") if isinstance(puzzle, DenseTask) else None
     summary = {
         "task": cfg.task, "steps": step, "encoder_step": step, "puzzles_per_s": puzzles_per_s,
         **{k: last_eval.get(f"eval/{k}") for k in chance},
@@ -573,11 +628,16 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "peak_host_rss_bytes": peak_rss,  # per rank
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
-        "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
+        "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "restorations_png": pictures,
+        "metrics_csv": logger.csv_path,
     }
+    dense = isinstance(puzzle, DenseTask)
+    if dense:
+        summary.update({k: last_eval.get(f"eval/{k}") for k in ("mse", "identity_mse", "mean_mse")})
     common.write_json(os.path.join(cfg.out, "summary.json"), summary)
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    lines = []
+    lines = dense_lines(summary) if dense else []
+    noun = "crops" if dense else "puzzles"
     for key, word in puzzle.metric_names().items():
         if chance.get(key) is None:
             continue
@@ -588,10 +648,11 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"held-out puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume), encoder of step {step}:\n"
+          f"held-out {noun} ({cfg.eval_puzzles} fixed {noun} of the held-out volume), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
           f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")
+          + (f"\nexample restorations: {pictures}" if pictures else "")
           + f"\nlogs: {summary['metrics_csv']}" + (f", {os.path.join(cfg.out, 'tensorboard')}" if cfg.tensorboard else ""))
 
 

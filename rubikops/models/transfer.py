@@ -51,6 +51,19 @@ class UNet3D(nn.Module):
         return self.out(y)
 
 
+class RestorationUNet(UNet3D):
+    """The U-Net of segmentation fine-tuning (same module names, so its
+    encoder and decoder load into :class:`UNet3D`) with one output per input
+    channel, restoring crops: takes (B, C, D, H, W) or a dense task's
+    (B, 1, C, D, H, W) and returns (B, C, D, H, W)."""
+
+    def __init__(self, encoder: nn.Module, channels: int = 1, norm: str = "batch"):
+        super().__init__(encoder, channels, norm)
+
+    def forward(self, x):
+        return super().forward(x[:, 0] if x.dim() == 6 else x)
+
+
 def pixel_shuffle_3d(x: torch.Tensor, r: int) -> torch.Tensor:
     """(N, C*r^3, D, H, W) -> (N, C, D*r, H*r, W*r)."""
     n, c, d, h, w = x.shape
@@ -88,9 +101,10 @@ class LoadReport:
     missing: list = field(default_factory=list)      # model tensors the file did not have (left as initialised)
     unexpected: list = field(default_factory=list)   # file tensors the model has no place for
     mismatched: list = field(default_factory=list)   # (name, file shape, model shape)
+    part: str = "encoder"                            # what was loaded: encoder or decoder
 
     def summary(self) -> str:
-        lines = [f"encoder weights: {len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
+        lines = [f"{self.part} weights: {len(self.loaded)} tensors loaded, {len(self.missing)} missing, "
                  f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches"]
         for k in self.missing:
             lines.append(f"  missing (kept random init): {k}")
@@ -99,6 +113,40 @@ class LoadReport:
         for k, a, b in self.mismatched:
             lines.append(f"  shape mismatch (kept random init): {k} file {a} vs model {b}")
         return "\n".join(lines)
+
+
+def _load_matching(module: nn.Module, own: dict, state: dict, part: str, strict: bool) -> LoadReport:
+    """Copy the tensors of ``state`` whose name and shape match ``own`` (the part of
+    ``module.state_dict()`` being loaded) into ``module``; report the rest."""
+    rep = LoadReport(part=part)
+    usable = {}
+    for k, v in state.items():
+        if k not in own:
+            rep.unexpected.append(k)
+        elif tuple(own[k].shape) != tuple(v.shape):
+            rep.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
+        else:
+            usable[k] = v
+    rep.missing = [k for k in own if k not in usable and k not in {m[0] for m in rep.mismatched}]
+    rep.loaded = list(usable)
+    if strict and (rep.missing or rep.unexpected or rep.mismatched):
+        raise ValueError(f"load_{part}(strict=True): " + rep.summary())
+    module.load_state_dict(usable, strict=False)
+    return rep
+
+
+DECODER_SKIP = ("encoder.", "out.")  # the encoder loads apart; the output layer is the task's (classes differ)
+
+
+def load_decoder(unet: UNet3D, network_state: dict, strict: bool = False) -> LoadReport:
+    """Copy a pretrained U-Net's decoder (every tensor but the encoder's and the
+    output layer's, which belongs to the pretext task) into ``unet``; a
+    ``module.`` (DDP) prefix is stripped."""
+    if network_state and all(k.startswith("module.") for k in network_state):
+        network_state = {k[len("module."):]: v for k, v in network_state.items()}
+    decoder = {k: v for k, v in network_state.items() if not k.startswith(DECODER_SKIP)}
+    own = {k: v for k, v in unet.state_dict().items() if not k.startswith(DECODER_SKIP)}
+    return _load_matching(unet, own, decoder, "decoder", strict)
 
 
 def load_encoder(encoder: nn.Module, state: dict, strict: bool = False) -> LoadReport:
@@ -113,18 +161,4 @@ def load_encoder(encoder: nn.Module, state: dict, strict: bool = False) -> LoadR
     if any(k.startswith("encoder.") for k in state) and not any(k in own for k in state):
         # a SiameseOctad state_dict: take its encoder
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    rep = LoadReport()
-    usable = {}
-    for k, v in state.items():
-        if k not in own:
-            rep.unexpected.append(k)
-        elif tuple(own[k].shape) != tuple(v.shape):
-            rep.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
-        else:
-            usable[k] = v
-    rep.missing = [k for k in own if k not in usable and k not in {m[0] for m in rep.mismatched}]
-    rep.loaded = list(usable)
-    if strict and (rep.missing or rep.unexpected or rep.mismatched):
-        raise ValueError("load_encoder(strict=True): " + rep.summary())
-    encoder.load_state_dict(usable, strict=False)
-    return rep
+    return _load_matching(encoder, own, state, "encoder", strict)

@@ -190,3 +190,43 @@ def test_every_training_patch_holds_labelled_slices(first, last, depth, patch):
     origins = range(lo[-1], hi[-1] + 1)
     # exactly the origins whose patch fits the volume and overlaps the labelled slices
     assert list(origins) == [z for z in range(depth - patch + 1) if z <= last and z + patch - 1 >= first]
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    t = tmp_path_factory.mktemp("dense")
+    data = smooth_volumes(t / "scans")
+    assert common.run_main(pretrain.main, tiny_args(data, t / "run", t / "cache", "--task", "genesis")) == 0
+    return t / "run"
+
+
+def test_a_dense_pretraining_loads_encoder_and_decoder_for_unet_segmentation(dense_run, tmp_path, capsys):
+    network = torch.load(dense_run / "network.pt")
+    decoder_keys = sorted(k for k in network if k.startswith(("up.", "dec.")))
+    finetune_cfg, _ = finetune.parse(["--preset", "tiny", "--task", "segmentation", "--pretrained", str(dense_run)])
+    model, enc_report, dec_report = finetune.build_model(finetune_cfg, num_classes=6, in_channels=1)
+    assert sorted(dec_report.loaded) == decoder_keys and not dec_report.missing and not dec_report.mismatched
+    for k in decoder_keys:  # the values, not just the names
+        assert torch.equal(model.state_dict()[k], network[k]), k
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, network["encoder." + k]), k
+    assert model.out.weight.shape[0] == 6  # the output layer is the new task's
+    out = tmp_path / "ft"
+    rc, cap = _ft(capsys, "--task", "segmentation", "--pretrained", str(dense_run), "--out", str(out))
+    assert rc == 0, cap.err
+    res = json.load(open(out / "results.json"))
+    assert res["decoder_load"]["loaded"] == len(decoder_keys) and "decoder weights: %d tensors loaded" % len(
+        decoder_keys) in cap.err
+    # the same pretraining from one of its checkpoints
+    step = sorted(p for p in os.listdir(dense_run / "checkpoints") if p.startswith("step_"))[-1]
+    cfg, _ = finetune.parse(["--preset", "tiny", "--task", "segmentation", "--pretrained",
+                             str(dense_run / "checkpoints" / step)])
+    assert sorted(finetune.build_model(cfg, 6, 1)[2].loaded) == decoder_keys
+
+
+@pytest.mark.parametrize("task,extra", [("classification", []), ("segmentation", ["--decoder", "duc"])])
+def test_classification_and_duc_take_the_encoder_alone(dense_run, tmp_path, capsys, task, extra):
+    rc, cap = _ft(capsys, "--task", task, "--pretrained", str(dense_run), "--out", str(tmp_path / "ft"), *extra)
+    assert rc == 0, cap.err
+    res = json.load(open(tmp_path / "ft" / "results.json"))
+    assert res["decoder_load"] is None and res["encoder_load"]["loaded"] > 0 and "decoder weights" not in cap.err

@@ -12,6 +12,16 @@ pretrain = script("pretrain")
 common = script("common")
 
 
+def assert_same_weights(straight, killed, step=6):
+    """The two runs' checkpoints of ``step`` hold equal weights, tensor for tensor."""
+    a = torch.load(straight / "checkpoints" / f"step_{step:07d}.pt", weights_only=False)
+    b = torch.load(killed / "checkpoints" / f"step_{step:07d}.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    return a, b
+
+
 def _run(args, capsys):
     rc = common.run_main(pretrain.main, args)
     return rc, capsys.readouterr()
@@ -63,11 +73,7 @@ def test_exact_resume_after_sigkill(data, tmp_path, bank):
     assert sorted(os.listdir(killed / "checkpoints")) == ["best.pt", "step_0000003.pt"]
     r = run_subprocess(["train/pretrain.py", "--out", str(killed), "--resume", "--no-progress"])
     assert r.returncode == 0, r.stderr
-    a = torch.load(straight / "checkpoints" / "step_0000006.pt", weights_only=False)
-    b = torch.load(killed / "checkpoints" / "step_0000006.pt", weights_only=False)
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert_same_weights(straight, killed)
     assert open(straight / "metrics.csv").read().count("\n") == open(killed / "metrics.csv").read().count("\n")
 
 
@@ -282,3 +288,43 @@ def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_hel
         names[rank] = [v.name for v in train_vols]
         assert [v.name for v in held_vols] == ["v3.nii.gz"]
     assert names == {0: ["v0.nii.gz", "v2.nii.gz"], 1: ["v1.nii.gz"]}
+
+
+@pytest.mark.parametrize("task", ["genesis", "masked"])
+def test_dense_tasks_train_report_their_baselines_and_resume_exactly(task, data, tmp_path):
+    """--task genesis/masked: the U-Net trains, the summary states the held-out error against returning the
+    input unchanged and against each crop's mean, network.pt holds the whole U-Net, and a run killed
+    mid-way and resumed ends with the same weights as one that was not."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = lambda out: ["train/pretrain.py", *tiny_args(data, out, tmp_path / "cache", "--task", task)]  # noqa: E731
+    r = run_subprocess(args(straight))
+    assert r.returncode == 0, r.stderr
+    summary = json.load(open(straight / "summary.json"))
+    assert summary["task"] == task
+    for key in ("mse", "identity_mse", "mean_mse", "restoration_gain"):
+        assert isinstance(summary[key], float), key
+    assert abs(summary["restoration_gain"] - (1 - summary["mse"] / summary["identity_mse"])) < 0.05
+    assert f"reconstruction MSE {summary['mse']:.4f}: identity (input unchanged) {summary['identity_mse']:.4f}" \
+        in r.stdout
+    assert summary["restorations_png"] and os.path.getsize(summary["restorations_png"]) > 1000
+    meta = json.load(open(straight / "encoder.json"))
+    assert meta["task"] == task and meta["decoder"] == "unet" and meta["network"] == "network.pt"
+    network, encoder = torch.load(straight / "network.pt"), torch.load(straight / "encoder.pt")
+    assert {k for k in network if k.startswith(("up.", "dec."))} and set(encoder) == \
+        {k[len("encoder."):] for k in network if k.startswith("encoder.")}
+    r = run_subprocess(args(killed), env_extra={"RUBIKOPS_TEST_KILL_AT_STEP": "3"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    r = run_subprocess(["train/pretrain.py", "--out", str(killed), "--resume", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(straight, killed)
+
+
+def test_dense_task_defaults_apply_unless_set_and_refuse_intensity_augmentation(capsys):
+    cfg, _ = pretrain.parse(["--task", "genesis"])
+    assert (cfg.spacing, cfg.cube_size, cfg.augment) == (2.0, (32, 32, 32), "geometry")
+    cfg, _ = pretrain.parse(["--task", "masked", "--spacing", "4", "--cube-size", "16"])
+    assert (cfg.spacing, cfg.cube_size, cfg.batch_size) == (4.0, (16,), 8)
+    cfg, _ = pretrain.parse(["--task", "rubik"])
+    assert (cfg.spacing, cfg.augment) == (4.0, "all")
+    rc, cap = _run(["--task", "genesis", "--augment", "all", "--out", "unused"], capsys)
+    assert rc == 2 and "--augment all" in cap.err and "geometry" in cap.err and len(cap.err.strip().splitlines()) == 1
