@@ -332,7 +332,7 @@ def build_nnunet_model(cfg, meta, state, backbone: str, num_classes: int, in_cha
             encoder = model.encoder
     except ValueError as exc:
         raise UserError(f"--backbone {backbone}: {exc}") from None
-    return model, check_load(cfg, encoder, state, f"the {arch.short_name} of {arch.source}")
+    return model, check_load(cfg, encoder, state, f"the {arch.short_name} of {arch.source}"), None
 
 
 def check_load(cfg, encoder, state, what: str):
