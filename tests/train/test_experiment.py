@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from .helpers import script, smooth_volumes
 
@@ -119,24 +120,78 @@ def test_classification_val_split_is_disjoint_stratified_and_independent_of_labe
     assert idx["val"] == [] and len(idx["train"]) == 32
 
 
-def test_segmentation_val_slab_is_disjoint_and_independent_of_label_fraction():
+@pytest.fixture(scope="module")
+def atlas():
+    from rubikops.data import default
+    (train,), (test,), names = default.atlas_segmentation_task()
+    return train.label.data[0], test.label.data[0], names
+
+
+def test_segmentation_validation_holds_every_class_and_labels_spread_over_the_volume(atlas):
+    train_truth, test_truth, names = atlas
+    depth = train_truth.shape[-1]
+    classes = set(range(len(names)))
     seen = {}
-    for fraction in (0.05, 0.5, 1.0):
+    for fraction in (0.05, 0.1, 0.25, 1.0):
         train, val, test, _, named = finetune.load_segmentation(_cfg("--task", "segmentation", "--patch", "16,16,16",
                                                                      "--label-fraction", str(fraction)))
-        (t0, t1), (v0, v1) = named["axial_slices"]["train"], named["axial_slices"]["val"]
-        assert v1 == 91 and v1 - v0 == max(16, round(91 * 0.2)) and t1 <= v0  # the top slab, no overlap
-        assert val[0][0].shape[-1] == v1 - v0 and train[0][0].shape[-1] == v0  # the image kept whole
-        labelled = (train[0][1] != finetune.UNLABELLED).flatten(0, 1).any(0).nonzero().flatten().tolist()
-        assert labelled == list(range(t0, t1)) and t1 - t0 == max(1, round(v0 * fraction))
+        (img, lab), ((vimg, vlab),), ((_, tlab),) = train[0], val, test
+        assert len(train) == 1 and img.shape[-1] == vimg.shape[-1] == depth  # the image kept whole
+        labelled = np.flatnonzero((lab.numpy() != finetune.UNLABELLED).any((0, 1))).tolist()
+        val_slices = np.flatnonzero((vlab.numpy() != finetune.UNLABELLED).any((0, 1))).tolist()
+        assert labelled == named["axial_slices"]["train"] and val_slices == named["axial_slices"]["val"]
+        # labels are the atlas's own where given, UNLABELLED elsewhere
+        np.testing.assert_array_equal(lab.numpy()[..., labelled], train_truth[..., labelled])
+        np.testing.assert_array_equal(vlab.numpy()[..., val_slices], train_truth[..., val_slices])
+        np.testing.assert_array_equal(tlab.numpy(), test_truth)
+        # validation: every class, disjoint from the training labels by more than the guard, and from the test
+        assert set(np.unique(vlab.numpy()[..., val_slices]).tolist()) == classes
+        assert min(abs(a - b) for a in labelled for b in val_slices) > finetune.GUARD_SLICES
         assert "left hemisphere" in named["val"][0] and "right hemisphere" in named["test"][0]
-        seen[fraction] = (t0, t1, v0, v1)
-    assert len({v[2:] for v in seen.values()}) == 1  # the same validation slab at every label fraction
-    assert seen[1.0][:2] == (0, seen[1.0][2])
-    assert len({v[1] - v[0] for v in seen.values()}) == 3  # each fraction its own number of labelled slices
+        # the labelled slices are spread over the volume, not one slab: every class is labelled
+        assert set(np.unique(lab.numpy()[..., labelled]).tolist()) == classes, fraction
+        assert labelled[0] < depth // 4 and labelled[-1] > 3 * depth // 4
+        seen[fraction] = (tuple(labelled), tuple(val_slices))
+    assert len({v[1] for v in seen.values()}) == 1  # the same validation slices at every label fraction
+    counts = [len(seen[f][0]) for f in (0.05, 0.1, 0.25, 1.0)]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+    assert counts[-1] == depth - len(seen[1.0][1]) - 2 * finetune.GUARD_SLICES * finetune.VAL_SLABS
+    assert counts[0] == round(0.05 * counts[-1])
     too_much = _cfg("--task", "segmentation", "--patch", "16,16,16", "--val-fraction", "0.9")
-    with pytest.raises(common.UserError, match=r"^--val-fraction 0.9: a validation slab of 82 axial slices"):
+    with pytest.raises(common.UserError, match=r"^--val-fraction 0.9: 4 validation slabs of 21 axial slices"):
         finetune.load_segmentation(too_much)
+    train, val, *_ = finetune.load_segmentation(_cfg("--task", "segmentation", "--val-fraction", "0",
+                                                     "--label-fraction", "0.1"))
+    assert val == [] and (train[0][1] != finetune.UNLABELLED).flatten(0, 1).any(0).sum() == round(0.1 * depth)
+
+
+@pytest.mark.parametrize("depth,fraction", [(91, 0.2), (40, 0.1), (60, 0.15), (200, 0.05)])
+def test_axial_split_by_its_definition(depth, fraction):
+    splits = script("splits")
+    layout = splits.axial_split(depth, fraction)
+    thick = math.ceil(fraction * depth / splits.VAL_SLABS)
+    slabs = [z for z in layout.val if z - 1 not in layout.val]  # the first slice of each slab
+    assert len(slabs) * thick == len(layout.val) <= depth
+    for first in slabs:
+        centre = first + thick / 2
+        assert any(abs(centre - (i + 0.5) * depth / splits.VAL_SLABS) <= 1 for i in range(splits.VAL_SLABS))
+    guard = {z + d for z in layout.val for d in range(-splits.GUARD_SLICES, splits.GUARD_SLICES + 1)}
+    assert layout.candidates == tuple(z for z in range(depth) if z not in guard)
+    for f in (0.05, 0.3, 1.0):
+        lab = layout.labelled(f)
+        assert set(lab) <= set(layout.candidates) and list(lab) == sorted(set(lab))
+        assert len(lab) == (len(layout.candidates) if f == 1 else max(1, round(f * len(layout.candidates))))
+        gaps = np.diff([layout.candidates.index(z) for z in lab])
+        assert len(gaps) == 0 or gaps.max() - gaps.min() <= 1  # every k-th candidate slice
+
+
+def test_training_patches_always_hold_labelled_slices_when_labels_are_sparse():
+    sparse_labels = pytest.importorskip("rubikops.sparse_labels")
+    label = torch.full((5, 4, 40), finetune.UNLABELLED)
+    label[..., [3, 20, 37]] = 1
+    origins = sparse_labels.patch_origins(label, (2, 4, 8))
+    assert origins[0].tolist() == [0, 1, 2, 3] and origins[1].tolist() == [0]
+    assert origins[2].tolist() == [z for z in range(33) if any(z <= s < z + 8 for s in (3, 20, 37))]
 
 
 # -- the protocol end to end -------------------------------------------------------------------------
