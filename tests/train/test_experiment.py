@@ -52,10 +52,16 @@ def test_wilcoxon_matches_scipy(n):
 # -- learning rate chosen on validation, never on test --------------------------------------------------
 def _fake_runs(val_by_lr, test_by_lr, seeds=(0, 1, 2), task="classification", fraction=0.1):
     runs = []
-    for init, (lr, s) in itertools.product(("scratch", "rubik"), itertools.product(sorted(val_by_lr), seeds)):
-        runs.append({"task": task, "init": init, "fraction": fraction, "lr": lr, "seed": s,
-                     "val": val_by_lr[lr][init] + 0.01 * s, "test": test_by_lr[lr][init] + 0.01 * s})
+    arms = sorted(next(iter(val_by_lr.values())))
+    for arm, (lr, s) in itertools.product(arms, itertools.product(sorted(val_by_lr), seeds)):
+        runs.append({"task": task, "metric": experiment.METRIC[task][0], "fraction": fraction, "arm": arm,
+                     "seed": s, "lr": lr, "val": val_by_lr[lr][arm] + 0.01 * s, "test": test_by_lr[lr][arm] + 0.01 * s})
     return runs
+
+
+def _doc(runs, arms, seeds, lrs, fractions=(0.1,), tasks=("classification",)):
+    return {"command": "python train/experiment.py", "tasks": list(tasks), "arms": list(arms),
+            "fractions": list(fractions), "seeds": list(seeds), "lrs": list(lrs), "rows": runs}
 
 
 def test_lr_is_chosen_on_validation_and_test_never_looked_at():
@@ -67,31 +73,102 @@ def test_lr_is_chosen_on_validation_and_test_never_looked_at():
     assert experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-3
     assert experiment.choose_lr(runs, "classification", "rubik", 0.1, lrs)[0] == 1e-2
     (row,) = experiment.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
-    assert row["scratch"]["lr"] == 1e-3 and row["pretrained"]["lr"] == 1e-2
-    assert row["scratch"]["mean"] == pytest.approx(0.71) and row["pretrained"]["mean"] == pytest.approx(0.41)
+    assert row["arms"]["scratch"]["lr"] == 1e-3 and row["arms"]["rubik"]["lr"] == 1e-2
+    assert row["arms"]["scratch"]["mean"] == pytest.approx(0.71) and row["arms"]["rubik"]["mean"] == pytest.approx(0.41)
+    assert row["winner"] == "scratch" and row["best_pretrained"] == "rubik"
     # any change of the test metrics leaves the choice alone
     rng = np.random.default_rng(0)
     for r in runs:
         r["test"] = float(rng.random())
     (again,) = experiment.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
-    assert (again["scratch"]["lr"], again["pretrained"]["lr"]) == (1e-3, 1e-2)
+    assert (again["arms"]["scratch"]["lr"], again["arms"]["rubik"]["lr"]) == (1e-3, 1e-2)
     # a run without a validation metric does not count towards its rate
     for r in runs:
         r["val"] = None if r["lr"] == 1e-3 else r["val"]
     assert experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-2
 
 
-def test_rows_pair_by_seed_and_say_whether_pretrained_beats_scratch_by_one_sd():
-    val = {1e-3: {"scratch": 0.5, "rubik": 0.5}}
-    test = {1e-3: {"scratch": 0.60, "rubik": 0.70}}
-    runs = _fake_runs(val, test, seeds=(0, 1, 2, 3, 4))
-    (row,) = experiment.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], [1e-3], [0, 1, 2, 3, 4])
-    assert row["difference"] == pytest.approx(0.1) and row["scratch"]["sd"] == pytest.approx(0.0158, abs=1e-4)
-    assert row["beats_by_one_sd"] and row["wilcoxon"]["n"] == 5 and row["wilcoxon"]["p"] == pytest.approx(2 / 32)
-    text = experiment.table([row], "python train/experiment.py", 5, 5, [0, 1, 2, 3, 4])
-    assert "| classification | macro AUC | 0.1 | 0.620 ± 0.016 (0.001) | Rubik's cube | 0.720 ± 0.016 (0.001) " \
-           "| +0.100 | 0.062 (5) | **yes** |" in text
-    assert "**Rubik's cube: met** (1 of 1 such rows)." in text
+def test_a_validation_metric_that_ties_across_the_grid_is_refused():
+    lrs = [1e-4, 1e-3, 1e-2]
+    flat = {lr: {"scratch": 0.0, "rubik": 0.5 + lr} for lr in lrs}  # scratch: 0.000 at every rate
+    runs = _fake_runs(flat, flat, seeds=(0,), task="segmentation", fraction=0.05)
+    with pytest.raises(common.UserError, match=r"^segmentation, arm scratch, label fraction 0.05: the mean "
+                                               r"validation mean Dice ties across learning rates"):
+        experiment.compare(runs, ["segmentation"], ["scratch", "rubik"], [0.05], lrs, [0])
+    # two of three rates sharing the best mean: refused too; a tie below the best is harmless
+    two = {1e-4: {"scratch": 0.7, "rubik": 0.2}, 1e-3: {"scratch": 0.7, "rubik": 0.2}, 1e-2: {"scratch": 0.6, "rubik": 0.3}}
+    runs = _fake_runs(two, two, seeds=(0,))
+    with pytest.raises(common.UserError, match=r"arm scratch, .*\['0.0001', '0.001'\]"):
+        experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)
+    assert experiment.choose_lr(runs, "classification", "rubik", 0.1, lrs) == (1e-2, 0.3)
+
+
+def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
+    seeds = [0, 1, 2, 3, 4]
+    val = {1e-3: {"scratch": 0.5, "rubik": 0.5, "genesis": 0.5}}
+    test = {1e-3: {"scratch": 0.60, "rubik": 0.70, "genesis": 0.61}}
+    runs = _fake_runs(val, test, seeds=seeds)
+    arms = ["scratch", "rubik", "genesis"]
+    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    assert row["winner"] == row["best_pretrained"] == "rubik"
+    v = row["versus_scratch"]
+    assert v["rubik"]["difference"] == pytest.approx(0.1) and row["arms"]["scratch"]["sd"] == pytest.approx(0.0158, abs=1e-4)
+    assert v["rubik"]["beats_by_one_sd"] and v["rubik"]["wilcoxon"]["n"] == 5
+    assert v["rubik"]["wilcoxon"]["p"] == pytest.approx(2 / 32)
+    assert not v["genesis"]["beats_by_one_sd"]  # +0.01 is less than scratch's sd
+    text = experiment.table([row], _doc(runs, arms, seeds, [1e-3]), len(runs))
+    assert ("| classification | macro AUC | 0.1 | 0.620 ± 0.016 | **0.720 ± 0.016** | 0.630 ± 0.016 | Rubik's cube "
+            "| Rubik's cube | +0.100 | 0.062 (5) | **yes**: Rubik's cube |") in text
+    assert "| classification | 0.1 | 0.001 (0.520) | 0.001 (0.520) | 0.001 (0.520) |" in text
+    assert "Rubik's cube beats scratch by more than one sd of scratch at 1 of 1: **met**" in text
+    assert "Models Genesis beats scratch by more than one sd of scratch at 0 of 1: **not met**" in text
+    assert "Incomplete" not in text
+    assert "**Incomplete: 14 of 15 runs finished.**" in experiment.table([row], _doc(runs, arms, seeds, [1e-3]), 14)
+    # scratch ahead: it wins, and no arm is marked
+    runs = _fake_runs(val, {1e-3: {"scratch": 0.8, "rubik": 0.70, "genesis": 0.61}}, seeds=seeds)
+    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    assert row["winner"] == "scratch" and row["best_pretrained"] == "rubik"
+    verdict = experiment.verdict([row], _doc(runs, arms, seeds, [1e-3]))
+    assert "| classification | 0.1 | from scratch 0.820 ± 0.016 | 0.820 ± 0.016 | none |" in verdict
+
+
+def test_arms_and_the_matched_scale_follow_both_scripts_defaults():
+    pre, fine = script("pretrain").PretrainConfig(), finetune.FinetuneConfig()
+    assert experiment.pretrain_flags("rubik", "default") == []
+    matched = experiment.pretrain_flags("rubik", "matched")
+    # matched: the voxels and cubes that segmentation fine-tuning sees, the gap the same in millimetres
+    assert matched == ["--spacing", "2", "--cube-size", ",".join(map(str, fine.patch)), "--gap",
+                       ",".join(str(int(g * pre.spacing / 2)) for g in pre.gap)]
+    assert fine.patch == (32, 32, 32) and pre.spacing == 4.0 and pre.cube_size == (16, 16, 16)
+    assert experiment.pretrain_flags("genesis", "matched")[:2] == ["--task", "genesis"]
+    assert experiment.pretrain_flags("rubik_small", "matched") == experiment.pretrain_flags("rubik_small", "default")
+    assert experiment.arm_folder("rubik", "matched") == "rubik_matched"
+    assert experiment.arm_folder("rubik_small", "matched") == "rubik_small"
+    assert experiment.ARMS["scratch"].pretrain is None
+    # every pretrained arm's flags parse as train/pretrain.py settings
+    for arm in experiment.ARMS:
+        if experiment.ARMS[arm].pretrain is not None and "--task" not in experiment.ARMS[arm].pretrain:
+            for scale in experiment.SCALES:
+                cfg, _ = script("pretrain").parse(experiment.pretrain_flags(arm, scale))
+                script("pretrain").check_config(cfg)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--arms", "rubik,genesis"], "--arms: 'rubik,genesis' must name scratch"),
+    (["--arms", "scratch,bogus"], "--arms: 'scratch,bogus' must name scratch"),
+    (["--inits", "scratch"], "--arms: 'scratch' must name scratch and at least one of rubik"),
+    (["--pretrain-scale", "huge"], "argument --pretrain-scale: invalid choice"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    assert common.run_main(experiment.main, ["--report-only", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_recorded_command_leaves_out_where_outputs_go():
+    argv = ["--arms", "scratch,rubik", "--docs", "docs", "--results=x.json", "--report-only", "--readme", "R.md",
+            "--seeds", "0,1"]
+    assert experiment.recorded_command(argv) == "python train/experiment.py --arms scratch,rubik --seeds 0,1"
 
 
 # -- finetune.py's validation split ----------------------------------------------------------------
@@ -195,46 +272,73 @@ def test_training_patches_always_hold_labelled_slices_when_labels_are_sparse():
 
 
 # -- the protocol end to end -------------------------------------------------------------------------
-def test_experiment_end_to_end_fills_the_markers_and_keeps_the_rest(tmp_path, capsys):
+def test_experiment_end_to_end_writes_documents_only_when_asked_and_rebuilds_from_the_results_file(tmp_path, capsys):
     data = smooth_volumes(tmp_path / "scans")
-    docs, readme = tmp_path / "docs", tmp_path / "README.md"
+    docs, readme, results = tmp_path / "docs", tmp_path / "README.md", tmp_path / "results" / "experiment-x.json"
     docs.mkdir()
     (docs / "experiment.md").write_text("# Title\n\nintro\n\n<!-- protocol:start -->\nold table\n"
                                         "<!-- protocol:end -->\n\n<!-- pretext-study:start -->\nstudy\n"
                                         "<!-- pretext-study:end -->\n")
-    readme.write_text("# rubikops\n\nbefore\n\n<!-- protocol:start -->\nold\n<!-- protocol:end -->\n\nafter\n")
-    argv = ["--out", str(tmp_path / "exp"), "--docs", str(docs), "--readme", str(readme),
-            "--fractions", "0.5,1", "--seeds", "0,1", "--lrs", "1e-3,3e-3", "--pretrain-steps", "4",
-            "--steps", "classification=3,segmentation=2",
-            "--pretrain-args", f"--preset tiny --data {data} --spacing 1 --no-tensorboard --cache-dir {tmp_path}/c",
-            "--finetune-args", "--preset tiny --num-cases 16 --checkpoint-every 100 --overlap 0"]
-    assert common.run_main(experiment.main, argv) == 0
-    out = capsys.readouterr().out
+    readme.write_text("# rubikops\n\nbefore\n\n<!-- protocol-verdict:start -->\nold\n<!-- protocol-verdict:end -->"
+                      "\n\nafter\n")
+    before = {p: p.read_text() for p in (docs / "experiment.md", readme)}
+    run = ["--out", str(tmp_path / "exp"), "--arms", "scratch,rubik,ordering", "--fractions", "0.5", "--seeds", "0,1",
+           "--lrs", "1e-3,3e-3", "--pretrain-steps", "4", "--steps", "classification=3,segmentation=2",
+           # group norm: after 2 steps batch norm's running statistics still make every voxel background,
+           # a validation Dice of 0.000 at every rate, which the protocol refuses to choose on
+           "--pretrain-args", f"--preset tiny --data {data} --spacing 1 --no-tensorboard --cache-dir {tmp_path}/c "
+                              "--norm group",
+           "--finetune-args", "--preset tiny --num-cases 40 --checkpoint-every 100 --overlap 0 --norm group"]
+    # without --docs and --readme: the runs and the results file, no document touched
+    assert common.run_main(experiment.main, run + ["--results", str(results)]) == 0
+    cap = capsys.readouterr()
+    assert {p: p.read_text() for p in before} == before and not (docs / "experiment.png").exists()
+    assert f"wrote {results}" in cap.err and "no document written" in cap.err
+    assert "== pretraining rubik" in cap.out and "== pretraining ordering" in cap.out
+    assert "== classification scratch fraction 0.5 lr 0.001 seed 0" in cap.out
+    doc = json.loads(results.read_text())
+    assert len(doc["rows"]) == 2 * 3 * 1 * 2 * 2 and doc["arms"] == ["scratch", "rubik", "ordering"]
+    assert {k for r in doc["rows"] for k in r} == {"task", "metric", "fraction", "arm", "seed", "lr", "val", "test"}
+    assert all(isinstance(r["val"], float) and isinstance(r["test"], float) for r in doc["rows"])
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"] and len(doc["git_revision"].split("-")[0]) == 40
+    assert doc["command"].startswith("python train/experiment.py --out ") and "--results" not in doc["command"]
+    assert doc["pretraining"]["ordering"]["flags"].startswith("--rotations none --preset tiny")
+    assert doc["pretraining"]["rubik"]["summary"]["steps"] == 4
+    # each row's numbers are the run's own results.json
+    r = next(r for r in doc["rows"] if r["task"] == "segmentation")
+    res = json.load(open(experiment.run_folder(str(tmp_path / "exp"), "segmentation", r["arm"], r["fraction"], r["lr"],
+                                               r["seed"]) + "/results.json"))
+    assert (r["val"], r["test"]) == (res["val_metrics"]["mean_dice"], res["metrics"]["mean_dice"])
+    # with --docs and --readme: nothing retrained, both sections replaced, the rest kept, every file named
+    assert common.run_main(experiment.main, run + ["--docs", str(docs), "--readme", str(readme)]) == 0
+    cap = capsys.readouterr()
+    assert "== " not in cap.out
+    for path in (docs / "experiment.md", docs / "experiment.png", readme):
+        assert f"wrote {path}" in cap.err
     md = (docs / "experiment.md").read_text()
     assert md.startswith("# Title\n\nintro\n\n<!-- protocol:start -->\nMade by `python train/experiment.py --out ")
     assert "old table" not in md and "<!-- pretext-study:start -->\nstudy\n<!-- pretext-study:end -->" in md
     for task, metric in (("classification", "macro AUC"), ("segmentation", "mean Dice")):
-        assert md.count(f"| {task} | {metric} |") == 2
-    assert "Wilcoxon p" in md and "](experiment.png)" in md and "Incomplete" not in md
+        assert md.count(f"| {task} | {metric} | 0.5 |") == 1
     text = readme.read_text()
-    assert text.startswith("# rubikops\n\nbefore\n\n<!-- protocol:start -->\nMade by") and text.endswith("\n\nafter\n")
-    assert "](docs/experiment.png)" in text and "\nold\n" not in text
+    assert text.startswith("# rubikops\n\nbefore\n\n<!-- protocol-verdict:start -->\nMean ± sd") and \
+        text.endswith("\n\nafter\n") and "\nold\n" not in text
     assert os.path.getsize(docs / "experiment.png") > 1000
-    res = json.load(open(tmp_path / "exp" / "results.json"))
-    assert len(res["runs"]) == 2 * 2 * 2 * 2 * 2 and len(res["rows"]) == 4
-    assert all(r["val"] is not None and r["results"]["split"]["val"] for r in res["runs"])
-    for row in res["rows"]:
-        assert row["scratch"]["lr"] in (1e-3, 3e-3) and row["seeds"] == [0, 1]
-    run = res["runs"][0]["results"]
-    assert set(run["split"]["val"]).isdisjoint(run["split"]["train"] + run["split"]["test"])
-    assert "--finetune-args" in out and "== classification scratch fraction 0.5 lr 0.001 seed 0" in out
-    # everything done: nothing is trained again, and --report-only rebuilds the same table
-    assert common.run_main(experiment.main, argv) == 0
-    assert "== " not in capsys.readouterr().out
+    # a fresh clone: no runs folder, only the results file -> the same blocks, byte for byte, and render() agrees
+    import shutil
+    shutil.rmtree(tmp_path / "exp")
     (docs / "experiment.png").unlink()
-    assert common.run_main(experiment.main, argv + ["--report-only"]) == 0
-    assert (docs / "experiment.md").read_text() == md and (docs / "experiment.png").exists()
-    # --report-only with runs missing trains nothing and says how many are finished
-    assert common.run_main(experiment.main, argv + ["--report-only", "--seeds", "0,1,2"]) == 0
-    cap = capsys.readouterr().out
-    assert "== " not in cap and "Incomplete: 32 of 48 runs finished" in cap
+    saved = {p: p.read_text() for p in (docs / "experiment.md", readme)}
+    for p in saved:
+        p.write_text(p.read_text().replace("Mean ± sd", "edited").replace("Made by", "edited"))
+    assert common.run_main(experiment.main, ["--report-only", "--results", str(results), "--docs", str(docs),
+                                             "--readme", str(readme)]) == 0
+    assert {p: p.read_text() for p in saved} == saved and (docs / "experiment.png").exists()
+    blocks = experiment.render(str(results))
+    assert f"<!-- protocol:start -->\n{blocks['protocol']}\n<!-- protocol:end -->" in saved[docs / "experiment.md"]
+    assert f"<!-- protocol-verdict:start -->\n{blocks['protocol-verdict']}\n<!-- protocol-verdict:end -->" in \
+        saved[readme]
+    # --report-only without a results file and with runs missing trains nothing and says how many are finished
+    capsys.readouterr()
+    assert common.run_main(experiment.main, run + ["--report-only", "--results", str(tmp_path / "none.json")]) == 2
+    assert "--results: " in capsys.readouterr().err
