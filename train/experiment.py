@@ -243,6 +243,17 @@ def arm_folder(arm: str, scale: str) -> str:
     return arm if scale == "default" or not ARMS[arm].matched else f"{arm}_matched"
 
 
+def check_pretext_tasks(arms, scale: str) -> None:
+    """A UserError before any run when an arm's pretext task is not one train/pretrain.py has."""
+    for arm in arms:
+        if ARMS[arm].pretrain is None:
+            continue
+        cfg, _ = pretrain.parse(pretrain_flags(arm, scale))
+        if cfg.task not in pretrain.TASKS:
+            raise UserError(f"--arms: {arm} pretrains with train/pretrain.py --task {cfg.task}, which this "
+                            f"installation does not have (tasks: {', '.join(pretrain.TASKS)})")
+
+
 def _pretrain(arm: str, args) -> str:
     folder = os.path.join(args.out, f"pretrain_{arm_folder(arm, args.pretrain_scale)}")
     if os.path.exists(os.path.join(folder, "summary.json")):
@@ -590,6 +601,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     tasks, arms, fractions, seeds, lrs, steps = check_args(args)
     if not args.report_only:
+        check_pretext_tasks(arms, args.pretrain_scale)
         # the pretraining folder: finetune.py takes its encoder.pt (and, for genesis and masked, the decoder)
         pre = {arm: _pretrain(arm, args) for arm in arms if ARMS[arm].pretrain is not None}
         for task, f, arm, lr, s in itertools.product(tasks, fractions, arms, lrs, seeds):

@@ -165,6 +165,15 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+def test_an_arm_whose_pretext_task_is_missing_stops_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(experiment.pretrain, "TASKS", {k: v for k, v in experiment.pretrain.TASKS.items()
+                                                       if k != "rubik"})
+    assert common.run_main(experiment.main, ["--out", str(tmp_path / "x"), "--arms", "scratch,rubik"]) == 2
+    err = capsys.readouterr().err
+    assert "--arms: rubik pretrains with train/pretrain.py --task rubik, which this installation does not" in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_recorded_command_leaves_out_where_outputs_go():
     argv = ["--arms", "scratch,rubik", "--docs", "docs", "--results=x.json", "--report-only", "--readme", "R.md",
             "--seeds", "0,1"]
