@@ -47,15 +47,20 @@ DIR/experiment.png; --readme FILE writes the verdict between
 every file written is named.  :func:`render` gives those blocks from a
 results file.
 
-Time on the project's 2 CPU cores (OMP_NUM_THREADS=1, an otherwise idle
-machine): one segmentation run at the defaults (150 steps of 8 patches of
-32^3, sliding-window evaluation of the validation slices and the test
-hemisphere) took SEG_SECONDS s, one classification run (300 steps, 120 cases)
-57 s (measured on a busier machine).  The defaults run 2 tasks x 5 arms x 4
-fractions x 5 seeds x 3 rates = 600 fine-tuning runs: about 300 x SEG_SECONDS
-s + 300 x 57 s = TOTAL_HOURS h, plus 4 pretrainings (about 3 to 6 minutes each
-at pretrain.py's defaults; --pretrain-scale matched cuts 8 times the voxels per
-cube, so expect about 8 times that)."""
+Time on the project's 2-core AMD EPYC VM, one thread (OMP_NUM_THREADS=1),
+measured with /usr/bin/time: one segmentation run at the defaults (from
+scratch, 150 steps of 8 patches of 32^3, then sliding-window evaluation of the
+whole training hemisphere for the validation slices and of the test
+hemisphere) took 77 s on an idle machine (76 s of CPU time; 191 s of wall time
+while other jobs kept the load near 9); one classification run at the
+defaults (300 steps, 120 cases) 55 s of CPU time (134 s of wall time at the
+same load).  The defaults run 2 tasks x 5 arms x 4 label fractions x 5 seeds
+x 3 rates = 600 fine-tuning runs, one after another: 300 x 77 s + 300 x 55 s
+= 11 hours on an idle machine, plus 4 pretrainings (rubik at pretrain.py's
+defaults: 175 s on a 2-core Intel VM; genesis and masked are meant to take at
+most 6 minutes each), so about 11.5 hours; about 2.5 times that on a machine shared
+as above.  --pretrain-scale matched cuts 8 times the voxels per cube, so its
+pretrainings take about 8 times as long (not measured end to end)."""
 from __future__ import annotations
 
 import argparse
@@ -238,6 +243,12 @@ def pretrain_flags(arm: str, scale: str) -> list:
     return [*a.pretrain, *(a.matched if scale == "matched" else ())]
 
 
+def pretrain_run_flags(arm: str, args) -> list:
+    """What an arm's pretraining runs with: --pretrain-steps, the arm's flags, then --pretrain-args."""
+    steps = ["--steps", str(args.pretrain_steps)] if args.pretrain_steps else []
+    return [*steps, *pretrain_flags(arm, args.pretrain_scale), *args.pretrain_args.split()]
+
+
 def arm_folder(arm: str, scale: str) -> str:
     """An arm's name in folder names: a matched-scale encoder is another encoder."""
     return arm if scale == "default" or not ARMS[arm].matched else f"{arm}_matched"
@@ -261,9 +272,7 @@ def _pretrain(arm: str, args) -> str:
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
         argv = ["--out", folder, "--no-progress", "--resume"]
     else:
-        steps = ["--steps", str(args.pretrain_steps)] if args.pretrain_steps else []
-        argv = ["--out", folder, *steps, "--device", args.device, "--no-progress",
-                *pretrain_flags(arm, args.pretrain_scale), *args.pretrain_args.split()]
+        argv = ["--out", folder, "--device", args.device, "--no-progress", *pretrain_run_flags(arm, args)]
     print(f"== pretraining {arm}: {' '.join(argv)}", flush=True)
     if common.run_main(pretrain.main, argv) != 0:
         raise UserError(f"pretraining {arm} failed (see above)")
@@ -320,7 +329,7 @@ def pretraining_record(args, arms) -> dict:
             continue
         path = os.path.join(args.out, f"pretrain_{arm_folder(arm, args.pretrain_scale)}", "summary.json")
         summary = json.load(open(path)) if os.path.exists(path) else None
-        out[arm] = {"flags": shlex.join(pretrain_flags(arm, args.pretrain_scale) + args.pretrain_args.split()),
+        out[arm] = {"flags": shlex.join(pretrain_run_flags(arm, args)),
                     "summary": None if summary is None else {
                         k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     return out

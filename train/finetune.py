@@ -12,9 +12,10 @@ Default data: the offline tasks of rubikops.data.default (simulated lesion
 types in real brain templates; Harvard-Oxford lobes, left hemisphere for
 training, right for testing), each with a validation split (--val-fraction:
 held-out cases, or axial slabs spread over the training hemisphere, which hold
-every lobe) that never overlaps training or test data.  Outputs in --out: config.yaml, checkpoints/,
-metrics.csv, tensorboard/, results.json (test metrics, validation metrics, chance
-level, the split, what the encoder load did)."""
+every lobe) that never overlaps training or test data.  Outputs in --out:
+config.yaml, checkpoints/, metrics.csv, tensorboard/, results.json (test
+metrics, validation metrics, chance level, the split, what the encoder load
+did)."""
 from __future__ import annotations
 
 import dataclasses

@@ -311,7 +311,7 @@ def test_experiment_end_to_end_writes_documents_only_when_asked_and_rebuilds_fro
     assert all(isinstance(r["val"], float) and isinstance(r["test"], float) for r in doc["rows"])
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"] and len(doc["git_revision"].split("-")[0]) == 40
     assert doc["command"].startswith("python train/experiment.py --out ") and "--results" not in doc["command"]
-    assert doc["pretraining"]["ordering"]["flags"].startswith("--rotations none --preset tiny")
+    assert doc["pretraining"]["ordering"]["flags"].startswith("--steps 4 --rotations none --preset tiny")
     assert doc["pretraining"]["rubik"]["summary"]["steps"] == 4
     # each row's numbers are the run's own results.json
     r = next(r for r in doc["rows"] if r["task"] == "segmentation")
