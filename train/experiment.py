@@ -139,12 +139,12 @@ def parse(argv=None):
     p.add_argument("--steps", default="classification=300,segmentation=150", help="fine-tuning steps per task")
     p.add_argument("--finetune-args", default="", help="extra flags for train/finetune.py (e.g. --val-fraction)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--results", default=None, help="the raw per-run results file: written after the runs "
-                                                    "(default OUT/experiment-DATE.json); with --report-only, read")
-    p.add_argument("--docs", default=None, help="write DIR/experiment.md (its protocol section) and "
-                                                "DIR/experiment.png (default: no documents)")
-    p.add_argument("--readme", default=None, help="write the verdict into this README's protocol-verdict section "
-                                                  "(default: none)")
+    p.add_argument("--results", default="", help="the raw per-run results file: written after the runs "
+                                                  "(empty: OUT/experiment-DATE.json); with --report-only, read")
+    p.add_argument("--docs", default="", metavar="DIR", help="write DIR/experiment.md (its protocol section) and "
+                                                             "DIR/experiment.png (empty: no documents)")
+    p.add_argument("--readme", default="", metavar="FILE", help="write the verdict into this README's "
+                                                                "protocol-verdict section (empty: none)")
     p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the table and plot from "
                                                              "--results, or from the runs finished in --out")
     return p.parse_args(argv)
