@@ -525,7 +525,7 @@ def verdict(rows: list, doc: dict) -> str:
         won = "n/a" if w is None else f"{_label(w)} {_fmt(r['arms'][w]['mean'])} ± {_fmt(r['arms'][w]['sd'])}"
         lines.append(f"| {r['task']} | {r['fraction']:g} | {won} | {_fmt(s['mean'])} ± {_fmt(s['sd'])} | "
                      f"{', '.join(beats) or 'none'} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *targets(rows, doc["arms"])])
 
 
 PLOT_LINK = "![test score vs label fraction, mean ± sd over seeds](experiment.png)"

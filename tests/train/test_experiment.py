@@ -130,6 +130,7 @@ def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
     assert row["winner"] == "scratch" and row["best_pretrained"] == "rubik"
     verdict = experiment.verdict([row], _doc(runs, arms, seeds, [1e-3]))
     assert "| classification | 0.1 | from scratch 0.820 ± 0.016 | 0.820 ± 0.016 | none |" in verdict
+    assert verdict.endswith("Models Genesis beats scratch by more than one sd of scratch at 0 of 1: **not met**.")
 
 
 def test_arms_and_the_matched_scale_follow_both_scripts_defaults():
