@@ -252,6 +252,36 @@ def test_segmentation_validation_holds_every_class_and_labels_spread_over_the_vo
     assert val == [] and (train[0][1] != finetune.UNLABELLED).flatten(0, 1).any(0).sum() == round(0.1 * depth)
 
 
+class _NearestClass(torch.nn.Module):
+    """Logits -(x - c)^2: every voxel predicted as the class nearest its intensity."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.register_buffer("c", torch.arange(k, dtype=torch.float32).view(1, k, 1, 1, 1))
+
+    def forward(self, x):
+        return -(x - self.c) ** 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segmentation_evaluation_scores_labelled_voxels_only_against_numpy(seed):
+    rng = np.random.default_rng(seed)
+    k, shape = 5, (13, 18, 23)
+    img = torch.from_numpy(rng.uniform(-0.4, k - 0.6, size=(1, *shape)).astype(np.float32))
+    truth = rng.integers(0, k - 1, size=shape)  # class k-1 absent from the truth: left out, though predicted
+    lab = torch.from_numpy(truth).clone()
+    lab[..., rng.random(shape[-1]) < 0.6] = finetune.UNLABELLED  # sparse axial slices, as a validation split
+    cfg = _cfg("--task", "segmentation", "--patch", "8,8,8", "--overlap", "0.5")
+    rep = finetune.evaluate(_NearestClass(k), cfg, True, torch.device("cpu"), common.autocast(torch.device("cpu"),
+                            "none"), [f"c{i}" for i in range(k)], [(img, lab)])
+    pred = np.clip(np.rint(img[0].numpy()), 0, k - 1)
+    keep = lab.numpy() != finetune.UNLABELLED
+    ref = [2 * ((pred == c) & (truth == c) & keep).sum() / (((pred == c) & keep).sum() + ((truth == c) & keep).sum())
+           for c in range(k - 1)]
+    assert rep["dice_per_class"][:k - 1] == pytest.approx(ref, abs=1e-12) and math.isnan(rep["dice_per_class"][-1])
+    assert rep["mean_dice"] == pytest.approx(np.mean(ref[1:]), abs=1e-12)
+
+
 @pytest.mark.parametrize("depth,fraction", [(91, 0.2), (40, 0.1), (60, 0.15), (200, 0.05)])
 def test_axial_split_by_its_definition(depth, fraction):
     splits = script("splits")
