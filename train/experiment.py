@@ -98,9 +98,9 @@ DOWNSTREAM_SPACING = 2.0  # mm: the offline atlas task's grid (MNI152 at 2 mm), 
 DOWNSTREAM_PATCH = tuple(finetune.FinetuneConfig.patch)  # finetune.py's training patch, 32^3
 # the gap kept in millimetres: (0, 2) voxels at 4 mm are (0, 4) at 2 mm
 _MATCHED_GAP = ",".join(str(round(g * _DEFAULTS.spacing / DOWNSTREAM_SPACING)) for g in _DEFAULTS.gap)
-_MATCHED = ("--spacing", f"{DOWNSTREAM_SPACING:g}", "--cube-size", ",".join(map(str, DOWNSTREAM_PATCH)))
-MATCHED_GRID = _MATCHED + ("--gap", _MATCHED_GAP)
-MATCHED_DENSE = _MATCHED
+_DOWNSTREAM_VOXELS = ("--spacing", f"{DOWNSTREAM_SPACING:g}")
+MATCHED_DENSE = _DOWNSTREAM_VOXELS + ("--cube-size", ",".join(map(str, DOWNSTREAM_PATCH)))  # the crop
+MATCHED_GRID = MATCHED_DENSE + ("--gap", _MATCHED_GAP)  # each of the 2x2x2 cubes
 
 ARMS = {
     "scratch": Arm("from scratch", None),
@@ -108,8 +108,8 @@ ARMS = {
     "ordering": Arm("ordering only", ("--rotations", "none"), MATCHED_GRID),
     "genesis": Arm("Models Genesis", ("--task", "genesis"), MATCHED_DENSE),
     "masked": Arm("masked volume", ("--task", "masked"), MATCHED_DENSE),
-    # the shortcut test: 32 mm cubes (16^3 at 2 mm) in a 68 mm crop placed anywhere in the head
-    "rubik_small": Arm("Rubik's cube, small crops", ("--spacing", "2", "--gap", "0,4")),
+    # the shortcut test: the default 16^3 cubes at 2 mm (32 mm) in a 68 mm crop placed anywhere in the head
+    "rubik_small": Arm("Rubik's cube, small crops", _DOWNSTREAM_VOXELS + ("--gap", _MATCHED_GAP)),
 }
 SCALES = ("default", "matched")
 METRIC = {"classification": ("macro_auc", "macro AUC"), "segmentation": ("mean_dice", "mean Dice")}

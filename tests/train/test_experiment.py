@@ -142,7 +142,8 @@ def test_arms_and_the_matched_scale_follow_both_scripts_defaults():
                        ",".join(str(int(g * pre.spacing / 2)) for g in pre.gap)]
     assert fine.patch == (32, 32, 32) and pre.spacing == 4.0 and pre.cube_size == (16, 16, 16)
     assert experiment.pretrain_flags("genesis", "matched")[:2] == ["--task", "genesis"]
-    assert experiment.pretrain_flags("rubik_small", "matched") == experiment.pretrain_flags("rubik_small", "default")
+    assert experiment.pretrain_flags("rubik_small", "matched") == experiment.pretrain_flags("rubik_small", "default") \
+        == ["--spacing", "2", "--gap", "0,4"]  # the default 16^3 cubes at 2 mm, the gap in the same millimetres
     assert experiment.arm_folder("rubik", "matched") == "rubik_matched"
     assert experiment.arm_folder("rubik_small", "matched") == "rubik_small"
     assert experiment.ARMS["scratch"].pretrain is None
