@@ -370,9 +370,14 @@ def read_results(path: str) -> dict:
     missing = [k for k in need if not isinstance(doc, dict) or k not in doc]
     if missing:
         raise UserError(f"--results: {path}: missing {missing}; expected the file train/experiment.py writes")
-    unknown = sorted({r.get("arm") for r in doc["rows"]} - set(ARMS))
+    row_keys = {"task", "metric", "fraction", "arm", "seed", "lr", "val", "test"}
+    bad = [i for i, r in enumerate(doc["rows"]) if not isinstance(r, dict) or not row_keys <= set(r)]
+    if bad:
+        raise UserError(f"--results: {path}: row {bad[0]} lacks one of {sorted(row_keys)}")
+    unknown = sorted({str(r["arm"]) for r in doc["rows"]} - set(ARMS)) + sorted(
+        {str(r["task"]) for r in doc["rows"]} - set(METRIC))
     if unknown:
-        raise UserError(f"--results: {path}: unknown arm(s) {unknown}")
+        raise UserError(f"--results: {path}: unknown arm(s) or task(s) {unknown}")
     return doc
 
 

@@ -176,6 +176,23 @@ def test_an_arm_whose_pretext_task_is_missing_stops_before_any_run(tmp_path, mon
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("content,message", [
+    ("not json", "not a readable results file (JSONDecodeError)"),
+    ('{"rows": []}', "missing ['command', 'tasks', 'arms', 'fractions', 'seeds', 'lrs']"),
+    ('{"command": "c", "tasks": [], "arms": [], "fractions": [], "seeds": [], "lrs": [], "rows": [{"arm": "x"}]}',
+     "row 0 lacks one of"),
+    ('{"command": "c", "tasks": [], "arms": [], "fractions": [], "seeds": [], "lrs": [], "rows": [{"task": "t", '
+     '"metric": "m", "fraction": 1, "arm": "imagenet", "seed": 0, "lr": 1, "val": 0, "test": 0}]}',
+     "unknown arm(s) or task(s) ['imagenet', 't']"),
+])
+def test_a_bad_results_file_is_a_one_line_error_naming_it(tmp_path, capsys, content, message):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    assert common.run_main(experiment.main, ["--report-only", "--results", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --results: {path}: ") and message in err[0], err
+
+
 def test_recorded_command_leaves_out_where_outputs_go():
     argv = ["--arms", "scratch,rubik", "--docs", "docs", "--results=x.json", "--report-only", "--readme", "R.md",
             "--seeds", "0,1"]
