@@ -44,7 +44,9 @@ clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
 section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
 DIR/experiment.png; --readme FILE writes the verdict between
 ``<!-- protocol-verdict:start/end -->``; the rest of each file is kept, and
-every file written is named.  :func:`render` gives those blocks from a
+every file written is named.  A --pretrain-scale matched protocol has its own
+markers and plot (protocol-matched, protocol-verdict-matched,
+experiment-matched.png), so both scales can stand side by side.  :func:`render` gives those blocks from a
 results file.
 
 Time on the project's 2-core AMD EPYC VM, one thread (OMP_NUM_THREADS=1),
@@ -115,7 +117,7 @@ SCALES = ("default", "matched")
 METRIC = {"classification": ("macro_auc", "macro AUC"), "segmentation": ("mean_dice", "mean Dice")}
 # the new layers' learning rate is the encoder's times finetune.py's default ratio (3e-3 / 1e-3)
 HEAD_LR_RATIO = finetune.FinetuneConfig.head_lr / finetune.FinetuneConfig.encoder_lr
-SECTION, VERDICT_SECTION = "protocol", "protocol-verdict"
+SECTION, VERDICT_SECTION = "protocol", "protocol-verdict"  # + "-matched" for --pretrain-scale matched
 # flags that say where results and documents go, not what was run: left out of the recorded command
 OUTPUT_FLAGS = ("--report-only", "--results", "--docs", "--readme")
 
@@ -533,20 +535,28 @@ def verdict(rows: list, doc: dict) -> str:
     return "\n".join(lines + ["", *targets(rows, doc["arms"])])
 
 
-PLOT_LINK = "![test score vs label fraction, mean ± sd over seeds](experiment.png)"
+def names(doc: dict) -> tuple:
+    """(protocol marker, verdict marker, plot file name) of a results document: a matched-scale protocol
+    has its own ("protocol-matched", ...), so that both scales can be shown side by side."""
+    scale = doc.get("pretrain_scale", "default")
+    suffix = "" if scale == "default" else f"-{scale}"
+    return SECTION + suffix, VERDICT_SECTION + suffix, f"experiment{suffix}.png"
 
 
 def blocks(doc: dict) -> tuple:
     """(rows, {marker: text}) of a results document: the protocol section of docs/experiment.md and the
     verdict of README.md."""
     rows = compare(doc["rows"], doc["tasks"], doc["arms"], doc["fractions"], doc["lrs"], doc["seeds"])
-    return rows, {SECTION: table(rows, doc, len(doc["rows"])) + "\n\n" + PLOT_LINK,
-                  VERDICT_SECTION: verdict(rows, doc)}
+    section, verdict_section, png = names(doc)
+    return rows, {section: f"{table(rows, doc, len(doc['rows']))}\n\n![test score vs label fraction, mean ± sd "
+                           f"over seeds]({png})",
+                  verdict_section: verdict(rows, doc)}
 
 
 def render(results_path: str) -> dict:
     """{marker: text} that --report-only --results ``results_path`` writes between ``<!-- marker:start -->``
-    and ``<!-- marker:end -->``: "protocol" in docs/experiment.md, "protocol-verdict" in README.md."""
+    and ``<!-- marker:end -->``: "protocol" in docs/experiment.md, "protocol-verdict" in README.md (with
+    "-matched" after each for a --pretrain-scale matched protocol)."""
     return blocks(read_results(results_path))[1]
 
 
@@ -595,21 +605,22 @@ def report(args, argv, tasks, arms, fractions, seeds, lrs, steps) -> str:
         common.write_json(path, doc)
         written.append(path)
     rows, text = blocks(doc)
+    section, verdict_section, png_name = names(doc)
     if args.docs:
-        png = os.path.join(args.docs, "experiment.png")
+        png = os.path.join(args.docs, png_name)
         if plot(rows, doc, png):
             written.append(png)
         md = os.path.join(args.docs, "experiment.md")
-        reporting.write_doc_section(md, SECTION, text[SECTION])
+        reporting.write_doc_section(md, section, text[section])
         written.append(md)
     if args.readme:
-        reporting.write_doc_section(args.readme, VERDICT_SECTION, text[VERDICT_SECTION])
+        reporting.write_doc_section(args.readme, verdict_section, text[verdict_section])
         written.append(args.readme)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     if not (args.docs or args.readme):
         print("no document written (--docs DIR and --readme FILE write them)", file=sys.stderr)
-    return text[SECTION]
+    return text[section]
 
 
 def main(argv=None) -> int:

@@ -396,7 +396,16 @@ def test_experiment_end_to_end_writes_documents_only_when_asked_and_rebuilds_fro
     assert f"<!-- protocol:start -->\n{blocks['protocol']}\n<!-- protocol:end -->" in saved[docs / "experiment.md"]
     assert f"<!-- protocol-verdict:start -->\n{blocks['protocol-verdict']}\n<!-- protocol-verdict:end -->" in \
         saved[readme]
-    # --report-only without a results file and with runs missing trains nothing and says how many are finished
+    # a matched-scale protocol has markers and a plot of its own, beside the default one
+    matched = dict(json.loads(results.read_text()), pretrain_scale="matched")
+    (tmp_path / "matched.json").write_text(json.dumps(matched))
+    assert common.run_main(experiment.main, ["--report-only", "--results", str(tmp_path / "matched.json"),
+                                             "--docs", str(docs)]) == 0
+    md = (docs / "experiment.md").read_text()
+    assert md.startswith(saved[docs / "experiment.md"].rstrip("\n")) and "<!-- protocol-matched:start -->" in md
+    assert "](experiment-matched.png)\n<!-- protocol-matched:end -->" in md and (docs / "experiment-matched.png").exists()
+    assert set(experiment.render(str(tmp_path / "matched.json"))) == {"protocol-matched", "protocol-verdict-matched"}
+    # --report-only with a results file that is not there
     capsys.readouterr()
     assert common.run_main(experiment.main, run + ["--report-only", "--results", str(tmp_path / "none.json")]) == 2
     assert "--results: " in capsys.readouterr().err
