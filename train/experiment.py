@@ -44,27 +44,27 @@ clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
 section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
 DIR/experiment.png; --readme FILE writes the verdict between
 ``<!-- protocol-verdict:start/end -->``; the rest of each file is kept, and
-every file written is named.  A --pretrain-scale matched protocol has its own
-markers and plot (protocol-matched, protocol-verdict-matched,
-experiment-matched.png), so both scales can stand side by side.  :func:`render` gives those blocks from a
-results file.
+every file written is named.  A --pretrain-scale matched protocol has its
+own markers and plot (protocol-matched, protocol-verdict-matched,
+experiment-matched.png), so both scales can stand side by side.
+:func:`render` gives those blocks from a results file.
 
 Time on the project's 2-core AMD EPYC VM, one thread (OMP_NUM_THREADS=1),
 measured with /usr/bin/time: one segmentation run at the defaults (from
 scratch, 150 steps of 8 patches of 32^3, then sliding-window evaluation of the
 whole training hemisphere for the validation slices and of the test
-hemisphere) took 77 s on an idle machine (76 s of CPU time; 191 s of wall time
-while other jobs kept the load near 9); one classification run at the
-defaults (300 steps, 120 cases) 55 s of CPU time (134 s of wall time at the
-same load).  The defaults run 2 tasks x 5 arms x 4 label fractions x 5 seeds
-x 3 rates = 600 fine-tuning runs, one after another: 300 x 77 s + 300 x 55 s
-= 11 hours on an idle machine, plus 4 pretrainings (rubik at pretrain.py's
-defaults: 175 s on a 2-core Intel VM; genesis and masked are meant to take at
-most 6 minutes each), so about 11.5 hours; about 2.5 times that on a machine shared
-as above.  --pretrain-scale matched cuts 8 times the voxels per cube: over 20
-steps of rubik it made 2.2 puzzles/s against 10.1 at the default scale (same
-machine, same load), so expect about 4.6 times the pretraining time, some 15
-minutes per arm."""
+hemisphere) takes 76 s of CPU time, about 77 s of wall time on an idle
+machine (191 s while other jobs kept the load near 9); one classification run
+at the defaults (300 steps, 120 cases) 55 s of CPU time (134 s of wall time at
+the same load).  The defaults run 2 tasks x 5 arms x 4 label fractions x 5
+seeds x 3 rates = 600 fine-tuning runs, one after another: 300 x 77 s + 300 x
+55 s = 11 hours on an idle machine, plus 4 pretrainings (rubik at
+pretrain.py's defaults: 175 s on a 2-core Intel VM; genesis and masked are
+meant to take at most 6 minutes each), so about 11.5 hours, and about 2.5
+times that on a machine shared as above.  --pretrain-scale matched cuts cubes
+of 8 times the voxels: over 20 steps of rubik it made 2.2 puzzles/s against
+10.1 at the default scale (same machine, same load), so expect about 4.6
+times the pretraining time, some 15 minutes per arm."""
 from __future__ import annotations
 
 import argparse
