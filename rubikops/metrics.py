@@ -4,8 +4,12 @@ Conventions (so results are comparable): AUC is one-vs-rest per class from
 the rank-sum (Mann-Whitney U) with ties counted half; a class with no
 positive or no negative case has no AUC (NaN) and is left out of the macro
 mean.  Dice and IoU per class over the whole evaluation set; a class absent
-from both prediction and truth has no score (NaN) and is left out of the
-mean; absent from the truth but predicted scores 0."""
+from the truth has no score (NaN) and is left out of the mean, predicted or
+not (MONAI's ``DiceMetric(ignore_empty=True)`` convention): a validation split
+that holds 3 of 5 foreground classes is scored on those 3, not dragged to 0.6
+of its value by two zeros.  Its false positives still cost the classes whose
+voxels they took.  Voxels labelled ``ignore_index`` (the unlabelled voxels of a
+sparsely labelled volume) are left out of every count."""
 from __future__ import annotations
 
 import math
@@ -51,14 +55,18 @@ def macro(values: list) -> float:
     return sum(ok) / len(ok) if ok else math.nan
 
 
-def dice_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int):
-    """Per-class Dice and IoU over all voxels given; lists of floats (NaN as documented)."""
+def dice_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index=None):
+    """Per-class Dice and IoU over the voxels given (those whose target is not
+    ``ignore_index``); lists of floats (NaN as documented)."""
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred, target = pred[keep], target[keep]
     dice, iou = [], []
     for c in range(num_classes):
         p, t = pred == c, target == c
         inter = int((p & t).sum())
         ps, ts = int(p.sum()), int(t.sum())
-        if ps + ts == 0:
+        if ts == 0:
             dice.append(math.nan)
             iou.append(math.nan)
             continue
@@ -76,8 +84,9 @@ def classification_report(logits: torch.Tensor, target: torch.Tensor) -> dict:
             "auc_per_class": aucs, "macro_auc": macro(aucs)}
 
 
-def segmentation_report(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_background=True) -> dict:
-    dice, iou = dice_iou(pred, target, num_classes)
+def segmentation_report(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_background=True,
+                        ignore_index=None) -> dict:
+    dice, iou = dice_iou(pred, target, num_classes, ignore_index)
     first = 1 if ignore_background else 0
     return {"dice_per_class": dice, "iou_per_class": iou, "mean_dice": macro(dice[first:]),
             "mean_iou": macro(iou[first:])}

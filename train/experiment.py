@@ -1,50 +1,82 @@
-"""Does Rubik's-cube pretraining pay off?  A fair downstream protocol: from
-scratch vs fine-tuning a Rubik's-cube pretrained encoder (and, on request,
-ordering-only pretraining, the paper's ablation) on the offline
+"""Does pretraining pay off?  A fair downstream protocol: from scratch
+against fine-tuning each pretrained arm (--arms) on the offline
 classification and segmentation tasks, at several label fractions and seeds.
 
-    python train/experiment.py                  # the protocol: 240 fine-tuning runs, about 6.5 h on 2 CPU cores
-    python train/experiment.py --tasks classification --fractions 0.1,0.25 --lrs 1e-3,3e-3   # CPU: 40 runs, about 1 h
-    python train/experiment.py --device cuda --pretrain-steps 3000 --pretrain-args "--batch-size 64"
-    python train/experiment.py --report-only    # rebuild the table and plot from the finished runs
+    python train/experiment.py --results docs/results/experiment-DATE.json --docs docs --readme README.md
+    python train/experiment.py --arms scratch,rubik --tasks classification --fractions 0.1,0.25 --lrs 1e-3,3e-3
+    python train/experiment.py --arms scratch,rubik,rubik_small --pretrain-scale matched --device cuda
+    python train/experiment.py --report-only --results docs/results/experiment-DATE.json --docs docs
+
+Arms (ARMS: name -> label, train/pretrain.py flags): scratch (no
+pretraining), rubik (the defaults: 16^3 cubes at 4 mm, a 2x2x2 crop of 136
+mm), ordering (rubik without turns, the paper's ablation), genesis (Models
+Genesis restoration, encoder and decoder), masked (masked-volume modelling,
+encoder and decoder), rubik_small (the shortcut test: 16^3 cubes at 2 mm, a
+68 mm crop that lands anywhere in the head, so a cube cannot be placed by
+recognising which octant of a canonical head it is; the same voxels and
+compute per cube as rubik, so only the crop's physical size changes.  The
+pretext study measured this scale at chance on held-out puzzles after 300
+steps, docs/experiment.md row cubes_32mm).  --pretrain-scale matched pretrains
+rubik, ordering, genesis and masked at the segmentation task's scale instead:
+2 mm voxels (the atlas's) and 32^3 cubes or crops (finetune.py's --patch),
+the gap scaled to the same millimetres; rubik_small keeps its own scale.
 
 Every arm gets the same tuning budget: each learning rate of --lrs (the
 encoder's; the new layers get the same multiple of it as finetune.py's
 defaults) is run for every seed, the rate with the best mean VALIDATION metric
 over the seeds is chosen per (task, arm, label fraction), and only the test
-metrics at that rate are reported.  Validation data come from finetune.py's
---val-fraction split and never overlap training or test data.  Per row: mean
-± sd of the test metric per arm, the difference pretrained - scratch, an exact
-two-sided Wilcoxon signed-rank test over the seeds (pairs by seed), and
-whether pretrained beats scratch by more than one sd of scratch.
+metrics at that rate are reported.  A validation metric that ties across the
+rates (nothing to choose on) is an error naming task, arm and fraction.
+Validation data come from finetune.py's --val-fraction split (classification:
+held-out cases; segmentation: 4 axial slabs spread over the training
+hemisphere, which hold every lobe) and never overlap training or test data.
+Per (task, label fraction) the table gives mean ± sd of the test metric per
+arm, which arm wins, the best pretrained arm's difference to scratch with an
+exact two-sided Wilcoxon signed-rank test over the seeds (pairs by seed), and
+which pretrained arms beat scratch by more than one sd of scratch.
 
-Outputs: --out/results.json (every run's raw results, the chosen rates and the
-rows), the table in DOCS/experiment.md and README.md between the markers
-``<!-- protocol:start -->`` / ``<!-- protocol:end -->`` (the rest of both files
-is kept), and the plot DOCS/experiment.png.  Resumable: every finished run
-leaves its results.json and is skipped when the experiment is started again;
-pretraining resumes from its checkpoints.
+Outputs: every run in --out (resumable: a finished run is skipped, pretraining
+resumes from its checkpoints); the raw per-run results (task, metric,
+fraction, arm, seed, lr, val, test, with the command, git revision, machine
+and each arm's pretraining) in --results (default OUT/experiment-DATE.json),
+from which ``--report-only --results FILE`` rebuilds every table on a fresh
+clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
+section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
+DIR/experiment.png; --readme FILE writes the verdict between
+``<!-- protocol-verdict:start/end -->``; the rest of each file is kept, and
+every file written is named.  A --pretrain-scale matched protocol has its
+own markers and plot (protocol-matched, protocol-verdict-matched,
+experiment-matched.png), so both scales can stand side by side.
+:func:`render` gives those blocks from a results file.
 
-Time on the project's 2 CPU cores (shared with other work, OMP_NUM_THREADS=1):
-the defaults pretrain one encoder (train/pretrain.py's default steps) and run 2 tasks x 2 arms x 4
-fractions x 5 seeds x 3 rates = 240 fine-tuning runs.  Measured: one
-classification run (300 steps, 120 cases) took 57 s and one segmentation run
-(150 steps of 8 patches of 32^3, sliding-window evaluation of the validation
-slab and the test hemisphere) 139 s, so the 240 runs take about
-120 x 57 s + 120 x 139 s = 6.5 hours, plus the pretraining.  The cheaper
-command above (classification only, 2 fractions x 2 rates x 5 seeds x 2 arms
-= 40 runs) took 56 minutes: about 11 minutes of pretraining and 64 s
-per fine-tuning run, timed from its log on 2026-12-01 on the same machine."""
+Time on the project's 2-core AMD EPYC VM, one thread (OMP_NUM_THREADS=1),
+measured with /usr/bin/time: one segmentation run at the defaults (from
+scratch, 150 steps of 8 patches of 32^3, then sliding-window evaluation of the
+whole training hemisphere for the validation slices and of the test
+hemisphere) takes 76 s of CPU time, about 77 s of wall time on an idle
+machine (191 s while other jobs kept the load near 9); one classification run
+at the defaults (300 steps, 120 cases) 55 s of CPU time (134 s of wall time at
+the same load).  The defaults run 2 tasks x 5 arms x 4 label fractions x 5
+seeds x 3 rates = 600 fine-tuning runs, one after another: 300 x 77 s + 300 x
+55 s = 11 hours on an idle machine, plus 4 pretrainings (rubik at
+pretrain.py's defaults: 175 s on a 2-core Intel VM; genesis and masked are
+meant to take at most 6 minutes each), so about 11.5 hours, and about 2.5
+times that on a machine shared as above.  --pretrain-scale matched cuts cubes
+of 8 times the voxels: over 20 steps of rubik it made 2.2 puzzles/s against
+10.1 at the default scale (same machine, same load), so expect about 4.6
+times the pretraining time, some 15 minutes per arm."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import datetime
 import itertools
 import json
 import math
 import os
 import shlex
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,14 +87,39 @@ import pretrain  # noqa: E402
 from common import UserError  # noqa: E402
 from reporting import mean_sd  # noqa: E402
 
-PRETRAIN_STEPS = next(f.default for f in dataclasses.fields(pretrain.PretrainConfig) if f.name == "steps")
-INITS = ("scratch", "rubik", "ordering")
-ARM_NAME = {"scratch": "from scratch", "rubik": "Rubik's cube", "ordering": "ordering only"}
-PRETRAIN_FLAGS = {"rubik": [], "ordering": ["--rotations", "none"]}
+
+@dataclass(frozen=True)
+class Arm:
+    label: str                       # the name in tables and plots
+    pretrain: Optional[tuple]        # train/pretrain.py flags; None: no pretraining (from scratch)
+    matched: tuple = ()              # flags --pretrain-scale matched adds
+
+
+_DEFAULTS = pretrain.PretrainConfig()
+DOWNSTREAM_SPACING = 2.0  # mm: the offline atlas task's grid (MNI152 at 2 mm), where segmentation runs
+DOWNSTREAM_PATCH = tuple(finetune.FinetuneConfig.patch)  # finetune.py's training patch, 32^3
+# the gap kept in millimetres: (0, 2) voxels at 4 mm are (0, 4) at 2 mm
+_MATCHED_GAP = ",".join(str(round(g * _DEFAULTS.spacing / DOWNSTREAM_SPACING)) for g in _DEFAULTS.gap)
+_DOWNSTREAM_VOXELS = ("--spacing", f"{DOWNSTREAM_SPACING:g}")
+MATCHED_DENSE = _DOWNSTREAM_VOXELS + ("--cube-size", ",".join(map(str, DOWNSTREAM_PATCH)))  # the crop
+MATCHED_GRID = MATCHED_DENSE + ("--gap", _MATCHED_GAP)  # each of the 2x2x2 cubes
+
+ARMS = {
+    "scratch": Arm("from scratch", None),
+    "rubik": Arm("Rubik's cube", (), MATCHED_GRID),
+    "ordering": Arm("ordering only", ("--rotations", "none"), MATCHED_GRID),
+    "genesis": Arm("Models Genesis", ("--task", "genesis"), MATCHED_DENSE),
+    "masked": Arm("masked volume", ("--task", "masked"), MATCHED_DENSE),
+    # the shortcut test: the default 16^3 cubes at 2 mm (32 mm) in a 68 mm crop placed anywhere in the head
+    "rubik_small": Arm("Rubik's cube, small crops", _DOWNSTREAM_VOXELS + ("--gap", _MATCHED_GAP)),
+}
+SCALES = ("default", "matched")
 METRIC = {"classification": ("macro_auc", "macro AUC"), "segmentation": ("mean_dice", "mean Dice")}
 # the new layers' learning rate is the encoder's times finetune.py's default ratio (3e-3 / 1e-3)
 HEAD_LR_RATIO = finetune.FinetuneConfig.head_lr / finetune.FinetuneConfig.encoder_lr
-SECTION = "protocol"
+SECTION, VERDICT_SECTION = "protocol", "protocol-verdict"  # + "-matched" for --pretrain-scale matched
+# flags that say where results and documents go, not what was run: left out of the recorded command
+OUTPUT_FLAGS = ("--report-only", "--results", "--docs", "--readme")
 
 
 def parse(argv=None):
@@ -70,38 +127,46 @@ def parse(argv=None):
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/experiment", help="output folder of every run")
     p.add_argument("--tasks", default="classification,segmentation", help=f"comma-separated, of {sorted(METRIC)}")
-    p.add_argument("--inits", default="scratch,rubik", help=f"arms, comma-separated, of {list(INITS)}; scratch and "
-                                                            "at least one pretrained arm")
+    p.add_argument("--arms", "--inits", dest="arms", default="scratch,rubik,genesis,masked,rubik_small",
+                   help=f"comma-separated, of {list(ARMS)}: scratch and at least one pretrained arm")
+    p.add_argument("--pretrain-scale", default="default", choices=SCALES,
+                   help="default: each arm at train/pretrain.py's settings (4 mm); matched: at the segmentation "
+                        f"task's scale ({DOWNSTREAM_SPACING:g} mm, {'x'.join(map(str, DOWNSTREAM_PATCH))} cubes)")
     p.add_argument("--fractions", default="0.05,0.1,0.25,1", help="label fractions, each in (0, 1]")
     p.add_argument("--seeds", default="0,1,2,3,4", help="fine-tuning seeds (the pairs of the Wilcoxon test)")
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3",
                    help=f"learning-rate grid (finetune.py's --encoder-lr; --head-lr is {HEAD_LR_RATIO:g} times it), "
                         "the same for every arm; chosen on validation data")
-    p.add_argument("--pretrain-steps", default=str(PRETRAIN_STEPS), help="pretraining steps per encoder; "
-                   "train/pretrain.py's own default")
+    p.add_argument("--pretrain-steps", default="", help="pretraining steps per encoder (empty: train/pretrain.py's "
+                                                        "own default)")
     p.add_argument("--pretrain-args", default="", help="extra flags for train/pretrain.py")
     p.add_argument("--steps", default="classification=300,segmentation=150", help="fine-tuning steps per task")
     p.add_argument("--finetune-args", default="", help="extra flags for train/finetune.py (e.g. --val-fraction)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--docs", default="docs", help="where experiment.md (its protocol section) and the plot go")
-    p.add_argument("--readme", default="README.md", help="README whose protocol section gets the table; none: skip")
+    p.add_argument("--results", default="", help="the raw per-run results file: written after the runs "
+                                                  "(empty: OUT/experiment-DATE.json); with --report-only, read")
+    p.add_argument("--docs", default="", metavar="DIR", help="write DIR/experiment.md (its protocol section) and "
+                                                             "DIR/experiment.png (empty: no documents)")
+    p.add_argument("--readme", default="", metavar="FILE", help="write the verdict into this README's "
+                                                                "protocol-verdict section (empty: none)")
     p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the table and plot from "
-                                                             "the runs finished in --out")
+                                                             "--results, or from the runs finished in --out")
     return p.parse_args(argv)
 
 
 def check_args(args) -> tuple:
-    """(tasks, inits, fractions, seeds, lrs, steps per task) from the flags, or a UserError naming the flag."""
+    """(tasks, arms, fractions, seeds, lrs, steps per task) from the flags, or a UserError naming the flag."""
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
         if t not in METRIC:
             raise UserError(f"--tasks: unknown task {t!r}; choose from {sorted(METRIC)}")
     if not tasks:
         raise UserError("--tasks: empty list")
-    inits = [i for i in args.inits.split(",") if i]
-    unknown = [i for i in inits if i not in INITS]
-    if unknown or "scratch" not in inits or len(set(inits)) < 2 or len(set(inits)) != len(inits):
-        raise UserError(f"--inits: {args.inits!r} must name scratch and at least one of rubik, ordering, each once")
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or "scratch" not in arms or len(set(arms)) < 2 or len(set(arms)) != len(arms):
+        raise UserError(f"--arms: {args.arms!r} must name scratch and at least one of "
+                        f"{', '.join(a for a in ARMS if a != 'scratch')}, each once")
     fractions = common.parse_list(args.fractions, float, "--fractions")
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
@@ -112,9 +177,10 @@ def check_args(args) -> tuple:
     lrs = common.parse_list(args.lrs, float, "--lrs")
     if not all(0 < lr < math.inf for lr in lrs) or len(set(lrs)) != len(lrs):
         raise UserError(f"--lrs: {args.lrs!r} must be distinct positive learning rates")
-    (args.pretrain_steps,) = common.parse_list(args.pretrain_steps, int, "--pretrain-steps")
-    if args.pretrain_steps < 1:
-        raise UserError(f"--pretrain-steps must be a positive integer, got {args.pretrain_steps}")
+    if args.pretrain_steps:
+        (args.pretrain_steps,) = common.parse_list(args.pretrain_steps, int, "--pretrain-steps")
+        if args.pretrain_steps < 1:
+            raise UserError(f"--pretrain-steps must be a positive integer, got {args.pretrain_steps}")
     steps = {}
     for item in (kv for kv in args.steps.split(",") if kv):
         task, _, n = item.partition("=")
@@ -124,7 +190,7 @@ def check_args(args) -> tuple:
     missing = [t for t in tasks if t not in steps]
     if missing:
         raise UserError(f"--steps: no step count for {missing} (e.g. --steps {missing[0]}=150)")
-    return tasks, inits, fractions, seeds, lrs, steps
+    return tasks, arms, fractions, seeds, lrs, steps
 
 
 # -- statistics ----------------------------------------------------------------------------------------
@@ -175,154 +241,347 @@ def wilcoxon_exact(differences) -> tuple:
 
 
 # -- runs ----------------------------------------------------------------------------------------------
-def _pretrain(name: str, out: str, args, extra: list) -> str:
-    folder = os.path.join(out, name)
+def pretrain_flags(arm: str, scale: str) -> list:
+    """train/pretrain.py flags of a pretrained arm at --pretrain-scale ``scale``."""
+    a = ARMS[arm]
+    return [*a.pretrain, *(a.matched if scale == "matched" else ())]
+
+
+def pretrain_run_flags(arm: str, args) -> list:
+    """What an arm's pretraining runs with: --pretrain-steps, the arm's flags, then --pretrain-args."""
+    steps = ["--steps", str(args.pretrain_steps)] if args.pretrain_steps else []
+    return [*steps, *pretrain_flags(arm, args.pretrain_scale), *args.pretrain_args.split()]
+
+
+def arm_folder(arm: str, scale: str) -> str:
+    """An arm's name in folder names: a matched-scale encoder is another encoder."""
+    return arm if scale == "default" or not ARMS[arm].matched else f"{arm}_matched"
+
+
+def check_pretext_tasks(arms, scale: str) -> None:
+    """A UserError before any run when an arm's pretext task is not one train/pretrain.py has."""
+    for arm in arms:
+        if ARMS[arm].pretrain is None:
+            continue
+        cfg, _ = pretrain.parse(pretrain_flags(arm, scale))
+        if cfg.task not in pretrain.TASKS:
+            raise UserError(f"--arms: {arm} pretrains with train/pretrain.py --task {cfg.task}, which this "
+                            f"installation does not have (tasks: {', '.join(pretrain.TASKS)})")
+
+
+def _pretrain(arm: str, args) -> str:
+    folder = os.path.join(args.out, f"pretrain_{arm_folder(arm, args.pretrain_scale)}")
     if os.path.exists(os.path.join(folder, "summary.json")):
         return folder
-    resume = ["--resume"] if common.Checkpoints(os.path.join(folder, "checkpoints")).latest() else []
-    argv = ["--out", folder, "--steps", str(args.pretrain_steps), "--device", args.device, "--no-progress",
-            *extra, *args.pretrain_args.split()] if not resume else ["--out", folder, "--no-progress", *resume]
-    print(f"== pretraining {name}: {' '.join(argv)}", flush=True)
+    if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
+        argv = ["--out", folder, "--no-progress", "--resume"]
+    else:
+        argv = ["--out", folder, "--device", args.device, "--no-progress", *pretrain_run_flags(arm, args)]
+    print(f"== pretraining {arm}: {' '.join(argv)}", flush=True)
     if common.run_main(pretrain.main, argv) != 0:
-        raise UserError(f"pretraining {name} failed (see above)")
+        raise UserError(f"pretraining {arm} failed (see above)")
     return folder
 
 
-def run_folder(out: str, task: str, init: str, fraction: float, lr: float, seed: int) -> str:
-    return os.path.join(out, task, f"{init}_frac{fraction:g}_lr{lr:g}_seed{seed}")
+def run_folder(out: str, task: str, arm: str, fraction: float, lr: float, seed: int) -> str:
+    return os.path.join(out, task, f"{arm}_frac{fraction:g}_lr{lr:g}_seed{seed}")
 
 
-def _finetune(task, init, fraction, lr, seed, pre, args, steps) -> None:
-    folder = run_folder(args.out, task, init, fraction, lr, seed)
+def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
+    folder = run_folder(args.out, task, arm_folder(arm, args.pretrain_scale), fraction, lr, seed)
     if os.path.exists(os.path.join(folder, "results.json")):
         return
-    argv = ["--task", task, "--pretrained", pre.get(init, "none"), "--label-fraction", str(fraction),
+    argv = ["--task", task, "--pretrained", pre.get(arm, "none"), "--label-fraction", str(fraction),
             "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO), "--seed", str(seed), "--out", folder,
             "--steps", str(steps), "--device", args.device, "--no-progress", "--no-tensorboard",
             *args.finetune_args.split()]
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
         argv = ["--out", folder, "--resume", "--no-progress"]
-    print(f"== {task} {init} fraction {fraction:g} lr {lr:g} seed {seed}", flush=True)
+    print(f"== {task} {arm} fraction {fraction:g} lr {lr:g} seed {seed}", flush=True)
     if common.run_main(finetune.main, argv) != 0:
         raise UserError(f"fine-tuning {folder} failed (see above)")
 
 
-def collect(out: str, tasks, inits, fractions, lrs, seeds) -> list:
-    """Every finished run's record: its key, validation and test metric, and its raw results.json."""
-    runs = []
-    for task, init, f, lr, s in itertools.product(tasks, inits, fractions, lrs, seeds):
-        path = os.path.join(run_folder(out, task, init, f, lr, s), "results.json")
+def collect(args, tasks, arms, fractions, lrs, seeds) -> list:
+    """Every finished run in --out as a raw result row: task, metric, fraction, arm, seed, lr, val, test."""
+    rows, no_val = [], []
+    for task, arm, f, lr, s in itertools.product(tasks, arms, fractions, lrs, seeds):
+        path = os.path.join(run_folder(args.out, task, arm_folder(arm, args.pretrain_scale), f, lr, s),
+                            "results.json")
         if not os.path.exists(path):
             continue
         with open(path) as fh:
             res = json.load(fh)
         key = METRIC[task][0]
         val = (res.get("val_metrics") or {}).get(key)
-        runs.append({"task": task, "init": init, "fraction": f, "lr": lr, "seed": s, "folder": os.path.dirname(path),
-                     "val": val, "test": res["metrics"][key], "results": res})
-    return runs
-
-
-def choose_lr(runs: list, task: str, init: str, fraction: float, lrs) -> tuple:
-    """(learning rate, its mean validation metric) with the best mean VALIDATION metric over
-    the seeds among ``runs`` of (task, init, fraction); ties go to the first rate in ``lrs``.
-    Test metrics are never looked at.  (None, nan) when no run has a validation metric."""
-    best, best_val = None, -math.inf
-    for lr in lrs:
-        m, _ = mean_sd([r["val"] for r in runs if (r["task"], r["init"], r["fraction"], r["lr"]) ==
-                        (task, init, fraction, lr)])
-        if not math.isnan(m) and m > best_val:
-            best, best_val = lr, m
-    return best, (best_val if best is not None else math.nan)
-
-
-def compare(runs: list, tasks, inits, fractions, lrs, seeds) -> list:
-    """One row per (task, label fraction, pretrained arm) against scratch, each arm at its chosen rate."""
-    rows = []
-    for task in tasks:
-        for f in fractions:
-            chosen = {}
-            for init in inits:
-                lr, val = choose_lr(runs, task, init, f, lrs)
-                tests = {r["seed"]: r["test"] for r in runs
-                         if (r["task"], r["init"], r["fraction"], r["lr"]) == (task, init, f, lr)}
-                chosen[init] = {"lr": lr, "val": val, "test": tests}
-            base = chosen["scratch"]
-            for init in inits:
-                if init == "scratch":
-                    continue
-                arm = chosen[init]
-                pairs = [s for s in seeds if s in base["test"] and s in arm["test"]
-                         and not math.isnan(base["test"][s]) and not math.isnan(arm["test"][s])]
-                m0, sd0 = mean_sd([base["test"][s] for s in pairs])
-                m1, sd1 = mean_sd([arm["test"][s] for s in pairs])
-                stat, p, n = wilcoxon_exact([arm["test"][s] - base["test"][s] for s in pairs]) if pairs else \
-                    (math.nan, math.nan, 0)
-                rows.append({"task": task, "fraction": f, "arm": init, "seeds": pairs,
-                             "scratch": {"lr": base["lr"], "val": base["val"], "mean": m0, "sd": sd0},
-                             "pretrained": {"lr": arm["lr"], "val": arm["val"], "mean": m1, "sd": sd1},
-                             "difference": m1 - m0, "wilcoxon": {"statistic": stat, "p": p, "n": n},
-                             "beats_by_one_sd": bool(pairs) and m1 - m0 > sd0})
+        if val is None:
+            no_val.append(os.path.dirname(path))
+        rows.append({"task": task, "metric": key, "fraction": f, "arm": arm, "seed": s, "lr": lr, "val": val,
+                     "test": res["metrics"][key]})
+    if no_val:
+        raise UserError(f"{no_val[0]} (and {len(no_val) - 1} more) has no validation metric: the LR choice needs "
+                        "finetune.py's validation split (--val-fraction > 0 in --finetune-args)")
     return rows
 
 
-def _fmt(x: float, digits: int = 3, sign: str = "") -> str:
+def pretraining_record(args, arms) -> dict:
+    """Per pretrained arm: its train/pretrain.py flags and the numbers of its summary.json (the held-out
+    pretext scores), or None where it has not finished."""
+    out = {}
+    for arm in arms:
+        if ARMS[arm].pretrain is None:
+            continue
+        path = os.path.join(args.out, f"pretrain_{arm_folder(arm, args.pretrain_scale)}", "summary.json")
+        summary = json.load(open(path)) if os.path.exists(path) else None
+        out[arm] = {"flags": shlex.join(pretrain_run_flags(arm, args)),
+                    "summary": None if summary is None else {
+                        k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    return out
+
+
+def recorded_command(argv) -> str:
+    """The command that made the runs: argv without the flags that only say where outputs go."""
+    kept, skip = [], False
+    for a in argv:
+        name = a.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in OUTPUT_FLAGS:
+            skip = "=" not in a and name != "--report-only"
+        else:
+            kept.append(a)
+    return shlex.join(["python", "train/experiment.py", *kept])
+
+
+def results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, rows) -> dict:
+    return {"command": recorded_command(argv), "git_revision": reporting.git_revision(),
+            "machine": reporting.machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "tasks": tasks, "arms": arms, "fractions": fractions, "seeds": seeds, "lrs": lrs,
+            "head_lr_ratio": HEAD_LR_RATIO, "steps": steps, "pretrain_scale": args.pretrain_scale,
+            "pretraining": pretraining_record(args, arms), "rows": rows}
+
+
+def read_results(path: str) -> dict:
+    """A results file written by this script, or a UserError naming it."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--results: {path}: not a readable results file ({type(exc).__name__})") from None
+    need = ("command", "tasks", "arms", "fractions", "seeds", "lrs", "rows")
+    missing = [k for k in need if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        raise UserError(f"--results: {path}: missing {missing}; expected the file train/experiment.py writes")
+    row_keys = {"task", "metric", "fraction", "arm", "seed", "lr", "val", "test"}
+    bad = [i for i, r in enumerate(doc["rows"]) if not isinstance(r, dict) or not row_keys <= set(r)]
+    if bad:
+        raise UserError(f"--results: {path}: row {bad[0]} lacks one of {sorted(row_keys)}")
+    unknown = sorted({str(r["arm"]) for r in doc["rows"]} - set(ARMS)) + sorted(
+        {str(r["task"]) for r in doc["rows"]} - set(METRIC))
+    if unknown:
+        raise UserError(f"--results: {path}: unknown arm(s) or task(s) {unknown}")
+    return doc
+
+
+# -- choosing and comparing ----------------------------------------------------------------------------
+def choose_lr(runs: list, task: str, arm: str, fraction: float, lrs) -> tuple:
+    """(learning rate, its mean validation metric) with the best mean VALIDATION metric over the seeds
+    among ``runs`` of (task, arm, fraction).  Test metrics are never looked at.  (None, nan) when no run
+    has a validation metric; a UserError when the best mean is shared by two rates of the grid (a tie
+    leaves nothing to choose on: the choice would be the grid's order, not the data)."""
+    means = {}
+    for lr in lrs:
+        m, _ = mean_sd([r["val"] for r in runs if (r["task"], r["arm"], r["fraction"], r["lr"]) ==
+                        (task, arm, fraction, lr)])
+        if not math.isnan(m):
+            means[lr] = m
+    if not means:
+        return None, math.nan
+    best = max(means.values())
+    tied = [lr for lr, m in means.items() if m == best]
+    if len(tied) > 1:
+        shown = ", ".join(f"{lr:g}: {m:.4f}" for lr, m in means.items())
+        raise UserError(f"{task}, arm {arm}, label fraction {fraction:g}: the mean validation {METRIC[task][1]} "
+                        f"ties across learning rates {[f'{lr:g}' for lr in tied]} ({shown}); nothing to choose a "
+                        "rate on (a validation split without the classes, or runs too short to learn)")
+    return tied[0], best
+
+
+def compare(runs: list, tasks, arms, fractions, lrs, seeds) -> list:
+    """One row per (task, label fraction): every arm at its chosen rate (mean ± sd of the test metric over the
+    seeds), each pretrained arm against scratch paired by seed, the winner and the best pretrained arm."""
+    rows = []
+    for task, f in itertools.product(tasks, fractions):
+        chosen = {}
+        for arm in arms:
+            lr, val = choose_lr(runs, task, arm, f, lrs)
+            tests = {r["seed"]: r["test"] for r in runs
+                     if (r["task"], r["arm"], r["fraction"], r["lr"]) == (task, arm, f, lr)
+                     and r["test"] is not None and not math.isnan(r["test"])}
+            m, sd = mean_sd([tests[s] for s in seeds if s in tests])
+            chosen[arm] = {"lr": lr, "val": val, "mean": m, "sd": sd, "test": tests}
+        base = chosen["scratch"]
+        versus = {}
+        for arm in arms:
+            if arm == "scratch":
+                continue
+            pairs = [s for s in seeds if s in base["test"] and s in chosen[arm]["test"]]
+            m0, sd0 = mean_sd([base["test"][s] for s in pairs])
+            m1, _ = mean_sd([chosen[arm]["test"][s] for s in pairs])
+            stat, p, n = wilcoxon_exact([chosen[arm]["test"][s] - base["test"][s] for s in pairs]) if pairs else \
+                (math.nan, math.nan, 0)
+            versus[arm] = {"seeds": pairs, "difference": m1 - m0 if pairs else math.nan,
+                           "wilcoxon": {"statistic": stat, "p": p, "n": n},
+                           "beats_by_one_sd": bool(pairs) and m1 - m0 > sd0}
+        ranked = [a for a in arms if not math.isnan(chosen[a]["mean"])]
+        winner = max(ranked, key=lambda a: chosen[a]["mean"]) if ranked else None
+        pretrained = [a for a in ranked if a != "scratch"]
+        best = max(pretrained, key=lambda a: chosen[a]["mean"]) if pretrained else None
+        rows.append({"task": task, "fraction": f, "arms": chosen, "versus_scratch": versus, "winner": winner,
+                     "best_pretrained": best})
+    return rows
+
+
+# -- the report -----------------------------------------------------------------------------------------
+def _fmt(x, digits: int = 3, sign: str = "") -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:{sign}.{digits}f}"
 
 
-def _cell(arm: dict) -> str:
-    """mean ± sd (chosen learning rate) of one arm of a row."""
-    return f"{_fmt(arm['mean'])} ± {_fmt(arm['sd'])} ({'n/a' if arm['lr'] is None else format(arm['lr'], 'g')})"
+def _label(arm) -> str:
+    return "n/a" if arm is None else ARMS[arm].label
 
 
-def table(rows: list, command: str, n_runs: int, n_expected: int, seeds) -> str:
-    lines = [f"Made by `{command}` (mean ± sd of the test metric over seeds {list(seeds)}; each arm at the "
-             "learning rate (LR) with its best mean validation metric; Δ = pretrained − scratch; p: exact "
-             "two-sided Wilcoxon signed-rank test over seeds, n = nonzero pairs).", ""]
+def table(rows: list, doc: dict, n_runs: int) -> str:
+    arms, seeds = doc["arms"], doc["seeds"]
+    n_expected = len(doc["tasks"]) * len(arms) * len(doc["fractions"]) * len(doc["lrs"]) * len(seeds)
+    lines = [f"Made by `{doc['command']}` (from the rows of its results file; mean ± sd of the "
+             f"test metric over seeds {list(seeds)}, each arm at the learning rate with its best mean validation "
+             "metric; **bold**: more than one sd of scratch above scratch; Δ and p: the best pretrained arm "
+             "against scratch, exact two-sided Wilcoxon signed-rank test over seeds, n = nonzero pairs).", ""]
     if n_runs < n_expected:
         lines += [f"**Incomplete: {n_runs} of {n_expected} runs finished.**", ""]
-    lines += ["| task | metric | label fraction | scratch (LR) | pretrained arm | pretrained (LR) | Δ | Wilcoxon p (n) "
-              "| beats scratch by > 1 sd? |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| task | metric | label fraction | " + " | ".join(_label(a) for a in arms)
+              + " | wins | best pretrained | Δ | Wilcoxon p (n) | beats scratch by > 1 sd of scratch |",
+              "|---" * (len(arms) + 8) + "|"]
     for r in rows:
-        a, b, w = r["scratch"], r["pretrained"], r["wilcoxon"]
-        lines.append(f"| {r['task']} | {METRIC[r['task']][1]} | {r['fraction']:g} | {_cell(a)} | {ARM_NAME[r['arm']]} | "
-                     f"{_cell(b)} | {_fmt(r['difference'], 3, '+')} | {_fmt(w['p'])} ({w['n']}) | "
-                     f"{'**yes**' if r['beats_by_one_sd'] else 'no'} |")
-    low = [r for r in rows if r["fraction"] <= 0.25]
-    tasks = sorted({r["task"] for r in rows})
-    for arm in sorted({r["arm"] for r in rows}, key=INITS.index):
-        mine = [r for r in low if r["arm"] == arm]
-        won = [r for r in mine if r["beats_by_one_sd"]]
-        met = bool(mine) and all(any(r["task"] == t for r in won) for t in tasks) and len(won) == len(mine)
-        lines += ["", f"Target (pretrained beats scratch by more than one sd of scratch at every label fraction "
-                      f"<= 0.25, on every task here: {', '.join(tasks)}): **{ARM_NAME[arm]}: "
-                      f"{'met' if met else 'not met'}** ({len(won)} of {len(mine)} such rows)."]
+        cells = []
+        for a in arms:
+            c = r["arms"][a]
+            text = f"{_fmt(c['mean'])} ± {_fmt(c['sd'])}"
+            cells.append(f"**{text}**" if a != "scratch" and r["versus_scratch"][a]["beats_by_one_sd"] else text)
+        best = r["best_pretrained"]
+        v = r["versus_scratch"].get(best) or {"difference": math.nan, "wilcoxon": {"p": math.nan, "n": 0}}
+        beats = [_label(a) for a in arms if a != "scratch" and r["versus_scratch"][a]["beats_by_one_sd"]]
+        lines.append(f"| {r['task']} | {METRIC[r['task']][1]} | {r['fraction']:g} | " + " | ".join(cells)
+                     + f" | {_label(r['winner'])} | {_label(best)} | {_fmt(v['difference'], 3, '+')} | "
+                       f"{_fmt(v['wilcoxon']['p'])} ({v['wilcoxon']['n']}) | "
+                     + (f"**yes**: {', '.join(beats)}" if beats else "no") + " |")
+    lines += ["", "Learning rate chosen per arm on validation (its mean validation metric):", "",
+              "| task | label fraction | " + " | ".join(_label(a) for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['fraction']:g} | " + " | ".join(
+            "n/a" if r["arms"][a]["lr"] is None else f"{r['arms'][a]['lr']:g} ({_fmt(r['arms'][a]['val'])})"
+            for a in arms) + " |")
+    pre = doc.get("pretraining") or {}
+    if pre:
+        lines += ["", f"Pretraining (`--pretrain-scale {doc.get('pretrain_scale', 'default')}`), "
+                      "`python train/pretrain.py` flags per arm: "
+                  + "; ".join(f"{_label(a)}: `{p['flags'] or '(the defaults)'}`{_pretext_scores(p['summary'])}"
+                              for a, p in pre.items()) + "."]
+    lines += ["", *targets(rows, arms)]
     return "\n".join(lines)
 
 
-def plot(rows: list, tasks, fractions, path: str, seeds) -> bool:
+def _pretext_scores(summary) -> str:
+    """ " (held-out ordering 0.625, chance 0.042)": the pretraining's held-out scores beside their chance levels."""
+    if not summary:
+        return " (not finished)"
+    scores = [f"{k} {_fmt(summary[k])}, chance {_fmt(summary['chance_' + k])}" for k in summary
+              if f"chance_{k}" in summary and summary[k] is not None]
+    return f" (held-out {'; '.join(scores)})" if scores else ""
+
+
+def targets(rows: list, arms) -> list:
+    """Per task and pretrained arm: does it beat scratch by more than one sd of scratch at every label
+    fraction <= 0.25?"""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        low = [r for r in rows if r["task"] == task and r["fraction"] <= 0.25]
+        if not low:
+            out.append(f"- {task}: no label fraction <= 0.25 in this run.")
+            continue
+        for arm in (a for a in arms if a != "scratch"):
+            won = [r for r in low if r["versus_scratch"][arm]["beats_by_one_sd"]]
+            met = len(won) == len(low)
+            out.append(f"- {task}, every label fraction <= 0.25: {_label(arm)} beats scratch by more than one sd "
+                       f"of scratch at {len(won)} of {len(low)}: **{'met' if met else 'not met'}**.")
+    return out
+
+
+def verdict(rows: list, doc: dict) -> str:
+    """The README's block: per task and fraction the winner and the arms above scratch by more than one sd."""
+    lines = [f"Mean ± sd of the test metric over {len(doc['seeds'])} seeds; each arm at its learning rate chosen "
+             "on validation. Full table, learning rates and Wilcoxon tests: "
+             "[docs/experiment.md](docs/experiment.md).", "",
+             "| task | label fraction | wins | from scratch | arms above scratch by > 1 sd of scratch |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        w, s = r["winner"], r["arms"]["scratch"]
+        beats = [f"{_label(a)} ({_fmt(r['versus_scratch'][a]['difference'], 3, '+')})" for a in doc["arms"]
+                 if a != "scratch" and r["versus_scratch"][a]["beats_by_one_sd"]]
+        won = "n/a" if w is None else f"{_label(w)} {_fmt(r['arms'][w]['mean'])} ± {_fmt(r['arms'][w]['sd'])}"
+        lines.append(f"| {r['task']} | {r['fraction']:g} | {won} | {_fmt(s['mean'])} ± {_fmt(s['sd'])} | "
+                     f"{', '.join(beats) or 'none'} |")
+    return "\n".join(lines + ["", *targets(rows, doc["arms"])])
+
+
+def names(doc: dict) -> tuple:
+    """(protocol marker, verdict marker, plot file name) of a results document: a matched-scale protocol
+    has its own ("protocol-matched", ...), so that both scales can be shown side by side."""
+    scale = doc.get("pretrain_scale", "default")
+    suffix = "" if scale == "default" else f"-{scale}"
+    return SECTION + suffix, VERDICT_SECTION + suffix, f"experiment{suffix}.png"
+
+
+def blocks(doc: dict) -> tuple:
+    """(rows, {marker: text}) of a results document: the protocol section of docs/experiment.md and the
+    verdict of README.md."""
+    rows = compare(doc["rows"], doc["tasks"], doc["arms"], doc["fractions"], doc["lrs"], doc["seeds"])
+    section, verdict_section, png = names(doc)
+    return rows, {section: f"{table(rows, doc, len(doc['rows']))}\n\n![test score vs label fraction, mean ± sd "
+                           f"over seeds]({png})",
+                  verdict_section: verdict(rows, doc)}
+
+
+def render(results_path: str) -> dict:
+    """{marker: text} that --report-only --results ``results_path`` writes between ``<!-- marker:start -->``
+    and ``<!-- marker:end -->``: "protocol" in docs/experiment.md, "protocol-verdict" in README.md (with
+    "-matched" after each for a --pretrain-scale matched protocol)."""
+    return blocks(read_results(results_path))[1]
+
+
+def plot(rows: list, doc: dict, path: str) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    tasks, fractions = doc["tasks"], doc["fractions"]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task]
-        arms = [("scratch", [(r["fraction"], r["scratch"]) for r in mine if r["arm"] == mine[0]["arm"]])]
-        arms += [(a, [(r["fraction"], r["pretrained"]) for r in mine if r["arm"] == a])
-                 for a in dict.fromkeys(r["arm"] for r in mine)]
-        for arm, points in arms:
-            ax.errorbar([f for f, _ in points], [p["mean"] for _, p in points], yerr=[p["sd"] for _, p in points],
-                        marker="o", capsize=3, label=ARM_NAME[arm])
+        for arm in doc["arms"]:
+            pts = [(r["fraction"], r["arms"][arm]) for r in mine]
+            ax.errorbar([f for f, _ in pts], [p["mean"] for _, p in pts], yerr=[p["sd"] for _, p in pts],
+                        marker="o", capsize=3, label=ARMS[arm].label)
         ax.set_xscale("log")
         ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
         ax.set_xlabel("label fraction")
         ax.set_ylabel(f"test {METRIC[task][1]}")
         ax.set_title(task)
         ax.legend(fontsize=8)
-    fig.suptitle(f"offline tasks: mean ± sd over seeds {list(seeds)}, LR chosen on validation", fontsize=9)
+    fig.suptitle(f"offline tasks: mean ± sd over seeds {list(doc['seeds'])}, LR chosen on validation", fontsize=9)
     fig.tight_layout()
     from rubikops.data import atomic_path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -332,40 +591,49 @@ def plot(rows: list, tasks, fractions, path: str, seeds) -> bool:
     return True
 
 
-def report(args, argv, tasks, inits, fractions, seeds, lrs) -> str:
-    runs = collect(args.out, tasks, inits, fractions, lrs, seeds)
-    no_val = [r["folder"] for r in runs if r["val"] is None]
-    if no_val:
-        raise UserError(f"{no_val[0]} (and {len(no_val) - 1} more) has no validation metric: the LR choice needs "
-                        "finetune.py's validation split (--val-fraction > 0 in --finetune-args)")
-    rows = compare(runs, tasks, inits, fractions, lrs, seeds)
-    command = shlex.join(["python", "train/experiment.py", *[a for a in argv if a != "--report-only"]])
-    n_expected = len(tasks) * len(inits) * len(fractions) * len(lrs) * len(seeds)
-    text = table(rows, command, len(runs), n_expected, seeds)
-    os.makedirs(args.out, exist_ok=True)
-    common.write_json(os.path.join(args.out, "results.json"),
-                      {"command": command, "tasks": tasks, "inits": inits, "fractions": fractions, "seeds": seeds,
-                       "lrs": lrs, "head_lr_ratio": HEAD_LR_RATIO, "rows": rows, "runs": runs})
-    os.makedirs(args.docs, exist_ok=True)
-    if plot(rows, tasks, fractions, os.path.join(args.docs, "experiment.png"), seeds):
-        text += "\n\n![test score vs label fraction, mean ± sd over seeds](experiment.png)"
-    reporting.write_doc_section(os.path.join(args.docs, "experiment.md"), SECTION, text)
-    if args.readme != "none":
-        png = os.path.relpath(os.path.join(args.docs, "experiment.png"), os.path.dirname(os.path.abspath(args.readme)))
-        reporting.write_doc_section(args.readme, SECTION, text.replace("](experiment.png)", f"]({png})"))
-    return text
+def report(args, argv, tasks, arms, fractions, seeds, lrs, steps) -> str:
+    """Rebuild the tables (from --results with --report-only, else from the runs in --out, then written to
+    --results) and write the documents asked for; every file written is named on stderr."""
+    written = []
+    if args.report_only and args.results:
+        doc = read_results(args.results)
+    else:
+        runs = collect(args, tasks, arms, fractions, lrs, seeds)
+        doc = results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, runs)
+        path = args.results or os.path.join(args.out, f"experiment-{doc['date'].replace('-', '')}.json")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        common.write_json(path, doc)
+        written.append(path)
+    rows, text = blocks(doc)
+    section, verdict_section, png_name = names(doc)
+    if args.docs:
+        png = os.path.join(args.docs, png_name)
+        if plot(rows, doc, png):
+            written.append(png)
+        md = os.path.join(args.docs, "experiment.md")
+        reporting.write_doc_section(md, section, text[section])
+        written.append(md)
+    if args.readme:
+        reporting.write_doc_section(args.readme, verdict_section, text[verdict_section])
+        written.append(args.readme)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    if not (args.docs or args.readme):
+        print("no document written (--docs DIR and --readme FILE write them)", file=sys.stderr)
+    return text[section]
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    tasks, inits, fractions, seeds, lrs, steps = check_args(args)
+    tasks, arms, fractions, seeds, lrs, steps = check_args(args)
     if not args.report_only:
-        pre = {init: os.path.join(_pretrain(f"pretrain_{init}", args.out, args, PRETRAIN_FLAGS[init]), "encoder.pt")
-               for init in inits if init != "scratch"}
-        for task, f, init, lr, s in itertools.product(tasks, fractions, inits, lrs, seeds):
-            _finetune(task, init, f, lr, s, pre, args, steps[task])
-    print(report(args, argv, tasks, inits, fractions, seeds, lrs))
+        check_pretext_tasks(arms, args.pretrain_scale)
+        # the pretraining folder: finetune.py takes its encoder.pt (and, for genesis and masked, the decoder)
+        pre = {arm: _pretrain(arm, args) for arm in arms if ARMS[arm].pretrain is not None}
+        for task, f, arm, lr, s in itertools.product(tasks, fractions, arms, lrs, seeds):
+            _finetune(task, arm, f, lr, s, pre, args, steps[task])
+    print(report(args, argv, tasks, arms, fractions, seeds, lrs, steps))
     return 0
 
 

@@ -11,10 +11,11 @@ by the seed).
 Default data: the offline tasks of rubikops.data.default (simulated lesion
 types in real brain templates; Harvard-Oxford lobes, left hemisphere for
 training, right for testing), each with a validation split (--val-fraction:
-held-out cases, or the top axial slab of the training hemisphere) that never
-overlaps training or test data.  Outputs in --out: config.yaml, checkpoints/,
-metrics.csv, tensorboard/, results.json (test metrics, validation metrics, chance
-level, the split, what the encoder load did)."""
+held-out cases, or axial slabs spread over the training hemisphere, which hold
+every lobe) that never overlaps training or test data.  Outputs in --out:
+config.yaml, checkpoints/, metrics.csv, tensorboard/, results.json (test
+metrics, validation metrics, chance level, the split, what the encoder load
+did)."""
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
-from splits import (choose_split, describe_split, label_subset, print_split, split_source,  # noqa: E402
-                    stratified_test_split, validation_split)
+from splits import (GUARD_SLICES, VAL_SLABS, axial_split, choose_split, describe_split, label_subset,  # noqa: E402
+                    print_split, slice_ranges, split_source, stratified_test_split, validation_split)
 from common import UserError  # noqa: E402
 
 from rubikops import metrics as M  # noqa: E402
@@ -42,7 +43,7 @@ from rubikops.data import Preprocessing  # noqa: E402
 from rubikops.data.nifti import path_problem  # noqa: E402
 from rubikops.inference import sliding_window  # noqa: E402
 from rubikops.models import BACKBONES, DUC3D, Classifier, UNet3D, build_encoder, load_decoder, load_encoder  # noqa: E402
-from rubikops.sparse_labels import UNLABELLED, patch_origin_range, segmentation_loss  # noqa: E402
+from rubikops.sparse_labels import UNLABELLED, patch_origin_range, patch_origins, segmentation_loss  # noqa: E402
 
 
 _f = common.setting
@@ -63,13 +64,13 @@ class FinetuneConfig(common.RunSettings):
     spacing: float = _f(0.0, "resample your data to this spacing in mm (0: keep)")
     num_cases: int = _f(120, "offline classification task: number of cases")
     test_fraction: float = _f(0.25, "classification: held-out share of cases (fixed by --seed)")
-    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, the "
-                                    "labels of a central axial slab, the image kept whole), taken after the "
+    label_fraction: float = _f(1.0, "share of the training labels used (cases; for one segmentation case, every "
+                                    "k-th of its training axial slices, the image kept whole), taken after the "
                                     "validation split")
     val_fraction: float = _f(0.2, "offline tasks: share of the training data held out for validation, fixed by "
                                   "--seed and independent of --label-fraction (classification: stratified cases "
-                                  "from the non-test cases; segmentation: the most superior axial slices of the "
-                                  "training volume, at least the patch depth); 0: none.  Your data: --val-cases")
+                                  "from the non-test cases; segmentation: 4 axial slabs spread over the training "
+                                  "volume, 2 unlabelled slices either side); 0: none.  Your data: --val-cases")
     test_cases: Optional[str] = _f(None, "your data (--images/--labels or --csv): the cases held out for testing, "
                                          "as 0-based indices in file order or file names, comma-separated "
                                          "(default: a share chosen by --seed)", "str")
@@ -164,41 +165,32 @@ def load_segmentation(cfg):
                         for c in cs]
     own = bool(cfg.images)
     train, val, test = pairs(train), pairs(val), pairs(test)
-    slabs = {}
-    fits = all(s >= p for s, p in zip(train[0][0].shape[1:], cfg.patch))  # else run() names --patch
-    if not own and cfg.val_fraction > 0 and fits:  # the offline atlas: a validation slab of the training volume
-        (img, lab), depth = train[0], train[0][0].shape[-1]
-        n_val = max(cfg.patch[-1], int(round(depth * cfg.val_fraction)))
-        if depth - n_val < cfg.patch[-1]:
-            raise UserError(f"--val-fraction {cfg.val_fraction:g}: a validation slab of {n_val} axial slices leaves "
-                            f"{depth - n_val} of {depth} for training, fewer than the patch depth {cfg.patch[-1]}")
-        val = [(img[..., depth - n_val:], lab[..., depth - n_val:])]
-        train = [(img[..., :depth - n_val], lab[..., :depth - n_val])]
-        slabs["val"] = [depth - n_val, depth]
-        named["val"] = [f"{named['train'][0]}, axial slices {depth - n_val}-{depth - 1} (most superior)"]
-        named["chosen_by"] += f", --val-fraction {cfg.val_fraction:g}"
-    if cfg.label_fraction < 1.0:
-        if len(train) > 1:
-            keep = max(1, int(round(len(train) * cfg.label_fraction)))
-            train = train[:keep]
-        else:  # one labelled volume: labels on a central slab of it along the last axis (axial in RAS); the
-            # image stays whole, as with sparsely annotated slices, so every fraction has its own label count
-            img, lab = train[0]
-            n = max(1, int(round(img.shape[-1] * cfg.label_fraction)))
-            z0 = (img.shape[-1] - n) // 2
-            lab = lab.clone()
-            lab[..., :z0] = UNLABELLED
-            lab[..., z0 + n:] = UNLABELLED
-            train = [(img, lab)]
-            slabs["train"] = [z0, z0 + n]
-    if not own and len(train) == 1:
-        depth = train[0][0].shape[-1]
-        slabs.setdefault("train", [0, depth])
-        z0, z1 = slabs["train"]
-        named["train"] = [f"{named['train'][0]}, axial slices 0-{depth - 1}, labelled {z0}-{z1 - 1}"]
-    if slabs:
-        named["axial_slices"] = slabs  # [first, end): the validation slab, and the labelled slices of training
+    if len(train) == 1 and (not own or cfg.label_fraction < 1):
+        # one labelled volume: validation and training labels are sets of its axial slices
+        (img, lab), name = train[0], named["train"][0]
+        layout = axial_split(img.shape[-1], 0 if own else cfg.val_fraction)
+        labelled = layout.labelled(cfg.label_fraction)
+        # the image stays whole, as with sparsely annotated scans: only the labels are left out
+        train = [(img, labels_on_slices(lab, labelled))]
+        named["train"] = [f"{name}, axial slices 0-{img.shape[-1] - 1}, labelled {slice_ranges(labelled)}"]
+        named["axial_slices"] = {"train": list(labelled)}
+        if layout.val:
+            val = [(img, labels_on_slices(lab, layout.val))]
+            named["val"] = [f"{name}, axial slices {slice_ranges(layout.val)} ({VAL_SLABS} slabs spread over the "
+                            f"volume, {GUARD_SLICES} unlabelled slices either side)"]
+            named["axial_slices"]["val"] = list(layout.val)
+            named["chosen_by"] += f", --val-fraction {cfg.val_fraction:g}"
+    elif cfg.label_fraction < 1.0:
+        train = train[:max(1, int(round(len(train) * cfg.label_fraction)))]
     return train, val, test, names, named
+
+
+def labels_on_slices(label: torch.Tensor, slices) -> torch.Tensor:
+    """``label`` on the given slices of its last axis, UNLABELLED elsewhere."""
+    out = torch.full_like(label, UNLABELLED)
+    idx = torch.tensor(list(slices), dtype=torch.long)
+    out[..., idx] = label[..., idx]
+    return out
 
 
 # -- model -----------------------------------------------------------------------------------------------
@@ -412,7 +404,7 @@ def run(cfg, dist, ckpts, resume) -> int:
             if any(s < p for s, p in zip(img.shape[1:], cfg.patch)):
                 raise UserError(f"--patch {tuple(cfg.patch)} does not fit a training volume of shape "
                                 f"{tuple(img.shape[1:])}")
-        origin_ranges = [patch_origin_range(lab, cfg.patch) for _, lab in train_cases]
+        origins = [patch_origins(lab, cfg.patch) for _, lab in train_cases]
     else:
         x, y, idx, names, split = load_classification(cfg)
         train_idx = idx["train"]
@@ -468,8 +460,8 @@ def run(cfg, dist, ckpts, resume) -> int:
             imgs, labs = [], []
             for _ in range(cfg.batch_size):
                 k = int(torch.randint(len(train_cases), (1,), generator=gen))
-                (img, lab), (lo, hi) = train_cases[k], origin_ranges[k]
-                o = [a + int(torch.randint(b - a + 1, (1,), generator=gen)) for a, b in zip(lo, hi)]
+                (img, lab), allowed = train_cases[k], origins[k]
+                o = [int(a[int(torch.randint(len(a), (1,), generator=gen))]) for a in allowed]
                 sl = tuple(slice(a, a + p) for a, p in zip(o, cfg.patch))
                 imgs.append(img[(slice(None),) + sl])
                 labs.append(lab[sl])
@@ -567,7 +559,7 @@ def evaluate(model, cfg, seg, dev, amp, names, data) -> dict:
                     logits = sliding_window(img[None].to(dev), cfg.patch, model, overlap=cfg.overlap)
                 preds.append(logits.argmax(1)[0].cpu().flatten())
                 targets.append(lab.flatten())
-            return M.segmentation_report(torch.cat(preds), torch.cat(targets), len(names))
+            return M.segmentation_report(torch.cat(preds), torch.cat(targets), len(names), ignore_index=UNLABELLED)
         x, y, idx = data
         logits = []
         for i in range(0, len(idx), cfg.batch_size):

@@ -1,10 +1,13 @@
 """How fine-tuning splits its cases: stratified test, validation and
-label-fraction subsets fixed by the seed, and the cases a user names
-(--test-cases, --val-cases), each reported by name."""
+label-fraction subsets fixed by the seed, the cases a user names
+(--test-cases, --val-cases), each reported by name, and for a single labelled
+volume the axial slices that validate and those that carry training labels."""
 from __future__ import annotations
 
+import math
 import os
 import sys
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -110,3 +113,59 @@ def split_source(cfg) -> str:
     if cfg.test_cases:
         return "--test-cases" + (" and --val-cases" if cfg.val_cases else "")
     return f"--seed {cfg.seed}" + (", --val-cases" if cfg.val_cases else "")
+
+
+# -- one labelled volume: validation and label fractions as sets of axial slices ------------------------------
+# Validation slabs spread over the volume: on the offline atlas task (91 axial slices at 2 mm, lobes between
+# slices 11 and 76) 4 slabs centred at 1/8, 3/8, 5/8 and 7/8 of the depth hold every lobe, where the most
+# superior fifth held almost none of them (validation Dice 0.000 for every run).
+VAL_SLABS = 4
+# Slices left out on each side of a validation slab, labelled neither for training nor for validation: 2 slices
+# (4 mm at 2 mm spacing), so that no validation slice has a training-labelled neighbour.
+GUARD_SLICES = 2
+
+
+@dataclass(frozen=True)
+class AxialSplit:
+    """Which axial slices (the last axis) of one labelled volume validate and which may train."""
+    val: tuple          # validation slices
+    candidates: tuple   # slices that may carry training labels (not validation, not a guard)
+
+    def labelled(self, fraction: float) -> tuple:
+        """The training slices at a label fraction: round(fraction * candidates), at least one, every k-th
+        candidate slice (the way sparse annotation is done), so the labels spread over the whole volume."""
+        n = len(self.candidates)
+        k = n if fraction >= 1 else max(1, int(round(n * fraction)))
+        return tuple(self.candidates[int((i + 0.5) * n / k)] for i in range(k))
+
+
+def axial_split(depth: int, val_fraction: float) -> AxialSplit:
+    """``VAL_SLABS`` validation slabs of equal thickness (ceil(val_fraction * depth / VAL_SLABS) slices),
+    centred at (i + 1/2) / VAL_SLABS of the depth, each with ``GUARD_SLICES`` unused slices on either side;
+    the rest may train.  val_fraction 0: no validation, every slice may train.  A UserError when no slice
+    is left for training."""
+    if val_fraction <= 0:
+        return AxialSplit((), tuple(range(depth)))
+    thick = max(1, math.ceil(val_fraction * depth / VAL_SLABS))
+    val, used = set(), set()
+    for i in range(VAL_SLABS):
+        lo = min(max(0, int(round((i + 0.5) * depth / VAL_SLABS - thick / 2))), max(0, depth - thick))
+        val.update(range(lo, min(depth, lo + thick)))
+        used.update(range(max(0, lo - GUARD_SLICES), min(depth, lo + thick + GUARD_SLICES)))
+    candidates = tuple(z for z in range(depth) if z not in used)
+    if not candidates:
+        raise UserError(f"--val-fraction {val_fraction:g}: {VAL_SLABS} validation slabs of {thick} axial slices "
+                        f"and their {GUARD_SLICES}-slice guards leave none of {depth} slices for training")
+    return AxialSplit(tuple(sorted(val)), candidates)
+
+
+def slice_ranges(slices) -> str:
+    """'3-7, 20-24' for the slices (3, 4, 5, 6, 7, 20, ..., 24)."""
+    runs, start = [], None
+    for i, z in enumerate(slices):
+        if start is None:
+            start = z
+        if i + 1 == len(slices) or slices[i + 1] != z + 1:
+            runs.append(f"{start}-{z}" if z > start else f"{z}")
+            start = None
+    return ", ".join(runs)

@@ -88,8 +88,9 @@ EXPERIMENT_BAD = [
     (["--tasks", "detection"], "--tasks: unknown task 'detection'"),
     (["--lrs", "1e-3,0"], "--lrs: '1e-3,0' must be distinct positive learning rates"),
     (["--lrs", "fast"], "--lrs: 'fast' is not a comma-separated list of floats"),
-    (["--inits", "rubik"], "--inits: 'rubik' must name scratch and at least one of rubik, ordering"),
-    (["--inits", "scratch,imagenet"], "--inits: 'scratch,imagenet' must name scratch"),
+    (["--arms", "rubik"], "--arms: 'rubik' must name scratch and at least one of rubik, ordering"),
+    (["--inits", "scratch,imagenet"], "--arms: 'scratch,imagenet' must name scratch"),  # --inits: the old name
+    (["--pretrain-scale", "big"], "argument --pretrain-scale: invalid choice: 'big'"),
     (["--seeds", "0,0"], "--seeds: '0,0' names a seed twice"),
 ]
 
