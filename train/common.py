@@ -107,11 +107,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_list(text: str, kind, flag: str) -> list:
-    """A comma-separated list of ints or floats from a flag, or a UserError naming the flag."""
+    """A comma-separated list of ints or floats from a flag (an int item may be a range: 0-4 is 0,1,2,3,4),
+    or a UserError naming the flag."""
     try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
+        values = []
+        for item in (v.strip() for v in text.split(",") if v.strip()):
+            lo, dash, hi = item.partition("-")
+            ranged = kind is int and dash and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)
+            values += range(int(lo), int(hi) + 1) if ranged else [kind(item)]
     except ValueError:
-        raise UserError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
+        ranges = " and ranges such as 0-4" if kind is int else ""
+        raise UserError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s{ranges}") from None
     if not values:
         raise UserError(f"{flag}: empty list")
     return values

@@ -6,6 +6,7 @@ classification and segmentation tasks, at several label fractions and seeds.
     python train/experiment.py --arms scratch,rubik --tasks classification --fractions 0.1,0.25 --lrs 1e-3,3e-3
     python train/experiment.py --arms scratch,rubik,rubik_small --pretrain-scale matched --device cuda
     python train/experiment.py --report-only --results docs/results/experiment-DATE.json --docs docs
+    python train/experiment.py --unlabelled scans/ --images "img/*.nii.gz" --labels "lab/*.nii.gz" --seeds 0-4
 
 Arms (ARMS: name -> label, train/pretrain.py flags): scratch (no
 pretraining), rubik (the defaults: 16^3 cubes at 4 mm, a 2x2x2 crop of 136
@@ -34,6 +35,18 @@ Per (task, label fraction) the table gives mean ± sd of the test metric per
 arm, which arm wins, the best pretrained arm's difference to scratch with an
 exact two-sided Wilcoxon signed-rank test over the seeds (pairs by seed), and
 which pretrained arms beat scratch by more than one sd of scratch.
+
+Your data (--unlabelled, --images, --labels; train/experiment_data.py):
+each pretrained arm pretrains on the --unlabelled scans (train/pretrain.py
+--data, any format it reads), then every arm fine-tunes on your labelled
+cases for segmentation.  The cases are split once for every run: the test
+cases (--test-cases, default 25%), the validation cases that choose the
+learning rate (--val-cases, default 20% of the rest, at least one) and the
+training cases, of which a label fraction keeps the first in file order (one
+training case: its axial slices); fewer than 3 cases, or a test case among
+the --unlabelled scans, is refused.  The split and the files are recorded in
+OUT/data.json and in the results file; the documents get sections and a plot
+of their own (protocol-own-data, experiment-own-data.png).
 
 Outputs: every run in --out (resumable: a finished run is skipped, pretraining
 resumes from its checkpoints); the raw per-run results (task, metric,
@@ -81,11 +94,12 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import experiment_data  # noqa: E402
 import reporting  # noqa: E402
 import finetune  # noqa: E402
 import pretrain  # noqa: E402
 from common import UserError  # noqa: E402
-from reporting import mean_sd  # noqa: E402
+from reporting import mean_sd, wilcoxon_exact  # noqa: E402,F401  (the test's statistics)
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,8 @@ def parse(argv=None):
     p = common.ArgumentParser(prog="python train/experiment.py", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/experiment", help="output folder of every run")
-    p.add_argument("--tasks", default="classification,segmentation", help=f"comma-separated, of {sorted(METRIC)}")
+    p.add_argument("--tasks", default="", help=f"comma-separated, of {sorted(METRIC)} (empty: both; with "
+                                                "--images/--labels: segmentation on your data)")
     p.add_argument("--arms", "--inits", dest="arms", default="scratch,rubik,genesis,masked,rubik_small",
                    help=f"comma-separated, of {list(ARMS)}: scratch and at least one pretrained arm")
     p.add_argument("--pretrain-scale", default="default", choices=SCALES,
@@ -151,12 +166,17 @@ def parse(argv=None):
                                                                 "protocol-verdict section (empty: none)")
     p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the table and plot from "
                                                              "--results, or from the runs finished in --out")
+    experiment_data.add_flags(p)
     return p.parse_args(argv)
 
 
 def check_args(args) -> tuple:
     """(tasks, arms, fractions, seeds, lrs, steps per task) from the flags, or a UserError naming the flag."""
-    tasks = [t for t in args.tasks.split(",") if t]
+    own = experiment_data.given(args)
+    tasks = [t for t in (args.tasks or ("segmentation" if own else ",".join(METRIC))).split(",") if t]
+    if own and (tasks != ["segmentation"] or args.pretrain_scale != "default"):
+        raise UserError("--images/--labels: your data is one segmentation task at its own scale; drop --tasks "
+                        "and --pretrain-scale (the pretraining's scale: --pretrain-args, e.g. --spacing)")
     for t in tasks:
         if t not in METRIC:
             raise UserError(f"--tasks: unknown task {t!r}; choose from {sorted(METRIC)}")
@@ -193,53 +213,6 @@ def check_args(args) -> tuple:
     return tasks, arms, fractions, seeds, lrs, steps
 
 
-# -- statistics ----------------------------------------------------------------------------------------
-def _average_ranks(values: list) -> list:
-    """Ranks 1..n of ``values``, ties given the mean of the ranks they span."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def wilcoxon_exact(differences) -> tuple:
-    """Exact two-sided Wilcoxon signed-rank test of paired differences: (statistic, p, n).
-
-    Zero differences are dropped (Wilcoxon's convention) and tied absolute
-    differences get average ranks; the null distribution of T+ (the sum of the
-    positive differences' ranks) is enumerated over all 2^n sign assignments of
-    those ranks, so it is exact with ties too.  p = min(1, 2 min(P(T+ <= t),
-    P(T+ >= t))); statistic = min(T+, T-) as scipy reports it; n = the nonzero
-    differences.  With no nonzero difference: (0, 1, 0)."""
-    d = [float(v) for v in differences]
-    if any(math.isnan(v) for v in d):
-        raise ValueError("wilcoxon_exact: NaN difference")
-    d = [v for v in d if v != 0]
-    n = len(d)
-    if n == 0:
-        return 0.0, 1.0, 0
-    if n > 20:
-        raise ValueError(f"wilcoxon_exact: {n} pairs; the enumeration of 2^n sign assignments is meant for n <= 20")
-    ranks = _average_ranks([abs(v) for v in d])
-    t_plus = sum(r for r, v in zip(ranks, d) if v > 0)
-    total = sum(ranks)
-    eps = 1e-9 * max(1.0, total)
-    low = high = 0
-    for signs in itertools.product((0, 1), repeat=n):
-        t = sum(r for r, s in zip(ranks, signs) if s)
-        low += t <= t_plus + eps
-        high += t >= t_plus - eps
-    p = min(1.0, 2 * min(low, high) / 2 ** n)
-    return min(t_plus, total - t_plus), p, n
-
-
 # -- runs ----------------------------------------------------------------------------------------------
 def pretrain_flags(arm: str, scale: str) -> list:
     """train/pretrain.py flags of a pretrained arm at --pretrain-scale ``scale``."""
@@ -250,7 +223,8 @@ def pretrain_flags(arm: str, scale: str) -> list:
 def pretrain_run_flags(arm: str, args) -> list:
     """What an arm's pretraining runs with: --pretrain-steps, the arm's flags, then --pretrain-args."""
     steps = ["--steps", str(args.pretrain_steps)] if args.pretrain_steps else []
-    return [*steps, *pretrain_flags(arm, args.pretrain_scale), *args.pretrain_args.split()]
+    return [*steps, *pretrain_flags(arm, args.pretrain_scale), *experiment_data.pretrain_flags(args.own),
+            *args.pretrain_args.split()]
 
 
 def arm_folder(arm: str, scale: str) -> str:
@@ -294,7 +268,7 @@ def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
     argv = ["--task", task, "--pretrained", pre.get(arm, "none"), "--label-fraction", str(fraction),
             "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO), "--seed", str(seed), "--out", folder,
             "--steps", str(steps), "--device", args.device, "--no-progress", "--no-tensorboard",
-            *args.finetune_args.split()]
+            *experiment_data.finetune_flags(args.own), *args.finetune_args.split()]
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
         argv = ["--out", folder, "--resume", "--no-progress"]
     print(f"== {task} {arm} fraction {fraction:g} lr {lr:g} seed {seed}", flush=True)
@@ -358,7 +332,7 @@ def results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, rows
             "machine": reporting.machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "tasks": tasks, "arms": arms, "fractions": fractions, "seeds": seeds, "lrs": lrs,
             "head_lr_ratio": HEAD_LR_RATIO, "steps": steps, "pretrain_scale": args.pretrain_scale,
-            "pretraining": pretraining_record(args, arms), "rows": rows}
+            "pretraining": pretraining_record(args, arms), "rows": rows} | ({"data": args.own} if args.own else {})
 
 
 def read_results(path: str) -> dict:
@@ -380,6 +354,7 @@ def read_results(path: str) -> dict:
         {str(r["task"]) for r in doc["rows"]} - set(METRIC))
     if unknown:
         raise UserError(f"--results: {path}: unknown arm(s) or task(s) {unknown}")
+    experiment_data.check_record(doc, path)
     return doc
 
 
@@ -458,6 +433,8 @@ def table(rows: list, doc: dict, n_runs: int) -> str:
              f"test metric over seeds {list(seeds)}, each arm at the learning rate with its best mean validation "
              "metric; **bold**: more than one sd of scratch above scratch; Δ and p: the best pretrained arm "
              "against scratch, exact two-sided Wilcoxon signed-rank test over seeds, n = nonzero pairs).", ""]
+    if doc.get("data"):
+        lines += [experiment_data.describe(doc["data"]), ""]
     if n_runs < n_expected:
         lines += [f"**Incomplete: {n_runs} of {n_expected} runs finished.**", ""]
     lines += ["| task | metric | label fraction | " + " | ".join(_label(a) for a in arms)
@@ -539,7 +516,7 @@ def names(doc: dict) -> tuple:
     """(protocol marker, verdict marker, plot file name) of a results document: a matched-scale protocol
     has its own ("protocol-matched", ...), so that both scales can be shown side by side."""
     scale = doc.get("pretrain_scale", "default")
-    suffix = "" if scale == "default" else f"-{scale}"
+    suffix = ("" if scale == "default" else f"-{scale}") + (experiment_data.SUFFIX if doc.get("data") else "")
     return SECTION + suffix, VERDICT_SECTION + suffix, f"experiment{suffix}.png"
 
 
@@ -561,34 +538,10 @@ def render(results_path: str) -> dict:
 
 
 def plot(rows: list, doc: dict, path: str) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    tasks, fractions = doc["tasks"], doc["fractions"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        mine = [r for r in rows if r["task"] == task]
-        for arm in doc["arms"]:
-            pts = [(r["fraction"], r["arms"][arm]) for r in mine]
-            ax.errorbar([f for f, _ in pts], [p["mean"] for _, p in pts], yerr=[p["sd"] for _, p in pts],
-                        marker="o", capsize=3, label=ARMS[arm].label)
-        ax.set_xscale("log")
-        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
-        ax.set_xlabel("label fraction")
-        ax.set_ylabel(f"test {METRIC[task][1]}")
-        ax.set_title(task)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"offline tasks: mean ± sd over seeds {list(doc['seeds'])}, LR chosen on validation", fontsize=9)
-    fig.tight_layout()
-    from rubikops.data import atomic_path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return True
+    """The plot of test score against label fraction (False: no matplotlib)."""
+    return reporting.plot_scores(rows, doc, path, {a: ARMS[a].label for a in doc["arms"]},
+                                 {t: f"test {METRIC[t][1]}" for t in doc["tasks"]},
+                                 "your data" if doc.get("data") else "offline tasks")
 
 
 def report(args, argv, tasks, arms, fractions, seeds, lrs, steps) -> str:
@@ -627,6 +580,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     tasks, arms, fractions, seeds, lrs, steps = check_args(args)
+    # your data's record, checked against --out (not needed to rebuild from a results file)
+    args.own = None if args.report_only and args.results else experiment_data.open_out(args)
     if not args.report_only:
         check_pretext_tasks(arms, args.pretrain_scale)
         # the pretraining folder: finetune.py takes its encoder.pt (and, for genesis and masked, the decoder)

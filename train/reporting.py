@@ -1,8 +1,10 @@
 """What the experiment scripts share for their reports: the sections they own
-in markdown files, mean +- sd over seeds, and what a result file records of
-where it was made (git revision, machine)."""
+in markdown files, mean +- sd over seeds, the exact Wilcoxon signed-rank test
+of paired seeds, and what a result file records of where it was made (git
+revision, machine)."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -33,6 +35,85 @@ def mean_sd(values) -> tuple:
     mean = sum(vals) / len(vals)
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
     return mean, sd
+
+
+def _average_ranks(values: list) -> list:
+    """Ranks 1..n of ``values``, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def wilcoxon_exact(differences) -> tuple:
+    """Exact two-sided Wilcoxon signed-rank test of paired differences: (statistic, p, n).
+
+    Zero differences are dropped (Wilcoxon's convention) and tied absolute
+    differences get average ranks; the null distribution of T+ (the sum of the
+    positive differences' ranks) is enumerated over all 2^n sign assignments of
+    those ranks, so it is exact with ties too.  p = min(1, 2 min(P(T+ <= t),
+    P(T+ >= t))); statistic = min(T+, T-) as scipy reports it; n = the nonzero
+    differences.  With no nonzero difference: (0, 1, 0)."""
+    d = [float(v) for v in differences]
+    if any(math.isnan(v) for v in d):
+        raise ValueError("wilcoxon_exact: NaN difference")
+    d = [v for v in d if v != 0]
+    n = len(d)
+    if n == 0:
+        return 0.0, 1.0, 0
+    if n > 20:
+        raise ValueError(f"wilcoxon_exact: {n} pairs; the enumeration of 2^n sign assignments is meant for n <= 20")
+    ranks = _average_ranks([abs(v) for v in d])
+    t_plus = sum(r for r, v in zip(ranks, d) if v > 0)
+    total = sum(ranks)
+    eps = 1e-9 * max(1.0, total)
+    low = high = 0
+    for signs in itertools.product((0, 1), repeat=n):
+        t = sum(r for r, s in zip(ranks, signs) if s)
+        low += t <= t_plus + eps
+        high += t >= t_plus - eps
+    p = min(1.0, 2 * min(low, high) / 2 ** n)
+    return min(t_plus, total - t_plus), p, n
+
+
+def plot_scores(rows: list, doc: dict, path: str, arm_labels: dict, metric_labels: dict, data: str) -> bool:
+    """Per task, each arm's mean ± sd of the test metric against the label fraction (log scale), written to
+    ``path``; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    tasks, fractions = doc["tasks"], doc["fractions"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        for arm in doc["arms"]:
+            pts = [(r["fraction"], r["arms"][arm]) for r in mine]
+            ax.errorbar([f for f, _ in pts], [p["mean"] for _, p in pts], yerr=[p["sd"] for _, p in pts],
+                        marker="o", capsize=3, label=arm_labels[arm])
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel(metric_labels[task])
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{data}: mean ± sd over seeds {list(doc['seeds'])}, LR chosen on validation", fontsize=9)
+    fig.tight_layout()
+    from rubikops.data import atomic_path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return True
 
 
 def _run(cmd: list) -> str:

@@ -54,7 +54,7 @@ def label_subset(train: list, labels: np.ndarray, fraction: float, seed: int) ->
     return sorted(keep)
 
 
-def _pick_cases(spec: Optional[str], names: list, flag: str) -> list:
+def pick_cases(spec: Optional[str], names: list, flag: str) -> list:
     """Indices of the cases that ``spec`` names: 0-based indices into ``names``,
     or names (a file's base name or path)."""
     if not spec:
@@ -82,8 +82,8 @@ def _pick_cases(spec: Optional[str], names: list, flag: str) -> list:
 def choose_split(cfg, names: list, default_test) -> dict:
     """{"train", "val", "test"}: index lists.  --test-cases and --val-cases when
     given, else ``default_test()`` (chosen by the seed) for the test cases."""
-    test = _pick_cases(cfg.test_cases, names, "--test-cases")
-    val = _pick_cases(cfg.val_cases, names, "--val-cases")
+    test = pick_cases(cfg.test_cases, names, "--test-cases")
+    val = pick_cases(cfg.val_cases, names, "--val-cases")
     if not test:
         test = [i for i in default_test() if i not in val]
     both = sorted(set(test) & set(val))
