@@ -434,7 +434,7 @@ def table(rows: list, doc: dict, n_runs: int) -> str:
              "metric; **bold**: more than one sd of scratch above scratch; Δ and p: the best pretrained arm "
              "against scratch, exact two-sided Wilcoxon signed-rank test over seeds, n = nonzero pairs).", ""]
     if doc.get("data"):
-        lines += [experiment_data.describe(doc["data"]), ""]
+        lines += [experiment_data.describe(doc["data"], doc["fractions"]), ""]
     if n_runs < n_expected:
         lines += [f"**Incomplete: {n_runs} of {n_expected} runs finished.**", ""]
     lines += ["| task | metric | label fraction | " + " | ".join(_label(a) for a in arms)

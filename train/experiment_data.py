@@ -18,7 +18,7 @@ import numpy as np
 
 import common
 from common import UserError
-from splits import pick_cases
+from splits import cases_kept, pick_cases
 
 TEST_SHARE = 0.25  # finetune.py's own share of your cases held out for testing
 VAL_SHARE = 0.2    # of the non-test cases: finetune.py's --val-fraction default
@@ -156,13 +156,18 @@ def check_record(doc: dict, path: str) -> None:
         raise UserError(f"--results: {path}: 'data' is not the record of your data that train/experiment.py writes")
 
 
-def describe(record: dict) -> str:
-    """One paragraph for the table: the data, and which cases trained, validated and tested."""
+def describe(record: dict, fractions) -> str:
+    """One paragraph for the table: the data, which cases trained, validated and tested, and what each label
+    fraction kept."""
     names, split = record["cases"], record["split"]
 
     def part(key):
         cases = [names[i] for i in split[key]]
         return f"{len(cases)} ({', '.join(cases)})" if len(cases) <= 8 else str(len(cases))
+    n = len(split["train"])
+    kept = ("the label fraction is the share of its axial slices that keep their labels" if n == 1 else
+            "each label fraction keeps the first training cases in file order (" +
+            ", ".join(f"{f:g}: {cases_kept(n, f)}" for f in fractions) + ")")
     return (f"Your data: {len(names)} labelled cases, split once for every run ({split['chosen_by']}): training "
-            f"{part('train')}, validation {part('val')}, test {part('test')}; the pretrained arms pretrain on "
-            f"`{record['unlabelled']}`.")
+            f"{part('train')}, validation {part('val')}, test {part('test')}; {kept}; the pretrained arms "
+            f"pretrain on `{record['unlabelled']}`.")

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
-from splits import (GUARD_SLICES, VAL_SLABS, axial_split, choose_split, describe_split, label_subset,  # noqa: E402
-                    print_split, slice_ranges, split_source, stratified_test_split, validation_split)
+from splits import (GUARD_SLICES, VAL_SLABS, axial_split, cases_kept, choose_split, describe_split,  # noqa: E402
+                    label_subset, print_split, slice_ranges, split_source, stratified_test_split, validation_split)
 from common import UserError  # noqa: E402
 
 from rubikops import metrics as M  # noqa: E402
@@ -181,7 +181,8 @@ def load_segmentation(cfg):
             named["axial_slices"]["val"] = list(layout.val)
             named["chosen_by"] += f", --val-fraction {cfg.val_fraction:g}"
     elif cfg.label_fraction < 1.0:
-        train = train[:max(1, int(round(len(train) * cfg.label_fraction)))]
+        train = train[:cases_kept(len(train), cfg.label_fraction)]
+        named["train"] = named["train"][:len(train)]  # the cases whose labels trained
     return train, val, test, names, named
 
 

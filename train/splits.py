@@ -54,6 +54,12 @@ def label_subset(train: list, labels: np.ndarray, fraction: float, seed: int) ->
     return sorted(keep)
 
 
+def cases_kept(n: int, fraction: float) -> int:
+    """How many of ``n`` training cases (the first, in file order) a label fraction keeps: round(n * fraction),
+    at least one."""
+    return n if fraction >= 1 else max(1, int(round(n * fraction)))
+
+
 def pick_cases(spec: Optional[str], names: list, flag: str) -> list:
     """Indices of the cases that ``spec`` names: 0-based indices into ``names``,
     or names (a file's base name or path)."""

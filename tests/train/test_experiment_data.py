@@ -139,9 +139,12 @@ def test_protocol_on_your_data_end_to_end(tmp_path, capsys):
         assert (r["val"], r["test"]) == (res["val_metrics"]["mean_dice"], res["metrics"]["mean_dice"])
         assert res["split"]["test"] == [data["cases"][i] for i in split["test"]]
         assert res["split"]["val"] == [data["cases"][i] for i in split["val"]]
+        # a label fraction keeps the first training cases in file order: 0.34 of 3 is 1
+        assert res["split"]["train"] == [data["cases"][i] for i in split["train"]][:1 if r["fraction"] < 1 else 3]
     md = (docs / "experiment.md").read_text()
     assert "<!-- protocol-own-data:start -->" in md and "](experiment-own-data.png)" in md
     assert "Your data: 6 labelled cases, split once for every run (test: 25% of the cases" in md
+    assert "each label fraction keeps the first training cases in file order (0.34: 1, 1: 3)" in md
     assert md.count("| segmentation | mean Dice |") == 2 and (docs / "experiment-own-data.png").exists()
     # resumed: nothing retrained; another split in the same --out, or the bundled tasks there, are refused
     assert common.run_main(experiment.main, run) == 0
