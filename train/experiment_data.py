@@ -35,11 +35,11 @@ def add_flags(parser) -> None:
                                                     "comma list); never a test case")
     g.add_argument("--images", default="", help="your labelled images (folder or glob)")
     g.add_argument("--labels", default="", help="their label maps, in the same order as --images")
-    g.add_argument("--test-cases", default="", help="cases held out for testing, 0-based indices in file order "
-                                                    f"or file names (default: {TEST_SHARE:.0%} of the cases, drawn "
-                                                    f"with seed {SPLIT_SEED})")
-    g.add_argument("--val-cases", default="", help="cases for choosing the learning rate (default: "
-                                                   f"{VAL_SHARE:.0%} of the non-test cases, at least one)")
+    g.add_argument("--test-cases", default="", help=common.help_text(
+        f"cases held out for testing, 0-based indices in file order or file names (empty: {TEST_SHARE:.0%} of "
+        f"the cases, at least one, drawn with seed {SPLIT_SEED})"))
+    g.add_argument("--val-cases", default="", help=common.help_text(
+        f"cases that choose the learning rate (empty: {VAL_SHARE:.0%} of the non-test cases, at least one)"))
 
 
 def given(args) -> bool:

@@ -53,6 +53,13 @@ def test_the_cases_you_name_are_kept_and_the_rest_drawn():
     assert split["chosen_by"] == "--test-cases, --val-cases"
 
 
+def test_help_names_the_flags_of_your_data(capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiment.parse(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "--unlabelled" in out and "25% of the cases" in out and "20% of the" in out
+
+
 def test_seed_ranges():
     assert common.parse_list("0-4", int, "--seeds") == [0, 1, 2, 3, 4]
     assert common.parse_list("0-2,7", int, "--seeds") == [0, 1, 2, 7]
