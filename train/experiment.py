@@ -139,7 +139,8 @@ OUTPUT_FLAGS = ("--report-only", "--results", "--docs", "--readme")
 def parse(argv=None):
     p = common.ArgumentParser(prog="python train/experiment.py", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/experiment", help="output folder of every run")
+    p.add_argument("--out", default="", help="output folder of every run (empty: runs/experiment; with your data "
+                                             f"runs/experiment{experiment_data.SUFFIX})")
     p.add_argument("--tasks", default="", help=f"comma-separated, of {sorted(METRIC)} (empty: both; with "
                                                 "--images/--labels: segmentation on your data)")
     p.add_argument("--arms", "--inits", dest="arms", default="scratch,rubik,genesis,masked,rubik_small",
@@ -173,6 +174,7 @@ def parse(argv=None):
 def check_args(args) -> tuple:
     """(tasks, arms, fractions, seeds, lrs, steps per task) from the flags, or a UserError naming the flag."""
     own = experiment_data.given(args)
+    args.out = args.out or f"runs/experiment{experiment_data.SUFFIX if own else ''}"
     tasks = [t for t in (args.tasks or ("segmentation" if own else ",".join(METRIC))).split(",") if t]
     if own and (tasks != ["segmentation"] or args.pretrain_scale != "default"):
         raise UserError("--images/--labels: your data is one segmentation task at its own scale; drop --tasks "

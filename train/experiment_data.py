@@ -100,12 +100,14 @@ def resolve(args) -> dict:
     split = split_cases(len(images), names, args.test_cases, args.val_cases)
     held_out = {os.path.realpath(images[i]): names[i] for i in split["test"]}
     pool = [s for s in args.unlabelled.split(",") if s] if "," in args.unlabelled else args.unlabelled  # as pretrain.py
-    leaks = [p for p in _files(pool, "--unlabelled") if os.path.realpath(p) in held_out]
+    scans = _files(pool, "--unlabelled")
+    leaks = [p for p in scans if os.path.realpath(p) in held_out]
     if leaks:
         raise UserError(f"--unlabelled: {leaks[0]} is the test case {held_out[os.path.realpath(leaks[0])]!r}; "
                         "pretraining on a test scan leaks it: leave it out of --unlabelled or choose other "
                         "--test-cases")
-    return {"unlabelled": args.unlabelled, "images": args.images, "labels": args.labels,
+    return {"unlabelled": args.unlabelled, "unlabelled_files": [os.path.abspath(p) for p in scans],
+            "images": args.images, "labels": args.labels,
             "image_files": [os.path.abspath(p) for p in images], "label_files": [os.path.abspath(p) for p in labels],
             "cases": names, "split": split}
 

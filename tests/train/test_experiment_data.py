@@ -58,6 +58,21 @@ def test_help_names_the_flags_of_your_data(capsys):
         experiment.parse(["--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "--unlabelled" in out and "25% of the cases" in out and "20% of the" in out
+    # your data's runs default to a folder of their own, beside the bundled tasks' runs/experiment
+    own = experiment.parse(["--images", "i", "--labels", "l", "--unlabelled", "u"])
+    assert experiment.check_args(own)[0] == ["segmentation"] and own.out == "runs/experiment-own-data"
+    bundled = experiment.parse([])
+    assert experiment.check_args(bundled)[0] == ["classification", "segmentation"] and bundled.out == "runs/experiment"
+
+
+def test_a_results_file_with_a_bad_data_record_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"command": "c", "tasks": [], "arms": [], "fractions": [], "seeds": [], "lrs": [],
+                                "rows": [], "data": {"cases": ["a"], "split": {"train": [0]}}}))
+    assert common.run_main(experiment.main, ["--report-only", "--results", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --results: {path}: 'data' is not the record of your data that train/experiment.py "
+                   "writes"]
 
 
 def test_seed_ranges():
@@ -160,6 +175,9 @@ def test_protocol_on_your_data_end_to_end(tmp_path, capsys):
     assert "its runs were made on other data or another split" in capsys.readouterr().err
     assert common.run_main(experiment.main, ["--out", str(out), "--arms", "scratch,rubik"]) == 2
     assert "holds runs on your data" in capsys.readouterr().err
+    shutil.copy(os.path.join(scans, "v0.nii.gz"), os.path.join(scans, "v9.nii.gz"))  # another scan to pretrain on
+    assert common.run_main(experiment.main, run) == 2
+    assert "its runs were made on other data or another split" in capsys.readouterr().err
     # a fresh clone: the results file alone rebuilds the same table and plot
     saved = md
     shutil.rmtree(out)
