@@ -6,7 +6,7 @@ task (--task: jigsaw, rotation, relative_location; Taleb et al., NeurIPS 2020).
     python train/pretrain.py --data scans/ --preset paper --device cuda --amp bf16
     python train/pretrain.py --config my.yaml --steps 20000
     torchrun --nproc_per_node=4 train/pretrain.py --data scans/ ...
-    python train/pretrain.py --out runs/pretrain --resume   # continue exactly where it stopped
+    python train/pretrain.py --resume                        # continue runs/pretrain-rubik exactly where it stopped
     python train/pretrain.py --task rotation               # any task in rubikops.tasks.TASKS
 
 Every batch is cut on the training device from a VolumeBank with one
@@ -110,7 +110,7 @@ class PretrainConfig(common.RunSettings):
                                       "joins")
     cube_loss: str = _f("sum", "per-cube losses: sum (each puzzle's log-likelihood: 3-way turn CE summed over "
                                "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
-    out: str = _f("runs/pretrain", "output folder")
+    out: str = _f("", "output folder (default: runs/pretrain-TASK, so runs of different tasks never collide)", "str")
     eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
     eval_puzzles: int = _f(512, "fixed held-out puzzles")
 
@@ -369,6 +369,7 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
 
 def main(argv=None) -> int:
     cfg, args = parse(argv)
+    cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join("runs", f"pretrain-{cfg.task}"))
     cfg, resume_state = common.open_run(PretrainConfig, cfg, args)
     check_config(cfg)
     dist = common.setup_distributed(cfg.device)
@@ -429,7 +430,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if dist.main:
         common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
         print(f"rubikops pretraining: {len(bank)} training volume(s) on rank 0 of {dist.world}, "
-              f"{len(held_vols)} held out; {bank.memory_report()}", file=sys.stderr)
+              f"{len(held_vols)} held out for validation{held_names(held_vols)}; {bank.memory_report()}", file=sys.stderr)
         print(f"task {puzzle.name} ({type(puzzle).__name__}): {puzzle.describe()}, crop {puzzle.crop_size}"
               + (f", K={puzzle.num_permutations}" if hasattr(puzzle, "num_permutations") else "")
               + (f", rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}" if puzzle.name == "rubik" else "")
@@ -514,7 +515,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     bank.close()
     peak_rss = dist.gather(common.peak_host_rss())
     if dist.main:
-        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss)
+        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss,
+               [v.name for v in held_vols])
     logger.close()
     return 0
 
@@ -548,7 +550,11 @@ def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: i
         "step": step, "source": "rubikops train/pretrain.py"})
 
 
-def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:
+def held_names(vols) -> str:
+    return f" ({', '.join(v.name for v in vols)})" if vols else ""
+
+
+def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, held_out: list) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
     chance = puzzle.chance_levels()
     trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
@@ -561,6 +567,8 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         **{f"trained_{k.replace('_acc', '')}": trained[k] for k in chance},
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "peak_host_rss_bytes": peak_rss,  # per rank
+        # the validation volumes (none: scored on training volumes); they also chose the defaults
+        "held_out": held_out, "eval_puzzles": cfg.eval_puzzles,
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
         "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
     }
@@ -577,7 +585,9 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"held-out puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume), encoder of step {step}:\n"
+          f"validation puzzles ({cfg.eval_puzzles} fixed puzzles of "
+          + (f"the held-out volume(s) {', '.join(held_out)}" if held_out else "training volumes: none held out")
+          + f"), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
           f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")

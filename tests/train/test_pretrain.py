@@ -24,7 +24,11 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
     for f in ("config.yaml", "encoder.pt", "encoder.json", "metrics.csv", "puzzles.png", "summary.json",
               "checkpoints/best.pt", "checkpoints/step_0000006.pt", "tensorboard"):
         assert os.path.exists(out / f), f
-    assert "held-out puzzles (8 fixed puzzles of the held-out volume), encoder of step 6" in cap.out
+    # the validation volume is named in the log, the final report and the summary (v3: the last of four)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["held_out"] == ["v3.nii.gz"] and summary["eval_puzzles"] == 8
+    assert "1 held out for validation (v3.nii.gz)" in cap.err
+    assert "validation puzzles (8 fixed puzzles of the held-out volume(s) v3.nii.gz), encoder of step 6" in cap.out
     assert "(chance 12.5%)" in cap.out and "(chance 33.3%)" in cap.out and "batch generation" in cap.out
     # encoder.pt is a plain state_dict a fresh encoder takes
     from rubikops.models import build_encoder
@@ -32,6 +36,17 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
     enc.load_state_dict(torch.load(out / "encoder.pt"))
     rows = open(out / "metrics.csv").read().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 7
+
+
+def test_default_out_is_per_task_so_readme_commands_do_not_collide(data, tmp_path, capsys, monkeypatch):
+    """No --out: runs/pretrain-TASK; a second task's run goes beside the first instead of stopping at it."""
+    monkeypatch.chdir(tmp_path)
+    for task in ("rubik", "rotation"):
+        argv = [a for a in tiny_args(data, "x", tmp_path / "cache", "--task", task)]
+        i = argv.index("--out")
+        rc, cap = _run(argv[:i] + argv[i + 2:], capsys)
+        assert rc == 0, cap.err
+        assert json.load(open(tmp_path / "runs" / f"pretrain-{task}" / "summary.json"))["task"] == task
 
 
 def test_config_round_trip(data, tmp_path, capsys):
