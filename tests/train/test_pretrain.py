@@ -249,7 +249,7 @@ def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
     assert "STILL AT CHANCE" not in cap.out
 
 
-@pytest.mark.parametrize("preset", [None, "paper", "rubikcube_plus"])
+@pytest.mark.parametrize("preset", [None, "paper_sized", "rubikcube_plus_sized"])
 def test_every_preset_fits_the_bundled_volumes(preset, tmp_path):
     """Each preset's puzzle crop fits every bundled pretraining volume at the preset's spacing (the
     bank refuses a crop that does not fit, so a preset that does not is a preset that cannot run)."""
