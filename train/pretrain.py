@@ -363,7 +363,10 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
         p = torch.sigmoid(out.rotation[0].float())
         pred["rotation"] = ["H" if (p[m].max() > 0.5 and p[m].argmax() == 0) else "V" if p[m].max() > 0.5 else "none"
                             for m in range(p.shape[0])]
-    draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred)
+    names = list(getattr(bank, "names", None) or [])
+    volume = names[int(t.index[0])] if int(t.index[0]) < len(names) else "a validation volume"
+    draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred,
+                source=f"A validation puzzle of {volume} with the network's answers (which may be wrong)")
 
 
 def main(argv=None) -> int:
