@@ -294,8 +294,13 @@ def load_data(cfg: PretrainConfig, dist: common.Dist):
         return load_prepared_data(cfg, dist)
     settings = preprocessing(cfg)
     spec = data_spec(cfg)
-    report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
-                          progress=cfg.progress and dist.main)
+    try:
+        report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
+                              progress=cfg.progress and dist.main)
+    except DataError as exc:
+        if getattr(exc, "case", None) is None:
+            raise
+        raise UserError(f"{exc} (--skip-bad skips unreadable files and lists them)") from None
     if report.skipped and dist.main:
         print(report.summary(), file=sys.stderr)
     vols = report.volumes

@@ -19,7 +19,9 @@ class LoadReport:
     def summary(self) -> str:
         s = f"{len(self.volumes)} volumes loaded ({self.cache_hits} from cache)"
         if self.skipped:
-            s += f", {len(self.skipped)} skipped:\n" + "\n".join(f"  {c}: {r}" for c, r in self.skipped)
+            # the reason names its file already (DataError messages start with it): the path once
+            s += f", {len(self.skipped)} skipped:\n" + "\n".join(
+                f"  {r}" if str(c) in r else f"  {c}: {r}" for c, r in self.skipped)
         return s
 
 
@@ -67,6 +69,7 @@ def load_volumes(spec: Union[str, Sequence], settings: Preprocessing = Preproces
             report.volumes.append(load_case(case, settings, cache, min_shape))
         except DataError as exc:
             if not skip_bad:
+                exc.case = case  # a caller can offer to skip it (pretrain.py: --skip-bad)
                 raise
             report.skipped.append((case, str(exc)))
     if not report.volumes:

@@ -173,6 +173,20 @@ def test_bad_input_is_one_clear_line(data, tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], cap.err
 
 
+def test_a_corrupt_file_stops_with_the_skip_bad_hint_and_is_listed_once_when_skipped(data, tmp_path, capsys):
+    import shutil
+    folder = tmp_path / "scans"
+    shutil.copytree(data, folder)
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    args = tiny_args(folder, tmp_path / "o", tmp_path / "c")
+    rc, cap = _run(args, capsys)
+    err = cap.err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "broken.nii.gz" in err[0] and "--skip-bad" in err[0], cap.err
+    rc, cap = _run(args + ["--skip-bad"], capsys)
+    assert rc == 0, cap.err
+    assert cap.err.count("broken.nii.gz") == 1 and "1 skipped" in cap.err, cap.err
+
+
 def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path, capsys):
     out = tmp_path / "run"
     rc, cap = _run(tiny_args(data, out, tmp_path / "cache"), capsys)
