@@ -247,7 +247,10 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     """--data-prepared: the training volumes of this rank's shard (the rule
     VolumeBank(shard=...) applies) and the held-out ones, memory-mapped."""
     try:
-        n = len(read_manifest(cfg.data_prepared)["volumes"])
+        manifest = read_manifest(cfg.data_prepared)
+        n = len(manifest["volumes"])
+        if dist.main:
+            warn_settings(cfg, manifest.get("settings") or {})
         holdout = cfg.holdout if cfg.holdout >= 0 else (1 if n >= 3 else 0)
         if holdout >= n:
             raise UserError(f"--holdout {holdout} leaves no training volume out of {n}")
@@ -259,6 +262,23 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     if train_vols[0].channels != cfg.channels:
         raise UserError(f"--channels {cfg.channels}, but {train_vols[0].name} has {train_vols[0].channels} channel(s)")
     return train_vols, held_vols
+
+
+def warn_settings(cfg: PretrainConfig, prepared: dict) -> None:
+    """A folder prepared with other settings than pretrain.py's trains on other cubes: at native
+    spacing and raw intensity the default 16^3 cubes are a few mm of texture, and both tasks stay
+    at chance (docs/experiment.md: at 32 mm neither learns).  Say so before training."""
+    ours = dataclasses.asdict(preprocessing(cfg))
+    keys = ["spacing", "intensity", "crop_foreground"] + (["window"] if ours["intensity"] == "window" else [])
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (JSON keeps tuples as lists)
+    differ = [k for k in keys if k in prepared and norm(prepared[k]) != norm(ours[k])]
+    if differ:
+        print(f"warning: {cfg.data_prepared} was prepared with "
+              + ", ".join(f"{k} {prepared[k]!r}" for k in differ) + "; pretrain.py's settings are "
+              + ", ".join(f"{k} {ours[k]!r}" for k in differ) + ". The folder's apply, so the cubes are not what "
+              "the defaults were tuned for; prepare it again with the flags of pretrain.py (python -m rubikops.data "
+              "prepare SRC --out DIR --spacing 4 --intensity zscore --crop-foreground) or set these flags to "
+              "match it", file=sys.stderr)
 
 
 def preprocessing(cfg: PretrainConfig) -> Preprocessing:

@@ -293,12 +293,26 @@ def test_data_prepared_trains_exactly_as_data(data, tmp_path, capsys):
         keep = [i for i, name in enumerate(rows[0]) if "loss" in name or "acc" in name]
         return [[r[i] for i in keep] for r in rows]
     assert losses("from_files") == losses("from_prepared")
+    assert "warning" not in cap.err  # prepared with pretrain's own settings
     # --data and --data-prepared: pretraining prepares the folder itself, then trains from it
     rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared",
                     str(tmp_path / "prepared_here"), "--prepare-workers", "2"], capsys)
     assert rc == 0, cap.err
     assert "4 volume(s) prepared, 0 already done, 0 skipped" in cap.err, cap.err
     assert losses("both") == losses("from_files")
+
+
+def test_a_folder_prepared_with_other_settings_is_named_with_each_difference(data, tmp_path, capsys):
+    from rubikops.data import Preprocessing, prepare
+    prepare(data, tmp_path / "prepared", Preprocessing(), progress=False)  # prepare's defaults: native, raw
+    args = tiny_args(data, tmp_path / "o", tmp_path / "cache")
+    args[args.index("--data"):args.index("--data") + 2] = ["--data-prepared", str(tmp_path / "prepared")]
+    rc, cap = _run(args, capsys)
+    assert rc == 0, cap.err
+    [line] = [x for x in cap.err.splitlines() if x.startswith("warning:")]
+    assert str(tmp_path / "prepared") in line
+    assert "spacing None" in line and "intensity 'none'" in line and "crop_foreground False" in line
+    assert "intensity 'zscore'" in line and "crop_foreground True" in line and "--spacing 4" in line
 
 
 def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_held_out(data, tmp_path):
