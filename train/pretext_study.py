@@ -69,8 +69,8 @@ def parse(argv=None):
     p.add_argument("--docs", default="", help="also write the result file into DOCS/results/ and the table into "
                                               "DOCS/experiment.md (empty: no)")
     p.add_argument("--report-only", action="store_true", help="run nothing: the table from --results")
-    p.add_argument("--results", default="", help="with --report-only: a result file (default: the newest "
-                                                 f"docs/results/{RESULT_PREFIX}-*.json)")
+    p.add_argument("--results", default="", help="with --report-only: a result file; empty: the newest "
+                                                 f"docs/results/{RESULT_PREFIX}-*.json")
     return p.parse_args(argv)
 
 
