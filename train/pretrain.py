@@ -111,8 +111,8 @@ class PretrainConfig(common.RunSettings):
     cube_loss: str = _f("sum", "per-cube losses: sum (each puzzle's log-likelihood: 3-way turn CE summed over "
                                "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
     out: str = _f("", "output folder (default: runs/pretrain-TASK, so runs of different tasks never collide)", "str")
-    eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
-    eval_puzzles: int = _f(512, "fixed held-out puzzles")
+    eval_every: int = _f(250, "steps between evaluations on the validation puzzles")
+    eval_puzzles: int = _f(512, "fixed puzzles of the held-out (validation) volume")
 
 PRESETS = {
     # The paper-sized workload of Zhuang et al. 2019 (a GPU run): its 2x2x2 cubes, K = 100
