@@ -84,3 +84,19 @@ def test_protocol_verdict_counts_rows_beating_scratch_by_one_sd(tmp_path):
     (tmp_path / "experiment-20260101.json").write_text(json.dumps({"runs": runs}))
     text = docs_report.protocol_verdict(str(tmp_path))
     assert text.startswith("rubik: beats scratch by more than one sd of scratch in 1 of 2 ")
+
+
+def test_readme_is_a_short_manual_that_starts_with_its_set_up():
+    lines = open(os.path.join(ROOT, "README.md")).read().splitlines()
+    assert len(lines) <= 200
+    assert next(i for i, line in enumerate(lines) if line.startswith("```")) < 40
+    for page in ("data", "tasks", "op", "performance", "experiment"):
+        assert f"(docs/{page}.md)" in "\n".join(lines), page
+
+
+def test_no_git_revision_in_the_prose():
+    """The result files carry revisions; the pages' prose names none (table cells listing files may)."""
+    revision = re.compile(r"\bgit [0-9a-f]{7,40}\b|\b[0-9a-f]{7}-dirty\b")
+    for f in doc_files():
+        for n, line in enumerate(open(os.path.join(ROOT, f)).read().splitlines(), 1):
+            assert line.startswith("|") or not revision.search(line), f"{f}:{n}: {line}"
