@@ -81,7 +81,8 @@ def default_pretraining_block(results: str = reporting.RESULTS) -> str:
             + ". The run is deterministic on one machine; processors round differently, so a new machine should "
             f"land near the range below (ordering {_pct(o_lo)} to {_pct(o_hi)}%, orientation {_pct(r_lo)} to "
             f"{_pct(r_hi)}%). Each result file carries its command, revision and machine; load is the 1-minute "
-            "load average when the run ended (2 cores: above 2 means the run shared them).\n\n" + "\n".join(lines))
+            "load average when the run ended (2 cores: above 2 means the run shared them).\n\n" + "\n".join(lines)
+            + "".join(f"\n\n`{_rel(path)}`: {r['note']}" for path, r in runs if r.get("note")))
 
 
 def add_pretraining(run_dir: str, wall_s: float, command: str, results: str = reporting.RESULTS) -> str:
