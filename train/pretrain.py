@@ -36,7 +36,7 @@ import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
 from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
-from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
+from rubikops.data import load_prepared, prepare, read_manifest, settings_differences  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 
 
@@ -115,13 +115,10 @@ class PretrainConfig(common.RunSettings):
     eval_puzzles: int = _f(512, "fixed puzzles of the held-out (validation) volume")
 
 PRESETS = {
-    # The paper-sized workload of Zhuang et al. 2019 (a GPU run): its 2x2x2 cubes, K = 100
-    # permutations far apart in Hamming distance, gaps of up to 8 voxels (10 in the paper:
-    # the 74-voxel crop would not fit the bundled CT atlas, 73 axial voxels at 2 mm), 180-degree
-    # turns, 3D VGG, per-cube normalisation and SGD schedule.  It keeps this project's heads,
-    # loss, pooling and augmentation (the paper's are --no-cube-heads --cube-loss mean
-    # --augment none), so it is not the paper's method.  32^3 cubes at 2 mm make 64 mm cubes,
-    # the scale at which the pretext study (docs/experiment.md) found both tasks learn.
+    # The paper-sized workload of Zhuang et al. 2019 (a GPU run): 2x2x2 cubes, K = 100, gaps up to 8
+    # voxels (10 would not fit the bundled CT atlas: 73 axial voxels at 2 mm), 180-degree turns, 3D VGG,
+    # per-cube normalisation, SGD.  With this project's heads, loss, pooling and augmentation, so not the
+    # paper's method.  32^3 cubes at 2 mm are 64 mm, where the pretext study found both tasks learn.
     "paper_sized": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 8), rotations="paper", backbone="vgg", width=32,
                   cube_size=(32, 32, 32), normalize="cube", batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9,
                   weight_decay=5e-4, schedule="step", steps=20000, spacing=2.0, hidden=512, dropout=0.5),
@@ -247,10 +244,12 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     """--data-prepared: the training volumes of this rank's shard (the rule
     VolumeBank(shard=...) applies) and the held-out ones, memory-mapped."""
     try:
-        manifest = read_manifest(cfg.data_prepared)
-        n = len(manifest["volumes"])
-        if dist.main:
-            warn_settings(cfg, manifest.get("settings") or {})
+        n = len(read_manifest(cfg.data_prepared)["volumes"])
+        differ = settings_differences(read_manifest(cfg.data_prepared).get("settings") or {}, preprocessing(cfg))
+        if differ and dist.main:  # other cubes than the defaults were tuned for: both tasks can stay at chance
+            print(f"warning: {cfg.data_prepared} was prepared with {', '.join(f'{k} {a!r}' for k, a, _ in differ)}; "
+                  f"pretrain.py's are {', '.join(f'{k} {b!r}' for k, _, b in differ)}, and the folder's apply: prepare "
+                  "it with --spacing 4 --intensity zscore --crop-foreground or match these flags", file=sys.stderr)
         holdout = cfg.holdout if cfg.holdout >= 0 else (1 if n >= 3 else 0)
         if holdout >= n:
             raise UserError(f"--holdout {holdout} leaves no training volume out of {n}")
@@ -262,23 +261,6 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     if train_vols[0].channels != cfg.channels:
         raise UserError(f"--channels {cfg.channels}, but {train_vols[0].name} has {train_vols[0].channels} channel(s)")
     return train_vols, held_vols
-
-
-def warn_settings(cfg: PretrainConfig, prepared: dict) -> None:
-    """A folder prepared with other settings than pretrain.py's trains on other cubes: at native
-    spacing and raw intensity the default 16^3 cubes are a few mm of texture, and both tasks stay
-    at chance (docs/experiment.md: at 32 mm neither learns).  Say so before training."""
-    ours = dataclasses.asdict(preprocessing(cfg))
-    keys = ["spacing", "intensity", "crop_foreground"] + (["window"] if ours["intensity"] == "window" else [])
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (JSON keeps tuples as lists)
-    differ = [k for k in keys if k in prepared and norm(prepared[k]) != norm(ours[k])]
-    if differ:
-        print(f"warning: {cfg.data_prepared} was prepared with "
-              + ", ".join(f"{k} {prepared[k]!r}" for k in differ) + "; pretrain.py's settings are "
-              + ", ".join(f"{k} {ours[k]!r}" for k in differ) + ". The folder's apply, so the cubes are not what "
-              "the defaults were tuned for; prepare it again with the flags of pretrain.py (python -m rubikops.data "
-              "prepare SRC --out DIR --spacing 4 --intensity zscore --crop-foreground) or set these flags to "
-              "match it", file=sys.stderr)
 
 
 def preprocessing(cfg: PretrainConfig) -> Preprocessing:
@@ -317,10 +299,9 @@ def load_data(cfg: PretrainConfig, dist: common.Dist):
     try:
         report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
                               progress=cfg.progress and dist.main)
-    except DataError as exc:
-        if getattr(exc, "case", None) is None:
-            raise
-        raise UserError(f"{exc} (--skip-bad skips unreadable files and lists them)") from None
+    except DataError as exc:  # a file's own error (exc.case): the user may skip such files
+        raise (UserError(f"{exc} (--skip-bad skips unreadable files and lists them)") if hasattr(exc, "case")
+               else exc) from None
     if report.skipped and dist.main:
         print(report.summary(), file=sys.stderr)
     vols = report.volumes
@@ -388,8 +369,7 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
         p = torch.sigmoid(out.rotation[0].float())
         pred["rotation"] = ["H" if (p[m].max() > 0.5 and p[m].argmax() == 0) else "V" if p[m].max() > 0.5 else "none"
                             for m in range(p.shape[0])]
-    names = list(getattr(bank, "names", None) or [])
-    volume = names[int(t.index[0])] if int(t.index[0]) < len(names) else "a validation volume"
+    volume = dict(enumerate(getattr(bank, "names", ()))).get(int(t.index[0]), "a validation volume")
     draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred,
                 source=f"A validation puzzle of {volume} with the network's answers (which may be wrong)")
 
@@ -457,7 +437,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if dist.main:
         common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
         print(f"rubikops pretraining: {len(bank)} training volume(s) on rank 0 of {dist.world}, "
-              f"{len(held_vols)} held out for validation{held_names(held_vols)}; {bank.memory_report()}", file=sys.stderr)
+              f"{len(held_vols)} held out for validation ({', '.join(v.name for v in held_vols) or 'none'}); "
+              f"{bank.memory_report()}", file=sys.stderr)
         print(f"task {puzzle.name} ({type(puzzle).__name__}): {puzzle.describe()}, crop {puzzle.crop_size}"
               + (f", K={puzzle.num_permutations}" if hasattr(puzzle, "num_permutations") else "")
               + (f", rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}" if puzzle.name == "rubik" else "")
@@ -577,10 +558,6 @@ def save_encoder(model: torch.nn.Module, cfg: PretrainConfig, path: str, step: i
         "step": step, "source": "rubikops train/pretrain.py"})
 
 
-def held_names(vols) -> str:
-    return f" ({', '.join(v.name for v in vols)})" if vols else ""
-
-
 def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, held_out: list) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
     chance = puzzle.chance_levels()
@@ -594,8 +571,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, 
         **{f"trained_{k.replace('_acc', '')}": trained[k] for k in chance},
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "peak_host_rss_bytes": peak_rss,  # per rank
-        # the validation volumes (none: scored on training volumes); they also chose the defaults
-        "held_out": held_out, "eval_puzzles": cfg.eval_puzzles,
+        "held_out": held_out, "eval_puzzles": cfg.eval_puzzles,  # the validation volumes, which chose the defaults
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
         "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "metrics_csv": logger.csv_path,
     }
@@ -612,9 +588,8 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, 
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"validation puzzles ({cfg.eval_puzzles} fixed puzzles of "
-          + (f"the held-out volume(s) {', '.join(held_out)}" if held_out else "training volumes: none held out")
-          + f"), encoder of step {step}:\n"
+          f"validation puzzles ({cfg.eval_puzzles} fixed puzzles of the held-out volume(s) "
+          f"{', '.join(held_out) or 'none: training volumes'}), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
           f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")

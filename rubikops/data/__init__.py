@@ -10,7 +10,7 @@ from .streaming import StreamingBank, bank_bytes, make_bank, parse_size  # noqa:
 from .cache import PreprocessCache, atomic_path, default_cache_dir  # noqa: F401
 from .dataset import LoadReport, load_case, load_volumes  # noqa: F401
 from .nifti import DataError, Volume, find_files, load_nifti  # noqa: F401
-from .prepared import PrepareReport, load_prepared, prepare, read_manifest  # noqa: F401
+from .prepared import PrepareReport, load_prepared, prepare, read_manifest, settings_differences  # noqa: F401
 from .preprocess import (  # noqa: F401
     Preprocessing,
     crop,
