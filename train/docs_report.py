@@ -102,23 +102,30 @@ def add_pretraining(run_dir: str, wall_s: float, command: str, results: str = re
 
 # --- the README's verdict: what the committed results say, one line per question ---
 
-def _bench_row(doc: dict, prefix: str) -> dict:
-    return next(r for r in doc["rows"] if r["name"].startswith(prefix))
+def _bench_row(results: str, pattern: str, prefix: str) -> dict:
+    """The row named ``prefix...`` of the newest benchmark file ``pattern`` in ``results`` that has one
+    (a later run of the same machine and flags replaces its file, so the newest is the current one)."""
+    import glob
+    for path in sorted(glob.glob(os.path.join(results, pattern)), reverse=True):
+        row = next((r for r in _load(path).get("rows", []) if r["name"].startswith(prefix)), None)
+        if row is not None:
+            return row
+    raise UserError(f"no benchmark row {prefix!r} in {os.path.join(results, pattern)}")
 
 
 def verdict_block(results: str = reporting.RESULTS) -> str:
-    cpu_op = _load(os.path.join(results, "cpu-20261126T205757Z.json"))
-    cpu_e2e = _load(os.path.join(results, "cpu-20261126T154137Z.json"))
-    gpu_op = _load(os.path.join(results, "h100-20261126T193004Z-cuda.json"))
-    gpu_e2e = _load(os.path.join(results, "h100-20261126T150240Z-cuda.json"))
-    op_cpu = _bench_row(cpu_op, "rubikops compiled CPU (out=)")
-    numpy_cpu = _bench_row(cpu_op, "baseline: NumPy per-sample loop")
-    op_gpu = _bench_row(gpu_op, "rubikops CUDA C++ out= [float32")
-    e2e_cpu = _bench_row(cpu_e2e, "e2e: pretrain step, rubikops")
-    e2e_gpu = _bench_row(gpu_e2e, "e2e: pretrain step, rubikops")
-    gen_gpu = _bench_row(gpu_e2e, "e2e: batch generation alone")
-    loader_gpu = _bench_row(gpu_op, "baseline: same in a DataLoader")
-    puzzle_gpu = _bench_row(gpu_op, "rubikops whole puzzle")
+    def cpu(prefix):
+        return _bench_row(results, "cpu-*.json", prefix)
+
+    def gpu(prefix):
+        return _bench_row(results, "h100-2*-cuda.json", prefix)
+    op_cpu = cpu("rubikops compiled CPU (out=)")
+    op_gpu = gpu("rubikops CUDA C++ out= [float32")
+    e2e_cpu = cpu("e2e: pretrain step, rubikops")
+    e2e_gpu = gpu("e2e: pretrain step, rubikops")
+    gen_gpu = gpu("e2e: batch generation alone")
+    loader_gpu = gpu("baseline: same in a DataLoader")
+    puzzle_gpu = gpu("rubikops whole puzzle")
     ms = lambda row: 1e3 * row["timing"]["median_s"]  # noqa: E731
     runs = pretraining_runs(results)
     (o_lo, o_hi), (r_lo, r_hi) = pretraining_range(runs)
