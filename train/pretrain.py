@@ -454,7 +454,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     t_gen = t_timed = 0.0  # batch generation vs whole step, over the timed steps of a log window
     puzzles_done = 0
     run_start = window_start = time.perf_counter()
-    last_eval: dict = {}
+    last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state else {}  # a finished run resumed
     acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
     window = 0
     model.train()

@@ -187,6 +187,21 @@ def test_a_corrupt_file_stops_with_the_skip_bad_hint_and_is_listed_once_when_ski
     assert cap.err.count("broken.nii.gz") == 1 and "1 skipped" in cap.err, cap.err
 
 
+def test_resuming_a_finished_run_keeps_its_scores(data, tmp_path, capsys):
+    """The README's --resume after the run has ended: nothing to train, and the summary keeps the
+    last evaluation's scores instead of losing them."""
+    out = tmp_path / "run"
+    args = tiny_args(data, out, tmp_path / "cache")
+    rc, cap = _run(args, capsys)
+    assert rc == 0, cap.err
+    first = json.load(open(out / "summary.json"))
+    assert first["order_acc"] is not None and first["orient_acc"] is not None
+    rc, cap = _run(args + ["--resume"], capsys)
+    assert rc == 0, cap.err
+    again = json.load(open(out / "summary.json"))
+    assert (again["order_acc"], again["orient_acc"], again["steps"]) == (first["order_acc"], first["orient_acc"], 6)
+
+
 def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path, capsys):
     out = tmp_path / "run"
     rc, cap = _run(tiny_args(data, out, tmp_path / "cache"), capsys)
