@@ -201,22 +201,20 @@ def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]
             os.makedirs(docs)
             with open(os.path.join(docs, os.path.basename(doc)), "w") as fh:
                 fh.write(f"<!-- {name}:start -->\n<!-- {name}:end -->\n")
-            subprocess.run([sys.executable, os.path.join(ROOT, "train", script), "--report-only", "--docs", docs,
-                            *extra], cwd=ROOT, check=True, capture_output=True, text=True)
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "train", script), "--report-only", "--docs", docs,
+                                *extra], cwd=ROOT, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise UserError(f"train/{script} --report-only failed: {r.stderr.strip()[-2000:]}")
             with open(os.path.join(docs, os.path.basename(doc))) as fh:
                 return reporting.read_doc_section(fh.read(), name)
     return build
 
 
-def _study_block() -> str:
-    import pretext_study
-    return pretext_study.report(_rel(reporting.newest_result(pretext_study.RESULT_PREFIX)))
-
-
 BLOCKS = [
     Block("verdict", ("README.md",), verdict_block),
     Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
-    Block("pretext-study", ("docs/experiment.md",), _study_block),
+    Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
+                                                                  "docs/experiment.md")),
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
     Block("protocol", ("docs/experiment.md",),
           _script_block("experiment.py", "protocol", "docs/experiment.md", "--readme", "none"), needs="experiment"),
