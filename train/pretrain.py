@@ -2,7 +2,7 @@
 Rubik's Cube+ masking, Zhu et al., MedIA 2020) or another registered pretext
 task (--task: jigsaw, rotation, relative_location; Taleb et al., NeurIPS 2020).
 
-    python train/pretrain.py                      # the bundled MRI templates, ~5 min on 2 CPU cores
+    python train/pretrain.py                      # the bundled MRI and CT volumes, 3-6 min on 2 idle CPU cores
     python train/pretrain.py --data scans/ --preset paper_sized --device cuda --amp bf16
     python train/pretrain.py --config my.yaml --steps 20000
     torchrun --nproc_per_node=4 train/pretrain.py --data scans/ ...
