@@ -91,7 +91,8 @@ def parse_config(cls, presets: dict, prog: str, doc: str, argv=None):
     p.add_argument("--preset", help=f"start from a preset: {sorted(presets)}")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help=help_text("continue from --out's latest checkpoint, or from the checkpoint PATH given; "
-                                  f"of the settings, only {', '.join(flag_name(k) for k in RESUMABLE)} may change"))
+                                  f"of the settings, only {', '.join(flag_name(k) for k in resumable(cls))} may "
+                                  "change"))
     add_config_flags(p, cls)
     args = p.parse_args(argv)
     cfg, args.given = build_config(cls, args, presets, args.preset, args.config, return_given=True)
@@ -252,6 +253,12 @@ RESUMABLE = ("steps", "out", "device", "progress", "tensorboard", "log_every", "
              "keep_checkpoints", "cache_dir")
 
 
+def resumable(cls) -> list:
+    """The settings of RESUMABLE that the script's config has (finetune.py has no --cache-dir)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return [k for k in RESUMABLE if k in fields]
+
+
 def open_run(cls, cfg, args) -> tuple:
     """Fresh run or --resume: (config, checkpoint state or None).  On resume the saved
     run's settings hold; the user's settings (flags, --preset, --config) may change only
@@ -275,7 +282,7 @@ def open_run(cls, cfg, args) -> tuple:
     describe = lambda ks: "; ".join(f"{flag_name(k)} {changed[k][0]!r} -> {changed[k][1]!r}" for k in ks)  # noqa
     if fixed:
         raise UserError(f"--resume: {path} was trained with other settings ({describe(fixed)}); only "
-                        f"{', '.join(flag_name(k) for k in RESUMABLE)} may change when resuming. Drop the others "
+                        f"{', '.join(flag_name(k) for k in resumable(cls))} may change when resuming. Drop the others "
                         "to continue the run, or start a new one with another --out (nothing was changed)")
     if changed:
         print(f"resuming {path} with changed settings: {describe(changed)}", file=sys.stderr)
