@@ -42,7 +42,7 @@ def _extensions():
     else:
         with_cuda, why = True, f"CUDA toolkit at {CUDA_HOME}, torch CUDA {torch.version.cuda}"
 
-    # csrc/*.cpp: the op schemas; csrc/cpu: the CPU kernels.
+    # csrc/*.cpp: the extension module (the op schemas are in rubikops/_schema.py); csrc/cpu: the CPU kernels.
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(f"{ROOT}/csrc/*.cpp")) + sorted(glob.glob(f"{ROOT}/csrc/cpu/*.cpp"))]
     # at::parallel_for runs on one thread unless OpenMP is enabled by hand;
     # -g0 cuts the build from ~57 s to ~37 s and the .so from 11 MB to 0.25 MB.

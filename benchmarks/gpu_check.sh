@@ -37,7 +37,7 @@ timeout 120 $PY benchmarks/triton_op_probe.py 2>&1 | tail -2 | cut -c1-600
 # Pretraining on the GPU: the default settings, then the paper preset (bf16);
 # RUBIKOPS_GPU_PRETRAIN=0 skips them (kernel-only runs).
 export RUBIKOPS_CACHE=/tmp/rubikops-cache
-[ "${RUBIKOPS_GPU_PRETRAIN:-1}" = "0" ] || for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
+[ "${RUBIKOPS_GPU_PRETRAIN:-1}" = "0" ] || for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper_sized --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
   rm -rf /tmp/gpu_pretrain
   echo "== pretrain $args"
   timeout 150 $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \

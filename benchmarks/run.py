@@ -7,7 +7,7 @@
     python benchmarks/run.py --compare benchmarks/results/OLD.json
     python benchmarks/run.py --no-e2e --results-dir docs/results   # refresh the documented file
     python benchmarks/run.py --show docs/results/FILE.json          # print a saved run's table
-    python benchmarks/run.py --scale         # only the scale section: 2,000 scans (~10 min, benchmarks/scale.py)
+    python benchmarks/run.py --scale         # only the scale section: 2,000 scans (~3 min on 2 idle cores)
     python benchmarks/run.py --scale --quick # the same at 40 scans, floors not enforced
 
 Each run writes one JSON (machine, git revision, flags, every row) to

@@ -32,9 +32,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--cube", type=int, default=48)
-    p.add_argument("--out", "--picture", dest="out", default="rubikops_demo.png",
-                   help="where to write the picture of one puzzle, PNG ('' to skip); default: in the working "
-                        "folder, never inside the package")
+    p.add_argument("--out", "--picture", dest="out", default=os.path.join("runs", "rubikops_demo.png"),
+                   help="where to write the picture of one puzzle, PNG ('' to skip); default: under runs/ in the "
+                        "working folder (ignored by git), never inside the package")
     args = p.parse_args(argv)
     if args.batch < 1 or args.cube < 1:
         p.error("--batch and --cube must be positive integers")
@@ -53,6 +53,7 @@ def main(argv=None):
 
     if args.out:  # before `out` is reused below
         from rubikops.viz import draw_puzzle
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         print(f"picture: {os.path.abspath(draw_puzzle(volumes, cubes, targets, puzzle, args.out))}")
 
     # Check every label: solving the puzzle must give back the boxes of the grid cells.

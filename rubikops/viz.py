@@ -38,7 +38,14 @@ def _label(puzzle: RubikCube, targets: PuzzleTargets, b: int, m: int, cell: int)
     return "\n".join(parts)
 
 
-def _legend(puzzle: RubikCube, predictions: Optional[dict]) -> str:
+def _shade(value: float, vmin: float, vmax: float) -> str:
+    """The grey a value is drawn with on a [vmin, vmax] grey scale, in words."""
+    f = 0.5 if vmax <= vmin else (value - vmin) / (vmax - vmin)
+    return "black" if f <= 0.1 else "white" if f >= 0.9 else "dark grey" if f < 0.4 else "light grey" if f > 0.6 \
+        else "mid grey"
+
+
+def _legend(puzzle: RubikCube, predictions: Optional[dict], fill_shade: str = "") -> str:
     lines = ["Top row: the cubes in the order the network sees them (axial mid-slices); 'cube m <- cell c': "
              "solving puts cube m back into grid cell c."]
     if puzzle.rotation_mode == "paper":
@@ -48,7 +55,8 @@ def _legend(puzzle: RubikCube, predictions: Optional[dict]) -> str:
         lines.append("rotation #r: the cube was turned by proper rotation r of 24.")
     if puzzle.mask_prob > 0:
         lines.append(f"MASKED (red frame): {100 * puzzle.mask_keep_prob:.0f}% of its voxels kept, the rest set to "
-                     f"{puzzle.mask_fill:g} (Rubik's Cube+): it looks like noise on purpose.")
+                     f"{puzzle.mask_fill:g}" + (f", drawn {fill_shade} on this picture's grey scale" if fill_shade else "")
+                     + " (Rubik's Cube+): it looks like noise on purpose.")
     if predictions is not None:
         lines.append("net: the network's answer for that cube ('not turned' when it predicts no turn); "
                      "the title gives its permutation class beside the true one.")
@@ -57,11 +65,12 @@ def _legend(puzzle: RubikCube, predictions: Optional[dict]) -> str:
 
 
 def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTargets, puzzle: RubikCube, path: str,
-                sample: int = 0, predictions: Optional[dict] = None, channel: int = 0) -> str:
+                sample: int = 0, predictions: Optional[dict] = None, channel: int = 0, source: str = "") -> str:
     """Write a PNG of puzzle ``sample`` to ``path`` (atomically) and return the path.
 
     ``predictions`` (optional): {"permutation": int, "rotation": one "H", "V" or "none" per cube} drawn beside
-    the labels.  A legend under the pictures says what the captions mean."""
+    the labels.  ``source`` (optional) heads the picture, e.g. which volume the puzzle was cut from.
+    A legend under the pictures says what the captions mean."""
     from matplotlib.patches import Rectangle
     plt = _plt()
     b = sample
@@ -79,13 +88,13 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
     crop = volumes[n][channel].detach().float().cpu()[tuple(slice(s, s + c) for s, c in zip(start, puzzle.crop_size))]
     show = min(M, 9)
     cols = max(show, 2 * gz)
-    legend = _legend(puzzle, predictions)
+    vmin, vmax = float(cubes[b].min()), float(cubes[b].max())
+    legend = _legend(puzzle, predictions, _shade(puzzle.mask_fill, vmin, vmax))
     # constrained layout sizes each row's space to its captions, so multi-line captions never cover the row above
     fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 5.2 + 0.16 * legend.count("\n")), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    vmin, vmax = float(cubes[b].min()), float(cubes[b].max())
     turn_words = {"H": "turned H", "V": "turned V", "none": "not turned"}
     for m in range(show):
         ax = axes[0, m]
@@ -110,7 +119,7 @@ def draw_puzzle(volumes: torch.Tensor, cubes: torch.Tensor, targets: PuzzleTarge
         guess = int(predictions["permutation"])
         perm_txt += (f"; the network's answer: #{guess} "
                      f"({'right' if guess == int(t.permutation[b]) else 'wrong'})")
-    fig.suptitle(f"Rubik's cube puzzle: {perm_txt}", fontsize=8)
+    fig.suptitle((f"{source}\n" if source else "") + f"Rubik's cube puzzle: {perm_txt}", fontsize=8)
     fig.supxlabel(legend, fontsize=6.5, ha="left", x=0.01, linespacing=1.4)
     try:
         with atomic_path(path) as tmp:

@@ -74,3 +74,30 @@ def test_masked_cubes_are_framed_and_every_caption_word_is_explained(tmp_path, m
     title = fig.get_suptitle()
     assert "the network's answer: #3" in title and ("right" in title or "wrong" in title)
     assert "pred none" not in title and "predicted #" not in title
+
+
+def test_the_legend_names_the_grey_that_masked_voxels_are_drawn_with(tmp_path, monkeypatch):
+    """Masked voxels hold the fill value (0); on these dark images 0 is the brightest value drawn, so the
+    legend must say white, as the image's own colour scale maps it."""
+    fig, _, targets = _drawn_figure(tmp_path, monkeypatch, None)
+    cube_ax = next(ax for ax in fig.axes if ax.images and ax.title.get_text().startswith("cube "))
+    image = cube_ax.images[0]
+    assert float(image.norm(0.0)) >= 0.9  # the grey scale the picture uses puts 0 at its white end
+    assert "set to 0, drawn white on this picture's grey scale" in fig.get_supxlabel()
+
+
+def test_source_heads_the_picture(tmp_path, monkeypatch):
+    puzzle = RubikCube(grid=(2, 2, 2), cube_size=8, gap=(0, 2), num_permutations=10)
+    volumes = torch.randn(1, 1, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    cubes, targets = puzzle(volumes, generator=torch.Generator().manual_seed(1))
+    import matplotlib.pyplot as plt
+    seen = []
+    monkey = Figure.suptitle
+
+    def keep(fig, text, **kw):
+        seen.append(text)
+        return monkey(fig, text, **kw)
+    monkeypatch.setattr(Figure, "suptitle", keep)
+    draw_puzzle(volumes, cubes, targets, puzzle, str(tmp_path / "p.png"), source="A validation puzzle of head.nii")
+    plt.close("all")
+    assert seen and seen[0].startswith("A validation puzzle of head.nii\nRubik's cube puzzle:")

@@ -91,7 +91,8 @@ def parse_config(cls, presets: dict, prog: str, doc: str, argv=None):
     p.add_argument("--preset", help=f"start from a preset: {sorted(presets)}")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help=help_text("continue from --out's latest checkpoint, or from the checkpoint PATH given; "
-                                  f"of the settings, only {', '.join(flag_name(k) for k in RESUMABLE)} may change"))
+                                  f"of the settings, only {', '.join(flag_name(k) for k in resumable(cls))} may "
+                                  "change"))
     add_config_flags(p, cls)
     args = p.parse_args(argv)
     cfg, args.given = build_config(cls, args, presets, args.preset, args.config, return_given=True)
@@ -107,17 +108,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_list(text: str, kind, flag: str) -> list:
-    """A comma-separated list of ints or floats from a flag (an int item may be a range: 0-4 is 0,1,2,3,4),
-    or a UserError naming the flag."""
+    """A comma-separated list of ints or floats from a flag, or a UserError naming the flag."""
     try:
-        values = []
-        for item in (v.strip() for v in text.split(",") if v.strip()):
-            lo, dash, hi = item.partition("-")
-            ranged = kind is int and dash and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)
-            values += range(int(lo), int(hi) + 1) if ranged else [kind(item)]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        ranges = " and ranges such as 0-4" if kind is int else ""
-        raise UserError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s{ranges}") from None
+        raise UserError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
     if not values:
         raise UserError(f"{flag}: empty list")
     return values
@@ -258,6 +253,12 @@ RESUMABLE = ("steps", "out", "device", "progress", "tensorboard", "log_every", "
              "keep_checkpoints", "cache_dir")
 
 
+def resumable(cls) -> list:
+    """The settings of RESUMABLE that the script's config has (finetune.py has no --cache-dir)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return [k for k in RESUMABLE if k in fields]
+
+
 def open_run(cls, cfg, args) -> tuple:
     """Fresh run or --resume: (config, checkpoint state or None).  On resume the saved
     run's settings hold; the user's settings (flags, --preset, --config) may change only
@@ -281,7 +282,7 @@ def open_run(cls, cfg, args) -> tuple:
     describe = lambda ks: "; ".join(f"{flag_name(k)} {changed[k][0]!r} -> {changed[k][1]!r}" for k in ks)  # noqa
     if fixed:
         raise UserError(f"--resume: {path} was trained with other settings ({describe(fixed)}); only "
-                        f"{', '.join(flag_name(k) for k in RESUMABLE)} may change when resuming. Drop the others "
+                        f"{', '.join(flag_name(k) for k in resumable(cls))} may change when resuming. Drop the others "
                         "to continue the run, or start a new one with another --out (nothing was changed)")
     if changed:
         print(f"resuming {path} with changed settings: {describe(changed)}", file=sys.stderr)

@@ -149,7 +149,8 @@ def parse(argv=None):
                    help="default: each arm at train/pretrain.py's settings (4 mm); matched: at the segmentation "
                         f"task's scale ({DOWNSTREAM_SPACING:g} mm, {'x'.join(map(str, DOWNSTREAM_PATCH))} cubes)")
     p.add_argument("--fractions", default="0.05,0.1,0.25,1", help="label fractions, each in (0, 1]")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="fine-tuning seeds (the pairs of the Wilcoxon test)")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="fine-tuning seeds, ranges too (0-4; the pairs of the "
+                                                        "Wilcoxon test)")
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3",
                    help=f"learning-rate grid (finetune.py's --encoder-lr; --head-lr is {HEAD_LR_RATIO:g} times it), "
                         "the same for every arm; chosen on validation data")
@@ -193,7 +194,7 @@ def check_args(args) -> tuple:
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
         raise UserError(f"--fractions: {bad} not in (0, 1]")
-    seeds = common.parse_list(args.seeds, int, "--seeds")
+    seeds = experiment_data.parse_seeds(args.seeds)
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds: {args.seeds!r} names a seed twice")
     lrs = common.parse_list(args.lrs, float, "--lrs")

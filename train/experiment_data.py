@@ -1,7 +1,8 @@
 """The protocol on your own data (train/experiment.py --unlabelled, --images,
---labels): its flags, the one split of your labelled cases that every run
-shares, the train/pretrain.py and train/finetune.py flags that point the runs
-at your files, and the record in --out that ties its runs to that data.
+--labels): its flags (and --seeds ranges such as 0-4), the one split of your
+labelled cases that every run shares, the train/pretrain.py and
+train/finetune.py flags that point the runs at your files, and the record in
+--out that ties its runs to that data.
 
 The split is fixed before any run and is the same for every arm, label
 fraction, learning rate and seed: --test-cases and --val-cases when given,
@@ -40,6 +41,20 @@ def add_flags(parser) -> None:
         f"the cases, at least one, drawn with seed {SPLIT_SEED})"))
     g.add_argument("--val-cases", default="", help=common.help_text(
         f"cases that choose the learning rate (empty: {VAL_SHARE:.0%} of the non-test cases, at least one)"))
+
+
+def parse_seeds(text: str) -> list:
+    """--seeds: comma-separated ints and ranges (0-4 is 0,1,2,3,4), or a UserError naming the flag."""
+    items = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        lo, dash, hi = item.partition("-")
+        if dash and lo.isdigit() and hi.isdigit():
+            if int(lo) > int(hi):
+                raise UserError(f"--seeds: the range {item!r} runs backwards (write {hi}-{lo})")
+            items += map(str, range(int(lo), int(hi) + 1))
+        else:
+            items.append(item)
+    return common.parse_list(",".join(items), int, "--seeds")
 
 
 def given(args) -> bool:

@@ -2,9 +2,9 @@
 segmentation, and evaluate it on held-out cases (chosen by --test-cases, or
 by the seed).
 
-    python train/finetune.py --task classification --pretrained runs/pretrain/encoder.pt
+    python train/finetune.py --task classification --pretrained runs/pretrain-rubik/encoder.pt
     python train/finetune.py --task segmentation --pretrained none --decoder duc
-    python train/finetune.py --task classification --csv labels.csv --pretrained runs/pretrain
+    python train/finetune.py --task classification --csv labels.csv --pretrained runs/pretrain-rubik
     python train/finetune.py --task segmentation --images "imgs/*.nii.gz" --labels "labs/*.nii.gz"
     python train/finetune.py --task segmentation --images imgs/ --labels labs/ --test-cases subject7.nii.gz
 
@@ -96,7 +96,7 @@ class FinetuneConfig(common.RunSettings):
     freeze_steps: int = _f(0, "keep the pretrained layers (the encoder, and a pretrained decoder) frozen for this many steps")
     weight_decay: float = _f(1e-4, "weight decay")
     class_weights: str = _f("none", "none, auto (inverse frequency) or comma-separated weights")
-    out: str = _f("runs/finetune", "output folder")
+    out: str = _f("", "output folder (default: runs/finetune-TASK)", "str")
     eval_every: int = _f(0, "steps between evaluations (0: only at the end)")
     checkpoint_every: int = _f(50, "steps between checkpoints")
     keep_checkpoints: int = _f(2, "checkpoints kept")
@@ -381,6 +381,7 @@ def check_config(cfg: FinetuneConfig) -> None:
 
 def main(argv=None) -> int:
     cfg, args = parse(argv)
+    cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join("runs", f"finetune-{cfg.task}"))
     check_config(cfg)
     cfg, resume = common.open_run(FinetuneConfig, cfg, args)
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)

@@ -1,21 +1,26 @@
-"""The pretext study: held-out ordering and orientation accuracy of
-pretraining as one setting at a time moves away from the defaults.
+"""The pretext study: ordering and orientation accuracy on the validation
+volume as one pretraining setting at a time moves away from the defaults.
 
-    python train/pretext_study.py --seeds 0,1 --docs docs  # every row, 2 seeds: the table in docs/experiment.md and README.md
+    python train/pretext_study.py --seeds 0,1 --docs docs  # every row, 2 seeds: docs/results/ and docs/experiment.md
     python train/pretext_study.py --rows defaults,joint_heads --seeds 0,1,2
     python train/pretext_study.py --steps 3000 --device cuda
+    python train/pretext_study.py --report-only --docs docs  # the table again from the committed result file
 
 Each row is ``python train/pretrain.py`` with the row's flags added (printed
-with the table, so any row reruns on its own), evaluated on the fixed
-held-out puzzles of the held-out volume.  Rows finished earlier are read
-back, not rerun.  The table goes to --out/study.md and, with --docs, into
-DOCS/experiment.md and --readme between their pretext-study markers."""
+with the table, so any row reruns on its own), scored on the fixed puzzles of
+the held-out volume.  That volume also chose the defaults and the step count,
+so the score is a validation score, not a test score.  Rows finished earlier
+are read back, not rerun.  Every run's result goes to --out/results.json (the
+command, git revision, machine and seeds with it), the table to --out/study.md;
+with --docs, the result file also goes to DOCS/results/ and the table into
+DOCS/experiment.md between its pretext-study markers."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,10 +30,12 @@ import reporting  # noqa: E402
 import pretrain  # noqa: E402
 from common import UserError  # noqa: E402
 
+RESULT_PREFIX = "pretext-study"
+
 # (row name, what it changes, flags added to the defaults)
 ROWS = [
     ("defaults", "the defaults (64 mm cubes, octant pooling, per-cube heads, summed loss, augmentation)", []),
-    ("before", "all four fixes undone: 32 mm cubes, global pooling, joint heads, mean loss, no "
+    ("before", "every default moved back at once: 32 mm cubes, global pooling, joint heads, mean loss, no "
                "augmentation", ["--spacing", "2", "--gap", "0,4", "--pool", "avg", "--no-cube-heads",
                                 "--cube-loss", "mean", "--augment", "none"]),
     ("cubes_32mm", "scale: 16^3 cubes at 2 mm (32 mm)", ["--spacing", "2", "--gap", "0,4"]),
@@ -59,8 +66,11 @@ def parse(argv=None):
     p.add_argument("--steps", default="300", help="pretraining steps per run")
     p.add_argument("--device", default="auto")
     p.add_argument("--pretrain-args", default="", help="extra flags for every run of train/pretrain.py")
-    p.add_argument("--docs", default="", help="also write the table into DOCS/experiment.md and --readme (empty: no)")
-    p.add_argument("--readme", default="README.md", help="with --docs: the README that also gets the table; none: skip")
+    p.add_argument("--docs", default="", help="also write the result file into DOCS/results/ and the table into "
+                                              "DOCS/experiment.md (empty: no)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: the table from --results")
+    p.add_argument("--results", default="", help="with --report-only: a result file; empty: the newest "
+                                                 f"docs/results/{RESULT_PREFIX}-*.json")
     return p.parse_args(argv)
 
 
@@ -92,41 +102,87 @@ def run_row(name: str, seed: int, steps: int, args) -> dict:
         return json.load(fh)
 
 
-def table(results: dict, rows, seeds, steps: int) -> str:
-    def cell(vals, chance):
-        m, sd = reporting.mean_sd(vals)
+def row_stats(result: dict) -> dict:
+    """Per row: its flags and, per task, (mean %, sd %) over the seeds, or None where the task was not
+    trained.  A result file recovered from a printed table carries these directly ("row_stats")."""
+    if result.get("row_stats"):
+        return {name: {"flags": r["flags"], **{k: None if r[k] is None else (r[k]["mean_pct"], r[k]["sd_pct"])
+                                               for k in ("ordering", "orientation")}}
+                for name, r in result["row_stats"].items()}
+    stats = {}
+    for name in dict.fromkeys(run["row"] for run in result["runs"]):
+        runs = [run for run in result["runs"] if run["row"] == name]
+        stats[name] = {"flags": runs[0]["flags"]}
+        for task, acc, trained in (("ordering", "order_acc", "trained_order"),
+                                   ("orientation", "orient_acc", "trained_orient")):
+            m, sd = reporting.mean_sd([run[acc] for run in runs])
+            stats[name][task] = (100 * m, 100 * sd) if runs[0][trained] else None
+    return stats
+
+
+def table(result: dict, source: str) -> str:
+    """The study's table from its result file (``source``: the file's path as the docs name it)."""
+    seeds = result["seeds"]
+
+    def cell(stat, chance_pct):
+        if stat is None:
+            return "not trained"
+        m, sd = stat
         if math.isnan(m):
             return "n/a"
-        spread = f" ± {100 * sd:.1f}" if len(seeds) > 1 else ""
-        return f"{100 * m:.1f}{spread}" + (" (chance)" if m < chance + 0.02 else "")
+        spread = f" ± {sd:.1f}" if len(seeds) > 1 else ""
+        return f"{m:.1f}{spread}" + (" (chance)" if m < chance_pct + 2 else "")
 
-    lines = [f"| row | what changes | ordering % (chance {100 / results[(rows[0], seeds[0])]['num_permutations']:.1f}) "
-             "| orientation % (chance 33.3) | flags added |", "|---|---|---|---|---|"]
+    chance_order = 100 / result["num_permutations"]
+    lines = [f"| row | what changes | ordering % (chance {chance_order:.1f}) | orientation % (chance 33.3) "
+             "| flags added |", "|---|---|---|---|---|"]
     what = dict((r[0], r[1]) for r in ROWS)
-    flags = dict((r[0], r[2]) for r in ROWS)
-    for name in rows:
-        rs = [results[(name, s)] for s in seeds]
-        chance_order = 1.0 / rs[0]["num_permutations"]
-        order = cell([r["order_acc"] for r in rs], chance_order) if rs[0].get("trained_order") else "not trained"
-        orient = cell([r["orient_acc"] for r in rs], 1 / 3) if rs[0].get("trained_orient") else "not trained"
-        lines.append(f"| {name} | {what[name]} | {order} | {orient} | `{' '.join(flags[name]) or '-'}` |")
-    head = (f"`python train/pretext_study.py --steps {steps} --seeds {','.join(map(str, seeds))}`: "
-            f"{steps} pretraining steps per run, held-out accuracy on the fixed puzzles of the held-out volume "
-            f"{'(mean ± sd over seeds)' if len(seeds) > 1 else f'(seed {seeds[0]})'}.")
+    for name, st in row_stats(result).items():
+        lines.append(f"| {name} | {what.get(name, '(a row no longer in the study)')} | "
+                     f"{cell(st['ordering'], chance_order)} | {cell(st['orientation'], 100 / 3)} | "
+                     f"`{' '.join(st['flags']) or '-'}` |")
+    spread = "mean ± sd over seeds " + ",".join(map(str, seeds)) if len(seeds) > 1 else f"seed {seeds[0]}"
+    head = (f"`{result['command']}`: {result['steps']} pretraining steps per run, accuracy on the fixed puzzles of "
+            f"the validation volume ({spread}). Result file, with the revision and the machine: `{source}`."
+            + (f" {result['note']}." if result.get("note") else ""))
     return head + "\n\n" + "\n".join(lines)
+
+
+def report(path: str) -> str:
+    """The table of a committed result file, as --report-only prints it."""
+    with open(path) as fh:
+        result = json.load(fh)
+    return table(result, os.path.relpath(path, reporting.ROOT) if os.path.isabs(path) else path)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    rows, seeds, steps = check_args(args)
-    results = {(name, s): run_row(name, s, steps, args) for name in rows for s in seeds}
-    text = table(results, rows, seeds, steps)
-    os.makedirs(args.out, exist_ok=True)
-    common.write_text(os.path.join(args.out, "study.md"), text + "\n")
+    if args.report_only:
+        path = args.results or reporting.newest_result(RESULT_PREFIX)
+        text = report(path)
+    else:
+        rows, seeds, steps = check_args(args)
+        record = reporting.run_record(shlex.join(["python", "train/pretext_study.py", *(argv or sys.argv[1:])]))
+        runs = []
+        for name in rows:
+            for s in seeds:
+                summary = run_row(name, s, steps, args)
+                runs.append({"row": name, "seed": s, "flags": dict((r[0], r[2]) for r in ROWS)[name],
+                             **{k: summary.get(k) for k in ("order_acc", "orient_acc", "trained_order",
+                                                            "trained_orient", "num_permutations", "held_out")}})
+        result = {**record, "steps": steps, "seeds": seeds, "num_permutations": runs[0]["num_permutations"],
+                  "runs": runs}
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "results.json")
+        common.write_json(path, result)
+        if args.docs:
+            path = os.path.join(args.docs, "results", f"{RESULT_PREFIX}-{reporting.result_stamp()}.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            common.write_json(path, result)
+        text = report(path)
+        common.write_text(os.path.join(args.out, "study.md"), text + "\n")
     if args.docs:
         reporting.write_doc_section(os.path.join(args.docs, "experiment.md"), "pretext-study", text)
-        if args.readme != "none":
-            reporting.write_doc_section(args.readme, "pretext-study", text)
     print(text)
     return 0
 

@@ -2,11 +2,11 @@
 Rubik's Cube+ masking, Zhu et al., MedIA 2020) or another registered pretext
 task (--task: jigsaw, rotation, relative_location; Taleb et al., NeurIPS 2020).
 
-    python train/pretrain.py                      # the bundled MRI templates, ~5 min on 2 CPU cores
-    python train/pretrain.py --data scans/ --preset paper --device cuda --amp bf16
+    python train/pretrain.py                      # the bundled MRI and CT volumes, 3-6 min on 2 idle CPU cores
+    python train/pretrain.py --data scans/ --preset paper_sized --device cuda --amp bf16
     python train/pretrain.py --config my.yaml --steps 20000
     torchrun --nproc_per_node=4 train/pretrain.py --data scans/ ...
-    python train/pretrain.py --out runs/pretrain --resume   # continue exactly where it stopped
+    python train/pretrain.py --resume                        # continue runs/pretrain-rubik exactly where it stopped
     python train/pretrain.py --task rotation               # any task in rubikops.tasks.TASKS
 
 Every batch is cut on the training device from a VolumeBank with one
@@ -36,7 +36,7 @@ import rubikops.augment  # noqa: E402
 from rubikops.tasks import ROTATION_AXES, TASKS, DenseTask, normalize_cubes  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
 from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
-from rubikops.data import load_prepared, prepare, read_manifest  # noqa: E402
+from rubikops.data import load_prepared, prepare, read_manifest, settings_differences  # noqa: E402
 from rubikops.models import BACKBONES, CUBE_LOSSES, POOLS, build_encoder  # noqa: E402
 from rubikops.models.nnunet import stages_for  # noqa: E402
 
@@ -118,24 +118,20 @@ class PretrainConfig(common.RunSettings):
                                       "joins")
     cube_loss: str = _f("sum", "per-cube losses: sum (each puzzle's log-likelihood: 3-way turn CE summed over "
                                "cubes) or mean (the paper: sigmoid BCE averaged over cubes)")
-    out: str = _f("runs/pretrain", "output folder")
-    eval_every: int = _f(250, "steps between evaluations on the held-out puzzles")
-    eval_puzzles: int = _f(512, "fixed held-out puzzles")
+    out: str = _f("", "output folder (default: runs/pretrain-TASK, so runs of different tasks never collide)", "str")
+    eval_every: int = _f(250, "steps between evaluations on the validation puzzles")
+    eval_puzzles: int = _f(512, "fixed puzzles of the held-out (validation) volume")
 
 PRESETS = {
-    # Zhuang et al. 2019 as far as the paper states it: 2x2x2 cubes, K = 100
-    # permutations chosen for large Hamming distance, random gaps of about 10
-    # voxels (here 8, see below), 180-degree turns about two axes, 3D VGG, per-cube normalisation.
-    # What it leaves open (width, cube size, spacing, optimiser) is our choice:
-    # 32^3 cubes at 2 mm make 64 mm cubes, the scale at which the pretext study
-    # (docs/experiment.md) found both tasks learn; at 32 mm neither took off.
-    # Gaps up to 8 voxels: with 10 the 74-voxel crop would not fit the bundled
-    # CT atlas (73 axial voxels at 2 mm after the foreground crop).
-    "paper": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 8), rotations="paper", backbone="vgg", width=32,
+    # The paper-sized workload of Zhuang et al. 2019 (a GPU run): 2x2x2 cubes, K = 100, gaps up to 8
+    # voxels (10 would not fit the bundled CT atlas: 73 axial voxels at 2 mm), 180-degree turns, 3D VGG,
+    # per-cube normalisation, SGD.  With this project's heads, loss, pooling and augmentation, so not the
+    # paper's method.  32^3 cubes at 2 mm are 64 mm, where the pretext study found both tasks learn.
+    "paper_sized": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 8), rotations="paper", backbone="vgg", width=32,
                   cube_size=(32, 32, 32), normalize="cube", batch_size=32, optimizer="sgd", lr=0.01, momentum=0.9,
                   weight_decay=5e-4, schedule="step", steps=20000, spacing=2.0, hidden=512, dropout=0.5),
-    # Rubik's Cube+ (Zhu et al. 2020): the above plus cube masking and a 3D ResNet-18.
-    "rubikcube_plus": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 8), rotations="paper",
+    # Rubik's Cube+ (Zhu et al. 2020) sized likewise: the above plus cube masking and a 3D ResNet-18.
+    "rubikcube_plus_sized": dict(grid=(2, 2, 2), num_permutations=100, gap=(0, 8), rotations="paper",
                            backbone="resnet18", width=32, cube_size=(32, 32, 32), normalize="cube", mask_prob=0.5,
                            mask_keep_prob=0.0, batch_size=32, optimizer="sgd", lr=0.01, schedule="step",
                            steps=20000, spacing=2.0, hidden=512, dropout=0.5),
@@ -282,6 +278,11 @@ def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
     VolumeBank(shard=...) applies) and the held-out ones, memory-mapped."""
     try:
         n = len(read_manifest(cfg.data_prepared)["volumes"])
+        differ = settings_differences(read_manifest(cfg.data_prepared).get("settings") or {}, preprocessing(cfg))
+        if differ and dist.main:  # other cubes than the defaults were tuned for: both tasks can stay at chance
+            print(f"warning: {cfg.data_prepared} was prepared with {', '.join(f'{k} {a!r}' for k, a, _ in differ)}; "
+                  f"pretrain.py's are {', '.join(f'{k} {b!r}' for k, _, b in differ)}, and the folder's apply: prepare "
+                  "it with --spacing 4 --intensity zscore --crop-foreground or match these flags", file=sys.stderr)
         holdout = cfg.holdout if cfg.holdout >= 0 else (1 if n >= 3 else 0)
         if holdout >= n:
             raise UserError(f"--holdout {holdout} leaves no training volume out of {n}")
@@ -328,8 +329,12 @@ def load_data(cfg: PretrainConfig, dist: common.Dist):
         return load_prepared_data(cfg, dist)
     settings = preprocessing(cfg)
     spec = data_spec(cfg)
-    report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
-                          progress=cfg.progress and dist.main)
+    try:
+        report = load_volumes(spec, settings, cache=cfg.cache_dir or True, skip_bad=cfg.skip_bad,
+                              progress=cfg.progress and dist.main)
+    except DataError as exc:  # a file's own error (exc.case): the user may skip such files
+        raise (UserError(f"{exc} (--skip-bad skips unreadable files and lists them)") if hasattr(exc, "case")
+               else exc) from None
     if report.skipped and dist.main:
         print(report.summary(), file=sys.stderr)
     vols = report.volumes
@@ -409,11 +414,14 @@ def draw_examples(model, bank, batches, puzzle, cfg, path, amp_ctx) -> None:
         p = torch.sigmoid(out.rotation[0].float())
         pred["rotation"] = ["H" if (p[m].max() > 0.5 and p[m].argmax() == 0) else "V" if p[m].max() > 0.5 else "none"
                             for m in range(p.shape[0])]
-    draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred)
+    volume = dict(enumerate(getattr(bank, "names", ()))).get(int(t.index[0]), "a validation volume")
+    draw_puzzle(bank, cubes, t, puzzle, path, sample=0, predictions=pred,
+                source=f"A validation puzzle of {volume} with the network's answers (which may be wrong)")
 
 
 def main(argv=None) -> int:
     cfg, args = parse(argv)
+    cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join("runs", f"pretrain-{cfg.task}"))
     cfg, resume_state = common.open_run(PretrainConfig, cfg, args)
     check_config(cfg)
     dist = common.setup_distributed(cfg.device)
@@ -474,7 +482,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     if dist.main:
         common.save_config(cfg, os.path.join(cfg.out, "config.yaml"))
         print(f"rubikops pretraining: {len(bank)} training volume(s) on rank 0 of {dist.world}, "
-              f"{len(held_vols)} held out; {bank.memory_report()}", file=sys.stderr)
+              f"{len(held_vols)} held out for validation ({', '.join(v.name for v in held_vols) or 'none'}); "
+              f"{bank.memory_report()}", file=sys.stderr)
         print(f"task {puzzle.name} ({type(puzzle).__name__}): {puzzle.describe()}, crop {puzzle.crop_size}"
               + (f", K={puzzle.num_permutations}" if hasattr(puzzle, "num_permutations") else "")
               + (f", rotations {puzzle.rotation_mode}, mask {cfg.mask_prob}" if puzzle.name == "rubik" else "")
@@ -490,7 +499,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     t_gen = t_timed = 0.0  # batch generation vs whole step, over the timed steps of a log window
     puzzles_done = 0
     run_start = window_start = time.perf_counter()
-    last_eval: dict = {}
+    last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state else {}  # a finished run resumed
     acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
     window = 0
     model.train()
@@ -559,7 +568,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     bank.close()
     peak_rss = dist.gather(common.peak_host_rss())
     if dist.main:
-        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss)
+        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss,
+               [v.name for v in held_vols])
     logger.close()
     return 0
 
@@ -613,7 +623,7 @@ def dense_lines(summary: dict) -> list:
             f"the crops' mean everywhere {mean:.4f}, {verdict(mean)}"]
 
 
-def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) -> None:
+def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, held_out: list) -> None:
     frac = [float(r["batch_gen_fraction"]) for r in logger.rows if r.get("batch_gen_fraction") not in (None, "")]
     chance = puzzle.chance_levels()
     trained = puzzle.trained_metrics(**loss_options(cfg, puzzle))
@@ -627,6 +637,7 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         **{f"trained_{k.replace('_acc', '')}": trained[k] for k in chance},
         "batch_gen_fraction": sum(frac) / len(frac) if frac else None,
         "peak_host_rss_bytes": peak_rss,  # per rank
+        "held_out": held_out, "eval_puzzles": cfg.eval_puzzles,  # the validation volumes, which chose the defaults
         "checkpoints": os.path.join(cfg.out, "checkpoints"), "encoder": os.path.join(cfg.out, "encoder.pt"),
         "puzzles_png": os.path.join(cfg.out, "puzzles.png") if drawn else None, "restorations_png": pictures,
         "metrics_csv": logger.csv_path,
@@ -648,7 +659,8 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list) 
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
     print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
-          f"held-out {noun} ({cfg.eval_puzzles} fixed {noun} of the held-out volume), encoder of step {step}:\n"
+          f"validation {noun} ({cfg.eval_puzzles} fixed {noun} of the held-out volume(s) "
+          f"{', '.join(held_out) or 'none: training volumes'}), encoder of step {step}:\n"
           + "\n".join(lines) +
           f"\ncheckpoints: {summary['checkpoints']}\nencoder weights (step {step}): {summary['encoder']} "
           f"(+ encoder.json)" + (f"\nexample puzzles: {summary['puzzles_png']}" if drawn else "")

@@ -1,25 +1,43 @@
 """What the experiment scripts share for their reports: the sections they own
-in markdown files, mean +- sd over seeds, the exact Wilcoxon signed-rank test
-of paired seeds, and what a result file records of where it was made (git
-revision, machine)."""
+in markdown files, the record that makes a committed result file traceable
+(command, git revision, machine), mean +- sd over seeds, the exact Wilcoxon
+signed-rank test of paired seeds, and the plot of scores against label fraction."""
 from __future__ import annotations
 
+import datetime
+import glob
 import itertools
 import math
 import os
+import platform
 import subprocess
 
-from common import write_text
+from common import UserError, write_text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "docs", "results")
+
+
+def section_markers(name: str) -> tuple:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def read_doc_section(text: str, name: str):
+    """The text between a section's markers (stripped), or None when the markers are absent."""
+    start, end = section_markers(name)
+    if start not in text or end not in text.split(start, 1)[1]:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def write_doc_section(path: str, name: str, text: str) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in a
     markdown file (appended with its markers when absent), so each script that
     writes into a document owns one section and leaves the prose around it."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    start, end = section_markers(name)
     old = open(path).read() if os.path.exists(path) else ""
     block = f"{start}\n{text.strip()}\n{end}"
-    if start in old and end in old.split(start, 1)[1]:
+    if read_doc_section(old, name) is not None:
         before, rest = old.split(start, 1)
         new = before + block + rest.split(end, 1)[1]
     else:
@@ -116,27 +134,55 @@ def plot_scores(rows: list, doc: dict, path: str, arm_labels: dict, metric_label
     return True
 
 
-def _run(cmd: list) -> str:
-    """A command's stdout, or "" when it cannot run (no git, no lscpu)."""
-    try:
-        return subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def git_revision() -> str:
-    """The checkout's commit, with "-dirty" when tracked files differ from it; "unknown" outside git."""
-    rev = _run(["git", "rev-parse", "HEAD"])
-    if not rev:
+    """The checkout's commit, with -dirty when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        rev = git("rev-parse", "HEAD")
+        return (rev or "unknown") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return rev + ("-dirty" if _run(["git", "status", "--porcelain", "--untracked-files=no"]) else "")
 
 
 def machine() -> dict:
-    """The CPU model as lscpu names it, the cores this process may use, and the threads torch uses."""
+    """The processor, its cores and the software versions a result depends on."""
     import torch
-    fields = dict(line.split(":", 1) for line in _run(["lscpu"]).splitlines() if ":" in line)
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": fields.get("Model name", "unknown").strip(), "cores": cores,
-            "torch_threads": torch.get_num_threads()}
+    info = {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)  # a shared VM's timings depend on it
+    except OSError:
+        pass
+    return info
+
+
+def run_record(command: str) -> dict:
+    """What makes a committed result file traceable: the command, the revision, the machine, the time."""
+    return {"command": command, "git_revision": git_revision(), "machine": machine(),
+            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def result_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def result_files(prefix: str, directory: str = RESULTS) -> list:
+    """Committed result files ``<prefix>-*.json``, oldest first (their names carry a UTC time stamp)."""
+    return sorted(glob.glob(os.path.join(directory, f"{prefix}-*.json")))
+
+
+def newest_result(prefix: str, directory: str = RESULTS) -> str:
+    files = result_files(prefix, directory)
+    if not files:
+        raise UserError(f"no result file {prefix}-*.json in {directory}")
+    return files[-1]

@@ -11,7 +11,7 @@ from .cache import PreprocessCache, atomic_path, default_cache_dir  # noqa: F401
 from .dataset import LoadReport, load_case, load_volumes  # noqa: F401
 from .formats import READERS, case_files, find_files, format_of, load_image  # noqa: F401
 from .nifti import DataError, Volume, load_nifti  # noqa: F401
-from .prepared import PrepareReport, load_prepared, prepare, read_manifest  # noqa: F401
+from .prepared import PrepareReport, load_prepared, prepare, read_manifest, settings_differences  # noqa: F401
 from .preprocess import (  # noqa: F401
     Preprocessing,
     crop,

@@ -22,7 +22,9 @@ class LoadReport:
     def summary(self) -> str:
         s = f"{len(self.volumes)} volumes loaded ({self.cache_hits} from cache)"
         if self.skipped:
-            s += f", {len(self.skipped)} skipped:\n" + "\n".join(f"  {c}: {r}" for c, r in self.skipped)
+            # the reason names its file already (DataError messages start with it): the path once
+            s += f", {len(self.skipped)} skipped:\n" + "\n".join(
+                f"  {r}" if str(c) in r else f"  {c}: {r}" for c, r in self.skipped)
         if self.notes:
             s += "\nleft out of loaded cases:\n" + "\n".join(f"  {n}" for _, n in self.notes)
         return s
@@ -73,6 +75,7 @@ def load_volumes(spec: Union[str, Sequence], settings: Preprocessing = Preproces
             report.notes += [(case, note) for note in report.volumes[-1].meta.get("skipped_files", [])]
         except DataError as exc:
             if not skip_bad:
+                exc.case = case  # a caller can offer to skip it (pretrain.py: --skip-bad)
                 raise
             report.skipped.append((case, str(exc)))
     if not report.volumes:

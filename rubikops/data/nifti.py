@@ -107,7 +107,9 @@ def read_nifti(path: str) -> RawImage:
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises several types for a bad header
-        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        # nibabel's message often repeats the path: name the file once
+        why = str(exc).replace(f'"{path}"', "it").replace(str(path), "it")
+        raise DataError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {why})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise DataError(f"{path}: {type(img).__name__} is not a NIfTI image")
     integer = _is_label_dtype(img)

@@ -363,6 +363,15 @@ def merge_manifest(out_dir: str) -> Optional[str]:
     return path
 
 
+def settings_differences(settings: dict, wanted: Preprocessing) -> list:
+    """(name, the folder's value, the wanted value) for each setting that decides what a volume looks
+    like (spacing, intensity, foreground crop; the window when windowing) in which a prepared folder's
+    manifest ``settings`` differ from ``wanted``.  JSON keeps tuples as lists: compared as lists."""
+    ours = json.loads(wanted.key())
+    keys = ["spacing", "intensity", "crop_foreground"] + (["window"] if ours["intensity"] == "window" else [])
+    return [(k, settings[k], ours[k]) for k in keys if k in settings and settings[k] != ours[k]]
+
+
 def read_manifest(out_dir: str) -> dict:
     """manifest.json of a prepared folder, merging the ranks' parts first if
     that has not happened yet; a DataError naming the folder otherwise."""

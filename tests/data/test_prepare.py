@@ -225,3 +225,17 @@ def test_a_second_run_rereads_only_sources_whose_size_or_time_changed(scans, tmp
     again = prepare(scans, tmp_path / "out", SETTINGS, progress=False)
     assert read == [os.path.basename(files[1])]  # touched: reread, same content, so reused
     assert len(again.reused) == 4 and not again.prepared
+
+
+def test_settings_differences_names_what_changes_the_volumes():
+    """Against a manifest's JSON settings (tuples as lists): spacing, intensity and crop always; the
+    window only when windowing; settings that do not change the volumes (margin) never."""
+    import json
+    from rubikops.data import Preprocessing, settings_differences
+    folder = json.loads(Preprocessing(spacing=4.0, intensity="window", window=(-100.0, 100.0), margin=2).key())
+    assert settings_differences(folder, Preprocessing(spacing=4.0, intensity="window", window=(-100.0, 100.0))) == []
+    got = settings_differences(folder, Preprocessing(spacing=2.0, intensity="window", crop_foreground=True))
+    assert [(k, a) for k, a, _ in got] == [("spacing", folder["spacing"]), ("crop_foreground", False),
+                                          ("window", [-100.0, 100.0])]
+    assert [k for k, _, _ in settings_differences(folder, Preprocessing(spacing=4.0, intensity="zscore"))] == [
+        "intensity"]  # zscore takes no window: its window is not compared

@@ -30,6 +30,20 @@ def test_help_exits_0_and_shows_each_default_once(name, capsys):
     assert "(default: None)" not in text
 
 
+@pytest.mark.parametrize("name", ["pretrain", "finetune"])
+def test_help_names_only_flags_the_script_has(name, capsys):
+    """--help's texts (the --resume line lists the settings a resume may change) name no flag the
+    script does not take: finetune.py has no --cache-dir."""
+    import re
+    text = re.sub(r"-\n\s+", "-", _help_text(script(name).main, capsys))  # argparse wraps at hyphens
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+    # the options themselves: "  --flag V", "  --flag, --no-flag", "  -h, --help"
+    options = {f for line in text.splitlines() if re.match(r"\s{2}-", line)
+               for f in re.findall(r"(--[a-z][a-z0-9-]*)", line.split("  ")[1] if "  " in line[2:] else line)}
+    assert "--resume" in options and len(options) > 20
+    assert flags <= options, sorted(flags - options)
+
+
 def test_help_as_a_new_user_types_it():
     r = run_subprocess(["train/pretrain.py", "--help"])
     assert r.returncode == 0 and "60% and 85%" in r.stdout, r.stderr

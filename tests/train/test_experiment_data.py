@@ -76,11 +76,13 @@ def test_a_results_file_with_a_bad_data_record_is_a_one_line_error(tmp_path, cap
 
 
 def test_seed_ranges():
-    assert common.parse_list("0-4", int, "--seeds") == [0, 1, 2, 3, 4]
-    assert common.parse_list("0-2,7", int, "--seeds") == [0, 1, 2, 7]
-    assert common.parse_list("-1,3", int, "--seeds") == [-1, 3]
-    with pytest.raises(common.UserError, match=r"^--seeds: '4-0' is not a comma-separated list of ints and ranges"):
-        common.parse_list("4-0", int, "--seeds")
+    parse = experiment_data.parse_seeds
+    assert parse("0-4") == [0, 1, 2, 3, 4] and parse("0-2,7") == [0, 1, 2, 7] and parse("3") == [3]
+    assert parse("-1,3") == [-1, 3] and parse(" 5-5 ") == [5]
+    with pytest.raises(common.UserError, match=r"^--seeds: the range '4-0' runs backwards \(write 0-4\)"):
+        parse("4-0")
+    with pytest.raises(common.UserError, match=r"^--seeds: '1-' is not a comma-separated list of ints"):
+        parse("1-")
 
 
 # -- bad input: one line, naming the flag, before any run ---------------------------------------------------------

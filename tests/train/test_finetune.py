@@ -40,6 +40,16 @@ def test_finetune_loads_the_encoder_and_reports_it(encoder, tmp_path, capsys, ta
     assert os.path.exists(out / "checkpoints" / "step_0000004.pt")
 
 
+def test_the_readme_commands_run_in_order_without_colliding(encoder, tmp_path, capsys, monkeypatch):
+    """No --out: runs/finetune-TASK, so the README's classification and segmentation commands, run one
+    after the other, each get their own folder."""
+    monkeypatch.chdir(tmp_path)
+    for task in ("classification", "segmentation"):
+        rc, cap = _ft(capsys, "--task", task, "--pretrained", encoder)
+        assert rc == 0, cap.err
+        assert json.load(open(tmp_path / "runs" / f"finetune-{task}" / "results.json"))["steps"] == 4
+
+
 def test_scratch_with_frozen_warmup_and_class_weights(tmp_path, capsys):
     rc, cap = _ft(capsys, "--task", "classification", "--out", str(tmp_path / "ft"), "--freeze-steps", "2",
                   "--class-weights", "auto", "--label-fraction", "0.5")

@@ -34,7 +34,11 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
     for f in ("config.yaml", "encoder.pt", "encoder.json", "metrics.csv", "puzzles.png", "summary.json",
               "checkpoints/best.pt", "checkpoints/step_0000006.pt", "tensorboard"):
         assert os.path.exists(out / f), f
-    assert "held-out puzzles (8 fixed puzzles of the held-out volume), encoder of step 6" in cap.out
+    # the validation volume is named in the log, the final report and the summary (v3: the last of four)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["held_out"] == ["v3.nii.gz"] and summary["eval_puzzles"] == 8
+    assert "1 held out for validation (v3.nii.gz)" in cap.err
+    assert "validation puzzles (8 fixed puzzles of the held-out volume(s) v3.nii.gz), encoder of step 6" in cap.out
     assert "(chance 12.5%)" in cap.out and "(chance 33.3%)" in cap.out and "batch generation" in cap.out
     # encoder.pt is a plain state_dict a fresh encoder takes
     from rubikops.models import build_encoder
@@ -42,6 +46,17 @@ def test_tiny_run_writes_everything(data, tmp_path, capsys):
     enc.load_state_dict(torch.load(out / "encoder.pt"))
     rows = open(out / "metrics.csv").read().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 7
+
+
+def test_default_out_is_per_task_so_readme_commands_do_not_collide(data, tmp_path, capsys, monkeypatch):
+    """No --out: runs/pretrain-TASK; a second task's run goes beside the first instead of stopping at it."""
+    monkeypatch.chdir(tmp_path)
+    for task in ("rubik", "rotation"):
+        argv = [a for a in tiny_args(data, "x", tmp_path / "cache", "--task", task)]
+        i = argv.index("--out")
+        rc, cap = _run(argv[:i] + argv[i + 2:], capsys)
+        assert rc == 0, cap.err
+        assert json.load(open(tmp_path / "runs" / f"pretrain-{task}" / "summary.json"))["task"] == task
 
 
 def test_config_round_trip(data, tmp_path, capsys):
@@ -164,6 +179,35 @@ def test_bad_input_is_one_clear_line(data, tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], cap.err
 
 
+def test_a_corrupt_file_stops_with_the_skip_bad_hint_and_is_listed_once_when_skipped(data, tmp_path, capsys):
+    import shutil
+    folder = tmp_path / "scans"
+    shutil.copytree(data, folder)
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    args = tiny_args(folder, tmp_path / "o", tmp_path / "c")
+    rc, cap = _run(args, capsys)
+    err = cap.err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "broken.nii.gz" in err[0] and "--skip-bad" in err[0], cap.err
+    rc, cap = _run(args + ["--skip-bad"], capsys)
+    assert rc == 0, cap.err
+    assert cap.err.count("broken.nii.gz") == 1 and "1 skipped" in cap.err, cap.err
+
+
+def test_resuming_a_finished_run_keeps_its_scores(data, tmp_path, capsys):
+    """The README's --resume after the run has ended: nothing to train, and the summary keeps the
+    last evaluation's scores instead of losing them."""
+    out = tmp_path / "run"
+    args = tiny_args(data, out, tmp_path / "cache")
+    rc, cap = _run(args, capsys)
+    assert rc == 0, cap.err
+    first = json.load(open(out / "summary.json"))
+    assert first["order_acc"] is not None and first["orient_acc"] is not None
+    rc, cap = _run(args + ["--resume"], capsys)
+    assert rc == 0, cap.err
+    again = json.load(open(out / "summary.json"))
+    assert (again["order_acc"], again["orient_acc"], again["steps"]) == (first["order_acc"], first["orient_acc"], 6)
+
+
 def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path, capsys):
     out = tmp_path / "run"
     rc, cap = _run(tiny_args(data, out, tmp_path / "cache"), capsys)
@@ -240,7 +284,7 @@ def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
     assert "STILL AT CHANCE" not in cap.out
 
 
-@pytest.mark.parametrize("preset", [None, "paper", "rubikcube_plus"])
+@pytest.mark.parametrize("preset", [None, "paper_sized", "rubikcube_plus_sized"])
 def test_every_preset_fits_the_bundled_volumes(preset, tmp_path):
     """Each preset's puzzle crop fits every bundled pretraining volume at the preset's spacing (the
     bank refuses a crop that does not fit, so a preset that does not is a preset that cannot run)."""
@@ -270,12 +314,26 @@ def test_data_prepared_trains_exactly_as_data(data, tmp_path, capsys):
         keep = [i for i, name in enumerate(rows[0]) if "loss" in name or "acc" in name]
         return [[r[i] for i in keep] for r in rows]
     assert losses("from_files") == losses("from_prepared")
+    assert "warning" not in cap.err  # prepared with pretrain's own settings
     # --data and --data-prepared: pretraining prepares the folder itself, then trains from it
     rc, cap = _run([*tiny_args(data, tmp_path / "both", tmp_path / "cache"), "--data-prepared",
                     str(tmp_path / "prepared_here"), "--prepare-workers", "2"], capsys)
     assert rc == 0, cap.err
     assert "4 volume(s) prepared, 0 already done, 0 skipped" in cap.err, cap.err
     assert losses("both") == losses("from_files")
+
+
+def test_a_folder_prepared_with_other_settings_is_named_with_each_difference(data, tmp_path, capsys):
+    from rubikops.data import Preprocessing, prepare
+    prepare(data, tmp_path / "prepared", Preprocessing(), progress=False)  # prepare's defaults: native, raw
+    args = tiny_args(data, tmp_path / "o", tmp_path / "cache")
+    args[args.index("--data"):args.index("--data") + 2] = ["--data-prepared", str(tmp_path / "prepared")]
+    rc, cap = _run(args, capsys)
+    assert rc == 0, cap.err
+    [line] = [x for x in cap.err.splitlines() if x.startswith("warning:")]
+    assert str(tmp_path / "prepared") in line
+    assert "spacing None" in line and "intensity 'none'" in line and "crop_foreground False" in line
+    assert "intensity 'zscore'" in line and "crop_foreground True" in line and "--spacing 4" in line
 
 
 def test_data_prepared_gives_each_rank_its_training_share_and_every_rank_the_held_out(data, tmp_path):

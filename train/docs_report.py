@@ -1,0 +1,267 @@
+"""Every generated block of README.md and docs/*.md, rebuilt from the committed
+result files in docs/results/ (each carries its command, git revision and machine).
+
+    python train/docs_report.py                  # rewrite every generated block from docs/results/
+    python train/docs_report.py --check          # exit 1, naming each block that differs (CI runs this check)
+    python train/docs_report.py --add-pretraining runs/pretrain-rubik --wall-s 330
+                                                 # a finished default run's summary into docs/results/
+
+A generated block is the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``.
+BLOCKS names, for each, the files it lives in and what makes it: a function of the
+committed result files, or a script's --report-only run (the protocol's).  A
+number edited by hand between the markers fails the check."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import reporting  # noqa: E402
+from common import UserError  # noqa: E402
+
+ROOT = reporting.ROOT
+PRETRAIN_PREFIX = "pretrain"
+
+
+def _load(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _rel(path: str) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _cpu_name(m: dict) -> str:
+    return f"{m.get('cores', '?')}-core {m.get('cpu', 'unknown CPU')}"
+
+
+# --- the default pretraining (python train/pretrain.py), one result file per machine quoted ---
+
+def pretraining_runs(results: str = reporting.RESULTS) -> list:
+    return [(path, _load(path)) for path in reporting.result_files(PRETRAIN_PREFIX, results)]
+
+
+def pretraining_range(runs: list) -> tuple:
+    """(lowest, highest) ordering and orientation over the committed default runs, in %."""
+    order = [r["summary"]["order_acc"] for _, r in runs]
+    orient = [r["summary"]["orient_acc"] for _, r in runs]
+    return (min(order), max(order)), (min(orient), max(orient))
+
+
+def default_pretraining_block(results: str = reporting.RESULTS) -> str:
+    runs = pretraining_runs(results)
+    if not runs:
+        raise UserError(f"no {PRETRAIN_PREFIX}-*.json in {results}")
+    s0 = runs[0][1]["summary"]
+    lines = [f"| machine | ordering % (chance {_pct(s0['chance_order_acc'])}) | orientation % (chance "
+             f"{_pct(s0['chance_orient_acc'])}) | puzzles/s | batch generation, % of step | whole command | "
+             "result file |", "|---|---:|---:|---:|---:|---:|---|"]
+    for path, r in runs:
+        s, m = r["summary"], r["machine"]
+        load = m.get("load_average_1min")
+        wall = f"{r['wall_s'] / 60:.1f} min" + (f" (load {load:.1f})" if load is not None else "")
+        lines.append(f"| {_cpu_name(m)} | {_pct(s['order_acc'])} | {_pct(s['orient_acc'])} | "
+                     f"{s['puzzles_per_s']:.1f} | {_pct(s['batch_gen_fraction'])} | {wall} | `{_rel(path)}` |")
+    (o_lo, o_hi), (r_lo, r_hi) = pretraining_range(runs)
+    held = {v for _, r in runs for v in r["summary"].get("held_out") or []}
+    return (f"`python train/pretrain.py` ({s0['steps']} steps, seed 0), scored on {s0.get('eval_puzzles', 512)} "
+            "fixed puzzles of the validation volume" + (f" ({', '.join(sorted(held))})" if held else "")
+            + ". The run is deterministic on one machine; processors round differently, so a new machine should "
+            f"land near the range below (ordering {_pct(o_lo)} to {_pct(o_hi)}%, orientation {_pct(r_lo)} to "
+            f"{_pct(r_hi)}%). Each result file carries its command, revision and machine; load is the 1-minute "
+            "load average when the run ended (2 cores: above 2 means the run shared them).\n\n" + "\n".join(lines)
+            + "".join(f"\n\n`{_rel(path)}`: {r['note']}" for path, r in runs if r.get("note")))
+
+
+def add_pretraining(run_dir: str, wall_s: float, command: str, results: str = reporting.RESULTS) -> str:
+    """A finished run's summary as a committed result file; the revision and machine are this checkout's."""
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(summary_path):
+        raise UserError(f"--add-pretraining: {summary_path} does not exist (is the run finished?)")
+    summary = _load(summary_path)
+    keep = ("task", "steps", "encoder_step", "order_acc", "orient_acc", "chance_order_acc", "chance_orient_acc",
+            "num_permutations", "puzzles_per_s", "batch_gen_fraction", "held_out", "eval_puzzles")
+    record = {**reporting.run_record(command), "seeds": [0], "wall_s": wall_s,
+              "summary": {k: summary.get(k) for k in keep if k in summary}}
+    path = os.path.join(results, f"{PRETRAIN_PREFIX}-{reporting.result_stamp()}.json")
+    common.write_json(path, record)
+    return path
+
+
+# --- the README's verdict: what the committed results say, one line per question ---
+
+def _bench_row(results: str, pattern: str, prefix: str) -> dict:
+    """The row named ``prefix...`` of the newest benchmark file ``pattern`` in ``results`` that has one
+    (a later run of the same machine and flags replaces its file, so the newest is the current one)."""
+    import glob
+    for path in sorted(glob.glob(os.path.join(results, pattern)), reverse=True):
+        row = next((r for r in _load(path).get("rows", []) if r["name"].startswith(prefix)), None)
+        if row is not None:
+            return row
+    raise UserError(f"no benchmark row {prefix!r} in {os.path.join(results, pattern)}")
+
+
+def verdict_block(results: str = reporting.RESULTS) -> str:
+    def cpu(prefix):
+        return _bench_row(results, "cpu-*.json", prefix)
+
+    def gpu(prefix):
+        return _bench_row(results, "h100-2*-cuda.json", prefix)
+    op_cpu = cpu("rubikops compiled CPU (out=)")
+    op_gpu = gpu("rubikops CUDA C++ out= [float32")
+    e2e_cpu = cpu("e2e: pretrain step, rubikops")
+    e2e_gpu = gpu("e2e: pretrain step, rubikops")
+    gen_gpu = gpu("e2e: batch generation alone")
+    loader_gpu = gpu("baseline: same in a DataLoader")
+    puzzle_gpu = gpu("rubikops whole puzzle")
+    ms = lambda row: 1e3 * row["timing"]["median_s"]  # noqa: E731
+    runs = pretraining_runs(results)
+    (o_lo, o_hi), (r_lo, r_hi) = pretraining_range(runs)
+    s0 = runs[0][1]["summary"]
+    rows = [
+        ("Is cutting a batch of puzzles faster?",
+         f"yes: {op_cpu['speedup_vs_baseline']:.1f}x the per-sample NumPy loop on 2 CPU cores; "
+         f"{op_gpu['speedup_vs_baseline']:.1f}x a per-sample torch loop on an H100 (at an older revision of the "
+         "GPU kernels)",
+         "[performance](docs/performance.md)"),
+        ("Is a pretraining step faster?",
+         f"only where the host cannot keep up: {e2e_cpu['speedup_vs_baseline']:.2f}x a 2-worker DataLoader on 2 CPU "
+         f"cores (an unaugmented 2 mm workload), {e2e_gpu['speedup_vs_baseline']:.2f}x on an H100 with 32^3 cubes (batch generation "
+         f"{100 * gen_gpu['extra']['fraction_of_step']:.1f}% of a {ms(e2e_gpu):.0f} ms step); 2 NumPy workers need "
+         f"{ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H100 draws and cuts in "
+         f"{ms(puzzle_gpu):.2f} ms",
+         "[performance](docs/performance.md)"),
+        ("Does the default pretext task learn?",
+         f"yes: ordering {_pct(o_lo)} to {_pct(o_hi)}% (chance {_pct(s0['chance_order_acc'])}%), orientation "
+         f"{_pct(r_lo)} to {_pct(r_hi)}% (chance {_pct(s0['chance_orient_acc'])}%) on the validation volume, "
+         f"{len(runs)} machines",
+         "[experiment](docs/experiment.md#the-defaults-run-to-the-end)"),
+        ("Does pretraining beat training from scratch downstream?", protocol_verdict(results),
+         "[experiment](docs/experiment.md#does-pretraining-pay-off-downstream-the-protocol)"),
+    ]
+    return ("| question | measured answer | details |\n|---|---|---|\n"
+            + "\n".join(f"| {q} | {a} | {d} |" for q, a, d in rows))
+
+
+def protocol_verdict(results: str) -> str:
+    """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test): per task, arm and label
+    fraction the rate with the best mean validation score, then whether the pretrained arm's mean test
+    score beats scratch's by more than scratch's sd, counted over the fractions <= 0.25."""
+    files = reporting.result_files("experiment", results)
+    if not files:
+        return ("not shown: no committed result file of the protocol at this revision (the table in "
+                "docs/experiment.md predates result files)")
+    doc = _load(files[-1])
+    runs = doc.get("runs") or doc.get("rows") or []
+    chosen = {}
+    for key in {(r["task"], r["arm"], r["fraction"]) for r in runs}:
+        by_lr = {}
+        for r in runs:
+            if (r["task"], r["arm"], r["fraction"]) == key:
+                by_lr.setdefault(r["lr"], []).append(r)
+        best = max(by_lr.values(), key=lambda rs: reporting.mean_sd([r["val"] for r in rs])[0])
+        chosen[key] = reporting.mean_sd([r["test"] for r in best])
+    arms = sorted({k[1] for k in chosen if k[1] != "scratch"})
+    parts = []
+    for arm in arms:
+        keys = [k for k in chosen if k[1] == arm and k[2] <= 0.25 and (k[0], "scratch", k[2]) in chosen]
+        wins = sum(chosen[k][0] > sum(chosen[(k[0], "scratch", k[2])]) for k in keys)
+        parts.append(f"{arm}: beats scratch by more than one sd of scratch in {wins} of {len(keys)} "
+                     "task and label-fraction pairs at fractions <= 0.25")
+    return "; ".join(parts) + f" (`{_rel(files[-1])}`)"
+
+
+# --- the registry ---
+
+@dataclass
+class Block:
+    name: str                              # the marker name
+    files: tuple                           # where it lives, relative to the repository root
+    build: Callable[[], str]               # the block's text from the committed result files
+    needs: Optional[str] = None            # a result-file prefix: the block is checked only when such a file exists
+
+
+def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]:
+    """A block as a script's --report-only writes it: run into a scratch copy of the doc, read it back."""
+    def build() -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            docs = os.path.join(tmp, "docs")
+            os.makedirs(docs)
+            with open(os.path.join(docs, os.path.basename(doc)), "w") as fh:
+                fh.write(f"<!-- {name}:start -->\n<!-- {name}:end -->\n")
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "train", script), "--report-only", "--docs", docs,
+                                *extra], cwd=ROOT, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise UserError(f"train/{script} --report-only failed: {r.stderr.strip()[-2000:]}")
+            with open(os.path.join(docs, os.path.basename(doc))) as fh:
+                return reporting.read_doc_section(fh.read(), name)
+    return build
+
+
+BLOCKS = [
+    Block("verdict", ("README.md",), verdict_block),
+    Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
+    Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
+                                                                  "docs/experiment.md")),
+    # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
+    Block("protocol", ("docs/experiment.md",),
+          _script_block("experiment.py", "protocol", "docs/experiment.md", "--readme", "none"), needs="experiment"),
+]
+
+
+def active_blocks(results: str = reporting.RESULTS) -> list:
+    return [b for b in BLOCKS if b.needs is None or reporting.result_files(b.needs, results)]
+
+
+def differences(blocks=None, root: str = ROOT) -> list:
+    """(block, file, what is there, what the results make) for each block that differs in the
+    docs under ``root``."""
+    out = []
+    for b in active_blocks() if blocks is None else blocks:
+        want = b.build().strip()
+        for f in b.files:
+            with open(os.path.join(root, f)) as fh:
+                have = reporting.read_doc_section(fh.read(), b.name)
+            if have != want:
+                out.append((b.name, f, have, want))
+    return out
+
+
+def main(argv=None) -> int:
+    p = common.ArgumentParser(prog="python train/docs_report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each block that differs")
+    p.add_argument("--add-pretraining", metavar="RUN_DIR", help="write RUN_DIR/summary.json into docs/results/")
+    p.add_argument("--wall-s", type=float, help="with --add-pretraining: the whole command's wall time, seconds")
+    p.add_argument("--command", default="python train/pretrain.py", help="with --add-pretraining: the run's command")
+    args = p.parse_args(argv)
+    if args.add_pretraining:
+        if args.wall_s is None:
+            raise UserError("--add-pretraining needs --wall-s (the whole command's wall time)")
+        print(add_pretraining(args.add_pretraining, args.wall_s, args.command))
+    if args.check:
+        diffs = differences()
+        for name, f, have, _ in diffs:
+            print(f"{f}: block {name} " + ("is missing" if have is None else "differs from what the committed "
+                                           "results make (python train/docs_report.py rewrites it)"))
+        return 1 if diffs else 0
+    for b in active_blocks():
+        text = b.build()
+        for f in b.files:
+            reporting.write_doc_section(os.path.join(ROOT, f), b.name, text)
+    return 0
+
+
+if __name__ == "__main__":
+    common.exit_main(main)
