@@ -331,10 +331,18 @@ def _extract_cubes_backward_kernel(
     tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
 
 
-def _optional_pointers(source, index, rotations, mask, scale, shift) -> tuple:
-    """The optional tensors, with the source standing in for absent ones
-    (never read: their HAS_* flag is off)."""
-    return tuple(t if t is not None else source for t in (index, rotations, mask, scale, shift))
+def _argument_pointers(source, origins, index, rotations, mask, scale, shift) -> tuple:
+    """The argument tensors as the kernels index them: contiguous (a strided,
+    stride-0 or offset view is copied), with the source standing in for
+    absent ones (never read: their HAS_* flag is off).
+
+    Copied, not read through their strides: 2-core VM, B=32 x M=8, the six
+    .contiguous() calls cost 1.5 us a launch when the arguments are already
+    contiguous (sample_puzzle's outputs always are) and 16 us when five need a
+    copy, while ten stride arguments cost 2.1 us a launch in Triton's
+    argument specialisation alone, and one compile per stride pattern (a
+    stride of 1 or a multiple of 16 is specialised on)."""
+    return tuple(t.contiguous() if t is not None else source for t in (origins, index, rotations, mask, scale, shift))
 
 
 def _flags(cube, index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi) -> dict:
@@ -369,7 +377,7 @@ def launch_backward(grad, source, origins, cube_size, index, rotations, mask, ke
     block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
     grid = (B * M * C * triton.cdiv(numel, block),)
     _extract_cubes_backward_kernel[grid](
-        grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
+        grad, acc, source, *_argument_pointers(source, origins, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(), *grad.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
         *seed_halves(seed), int(threshold),
@@ -461,7 +469,7 @@ def launch(source, origins, cube_size, index, rotations, mask, fill, keep_prob, 
     per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
     grid = (B * M * C * per_cube,)
     _extract_cubes_kernel[grid](
-        source, out, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
+        source, out, *_argument_pointers(source, origins, index, rotations, mask, scale, shift), params,
         N, C, D, H, W, M, *source.stride(),
         float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0), float(fill),
         *seed_halves(seed), int(threshold),
