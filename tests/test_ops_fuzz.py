@@ -29,6 +29,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import rubikops  # noqa: E402
 from rubikops import ops, reference  # noqa: E402
+from rubikops._schema import ExtractCubesParams  # noqa: E402
 
 from .testing import ALL_DTYPES, Case, assert_matches  # noqa: E402
 
@@ -212,10 +213,8 @@ def test_every_backend_returns_the_reference_or_a_clean_error(call, path):
     big_before = big.clone()
 
     def checks(data):
-        return _outcome(lambda: ops.validate_extract_cubes(
-            source, origins, cube_arg, kw.get("index"), kw.get("rotations"), kw.get("mask"), kw.get("fill", 0.0),
-            kw.get("keep_prob", 0.0), kw.get("seed", 0), kw.get("scale"), kw.get("shift"), kw.get("clamp"),
-            kw.get("out_dtype"), kw.get("out"), data_checks=data))[1]
+        params = ExtractCubesParams(source, origins, cube_arg, **{k: v for k, v in kw.items() if k != "out"})
+        return _outcome(lambda: ops.validate_extract_cubes(params, kw.get("out"), data_checks=data))[1]
 
     meta_error, data_error = checks(False), checks(True)
     must_refuse = data_error if path == "validate" else meta_error

@@ -268,25 +268,15 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   });
 }
 
-at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                  const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                                  const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                                  const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                  double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                  std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
-                                  at::Tensor& out) {
-  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
-  check_out(a, out);
-  if (out.numel() == 0) return out;
-  dispatch_dtype(source.scalar_type(), "source", [&](auto in_tag) {
+// The forward kernel entry: the output's dtype pair picks the kernel.
+void extract_cubes_cpu(const ExtractCubesArgs& a, at::Tensor& out) {
+  dispatch_dtype(a.source.scalar_type(), "source", [&](auto in_tag) {
     using in_t = decltype(in_tag);
     dispatch_dtype(out.scalar_type(), "out_dtype", [&](auto out_tag) {
       using out_t = decltype(out_tag);
       extract_cubes_kernel<in_t, out_t>(a, out);
     });
   });
-  return out;
 }
 
 // Backward: grad * scale added at the source voxel each output came from, zero
@@ -375,27 +365,16 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   });
 }
 
-at::Tensor extract_cubes_backward_cpu(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                                      at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
-                                      const std::optional<at::Tensor>& rotations,
-                                      const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
-                                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                      double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                      std::optional<double> clamp_hi) {
-  BackwardSetup s = prepare_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
-                                     shift, scale_value, shift_value, clamp_lo, clamp_hi);
-  if (s.grad.numel() > 0) {
-    dispatch_dtype(source.scalar_type(), "source", [&](auto src_tag) {
-      using src_t = decltype(src_tag);
-      dispatch_dtype(s.grad.scalar_type(), "grad", [&](auto grad_tag) {
-        using grad_t = decltype(grad_tag);
-        if constexpr (!std::is_integral_v<src_t> && !std::is_integral_v<grad_t>) {
-          extract_cubes_backward_kernel<src_t, grad_t>(s.args, s.grad, s.acc);
-        }
-      });
+void extract_cubes_backward_cpu(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
+  dispatch_dtype(a.source.scalar_type(), "source", [&](auto src_tag) {
+    using src_t = decltype(src_tag);
+    dispatch_dtype(grad.scalar_type(), "grad", [&](auto grad_tag) {
+      using grad_t = decltype(grad_tag);
+      if constexpr (!std::is_integral_v<src_t> && !std::is_integral_v<grad_t>) {
+        extract_cubes_backward_kernel<src_t, grad_t>(a, grad, acc);
+      }
     });
-  }
-  return s.acc.to(source.scalar_type());
+  });
 }
 
 // A fresh output of many megabytes is untouched memory that the kernel
@@ -425,7 +404,8 @@ void advise_huge_pages(at::Tensor& out) {
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
-  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu, &rubikops::advise_huge_pages>);
-  m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
-  m.impl("extract_cubes_backward", &rubikops::extract_cubes_backward_cpu);
+  using namespace rubikops;
+  m.impl("extract_cubes", &extract_cubes_functional<&extract_cubes_cpu, &advise_huge_pages>);
+  m.impl("extract_cubes.out", &extract_cubes_out<&extract_cubes_cpu>);
+  m.impl("extract_cubes_backward", &extract_cubes_backward<&extract_cubes_backward_cpu>);
 }
