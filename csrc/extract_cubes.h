@@ -2,6 +2,7 @@
 // Keep this header free of torch includes: it is compiled by nvcc in CI, where
 // only the CUDA toolkit is present.
 #pragma once
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
@@ -68,6 +69,46 @@ inline uint64_t keep_threshold(double keep_prob) {
   if (!(keep_prob > 0.0)) return 0;
   if (keep_prob >= 1.0) return uint64_t(1) << 24;
   return static_cast<uint64_t>(keep_prob * double(1 << 24));
+}
+
+// The affine read (augmentation in the cut): output voxel `lin` of a cube
+// (its offset in the box, from cube_geometry with box strides {h * w, w, 1})
+// sits at crop-frame position origin + (j0, j1, j2), read at
+// A[:, :3] @ position + A[:, 3] (A row-major 3 x 4, voxel units, (d, h, w)
+// order), clamped into the volume (edge values repeat) and interpolated
+// trilinearly: corner (c0, c1, c2) is at lo or hi along each axis, with weight
+// frac or 1 - frac.
+struct TrilinearRead {
+  int64_t lo[3], hi[3];
+  double frac[3];
+};
+
+RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], int64_t lin, const int64_t size[3],
+                             const int64_t extent[3], TrilinearRead* r) {
+  const int64_t j[3] = {lin / (size[1] * size[2]), (lin / size[2]) % size[1], lin % size[2]};
+  double q[3];
+  // In double: an origin near the int64 limits (validate=False) must not overflow.
+  for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
+  for (int a = 0; a < 3; ++a) {
+    double p = A[4 * a] * q[0] + A[4 * a + 1] * q[1] + A[4 * a + 2] * q[2] + A[4 * a + 3];
+    const double top = static_cast<double>(extent[a] - 1);
+    p = p > 0.0 ? (p < top ? p : top) : 0.0;  // NaN reads voxel 0
+    const double base = floor(p);
+    r->lo[a] = static_cast<int64_t>(base);
+    r->hi[a] = r->lo[a] + 1 < extent[a] ? r->lo[a] + 1 : r->lo[a];
+    r->frac[a] = p - base;
+  }
+}
+
+// Weight and (z, y, x) of corner k (bit 2: D, bit 1: H, bit 0: W picks hi).
+RUBIKOPS_HD double corner_of(const TrilinearRead& r, int k, int64_t at[3]) {
+  double w = 1.0;
+  for (int a = 0; a < 3; ++a) {
+    const bool hi = (k >> (2 - a)) & 1;
+    at[a] = hi ? r.hi[a] : r.lo[a];
+    w *= hi ? r.frac[a] : 1.0 - r.frac[a];
+  }
+  return w;
 }
 
 }  // namespace rubikops

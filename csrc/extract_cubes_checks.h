@@ -26,10 +26,10 @@ namespace rubikops {
       const std::optional<at::Tensor>&mask, double fill, double keep_prob, int64_t seed,                          \
       const std::optional<at::Tensor>&scale, const std::optional<at::Tensor>&shift, double scale_value,           \
       double shift_value, std::optional<double> clamp_lo, std::optional<double> clamp_hi,                         \
-      std::optional<c10::ScalarType> out_dtype
+      std::optional<c10::ScalarType> out_dtype, const std::optional<at::Tensor>&affine
 #define RUBIKOPS_EXTRACT_CUBES_NAMES                                                                              \
   source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,         \
-      shift_value, clamp_lo, clamp_hi, out_dtype
+      shift_value, clamp_lo, clamp_hi, out_dtype, affine
 
 inline bool is_supported_dtype(c10::ScalarType t) {
   return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16 || t == c10::kShort ||
@@ -91,6 +91,8 @@ struct ExtractCubesArgs {
   at::Tensor source, origins;
   int64_t cube_size[3];
   std::optional<at::Tensor> index, rotations, mask, scale, shift;
+  // (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
+  std::optional<at::Tensor> affine;
   double fill, keep_prob;
   int64_t seed;
   double scale_value, shift_value;
@@ -108,8 +110,8 @@ struct ExtractCubesArgs {
 
 inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
     : source(source), origins(origins), index(index), rotations(rotations), mask(mask), scale(scale), shift(shift),
-      fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value), shift_value(shift_value),
-      clamp_lo(clamp_lo), clamp_hi(clamp_hi) {
+      affine(affine), fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value),
+      shift_value(shift_value), clamp_lo(clamp_lo), clamp_hi(clamp_hi) {
   TORCH_CHECK_VALUE(source.dim() == 5, "rubikops.extract_cubes: source must be (N, C, D, H, W), got shape ",
                     source.sizes());
   TORCH_CHECK_VALUE(origins.dim() == 3 && origins.size(2) == 3,
@@ -136,6 +138,7 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   check_vector(mask, "mask", source, {B, M}, Holds::kBool);
   check_vector(scale, "scale", source, {B}, Holds::kFloat);
   check_vector(shift, "shift", source, {B}, Holds::kFloat);
+  check_vector(affine, "affine", source, {B, 3, 4}, Holds::kFloat);
   const auto odt = resolve_out_dtype(source, out_dtype);
   TORCH_CHECK_TYPE(is_supported_dtype(odt), "rubikops.extract_cubes: unsupported out_dtype ", odt);
   // An integer output stores fill as is: a value it cannot hold would wrap
@@ -148,7 +151,7 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   // shift_value -0.0 (what Python passes for shift=None) is an exact no-op:
   // x + (-0.0) == x for every x, -0.0 included, where x + 0.0 turns -0.0 into +0.0.
   const bool shift_is_noop = shift_value == 0.0 && std::signbit(shift_value);
-  arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop;
+  arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop || affine;
   TORCH_CHECK_TYPE(at::isFloatingType(odt) || (odt == source.scalar_type() && !arithmetic),
                    "rubikops.extract_cubes: an integer out_dtype (", odt,
                    ") is only allowed as a plain copy of a source of the same dtype");
@@ -167,7 +170,8 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   // The kernels read the inputs while they write out: an out that shares
   // memory with one of them would read its own results.
   const std::pair<const char*, const std::optional<at::Tensor>*> inputs[] = {
-      {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift}};
+      {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift},
+      {"affine", &a.affine}};
   TORCH_CHECK_VALUE(!may_overlap(out, a.source), "rubikops.extract_cubes: out overlaps source in memory");
   TORCH_CHECK_VALUE(!may_overlap(out, a.origins), "rubikops.extract_cubes: out overlaps origins in memory");
   for (const auto& [name, t] : inputs) {
@@ -210,12 +214,13 @@ at::Tensor extract_cubes_backward(const at::Tensor& grad, const at::Tensor& sour
                                   const std::optional<at::Tensor>& rotations, const std::optional<at::Tensor>& mask,
                                   double keep_prob, int64_t seed, const std::optional<at::Tensor>& scale,
                                   const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
-                                  std::optional<double> clamp_lo, std::optional<double> clamp_hi) {
+                                  std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                                  const std::optional<at::Tensor>& affine) {
   TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
                    "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
                    source.scalar_type(), " and ", grad.scalar_type());
   const ExtractCubesArgs a(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
-                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type());
+                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type(), affine);
   TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
                     " but source is on ", source.device());
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(a.out_shape()),

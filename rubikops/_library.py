@@ -63,6 +63,13 @@ def extract_cubes_backward_generic(grad: torch.Tensor, *backward_args) -> torch.
     Overlapping boxes and repeated indices accumulate (index_add_)."""
     p = ExtractCubesParams.from_backward_args(grad, *backward_args)
     source = p.source
+    if p.affine is not None:
+        # The affine read's gradient is the reference's own (eight weighted corners a voxel).
+        with torch.enable_grad():
+            x = source.detach().requires_grad_()
+            cubes = reference.extract(dataclasses.replace(p, source=x))
+            (grad_source,) = torch.autograd.grad(cubes, x, grad)
+        return grad_source.contiguous()
     compute = opmath_dtype(source.dtype, grad.dtype)
     B, M = p.origins.shape[0], p.origins.shape[1]
     g = grad.to(compute)

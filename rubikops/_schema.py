@@ -17,17 +17,22 @@ import torch
 EXTRACT_CUBES_ARGS = (
     "Tensor source, Tensor origins, int[] cube_size, Tensor? index, Tensor? rotations, Tensor? mask, "
     "float fill, float keep_prob, int seed, Tensor? scale, Tensor? shift, float scale_value, "
-    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype"
+    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype, Tensor? affine=None"
 )
 EXTRACT_CUBES_SCHEMA = f"extract_cubes({EXTRACT_CUBES_ARGS}) -> Tensor"
 EXTRACT_CUBES_OUT_SCHEMA = f"extract_cubes.out({EXTRACT_CUBES_ARGS}, *, Tensor(a!) out) -> Tensor(a!)"
 # The argument names in schema order: the one list every consumer reads them by.
-EXTRACT_CUBES_ARG_NAMES = tuple(arg.rsplit(" ", 1)[1] for arg in EXTRACT_CUBES_ARGS.split(", "))
+def _arg_name(arg: str) -> str:
+    """The name of one schema argument ("Tensor? affine=None" -> "affine")."""
+    return arg.rsplit(" ", 1)[1].split("=")[0]
+
+
+EXTRACT_CUBES_ARG_NAMES = tuple(_arg_name(arg) for arg in EXTRACT_CUBES_ARGS.split(", "))
 # The backward takes the output gradient and the forward's arguments but these two: masked voxels get no
 # gradient whatever their fill, and the gradient's dtype is the output's.
 _NOT_IN_BACKWARD = ("fill", "out_dtype")
 EXTRACT_CUBES_BACKWARD_SCHEMA = "extract_cubes_backward(Tensor grad, {}) -> Tensor".format(
-    ", ".join(arg for arg in EXTRACT_CUBES_ARGS.split(", ") if arg.rsplit(" ", 1)[1] not in _NOT_IN_BACKWARD))
+    ", ".join(arg for arg in EXTRACT_CUBES_ARGS.split(", ") if _arg_name(arg) not in _NOT_IN_BACKWARD))
 SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
@@ -116,12 +121,14 @@ class ExtractCubesParams:
     shift: object = None
     clamp: Optional[tuple] = None
     out_dtype: Optional[torch.dtype] = None
+    affine: Optional[torch.Tensor] = None
 
     # -- derived questions -------------------------------------------------------------------------------
     @property
     def changes_values(self) -> bool:
-        """Whether values change on the way (scale, shift or clamp): integer outputs allow none."""
-        return self.scale is not None or self.shift is not None or self.clamp is not None
+        """Whether values change on the way (scale, shift, clamp, or the interpolation of an affine read):
+        integer outputs allow none."""
+        return self.scale is not None or self.shift is not None or self.clamp is not None or self.affine is not None
 
     @property
     def has_shift(self) -> bool:
@@ -178,7 +185,8 @@ class ExtractCubesParams:
         """{name: tensor} of every tensor argument that is given (the ones kernels read besides the source)."""
         return {name: t for name, t in (("origins", self.origins), ("index", self.index),
                                         ("rotations", self.rotations), ("mask", self.mask),
-                                        ("scale", self.scale_tensor), ("shift", self.shift_tensor))
+                                        ("scale", self.scale_tensor), ("shift", self.shift_tensor),
+                                        ("affine", self.affine))
                 if t is not None}
 
     # -- the schema's encoding ---------------------------------------------------------------------------
@@ -187,7 +195,7 @@ class ExtractCubesParams:
         return (self.source, self.origins, [int(s) for s in self.cube_size], self.index, self.rotations, self.mask,
                 float(self.fill), float(self.keep_prob), wrap_seed(self.seed), self.scale_tensor, self.shift_tensor,
                 self.scale_value, self.shift_value, None if lo is None else float(lo),
-                None if hi is None else float(hi), self.out_dtype)
+                None if hi is None else float(hi), self.out_dtype, self.affine)
 
     def backward_args(self) -> tuple:
         """The backward op's arguments after ``grad``."""
@@ -201,13 +209,13 @@ class ExtractCubesParams:
         lo, hi = a["clamp_lo"], a["clamp_hi"]
         return cls(a["source"], a["origins"], tuple(int(s) for s in a["cube_size"]), a["index"], a["rotations"],
                    a["mask"], a["fill"], a["keep_prob"], a["seed"], scale, shift,
-                   None if lo is None and hi is None else (lo, hi), a["out_dtype"])
+                   None if lo is None and hi is None else (lo, hi), a["out_dtype"], a.get("affine"))
 
     @classmethod
     def from_backward_args(cls, grad: torch.Tensor, *backward_args) -> "ExtractCubesParams":
         """The forward's arguments of a backward call (fill 0, the output dtype the gradient's)."""
-        args = iter(backward_args)
-        schema_args = [0.0 if name == "fill" else grad.dtype if name == "out_dtype" else next(args)
+        args = iter(backward_args)  # trailing arguments with a schema default (affine) may be left out
+        schema_args = [0.0 if name == "fill" else grad.dtype if name == "out_dtype" else next(args, None)
                        for name in EXTRACT_CUBES_ARG_NAMES]
         return cls.from_schema_args(*schema_args)
 

@@ -161,6 +161,14 @@ def check_tensors(p: ExtractCubesParams, out=None) -> tuple:
     for name, v in (("scale", p.scale_tensor), ("shift", p.shift_tensor)):
         if v is not None:
             _check_per_sample_tensor(v, name, B, dev)
+    if p.affine is not None:
+        if not isinstance(p.affine, torch.Tensor) or not p.affine.dtype.is_floating_point:
+            _fail(TypeError, "affine", f"must be a floating tensor, got {getattr(p.affine, 'dtype', type(p.affine))}")
+        if tuple(p.affine.shape) != (B, 3, 4):
+            _fail(ValueError, "affine", f"must have shape ({B}, 3, 4) (one 3 x 4 matrix per sample), got "
+                  f"{tuple(p.affine.shape)}")
+        if p.affine.device != dev:
+            _fail(ValueError, "affine", f"is on {p.affine.device} but source is on {dev}")
     odt = p.result_dtype
     if not isinstance(odt, torch.dtype) or odt not in SOURCE_DTYPES:
         _fail(TypeError, "out_dtype", f"is not a supported dtype: {p.out_dtype!r}")
@@ -212,7 +220,9 @@ def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = 
     dev = source.device
     N, D, H, W = source.shape[0], *source.shape[2:]
     room = torch.tensor([D - size[0], H - size[1], W - size[2]], device=dev)
-    outside = (origins < 0) | (origins > room)
+    # With an affine read the origins are crop-frame positions: where they land is the affine's choice,
+    # and the read clamps into the volume.
+    outside = ((origins < 0) | (origins > room)) if p.affine is None else torch.zeros(1, dtype=torch.bool)
     if bool(outside.any()):
         bad = outside.any(-1).nonzero()[0].tolist()
         _fail(ValueError, f"origins[{bad[0]}, {bad[1]}]", f"= {origins[bad[0], bad[1]].tolist()} puts a "
@@ -220,6 +230,9 @@ def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = 
     if index is not None and B and not bool(((index >= 0) & (index < N)).all()):
         b = int(((index < 0) | (index >= N)).nonzero()[0, 0])
         _fail(ValueError, f"index[{b}]", f"= {int(index[b])} is out of range for source.shape[0] = {N}")
+    if p.affine is not None and not bool(torch.isfinite(p.affine).all()):
+        b = int((~torch.isfinite(p.affine)).flatten(1).any(1).nonzero()[0, 0])
+        _fail(ValueError, f"affine[{b}]", "is not finite")
     for name, t in (("scale", scale_t), ("shift", shift_t)):
         if t is not None and not bool(torch.isfinite(t).all()):
             b = int((~torch.isfinite(t)).nonzero()[0, 0])

@@ -73,6 +73,7 @@ def extract_cubes(
     shift=None,
     clamp: Optional[tuple] = None,
     out_dtype: Optional[torch.dtype] = None,
+    affine: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     validate: bool = True,
     backend: Optional[str] = None,
@@ -84,12 +85,17 @@ def extract_cubes(
     turned by rotation code ``rotations[b, m]`` (see :mod:`rubikops.rotations`),
     with intensity ``float(x) * scale + shift`` clamped to ``clamp`` and cast to
     ``out_dtype``; masked cubes hold ``fill`` except for voxels kept with
-    probability ``keep_prob`` (reproducible from ``seed``).  Differentiable with
+    probability ``keep_prob`` (reproducible from ``seed``).  With ``affine``
+    ((B, 3, 4), voxel units, (d, h, w) order) the origins are positions in a
+    crop frame and box voxel ``j`` is read at ``affine[b, :, :3] @ (origin +
+    j) + affine[b, :, 3]``, clamped into the volume and interpolated
+    trilinearly (the augmentation of a resampled crop, in the same pass; CPU
+    and plain-torch backends).  Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """
     params = ExtractCubesParams(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                shift, clamp, out_dtype)
+                                shift, clamp, out_dtype, affine)
     validate_extract_cubes(params, out, data_checks=validate)
     return run(params, out=out, backend=backend)
 

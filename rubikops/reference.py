@@ -80,8 +80,11 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
         n = min(max(int(index[b]), 0), N - 1) if index is not None else b
         s, t = _per_sample(p.scale, b, compute), _per_sample(p.shift, b, compute)
         for m in range(M):
-            z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
-            box = source[n, :, z:z + d, y:y + h, x:x + w]
+            if p.affine is not None:
+                box = affine_box(source[n], p.affine[b], origins[b, m], size)
+            else:
+                z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
+                box = source[n, :, z:z + d, y:y + h, x:x + w]
             if rotations is not None:
                 box = apply_code(box, kernel_code(int(rotations[b, m]), size))
             if p.changes_values or box.dtype != out_dtype:
@@ -104,6 +107,36 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
             masked = masked & ~keep
         out = torch.where(masked, fill_t, out)
     return out.contiguous()
+
+
+def affine_box(volume: torch.Tensor, affine: torch.Tensor, origin: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The (C, d, h, w) float64 box at crop-frame ``origin`` of one (C, D, H,
+    W) volume read through ``affine`` (3 x 4, voxel units, (d, h, w) order):
+    box voxel j sits at ``affine[:, :3] @ (origin + j) + affine[:, 3]``,
+    clamped into the volume (edge values repeat; NaN reads 0) and
+    interpolated trilinearly.  The augmentation in the cut: with the affine
+    of a resampled crop, the box equals that crop's box at ``origin``."""
+    dev = volume.device
+    A = affine.to(torch.float64)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, device=dev, dtype=torch.float64) for s in size],
+                                      indexing="ij"), -1)
+    pos = (grid + origin.to(torch.float64)) @ A[:, :3].T + A[:, 3]  # (d, h, w, 3)
+    top = torch.tensor([e - 1 for e in volume.shape[1:]], device=dev, dtype=torch.float64)
+    pos = torch.where(pos > 0, torch.minimum(pos, top), torch.zeros_like(pos))
+    lo = pos.floor()
+    frac = pos - lo
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, top.long())
+    vol = volume.to(torch.float64)
+    box = 0
+    for corner in range(8):
+        pick = [(corner >> (2 - a)) & 1 for a in range(3)]
+        at = [hi[..., a] if pick[a] else lo[..., a] for a in range(3)]
+        weight = torch.ones_like(frac[..., 0])
+        for a in range(3):
+            weight = weight * (frac[..., a] if pick[a] else 1 - frac[..., a])
+        box = box + weight * vol[:, at[0], at[1], at[2]]
+    return box
 
 
 def source_offsets(

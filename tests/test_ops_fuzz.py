@@ -8,7 +8,7 @@ ValueError/TypeError; never another exception, never a crash.  The source is
 a view into a larger tensor padded with a sentinel, so a read outside the
 view shows up as sentinel values in the result, and the padding is checked
 unchanged afterwards.  Every other tensor argument (origins, index,
-rotations, mask, scale, shift) is drawn contiguous, as an offset view, with
+rotations, mask, scale, shift, affine) is drawn contiguous, as an offset view, with
 doubled or reversed strides, or with stride 0 along one dim, inside a
 storage of sentinels that name other volumes, boxes, codes and masks.
 
@@ -166,7 +166,14 @@ def calls(draw):
             kw[name] = t.to(draw(st.sampled_from([torch.float64, torch.float32] * 4 + [torch.int64])))
     if draw(st.integers(0, 3)) == 0:
         kw["clamp"] = draw(st.sampled_from([(-50.0, 50.0), (None, 10.0), (-10.0, None)]))
-    for name in ("index", "rotations", "mask", "scale", "shift"):
+    if draw(st.integers(0, 5)) == 0:
+        # The affine read: origins are crop-frame positions, reads clamp into the volume (NaN reads voxel 0).
+        shape = _wrong_shape(draw, (B, 3, 4))
+        A = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+        if A.numel() and draw(st.integers(0, 7)) == 0:
+            A.view(-1)[draw(st.integers(0, A.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+        kw["affine"] = A.to(draw(st.sampled_from([torch.float64] * 3 + [torch.float32, torch.int64])))
+    for name in ("index", "rotations", "mask", "scale", "shift", "affine"):
         if isinstance(kw.get(name), torch.Tensor):
             kw[name] = _laid_out(draw, kw[name])
     if out_dtype is not None:
@@ -224,8 +231,12 @@ def test_every_backend_returns_the_reference_or_a_clean_error(call, path):
         out = kw.get("out")
         if out is not None and must_refuse is None:
             out.fill_(3)
-        result, error = _outcome(lambda: _call(path, backend, source, origins, cube_arg, kw))
         where = f"{backend}/{path}"
+        if backend == "triton" and kw.get("affine") is not None and must_refuse is None:
+            with pytest.raises(NotImplementedError, match="affine= has no Triton kernel"):
+                _call(path, backend, source, origins, cube_arg, kw)
+            continue
+        result, error = _outcome(lambda: _call(path, backend, source, origins, cube_arg, kw))
         if must_refuse is not None:
             assert error is not None, f"{where}: accepted what validation refuses ({must_refuse})"
         else:

@@ -17,7 +17,8 @@ import torch
 
 from .._library import (LIBRARY, backward_via, extract_cubes_backward_fake, extract_cubes_fake, has_kernel,
                         sample_puzzle_fake, setup_context)
-from .._schema import EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams
+from .._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_ARGS, EXTRACT_CUBES_BACKWARD_SCHEMA,
+                       EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams)
 from ..checks import check_tensors
 from ..triton_kernels import extract_cubes as _kernels
 from ..triton_kernels.sample_puzzle import sample_puzzle as _launch_sampler
@@ -30,7 +31,15 @@ def _checked(schema_args: tuple, out=None) -> ExtractCubesParams:
     kernel in bounds."""
     p = ExtractCubesParams.from_schema_args(*schema_args)
     check_tensors(p, out)
+    _refuse_affine(p)
     return p
+
+
+def _refuse_affine(p: ExtractCubesParams) -> None:
+    # The affine read (augmentation in the cut) has no Triton kernel yet: refused, never read as a plain copy.
+    if p.affine is not None:
+        raise NotImplementedError("rubikops.extract_cubes: affine= has no Triton kernel yet; use the CPU or the "
+                                  "plain-torch backend (backend='torch')")
 
 
 def _functional(*schema_args):
@@ -40,14 +49,23 @@ def _functional(*schema_args):
     return out
 
 
-def _out_variant(*schema_args_and_out):
-    *schema_args, out = schema_args_and_out
-    _kernels.launch(_checked(tuple(schema_args), out), out)
+# A custom op cannot define an overload: the out= variant is a second op.  Custom ops take no keyword-only
+# tensors, so its `out` comes before the arguments with a default (affine), which callers may leave out.
+_ARGS = EXTRACT_CUBES_ARGS.split(", ")
+_OUT_AT = next((i for i, arg in enumerate(_ARGS) if "=" in arg), len(_ARGS))
+_OUT_SCHEMA = "({}) -> ()".format(", ".join(_ARGS[:_OUT_AT] + ["Tensor(a!) out"] + _ARGS[_OUT_AT:]))
+
+
+def _out_variant(*args):
+    out = args[_OUT_AT]
+    schema_args = args[:_OUT_AT] + args[_OUT_AT + 1:]
+    _kernels.launch(_checked(schema_args, out), out)
 
 
 def _backward(grad, *backward_args):
     p = ExtractCubesParams.from_backward_args(grad, *backward_args)
     check_tensors(p)
+    _refuse_affine(p)
     torch._check_value(grad.shape == p.out_shape and grad.device == p.source.device,
                        lambda: f"rubikops.extract_cubes_backward: grad must have shape {p.out_shape} on "
                                f"{p.source.device}, got {tuple(grad.shape)} on {grad.device}")
@@ -62,9 +80,8 @@ def _anonymous(schema: str, name: str) -> str:
 _schema = _anonymous(EXTRACT_CUBES_SCHEMA, "extract_cubes")
 _functional_op = torch.library.custom_op("rubikops::extract_cubes_triton", _functional, mutates_args=(),
                                          schema=_schema)
-# A custom op cannot define an overload: the out= variant is a second op.
 _out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", _out_variant, mutates_args=("out",),
-                                  schema=_schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()"))
+                                  schema=_OUT_SCHEMA)
 _functional_op.register_fake(extract_cubes_fake)
 _backward_op = torch.library.custom_op("rubikops::extract_cubes_backward_triton", _backward, mutates_args=(),
                                        schema=_anonymous(EXTRACT_CUBES_BACKWARD_SCHEMA, "extract_cubes_backward"))
@@ -73,14 +90,20 @@ torch.library.register_autograd("rubikops::extract_cubes_triton", backward_via(_
                                 setup_context=setup_context)
 
 
+def _every_argument(schema_args: tuple) -> tuple:
+    """The schema's arguments with the trailing defaults a caller left out (affine) filled in."""
+    return schema_args + (None,) * (len(EXTRACT_CUBES_ARG_NAMES) - len(schema_args))
+
+
 class _ExtractCubes:
     """The registered Triton op, called with the schema's arguments, and its out= variant."""
 
     def __call__(self, *schema_args):
-        return _functional_op(*schema_args)
+        return _functional_op(*_every_argument(schema_args))
 
     def out(self, *schema_args, out):
-        _out_op(*schema_args, out)
+        schema_args = _every_argument(schema_args)
+        _out_op(*schema_args[:_OUT_AT], out, *schema_args[_OUT_AT:])
         return out
 
 
