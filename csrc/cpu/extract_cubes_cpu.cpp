@@ -301,16 +301,20 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
 // then the value stage (scale, shift, clamp, cast) and the mask as above.
 // One (sample, cube) per cube job: its code, crop-frame origin and volume.
 struct AffineJob {
-  int64_t start, step[3];  // box offset of output voxel (0, 0, 0) and its steps (box strides {h * w, w, 1})
-  int64_t origin[3];       // crop-frame origin, as given
+  int box_axis[3];     // output axis a reads box axis box_axis[a] ...
+  bool flipped[3];     // ... backwards where flipped
+  int64_t origin[3];   // crop-frame origin, as given
   int64_t volume;
   bool masked;
+
+  // Box voxel j of output voxel (i0, i1, i2).
+  void box_voxel(const int64_t i[3], const int64_t size[3], int64_t j[3]) const {
+    for (int a = 0; a < 3; ++a) j[box_axis[a]] = flipped[a] ? size[a] - 1 - i[a] : i[a];
+  }
 };
 
 std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double>* matrices) {
   const int64_t B = a.origins.size(0), M = a.origins.size(1), N = a.source.size(0);
-  const int64_t* size = a.cube_size;
-  const int64_t box_stride[3] = {size[1] * size[2], size[2], 1};
   const at::Tensor origins = a.origins.to(at::kLong).contiguous();
   const at::Tensor index = a.index ? a.index->to(at::kLong).contiguous() : at::Tensor();
   const at::Tensor rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
@@ -321,14 +325,43 @@ std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t m = 0; m < M; ++m) {
       AffineJob& j = jobs[b * M + m];
-      const int64_t code = rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0;
-      cube_geometry(code, size, box_stride, &j.start, j.step);
-      for (int k = 0; k < 3; ++k) j.origin[k] = origins.const_data_ptr<int64_t>()[(b * M + m) * 3 + k];
+      int p, flips;
+      kernel_code(rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0, a.cube_size, &p, &flips);
+      for (int k = 0; k < 3; ++k) {
+        j.box_axis[k] = axis_order(p, k);
+        j.flipped[k] = (flips >> k) & 1;
+        j.origin[k] = origins.const_data_ptr<int64_t>()[(b * M + m) * 3 + k];
+      }
       j.volume = clamp_index(index.defined() ? index.const_data_ptr<int64_t>()[b] : b, 0, N - 1);
       j.masked = mask.defined() && mask.const_data_ptr<bool>()[b * M + m];
     }
   }
   return jobs;
+}
+
+// The trilinear value at `r` of a volume with strides st[2..4], in double:
+// corner_of's weights and summation order (bit-identical to the reference),
+// with the per-axis weights and offsets formed once instead of per corner.
+template <typename in_t>
+inline double interpolate(const in_t* vol, const int64_t* st, const TrilinearRead& r) {
+  double w[3][2];
+  int64_t off[3][2];
+  for (int a = 0; a < 3; ++a) {
+    w[a][0] = 1.0 - r.frac[a];
+    w[a][1] = r.frac[a];
+    off[a][0] = r.lo[a] * st[2 + a];
+    off[a][1] = r.hi[a] * st[2 + a];
+  }
+  double sum = 0.0;
+  for (int z = 0; z < 2; ++z) {
+    for (int y = 0; y < 2; ++y) {
+      const double wzy = w[0][z] * w[1][y];
+      const in_t* row = vol + off[0][z] + off[1][y];
+      sum += wzy * w[2][0] * static_cast<double>(row[off[2][0]]);
+      sum += wzy * w[2][1] * static_cast<double>(row[off[2][1]]);
+    }
+  }
+  return sum;
 }
 
 template <typename in_t, typename out_t>
@@ -352,24 +385,20 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const int64_t b = cube / (C * M), c = cube % C;
       const in_t* vol = src_ptr + j.volume * st[0] + c * st[1];
       out_t* dst = out_ptr + cube * numel;
-      for (int64_t i0 = 0, v = 0; i0 < size[0]; ++i0) {
-        for (int64_t i1 = 0; i1 < size[1]; ++i1) {
-          for (int64_t i2 = 0; i2 < size[2]; ++i2, ++v) {
-            const uint64_t k = static_cast<uint64_t>(cube * numel + v);
-            if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) {
+      const bool hash = j.masked && threshold > 0;
+      int64_t i[3], jb[3];
+      int64_t v = 0;
+      for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+        for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+          for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
+            if (j.masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
               continue;
             }
             TrilinearRead r;
-            affine_read(&A[b * 12], j.origin, j.start + i0 * j.step[0] + i1 * j.step[1] + i2 * j.step[2], size,
-                        extent, &r);
-            double sum = 0.0;
-            for (int corner = 0; corner < 8; ++corner) {
-              int64_t at[3];
-              const double w = corner_of(r, corner, at);
-              sum += w * static_cast<double>(vol[at[0] * st[2] + at[1] * st[3] + at[2] * st[4]]);
-            }
-            op_t x = static_cast<op_t>(sum) * scale[b] + shift[b];
+            j.box_voxel(i, size, jb);
+            affine_read(&A[b * 12], j.origin, jb, extent, &r);
+            op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
             x = lo > x ? lo : x;
             x = hi < x ? hi : x;
             dst[v] = static_cast<out_t>(x);
@@ -410,24 +439,20 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
         for (int64_t m = 0; m < M; ++m) {
           const AffineJob& j = jobs[b * M + m];
           const int64_t cube = (b * M + m) * C + c;
-          for (int64_t i0 = 0, v = 0; i0 < size[0]; ++i0) {
-            for (int64_t i1 = 0; i1 < size[1]; ++i1) {
-              for (int64_t i2 = 0; i2 < size[2]; ++i2, ++v) {
+          int64_t i[3], jb[3];
+          int64_t v = 0;
+          for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+            for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+              for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
                 const uint64_t k = static_cast<uint64_t>(cube * numel + v);
                 if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) continue;
                 TrilinearRead r;
-                affine_read(&A[b * 12], j.origin, j.start + i0 * j.step[0] + i1 * j.step[1] + i2 * j.step[2],
-                            size, extent, &r);
-                acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i0 * gs[3] +
-                                                      i1 * gs[4] + i2 * gs[5]]) * scale[b];
+                j.box_voxel(i, size, jb);
+                affine_read(&A[b * 12], j.origin, jb, extent, &r);
+                acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i[0] * gs[3] +
+                                                      i[1] * gs[4] + i[2] * gs[5]]) * scale[b];
                 if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi
-                  double sum = 0.0;
-                  for (int corner = 0; corner < 8; ++corner) {
-                    int64_t p[3];
-                    const double w = corner_of(r, corner, p);
-                    sum += w * static_cast<double>(vol[p[0] * st[2] + p[1] * st[3] + p[2] * st[4]]);
-                  }
-                  const acc_t x = static_cast<acc_t>(sum) * scale[b] + shift[b];
+                  const acc_t x = static_cast<acc_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
                   if (!(x >= lo && x <= hi)) continue;
                 }
                 for (int corner = 0; corner < 8; ++corner) {
