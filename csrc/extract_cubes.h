@@ -2,6 +2,7 @@
 // Keep this header free of torch includes: it is compiled by nvcc in CI, where
 // only the CUDA toolkit is present.
 #pragma once
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__CUDACC__)
@@ -27,16 +28,23 @@ RUBIKOPS_HD int axis_order(int p, int a) {
 // change a non-cubic cube's shape falls back to the identity order (flips
 // kept); both only matter with validate=False, where the kernels must still
 // stay in bounds.
-RUBIKOPS_HD void cube_geometry(int64_t code, const int64_t size[3], const int64_t src_stride[3],
-                               int64_t* start, int64_t step[3]) {
+// The axis order p and flip bits the kernels apply for any integer code.
+RUBIKOPS_HD void kernel_code(int64_t code, const int64_t size[3], int* p_out, int* flips_out) {
   code %= kNumCodes;
   if (code < 0) code += kNumCodes;
   int p = static_cast<int>(code >> 3);
-  int flips = static_cast<int>(code & 7);
   if (size[axis_order(p, 0)] != size[0] || size[axis_order(p, 1)] != size[1] ||
       size[axis_order(p, 2)] != size[2]) {
     p = 0;
   }
+  *p_out = p;
+  *flips_out = static_cast<int>(code & 7);
+}
+
+RUBIKOPS_HD void cube_geometry(int64_t code, const int64_t size[3], const int64_t src_stride[3],
+                               int64_t* start, int64_t step[3]) {
+  int p, flips;
+  kernel_code(code, size, &p, &flips);
   int64_t s = 0;
   for (int a = 0; a < 3; ++a) {
     const int64_t st = src_stride[axis_order(p, a)];
@@ -68,6 +76,46 @@ inline uint64_t keep_threshold(double keep_prob) {
   if (!(keep_prob > 0.0)) return 0;
   if (keep_prob >= 1.0) return uint64_t(1) << 24;
   return static_cast<uint64_t>(keep_prob * double(1 << 24));
+}
+
+// The affine read (augmentation in the cut): output voxel i of a cube reads
+// box voxel j (j[axis_order(p, a)] = i[a], or size[a] - 1 - i[a] where axis a
+// is flipped; kernel_code gives p and the flips), which sits at crop-frame
+// position origin + j and is read at A[:, :3] @ position + A[:, 3] (A
+// row-major 3 x 4, voxel units, (d, h, w) order), clamped into the volume
+// (edge values repeat; NaN reads voxel 0) and interpolated trilinearly:
+// corner (c0, c1, c2) is at lo or hi along each axis, with weight frac or
+// 1 - frac.
+struct TrilinearRead {
+  int64_t lo[3], hi[3];
+  double frac[3];
+};
+
+RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
+                             const int64_t extent[3], TrilinearRead* r) {
+  double q[3];
+  // In double: an origin near the int64 limits (validate=False) must not overflow.
+  for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
+  for (int a = 0; a < 3; ++a) {
+    double p = A[4 * a] * q[0] + A[4 * a + 1] * q[1] + A[4 * a + 2] * q[2] + A[4 * a + 3];
+    const double top = static_cast<double>(extent[a] - 1);
+    p = p > 0.0 ? (p < top ? p : top) : 0.0;
+    const double base = floor(p);
+    r->lo[a] = static_cast<int64_t>(base);
+    r->hi[a] = r->lo[a] + 1 < extent[a] ? r->lo[a] + 1 : r->lo[a];
+    r->frac[a] = p - base;
+  }
+}
+
+// Weight and (z, y, x) of corner k (bit 2: D, bit 1: H, bit 0: W picks hi).
+RUBIKOPS_HD double corner_of(const TrilinearRead& r, int k, int64_t at[3]) {
+  double w = 1.0;
+  for (int a = 0; a < 3; ++a) {
+    const bool hi = (k >> (2 - a)) & 1;
+    at[a] = hi ? r.hi[a] : r.lo[a];
+    w *= hi ? r.frac[a] : 1.0 - r.frac[a];
+  }
+  return w;
 }
 
 }  // namespace rubikops

@@ -18,17 +18,18 @@
 
 namespace rubikops {
 
-struct ExtractCubesArgs {
-  at::Tensor source, origins;
-  int64_t cube_size[3];
-  std::optional<at::Tensor> index, rotations, mask, scale, shift;
-  double fill, keep_prob;
-  int64_t seed;
-  double scale_value, shift_value;
-  std::optional<double> clamp_lo, clamp_hi;
-  c10::ScalarType out_dtype;
-  bool arithmetic;
-};
+// The op's arguments in schema order (rubikops/_schema.py), written once for
+// C++: the parameter list of every kernel entry below, and the names it forwards.
+#define RUBIKOPS_EXTRACT_CUBES_PARAMETERS                                                                         \
+  const at::Tensor &source, const at::Tensor &origins, at::IntArrayRef cube_size,                                 \
+      const std::optional<at::Tensor>&index, const std::optional<at::Tensor>&rotations,                           \
+      const std::optional<at::Tensor>&mask, double fill, double keep_prob, int64_t seed,                          \
+      const std::optional<at::Tensor>&scale, const std::optional<at::Tensor>&shift, double scale_value,           \
+      double shift_value, std::optional<double> clamp_lo, std::optional<double> clamp_hi,                         \
+      std::optional<c10::ScalarType> out_dtype, const std::optional<at::Tensor>&affine
+#define RUBIKOPS_EXTRACT_CUBES_NAMES                                                                              \
+  source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,         \
+      shift_value, clamp_lo, clamp_hi, out_dtype, affine
 
 inline bool is_supported_dtype(c10::ScalarType t) {
   return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16 || t == c10::kShort ||
@@ -38,15 +39,6 @@ inline bool is_supported_dtype(c10::ScalarType t) {
 inline c10::ScalarType resolve_out_dtype(const at::Tensor& source, std::optional<c10::ScalarType> out_dtype) {
   if (out_dtype) return *out_dtype;
   return at::isFloatingType(source.scalar_type()) ? source.scalar_type() : c10::kFloat;
-}
-
-inline std::vector<int64_t> output_shape(const at::Tensor& source, const at::Tensor& origins,
-                                         at::IntArrayRef cube_size) {
-  TORCH_CHECK_VALUE(cube_size.size() == 3, "rubikops.extract_cubes: cube_size must have 3 entries, got ",
-                    cube_size.size());
-  TORCH_CHECK_VALUE(origins.dim() == 3 && source.dim() == 5,
-                    "rubikops.extract_cubes: origins must be (B, M, 3) and source (N, C, D, H, W)");
-  return {origins.size(0), origins.size(1), source.size(1), cube_size[0], cube_size[1], cube_size[2]};
 }
 
 // What an optional per-sample or per-cube tensor must hold.
@@ -91,12 +83,35 @@ inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
   return ra.first < rb.second && rb.first < ra.second;
 }
 
-inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                  const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                                  const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                                  const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                  double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                  std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype) {
+// One call's arguments, checked: the shape-level checks (no device sync)
+// that run on every call, validate=False included, and together with the
+// clamping in cube_geometry keep every kernel in bounds.  Each backend
+// implements its kernels on this struct.
+struct ExtractCubesArgs {
+  at::Tensor source, origins;
+  int64_t cube_size[3];
+  std::optional<at::Tensor> index, rotations, mask, scale, shift;
+  // (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
+  std::optional<at::Tensor> affine;
+  double fill, keep_prob;
+  int64_t seed;
+  double scale_value, shift_value;
+  std::optional<double> clamp_lo, clamp_hi;
+  c10::ScalarType out_dtype;
+  bool arithmetic;  // values change on the way (scale, shift or clamp)
+
+  ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS);
+  std::vector<int64_t> out_shape() const {
+    return {origins.size(0), origins.size(1), source.size(1), cube_size[0], cube_size[1], cube_size[2]};
+  }
+  int64_t cube_numel() const { return cube_size[0] * cube_size[1] * cube_size[2]; }
+  bool has_clamp() const { return clamp_lo.has_value() || clamp_hi.has_value(); }
+};
+
+inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
+    : source(source), origins(origins), index(index), rotations(rotations), mask(mask), scale(scale), shift(shift),
+      affine(affine), fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value),
+      shift_value(shift_value), clamp_lo(clamp_lo), clamp_hi(clamp_hi) {
   TORCH_CHECK_VALUE(source.dim() == 5, "rubikops.extract_cubes: source must be (N, C, D, H, W), got shape ",
                     source.sizes());
   TORCH_CHECK_VALUE(origins.dim() == 3 && origins.size(2) == 3,
@@ -108,10 +123,9 @@ inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& or
   TORCH_CHECK_VALUE(cube_size.size() == 3, "rubikops.extract_cubes: cube_size must have 3 entries");
   TORCH_CHECK_VALUE(origins.device() == source.device(), "rubikops.extract_cubes: origins is on ", origins.device(),
                     " but source is on ", source.device());
-  ExtractCubesArgs a;
   const int64_t B = origins.size(0), M = origins.size(1);
   for (int k = 0; k < 3; ++k) {
-    a.cube_size[k] = cube_size[k];
+    this->cube_size[k] = cube_size[k];
     TORCH_CHECK_VALUE(cube_size[k] >= 1 && cube_size[k] <= source.size(2 + k),
                       "rubikops.extract_cubes: cube_size[", k, "] = ", cube_size[k], " must be in [1, ",
                       source.size(2 + k), "] (the source's extent along that axis)");
@@ -124,6 +138,7 @@ inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& or
   check_vector(mask, "mask", source, {B, M}, Holds::kBool);
   check_vector(scale, "scale", source, {B}, Holds::kFloat);
   check_vector(shift, "shift", source, {B}, Holds::kFloat);
+  check_vector(affine, "affine", source, {B, 3, 4}, Holds::kFloat);
   const auto odt = resolve_out_dtype(source, out_dtype);
   TORCH_CHECK_TYPE(is_supported_dtype(odt), "rubikops.extract_cubes: unsupported out_dtype ", odt);
   // An integer output stores fill as is: a value it cannot hold would wrap
@@ -136,30 +151,15 @@ inline ExtractCubesArgs make_args(const at::Tensor& source, const at::Tensor& or
   // shift_value -0.0 (what Python passes for shift=None) is an exact no-op:
   // x + (-0.0) == x for every x, -0.0 included, where x + 0.0 turns -0.0 into +0.0.
   const bool shift_is_noop = shift_value == 0.0 && std::signbit(shift_value);
-  a.arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop;
-  TORCH_CHECK_TYPE(at::isFloatingType(odt) || (odt == source.scalar_type() && !a.arithmetic),
+  arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop || affine;
+  TORCH_CHECK_TYPE(at::isFloatingType(odt) || (odt == source.scalar_type() && !arithmetic),
                    "rubikops.extract_cubes: an integer out_dtype (", odt,
                    ") is only allowed as a plain copy of a source of the same dtype");
-  a.source = source;
-  a.origins = origins;
-  a.index = index;
-  a.rotations = rotations;
-  a.mask = mask;
-  a.scale = scale;
-  a.shift = shift;
-  a.fill = fill;
-  a.keep_prob = keep_prob;
-  a.seed = seed;
-  a.scale_value = scale_value;
-  a.shift_value = shift_value;
-  a.clamp_lo = clamp_lo;
-  a.clamp_hi = clamp_hi;
-  a.out_dtype = odt;
-  return a;
+  this->out_dtype = odt;
 }
 
 inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
-  const auto shape = output_shape(a.source, a.origins, at::IntArrayRef(a.cube_size, 3));
+  const auto shape = a.out_shape();
   TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes: out must have shape ",
                     at::IntArrayRef(shape), ", got ", out.sizes());
   TORCH_CHECK_VALUE(out.is_contiguous(), "rubikops.extract_cubes: out must be contiguous");
@@ -170,7 +170,8 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   // The kernels read the inputs while they write out: an out that shares
   // memory with one of them would read its own results.
   const std::pair<const char*, const std::optional<at::Tensor>*> inputs[] = {
-      {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift}};
+      {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift},
+      {"affine", &a.affine}};
   TORCH_CHECK_VALUE(!may_overlap(out, a.source), "rubikops.extract_cubes: out overlaps source in memory");
   TORCH_CHECK_VALUE(!may_overlap(out, a.origins), "rubikops.extract_cubes: out overlaps origins in memory");
   for (const auto& [name, t] : inputs) {
@@ -178,55 +179,57 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   }
 }
 
-// What every backward kernel starts from: checked arguments, the output
-// gradient as given (a kernel that indexes it flat makes it contiguous), and
-// a zeroed accumulator of the source's shape in float (double when the source
-// or the gradient is double).
-struct BackwardSetup {
-  ExtractCubesArgs args;
-  at::Tensor grad, acc;
-};
+// The kernel entries every backend registers, on its kernels over the checked
+// arguments: `Kernel(args, out)` writes the output into a checked, non-empty
+// `out`; `Backward(args, grad, acc)` adds the gradient into `acc`, a zeroed
+// contiguous buffer of the source's shape in float (double when the source
+// or the gradient is double), with the output gradient as given (a kernel
+// that indexes it flat makes it contiguous).  `Prepare` sees the fresh
+// memory of the functional op's output first.
+using ForwardKernel = void (*)(const ExtractCubesArgs&, at::Tensor&);
+using BackwardKernel = void (*)(const ExtractCubesArgs&, const at::Tensor&, at::Tensor&);
+inline void no_prepare(at::Tensor&) {}
 
-inline BackwardSetup prepare_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                                      at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
-                                      const std::optional<at::Tensor>& rotations,
-                                      const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
-                                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                      double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                      std::optional<double> clamp_hi) {
+template <ForwardKernel Kernel>
+at::Tensor& extract_cubes_out(RUBIKOPS_EXTRACT_CUBES_PARAMETERS, at::Tensor& out) {
+  const ExtractCubesArgs a(RUBIKOPS_EXTRACT_CUBES_NAMES);
+  check_out(a, out);
+  if (out.numel() > 0) Kernel(a, out);
+  return out;
+}
+
+template <ForwardKernel Kernel, void (*Prepare)(at::Tensor&) = &no_prepare>
+at::Tensor extract_cubes_functional(RUBIKOPS_EXTRACT_CUBES_PARAMETERS) {
+  const ExtractCubesArgs a(RUBIKOPS_EXTRACT_CUBES_NAMES);
+  at::Tensor out = at::empty(a.out_shape(), source.options().dtype(a.out_dtype));
+  Prepare(out);
+  if (out.numel() > 0) Kernel(a, out);
+  return out;
+}
+
+// The backward op's arguments: the forward's without fill and out_dtype (the schema drops them).
+template <BackwardKernel Kernel>
+at::Tensor extract_cubes_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
+                                  at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
+                                  const std::optional<at::Tensor>& rotations, const std::optional<at::Tensor>& mask,
+                                  double keep_prob, int64_t seed, const std::optional<at::Tensor>& scale,
+                                  const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
+                                  std::optional<double> clamp_lo, std::optional<double> clamp_hi,
+                                  const std::optional<at::Tensor>& affine) {
   TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
                    "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
                    source.scalar_type(), " and ", grad.scalar_type());
-  ExtractCubesArgs args = make_args(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale,
-                                    shift, scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type());
+  const ExtractCubesArgs a(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
+                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type(), affine);
   TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
                     " but source is on ", source.device());
-  const auto shape = output_shape(source, origins, cube_size);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(shape), "rubikops.extract_cubes_backward: grad must have shape ",
-                    at::IntArrayRef(shape), ", got ", grad.sizes());
-  BackwardSetup s{args, grad, at::Tensor()};
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(a.out_shape()),
+                    "rubikops.extract_cubes_backward: grad must have shape ", at::IntArrayRef(a.out_shape()),
+                    ", got ", grad.sizes());
   const bool f64 = source.scalar_type() == at::kDouble || grad.scalar_type() == at::kDouble;
-  s.acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
-  return s;
-}
-
-// The functional op of every backend: allocate the output, let the backend
-// `Prepare` the fresh memory (optional), then run its out= kernel `OutFn` into it.
-inline void no_prepare(at::Tensor&) {}
-template <auto OutFn, void (*Prepare)(at::Tensor&) = &no_prepare>
-at::Tensor extract_cubes_functional(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                    const std::optional<at::Tensor>& index,
-                                    const std::optional<at::Tensor>& rotations,
-                                    const std::optional<at::Tensor>& mask, double fill, double keep_prob,
-                                    int64_t seed, const std::optional<at::Tensor>& scale,
-                                    const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
-                                    std::optional<double> clamp_lo, std::optional<double> clamp_hi,
-                                    std::optional<c10::ScalarType> out_dtype) {
-  at::Tensor out = at::empty(output_shape(source, origins, cube_size),
-                             source.options().dtype(resolve_out_dtype(source, out_dtype)));
-  Prepare(out);
-  return OutFn(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,
-               shift_value, clamp_lo, clamp_hi, out_dtype, out);
+  at::Tensor acc = at::zeros(source.sizes(), source.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (grad.numel() > 0) Kernel(a, grad, acc);
+  return acc.to(source.scalar_type());
 }
 
 }  // namespace rubikops

@@ -104,4 +104,18 @@ inline SamplePuzzleSetup prepare_sample_puzzle(const at::Tensor& uniforms, const
   return s;
 }
 
+// The kernel entry every backend registers, on its kernel over the checked
+// arguments: `Kernel(setup)` fills setup.outputs from setup.params.
+template <void (*Kernel)(const SamplePuzzleSetup&)>
+SamplePuzzleOutputs sample_puzzle_entry(const at::Tensor& uniforms, const at::Tensor& volume_shapes,
+                                        const at::Tensor& index, const at::Tensor& cells,
+                                        const at::Tensor& permutations, const at::Tensor& code_table,
+                                        at::IntArrayRef crop_size, int64_t jitter, double mask_prob) {
+  // `s.keep` holds the converted inputs until the kernel (or its launch) is done.
+  const SamplePuzzleSetup s = prepare_sample_puzzle(uniforms, volume_shapes, index, cells, permutations,
+                                                    code_table, crop_size, jitter, mask_prob);
+  Kernel(s);
+  return s.outputs;
+}
+
 }  // namespace rubikops

@@ -5,13 +5,14 @@ every device without a backend kernel.  Backends (:mod:`rubikops.backends`)
 add kernels for these ops and never define one."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
 
 import torch
 
 from . import reference
-from ._schema import (EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_SCHEMA,
-                      SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams, out_shape)
+from ._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA,
+                      EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams, backward_args_of,
+                      opmath_dtype)
 from .checks import check_sample_puzzle
 
 LIBRARY = torch.library.Library("rubikops", "DEF")
@@ -27,11 +28,10 @@ def has_kernel(op: str, key: str) -> bool:
         return False
 
 
-# -- extract_cubes ---------------------------------------------------------------------------------------
+# -- extract_cubes: every function below takes the schema's arguments and reads them as ExtractCubesParams -----
 def extract_cubes_generic(*schema_args) -> torch.Tensor:
     """extract_cubes in plain torch (the reference), from the op's schema arguments."""
-    p = ExtractCubesParams.from_schema_args(*schema_args)
-    return reference.extract_cubes(p.source, p.origins, p.cube_size, **p.reference_kwargs())
+    return reference.extract(ExtractCubesParams.from_schema_args(*schema_args))
 
 
 def _extract_cubes_out_generic(*schema_args, out):
@@ -43,10 +43,9 @@ LIBRARY.impl("extract_cubes.out", _extract_cubes_out_generic, "CompositeExplicit
 
 
 @torch.library.register_fake("rubikops::extract_cubes")
-def extract_cubes_fake(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                       shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype):
-    dtype = out_dtype or reference.default_out_dtype(source.dtype)
-    return source.new_empty(out_shape(source, origins, cube_size), dtype=dtype)
+def extract_cubes_fake(*schema_args):
+    p = ExtractCubesParams.from_schema_args(*schema_args)
+    return p.source.new_empty(p.out_shape, dtype=p.result_dtype)
 
 
 @torch.library.register_fake("rubikops::extract_cubes.out")
@@ -55,39 +54,43 @@ def _extract_cubes_out_fake(*args, out):
 
 
 # -- its gradient: scatter-add of grad_out * scale, zero where masked out or clamped ---------------------
-def extract_cubes_backward_generic(
-    grad: torch.Tensor, source: torch.Tensor, origins: torch.Tensor, cube_size: Sequence[int],
-    index: Optional[torch.Tensor], rotations: Optional[torch.Tensor], mask: Optional[torch.Tensor],
-    keep_prob: float, seed: int, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-    scale_value: float, shift_value: float, clamp_lo: Optional[float], clamp_hi: Optional[float],
-) -> torch.Tensor:
+def extract_cubes_backward_generic(grad: torch.Tensor, *backward_args) -> torch.Tensor:
     """Gradient of extract_cubes w.r.t. source in plain torch (any device):
     the implementation of ``rubikops::extract_cubes_backward`` wherever no
     backend kernel is registered (CUDA when built without its kernel, other
     devices), and the reference the kernels are tested against.
 
     Overlapping boxes and repeated indices accumulate (index_add_)."""
-    compute = reference.opmath_dtype(source.dtype, grad.dtype)
-    B, M = origins.shape[0], origins.shape[1]
-    per_sample = (B, 1, 1, 1, 1, 1)
+    p = ExtractCubesParams.from_backward_args(grad, *backward_args)
+    source = p.source
+    if p.affine is not None:
+        # The affine read's gradient is the reference's own (eight weighted corners a voxel).
+        with torch.enable_grad():
+            x = source.detach().requires_grad_()
+            cubes = reference.extract(dataclasses.replace(p, source=x))
+            (grad_source,) = torch.autograd.grad(cubes, x, grad)
+        return grad_source.contiguous()
+    compute = opmath_dtype(source.dtype, grad.dtype)
+    B, M = p.origins.shape[0], p.origins.shape[1]
     g = grad.to(compute)
-    g = g * (scale.to(compute).view(per_sample) if scale is not None else scale_value)
-    if clamp_lo is not None or clamp_hi is not None:
+    g = g * (p.scale_tensor.to(compute).view(B, 1, 1, 1, 1, 1) if p.scale_tensor is not None else p.scale_value)
+    if p.clamp is not None:
         # Recompute the unclamped value: torch.clamp passes the gradient where lo <= v <= hi.
-        v = torch.ops.rubikops.extract_cubes(source, origins, cube_size, index, rotations, None, 0.0, 0.0, 0,
-                                             scale, shift, scale_value, shift_value, None, None, compute)
+        unclamped = dataclasses.replace(p, mask=None, clamp=None, out_dtype=compute)
+        v = torch.ops.rubikops.extract_cubes(*unclamped.schema_args())
+        lo, hi = p.clamp_bounds
         inside = torch.ones_like(v, dtype=torch.bool)
-        if clamp_lo is not None:
-            inside &= v >= clamp_lo
-        if clamp_hi is not None:
-            inside &= v <= clamp_hi
+        if lo is not None:
+            inside &= v >= lo
+        if hi is not None:
+            inside &= v <= hi
         g = g * inside
-    if mask is not None:
-        dropped = mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand(g.shape)
-        if keep_prob > 0:
-            dropped = dropped & ~reference.keep_mask(g.numel(), keep_prob, seed, g.device).view(g.shape)
+    if p.mask is not None:
+        dropped = p.mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand(g.shape)
+        if p.keep_prob > 0:
+            dropped = dropped & ~reference.keep_mask(g.numel(), p.keep_prob, p.seed, g.device).view(g.shape)
         g = g.masked_fill(dropped, 0)
-    offs = reference.source_offsets(source.shape, origins, cube_size, index, rotations)
+    offs = reference.source_offsets(source.shape, p.origins, p.cube_size, p.index, p.rotations)
     flat = torch.zeros(source.numel(), dtype=compute, device=source.device)
     flat.index_add_(0, offs.reshape(-1), g.reshape(-1))
     return flat.view(source.shape).to(source.dtype)
@@ -101,25 +104,22 @@ def extract_cubes_backward_fake(grad, source, *args):
     return torch.empty_like(source, memory_format=torch.contiguous_format)
 
 
-_SAVED = ("origins", "index", "rotations", "mask", "scale", "shift")
-
-
 def setup_context(ctx, inputs, output):
-    (source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift,
-     scale_value, shift_value, clamp_lo, clamp_hi, out_dtype) = inputs
-    ctx.save_for_backward(source, origins, index, rotations, mask, scale, shift)
-    ctx.scalars = (list(cube_size), keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi)
+    """Keeps the backward's arguments: the tensors saved for backward, the rest as they are."""
+    args = backward_args_of(inputs)
+    ctx.tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    ctx.save_for_backward(*(args[i] for i in ctx.tensor_slots))
+    ctx.other_args = [None if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def backward_via(backward_op):
     """The autograd formula of a forward op, with its gradient computed by
     ``backward_op`` (the generic scatter-add above, or a backend's kernel)."""
     def backward(ctx, grad):
-        source, origins, index, rotations, mask, scale, shift = ctx.saved_tensors
-        cube_size, keep_prob, seed, scale_value, shift_value, clamp_lo, clamp_hi = ctx.scalars
-        grad_source = backward_op(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
-                                  shift, scale_value, shift_value, clamp_lo, clamp_hi)
-        return (grad_source,) + (None,) * 15
+        args = list(ctx.other_args)
+        for i, t in zip(ctx.tensor_slots, ctx.saved_tensors):
+            args[i] = t
+        return (backward_op(grad, *args),) + (None,) * (len(EXTRACT_CUBES_ARG_NAMES) - 1)
     return backward
 
 

@@ -17,14 +17,22 @@ import torch
 EXTRACT_CUBES_ARGS = (
     "Tensor source, Tensor origins, int[] cube_size, Tensor? index, Tensor? rotations, Tensor? mask, "
     "float fill, float keep_prob, int seed, Tensor? scale, Tensor? shift, float scale_value, "
-    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype"
+    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype, Tensor? affine=None"
 )
 EXTRACT_CUBES_SCHEMA = f"extract_cubes({EXTRACT_CUBES_ARGS}) -> Tensor"
 EXTRACT_CUBES_OUT_SCHEMA = f"extract_cubes.out({EXTRACT_CUBES_ARGS}, *, Tensor(a!) out) -> Tensor(a!)"
-EXTRACT_CUBES_BACKWARD_SCHEMA = (
-    "extract_cubes_backward(Tensor grad, Tensor source, Tensor origins, int[] cube_size, Tensor? index, "
-    "Tensor? rotations, Tensor? mask, float keep_prob, int seed, Tensor? scale, Tensor? shift, "
-    "float scale_value, float shift_value, float? clamp_lo, float? clamp_hi) -> Tensor")
+# The argument names in schema order: the one list every consumer reads them by.
+def _arg_name(arg: str) -> str:
+    """The name of one schema argument ("Tensor? affine=None" -> "affine")."""
+    return arg.rsplit(" ", 1)[1].split("=")[0]
+
+
+EXTRACT_CUBES_ARG_NAMES = tuple(_arg_name(arg) for arg in EXTRACT_CUBES_ARGS.split(", "))
+# The backward takes the output gradient and the forward's arguments but these two: masked voxels get no
+# gradient whatever their fill, and the gradient's dtype is the output's.
+_NOT_IN_BACKWARD = ("fill", "out_dtype")
+EXTRACT_CUBES_BACKWARD_SCHEMA = "extract_cubes_backward(Tensor grad, {}) -> Tensor".format(
+    ", ".join(arg for arg in EXTRACT_CUBES_ARGS.split(", ") if _arg_name(arg) not in _NOT_IN_BACKWARD))
 SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
@@ -53,6 +61,37 @@ def seed_halves(seed: int) -> tuple[int, int]:
     return (lo - (1 << 32) if lo >= (1 << 31) else lo), (hi - (1 << 32) if hi >= (1 << 31) else hi)
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INT_DTYPES = (torch.int16, torch.uint8)
+SOURCE_DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+
+def default_out_dtype(source_dtype: torch.dtype) -> torch.dtype:
+    return source_dtype if source_dtype.is_floating_point else torch.float32
+
+
+def opmath_dtype(source_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the intensity arithmetic runs in: float64 when either side is
+    float64, float32 otherwise (also for half, bfloat16 and integer inputs)."""
+    return torch.float64 if torch.float64 in (source_dtype, out_dtype) else torch.float32
+
+
+# A voxel is kept iff the top 24 bits of its hash are below the keep threshold.
+KEEP_ALL = 1 << 24
+
+
+def keep_threshold(keep_prob: float) -> int:
+    """floor(keep_prob * 2**24), in [0, 2**24]: a voxel is kept iff its hash's top 24 bits are below it."""
+    if not keep_prob > 0:
+        return 0
+    return min(int(keep_prob * KEEP_ALL), KEEP_ALL)
+
+
+def backward_args_of(schema_args: tuple) -> tuple:
+    """The backward's arguments (after grad) from the forward's schema arguments."""
+    return tuple(a for name, a in zip(EXTRACT_CUBES_ARG_NAMES, schema_args) if name not in _NOT_IN_BACKWARD)
+
+
 def out_shape(source, origins, cube_size) -> tuple:
     """(B, M, C, d, h, w) of the op's output."""
     return (origins.shape[0], origins.shape[1], source.shape[1], *[int(s) for s in cube_size])
@@ -62,8 +101,12 @@ def out_shape(source, origins, cube_size) -> tuple:
 class ExtractCubesParams:
     """The arguments of one ``extract_cubes`` call as users write them:
     ``scale`` and ``shift`` a float, a (B,) tensor or None; ``clamp`` None or
-    (lo, hi) with either bound None.  :meth:`schema_args` gives the op's 16
-    schema arguments; :meth:`from_schema_args` reads them back."""
+    (lo, hi) with either bound None.  Every consumer of the op (the public
+    API, fakes, autograd, the backward, the reference, the Triton launchers)
+    converts what it is given into this object once, at its edge, and asks it
+    the derived questions.  :meth:`schema_args` gives the op's 16 schema
+    arguments; :meth:`from_schema_args` reads them back.  ``cube_size`` is
+    held as given until the checks (rubikops.checks) have read it."""
 
     source: torch.Tensor
     origins: torch.Tensor
@@ -78,11 +121,47 @@ class ExtractCubesParams:
     shift: object = None
     clamp: Optional[tuple] = None
     out_dtype: Optional[torch.dtype] = None
+    affine: Optional[torch.Tensor] = None
+
+    # -- derived questions -------------------------------------------------------------------------------
+    @property
+    def changes_values(self) -> bool:
+        """Whether values change on the way (scale, shift, clamp, or the interpolation of an affine read):
+        integer outputs allow none."""
+        return self.scale is not None or self.shift is not None or self.clamp is not None or self.affine is not None
 
     @property
-    def arithmetic(self) -> bool:
-        """Whether values change on the way (scale, shift or clamp): integer outputs allow none."""
-        return self.scale is not None or self.shift is not None or self.clamp is not None
+    def has_shift(self) -> bool:
+        return self.shift is not None
+
+    @property
+    def clamp_bounds(self) -> tuple:
+        """(lo, hi), either None where unbounded."""
+        return tuple(self.clamp) if self.clamp is not None else (None, None)
+
+    @property
+    def keep_threshold(self) -> int:
+        """Masked voxels whose hash's top 24 bits fall below this are kept (0: none; KEEP_ALL: all)."""
+        return keep_threshold(self.keep_prob)
+
+    @property
+    def masks_voxels(self) -> bool:
+        """Whether the mask replaces any voxel (no mask, or keep_prob 1, replaces none)."""
+        return self.mask is not None and self.keep_threshold < KEEP_ALL
+
+    @property
+    def result_dtype(self) -> torch.dtype:
+        return self.out_dtype or default_out_dtype(self.source.dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the intensity arithmetic runs in."""
+        return opmath_dtype(self.source.dtype, self.result_dtype)
+
+    @property
+    def out_shape(self) -> tuple:
+        """(B, M, C, d, h, w) of the output."""
+        return out_shape(self.source, self.origins, self.cube_size)
 
     @property
     def scale_tensor(self) -> Optional[torch.Tensor]:
@@ -92,28 +171,54 @@ class ExtractCubesParams:
     def shift_tensor(self) -> Optional[torch.Tensor]:
         return self.shift if isinstance(self.shift, torch.Tensor) else None
 
+    @property
+    def scale_value(self) -> float:
+        """The scale as the schema's float (1.0 when none, or when it is a tensor)."""
+        return 1.0 if self.scale is None or self.scale_tensor is not None else float(self.scale)
+
+    @property
+    def shift_value(self) -> float:
+        """The shift as the schema's float (NO_SHIFT when none, or when it is a tensor)."""
+        return NO_SHIFT if self.shift is None or self.shift_tensor is not None else float(self.shift)
+
+    def tensors(self) -> dict:
+        """{name: tensor} of every tensor argument that is given (the ones kernels read besides the source)."""
+        return {name: t for name, t in (("origins", self.origins), ("index", self.index),
+                                        ("rotations", self.rotations), ("mask", self.mask),
+                                        ("scale", self.scale_tensor), ("shift", self.shift_tensor),
+                                        ("affine", self.affine))
+                if t is not None}
+
+    # -- the schema's encoding ---------------------------------------------------------------------------
     def schema_args(self) -> tuple:
-        scale_t, shift_t = self.scale_tensor, self.shift_tensor
-        scale_value = 1.0 if self.scale is None or scale_t is not None else float(self.scale)
-        shift_value = NO_SHIFT if self.shift is None or shift_t is not None else float(self.shift)
-        lo, hi = self.clamp if self.clamp is not None else (None, None)
+        lo, hi = self.clamp_bounds
         return (self.source, self.origins, [int(s) for s in self.cube_size], self.index, self.rotations, self.mask,
-                float(self.fill), float(self.keep_prob), wrap_seed(self.seed), scale_t, shift_t, scale_value,
-                shift_value, None if lo is None else float(lo), None if hi is None else float(hi), self.out_dtype)
+                float(self.fill), float(self.keep_prob), wrap_seed(self.seed), self.scale_tensor, self.shift_tensor,
+                self.scale_value, self.shift_value, None if lo is None else float(lo),
+                None if hi is None else float(hi), self.out_dtype, self.affine)
+
+    def backward_args(self) -> tuple:
+        """The backward op's arguments after ``grad``."""
+        return backward_args_of(self.schema_args())
 
     @classmethod
-    def from_schema_args(cls, source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                         shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype) -> "ExtractCubesParams":
-        if scale is None and scale_value != 1.0:
-            scale = scale_value
-        if shift is None and not is_no_shift(shift_value):
-            shift = shift_value
-        clamp = None if clamp_lo is None and clamp_hi is None else (clamp_lo, clamp_hi)
-        return cls(source, origins, tuple(int(s) for s in cube_size), index, rotations, mask, fill, keep_prob,
-                   seed, scale, shift, clamp, out_dtype)
+    def from_schema_args(cls, *schema_args) -> "ExtractCubesParams":
+        a = dict(zip(EXTRACT_CUBES_ARG_NAMES, schema_args))
+        scale = a["scale"] if a["scale"] is not None or a["scale_value"] == 1.0 else a["scale_value"]
+        shift = a["shift"] if a["shift"] is not None or is_no_shift(a["shift_value"]) else a["shift_value"]
+        lo, hi = a["clamp_lo"], a["clamp_hi"]
+        return cls(a["source"], a["origins"], tuple(int(s) for s in a["cube_size"]), a["index"], a["rotations"],
+                   a["mask"], a["fill"], a["keep_prob"], a["seed"], scale, shift,
+                   None if lo is None and hi is None else (lo, hi), a["out_dtype"], a.get("affine"))
+
+    @classmethod
+    def from_backward_args(cls, grad: torch.Tensor, *backward_args) -> "ExtractCubesParams":
+        """The forward's arguments of a backward call (fill 0, the output dtype the gradient's)."""
+        args = iter(backward_args)  # trailing arguments with a schema default (affine) may be left out
+        schema_args = [0.0 if name == "fill" else grad.dtype if name == "out_dtype" else next(args, None)
+                       for name in EXTRACT_CUBES_ARG_NAMES]
+        return cls.from_schema_args(*schema_args)
 
     def reference_kwargs(self) -> dict:
         """The keyword arguments of :func:`rubikops.reference.extract_cubes`."""
-        return dict(index=self.index, rotations=self.rotations, mask=self.mask, fill=self.fill,
-                    keep_prob=self.keep_prob, seed=self.seed, scale=self.scale, shift=self.shift, clamp=self.clamp,
-                    out_dtype=self.out_dtype)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[3:]}

@@ -10,7 +10,7 @@ from numbers import Integral, Real
 
 import torch
 
-from . import reference
+from ._schema import SOURCE_DTYPES, ExtractCubesParams
 from .rotations import NUM_CODES, preserves_shape
 
 
@@ -114,20 +114,20 @@ def check_out(out, shape, dtype, device, inputs=()):
             _fail(ValueError, "out", f"overlaps {name} in memory")
 
 
-def check_tensors(source, origins, cube_size, index, rotations, mask, scale, shift, fill, out_dtype, arithmetic,
-                  out=None) -> tuple:
+def check_tensors(p: ExtractCubesParams, out=None) -> tuple:
     """The checks every call makes, validate=False included: shapes, dtypes,
     devices, the fill of an integer output, out= (no device sync).  The same
     rules as csrc/extract_cubes_checks.h, for the paths without them (the
     reference and Triton), so that no input takes a kernel out of bounds.
-    ``scale``/``shift``: the (B,) tensors or None.  Returns the cube size."""
+    Returns the cube size."""
+    source, origins, index, rotations, mask, fill = p.source, p.origins, p.index, p.rotations, p.mask, p.fill
     if not isinstance(source, torch.Tensor):
         _fail(TypeError, "source", f"must be a torch.Tensor, got {type(source).__name__}")
     if source.dim() != 5:
         _fail(ValueError, "source", f"must be 5-D (N, C, D, H, W), got shape {tuple(source.shape)}")
-    if source.dtype not in reference.SOURCE_DTYPES:
+    if source.dtype not in SOURCE_DTYPES:
         _fail(TypeError, "source", f"has unsupported dtype {source.dtype}; supported: "
-              + ", ".join(str(d).replace('torch.', '') for d in reference.SOURCE_DTYPES))
+              + ", ".join(str(d).replace('torch.', '') for d in SOURCE_DTYPES))
     dev = source.device
     if not isinstance(origins, torch.Tensor):
         _fail(TypeError, "origins", f"must be a torch.Tensor, got {type(origins).__name__}")
@@ -135,7 +135,7 @@ def check_tensors(source, origins, cube_size, index, rotations, mask, scale, shi
         _fail(ValueError, "origins", f"must have shape (B, M, 3), got {tuple(origins.shape)}")
     B, M = origins.shape[0], origins.shape[1]
     _check_int_tensor(origins, "origins", (B, M, 3), dev)
-    size = as_integers(cube_size, 3, "rubikops.extract_cubes: cube_size")
+    size = as_integers(p.cube_size, 3, "rubikops.extract_cubes: cube_size")
     N, C, D, H, W = source.shape
     for s, extent, axis in zip(size, (D, H, W), "DHW"):
         if s < 1:
@@ -158,33 +158,39 @@ def check_tensors(source, origins, cube_size, index, rotations, mask, scale, shi
             _fail(ValueError, "mask", f"must have shape ({B}, {M}), got {tuple(mask.shape)}")
         if mask.device != dev:
             _fail(ValueError, "mask", f"is on {mask.device} but source is on {dev}")
-    for name, v in (("scale", scale), ("shift", shift)):
+    for name, v in (("scale", p.scale_tensor), ("shift", p.shift_tensor)):
         if v is not None:
             _check_per_sample_tensor(v, name, B, dev)
-    odt = out_dtype or reference.default_out_dtype(source.dtype)
-    if not isinstance(odt, torch.dtype) or odt not in reference.SOURCE_DTYPES:
-        _fail(TypeError, "out_dtype", f"is not a supported dtype: {out_dtype!r}")
+    if p.affine is not None:
+        if not isinstance(p.affine, torch.Tensor) or not p.affine.dtype.is_floating_point:
+            _fail(TypeError, "affine", f"must be a floating tensor, got {getattr(p.affine, 'dtype', type(p.affine))}")
+        if tuple(p.affine.shape) != (B, 3, 4):
+            _fail(ValueError, "affine", f"must have shape ({B}, 3, 4) (one 3 x 4 matrix per sample), got "
+                  f"{tuple(p.affine.shape)}")
+        if p.affine.device != dev:
+            _fail(ValueError, "affine", f"is on {p.affine.device} but source is on {dev}")
+    odt = p.result_dtype
+    if not isinstance(odt, torch.dtype) or odt not in SOURCE_DTYPES:
+        _fail(TypeError, "out_dtype", f"is not a supported dtype: {p.out_dtype!r}")
     if not odt.is_floating_point:
-        if odt != source.dtype or arithmetic:
+        if odt != source.dtype or p.changes_values:
             _fail(TypeError, "out_dtype", f"{odt} is integer; an integer output is only allowed as a plain copy "
                   "of a source of the same dtype (no scale, shift or clamp)")
         lo, hi = _INT_RANGES[odt]
         if not (lo <= fill <= hi and float(fill).is_integer()):
             _fail(ValueError, "fill", f"= {fill} is not a value of the {odt} output (an integer in [{lo}, {hi}])")
     if out is not None:
-        check_out(out, (B, M, C, *size), odt, dev, (("source", source), ("origins", origins), ("index", index),
-                                                   ("rotations", rotations), ("mask", mask), ("scale", scale),
-                                                   ("shift", shift)))
+        check_out(out, (B, M, C, *size), odt, dev, (("source", source), *p.tensors().items()))
     return size
 
 
-def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                           shift, clamp, out_dtype, out, data_checks: bool = True):
+def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = True):
     """Raise a ValueError/TypeError naming the argument for every bad input.
 
     Shape, dtype and device checks always run; ``data_checks`` adds the checks
     that read tensor values (origins and indices in range, valid codes, finite
     scale and shift), which cost a device sync on GPU."""
+    fill, keep_prob, seed, scale, shift, clamp = p.fill, p.keep_prob, p.seed, p.scale, p.shift, p.clamp
     if isinstance(fill, bool) or not isinstance(fill, Real):
         _fail(TypeError, "fill", f"must be a number, got {type(fill).__name__}")
     if isinstance(keep_prob, bool) or not isinstance(keep_prob, Real) or not 0.0 <= float(keep_prob) <= 1.0:
@@ -202,11 +208,9 @@ def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, f
                 _fail(TypeError, "clamp", f"bounds must be numbers or None, got {clamp!r}")
         if lo is not None and hi is not None and lo > hi:
             _fail(ValueError, "clamp", f"has lo > hi: {clamp!r}")
-    scale_t = scale if isinstance(scale, torch.Tensor) else None
-    shift_t = shift if isinstance(shift, torch.Tensor) else None
-    arithmetic = scale is not None or shift is not None or clamp is not None
-    size = check_tensors(source, origins, cube_size, index, rotations, mask, scale_t, shift_t, fill, out_dtype,
-                         arithmetic, out)
+    size = check_tensors(p, out)
+    source, origins, index, rotations = p.source, p.origins, p.index, p.rotations
+    scale_t, shift_t = p.scale_tensor, p.shift_tensor
     B, M = origins.shape[0], origins.shape[1]
     if not data_checks or B * M == 0:
         return
@@ -216,7 +220,9 @@ def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, f
     dev = source.device
     N, D, H, W = source.shape[0], *source.shape[2:]
     room = torch.tensor([D - size[0], H - size[1], W - size[2]], device=dev)
-    outside = (origins < 0) | (origins > room)
+    # With an affine read the origins are crop-frame positions: where they land is the affine's choice,
+    # and the read clamps into the volume.
+    outside = ((origins < 0) | (origins > room)) if p.affine is None else torch.zeros(1, dtype=torch.bool)
     if bool(outside.any()):
         bad = outside.any(-1).nonzero()[0].tolist()
         _fail(ValueError, f"origins[{bad[0]}, {bad[1]}]", f"= {origins[bad[0], bad[1]].tolist()} puts a "
@@ -224,6 +230,9 @@ def validate_extract_cubes(source, origins, cube_size, index, rotations, mask, f
     if index is not None and B and not bool(((index >= 0) & (index < N)).all()):
         b = int(((index < 0) | (index >= N)).nonzero()[0, 0])
         _fail(ValueError, f"index[{b}]", f"= {int(index[b])} is out of range for source.shape[0] = {N}")
+    if p.affine is not None and not bool(torch.isfinite(p.affine).all()):
+        b = int((~torch.isfinite(p.affine)).flatten(1).any(1).nonzero()[0, 0])
+        _fail(ValueError, f"affine[{b}]", "is not finite")
     for name, t in (("scale", scale_t), ("shift", shift_t)):
         if t is not None and not bool(torch.isfinite(t).all()):
             b = int((~torch.isfinite(t)).nonzero()[0, 0])

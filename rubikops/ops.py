@@ -73,6 +73,7 @@ def extract_cubes(
     shift=None,
     clamp: Optional[tuple] = None,
     out_dtype: Optional[torch.dtype] = None,
+    affine: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     validate: bool = True,
     backend: Optional[str] = None,
@@ -84,39 +85,49 @@ def extract_cubes(
     turned by rotation code ``rotations[b, m]`` (see :mod:`rubikops.rotations`),
     with intensity ``float(x) * scale + shift`` clamped to ``clamp`` and cast to
     ``out_dtype``; masked cubes hold ``fill`` except for voxels kept with
-    probability ``keep_prob`` (reproducible from ``seed``).  Differentiable with
+    probability ``keep_prob`` (reproducible from ``seed``).  With ``affine``
+    ((B, 3, 4), voxel units, (d, h, w) order) the origins are positions in a
+    crop frame and box voxel ``j`` is read at ``affine[b, :, :3] @ (origin +
+    j) + affine[b, :, 3]``, clamped into the volume and interpolated
+    trilinearly (the augmentation of a resampled crop, in the same pass; CPU
+    and plain-torch backends).  Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """
-    validate_extract_cubes(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                           shift, clamp, out_dtype, out, data_checks=validate)
-    return extract_cubes_unchecked(source, origins, cube_size, index=index, rotations=rotations, mask=mask,
-                                   fill=fill, keep_prob=keep_prob, seed=seed, scale=scale, shift=shift, clamp=clamp,
-                                   out_dtype=out_dtype, out=out, backend=backend)
+    params = ExtractCubesParams(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
+                                shift, clamp, out_dtype, affine)
+    validate_extract_cubes(params, out, data_checks=validate)
+    return run(params, out=out, backend=backend)
 
 
-def extract_cubes_unchecked(source, origins, cube_size, *, index=None, rotations=None, mask=None, fill=0.0,
-                            keep_prob=0.0, seed=0, scale=None, shift=None, clamp=None, out_dtype=None, out=None,
-                            backend=None) -> torch.Tensor:
-    """:func:`extract_cubes` without the Python argument checks, for callers
-    that built the arguments themselves (``RubikCube(validate=False)``): host
-    time is what a queued GPU batch waits on, and on the 2-core VM (32 samples
-    x 8 cubes of 4^3, out=) this takes 51 us a call against 62 us for
-    :func:`extract_cubes` and 47 us for the bare torch op.  The kernels' own C++ shape
-    checks (the same ones in Python for the Triton and reference backends:
-    shapes, dtypes, devices, out=) and the clamping of indices, origins and
-    codes still run, so a bad argument is an error or a clamped read, never an
-    out-of-bounds access; only the messages are terser."""
-    name = resolve_backend(backend, source.device)
+def extract_cubes_unchecked(source, origins, cube_size, *, out=None, backend=None, **options) -> torch.Tensor:
+    """:func:`extract_cubes` without the Python argument checks (``options``:
+    its keyword arguments), for callers that built the arguments themselves
+    (``RubikCube(validate=False)``): host time is what a queued GPU batch waits
+    on, and on the 2-core VM (32 samples x 8 cubes of 4^3, out=) this takes
+    51 us a call against 62 us for :func:`extract_cubes` and 47 us for the bare
+    torch op.  The kernels' own C++ shape checks (the same ones in Python for
+    the Triton and reference backends: shapes, dtypes, devices, out=) and the
+    clamping of indices, origins and codes still run, so a bad argument is an
+    error or a clamped read, never an out-of-bounds access; only the messages
+    are terser."""
     # Checked, not int()-ed: "444" or 2.5 would be cut silently into another cube size.  Three
     # plain ints (RubikCube's own cube_size) skip the general check (8 us of host time a call).
     if not (type(cube_size) is tuple and len(cube_size) == 3 and all(type(s) is int for s in cube_size)):
         cube_size = as_integers(cube_size, 3, "rubikops.extract_cubes: cube_size")
-    args = ExtractCubesParams(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                              shift, clamp, out_dtype).schema_args()
+    return run(ExtractCubesParams(source, origins, cube_size, **options), out=out, backend=backend)
+
+
+def run(params: ExtractCubesParams, *, out: Optional[torch.Tensor] = None,
+        backend: Optional[str] = None) -> torch.Tensor:
+    """The op on arguments already gathered (and, unless the caller knows
+    better, checked with :func:`validate_extract_cubes`): the backend's kernel
+    into a new tensor or into ``out``."""
+    name = resolve_backend(backend, params.source.device)
+    args = params.schema_args()
     op = _DISPATCHER_OP if name == "compiled" else backends.get(name).extract_cubes
     if out is not None:
-        if torch.is_grad_enabled() and source.requires_grad:
+        if torch.is_grad_enabled() and params.source.requires_grad:
             raise RuntimeError("rubikops.extract_cubes: out= does not support autograd (source requires grad); "
                                "call without out=")
         return op.out(*args, out=out)

@@ -1,45 +1,27 @@
 """Plain-torch reference of ``extract_cubes``, written to be read.
 
 This is the specification the kernels are tested against, and the fallback
-when the compiled library is missing.  ``extract_cubes`` is a per-cube loop of
-slicing, :func:`rubikops.rotations.apply_code`, arithmetic and masking;
+when the compiled library is missing.  ``extract`` (``extract_cubes`` with
+keyword arguments) is a per-cube loop of slicing,
+:func:`rubikops.rotations.apply_code`, arithmetic and masking;
 ``source_offsets`` is an independent vectorised formulation (advanced
 indexing) used by the backward pass and the benchmarks.
 """
 from __future__ import annotations
 
-
 from typing import Optional, Sequence
 
 import torch
 
+# The op's dtype rules and keep threshold belong to its arguments' meaning: rubikops._schema owns them.
+from ._schema import (FLOAT_DTYPES, INT_DTYPES, SOURCE_DTYPES, ExtractCubesParams,  # noqa: F401
+                      default_out_dtype, keep_threshold, opmath_dtype)
 from .rotations import AXIS_ORDERS, apply_code, kernel_code
-
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-INT_DTYPES = (torch.int16, torch.uint8)
-SOURCE_DTYPES = FLOAT_DTYPES + INT_DTYPES
 
 # splitmix64 constants (Steele, Lea, Flood 2014), as signed int64 bit patterns.
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
 _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
-
-
-def default_out_dtype(source_dtype: torch.dtype) -> torch.dtype:
-    return source_dtype if source_dtype.is_floating_point else torch.float32
-
-
-def opmath_dtype(source_dtype: torch.dtype, out_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the intensity arithmetic runs in: float64 when either side is
-    float64, float32 otherwise (also for half, bfloat16 and integer inputs)."""
-    return torch.float64 if torch.float64 in (source_dtype, out_dtype) else torch.float32
-
-
-def keep_threshold(keep_prob: float) -> int:
-    """floor(keep_prob * 2**24), in [0, 2**24]: a voxel is kept iff its hash's top 24 bits are below it."""
-    if not keep_prob > 0:
-        return 0
-    return min(int(keep_prob * (1 << 24)), 1 << 24)
 
 
 def _lshr(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,48 +53,41 @@ def _per_sample(value, b: int, dtype: torch.dtype):
     return torch.tensor(float(value), dtype=dtype)
 
 
-def extract_cubes(
-    source: torch.Tensor,
-    origins: torch.Tensor,
-    cube_size: Sequence[int],
-    *,
-    index: Optional[torch.Tensor] = None,
-    rotations: Optional[torch.Tensor] = None,
-    mask: Optional[torch.Tensor] = None,
-    fill: float = 0.0,
-    keep_prob: float = 0.0,
-    seed: int = 0,
-    scale=None,
-    shift=None,
-    clamp: Optional[tuple] = None,
-    out_dtype: Optional[torch.dtype] = None,
-) -> torch.Tensor:
-    """Reference semantics of :func:`rubikops.extract_cubes` (no validation).
+def extract_cubes(source: torch.Tensor, origins: torch.Tensor, cube_size: Sequence[int], **options) -> torch.Tensor:
+    """Reference semantics of :func:`rubikops.extract_cubes` (no validation);
+    ``options``: the keyword arguments of :class:`rubikops._schema.ExtractCubesParams`."""
+    return extract(ExtractCubesParams(source, origins, cube_size, **options))
+
+
+def extract(p: ExtractCubesParams) -> torch.Tensor:
+    """The cubes of one call, as a per-cube loop of slicing, turning, arithmetic and masking.
 
     Out-of-range values are clamped as the kernels clamp them with
     validate=False: index into [0, N - 1], each origin into [0, extent - size],
     codes as :func:`rubikops.rotations.kernel_code`."""
-    d, h, w = size = tuple(int(s) for s in cube_size)
+    source, origins, index, rotations = p.source, p.origins, p.index, p.rotations
+    d, h, w = size = tuple(int(s) for s in p.cube_size)
     B, M = origins.shape[0], origins.shape[1]
     N, C = source.shape[0], source.shape[1]
     room = [e - s for e, s in zip(source.shape[2:], size)]
-    out_dtype = out_dtype or default_out_dtype(source.dtype)
-    compute = opmath_dtype(source.dtype, out_dtype)
-    arithmetic = scale is not None or shift is not None or clamp is not None
-    lo, hi = clamp if clamp is not None else (None, None)
+    out_dtype, compute = p.result_dtype, p.compute_dtype
+    lo, hi = p.clamp_bounds
     if B * M == 0:
         return torch.empty((B, M, C, d, h, w), dtype=out_dtype, device=source.device)
 
     cubes = []
     for b in range(B):
         n = min(max(int(index[b]), 0), N - 1) if index is not None else b
-        s, t = _per_sample(scale, b, compute), _per_sample(shift, b, compute)
+        s, t = _per_sample(p.scale, b, compute), _per_sample(p.shift, b, compute)
         for m in range(M):
-            z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
-            box = source[n, :, z:z + d, y:y + h, x:x + w]
+            if p.affine is not None:
+                box = affine_box(source[n], p.affine[b], origins[b, m], size)
+            else:
+                z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
+                box = source[n, :, z:z + d, y:y + h, x:x + w]
             if rotations is not None:
                 box = apply_code(box, kernel_code(int(rotations[b, m]), size))
-            if arithmetic or box.dtype != out_dtype:
+            if p.changes_values or box.dtype != out_dtype:
                 v = box.to(compute)
                 if s is not None:
                     v = v * s
@@ -124,14 +99,44 @@ def extract_cubes(
             cubes.append(box)
     out = torch.stack(cubes).reshape(B, M, source.shape[1], d, h, w)
 
-    if mask is not None:
-        fill_t = torch.tensor(fill, dtype=out_dtype, device=out.device)
-        masked = mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand_as(out)
-        if keep_prob > 0:
-            keep = keep_mask(out.numel(), keep_prob, seed, out.device).view(out.shape)
+    if p.mask is not None:
+        fill_t = torch.tensor(p.fill, dtype=out_dtype, device=out.device)
+        masked = p.mask.to(torch.bool).view(B, M, 1, 1, 1, 1).expand_as(out)
+        if p.keep_prob > 0:
+            keep = keep_mask(out.numel(), p.keep_prob, p.seed, out.device).view(out.shape)
             masked = masked & ~keep
         out = torch.where(masked, fill_t, out)
     return out.contiguous()
+
+
+def affine_box(volume: torch.Tensor, affine: torch.Tensor, origin: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The (C, d, h, w) float64 box at crop-frame ``origin`` of one (C, D, H,
+    W) volume read through ``affine`` (3 x 4, voxel units, (d, h, w) order):
+    box voxel j sits at ``affine[:, :3] @ (origin + j) + affine[:, 3]``,
+    clamped into the volume (edge values repeat; NaN reads 0) and
+    interpolated trilinearly.  The augmentation in the cut: with the affine
+    of a resampled crop, the box equals that crop's box at ``origin``."""
+    dev = volume.device
+    A = affine.to(torch.float64)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, device=dev, dtype=torch.float64) for s in size],
+                                      indexing="ij"), -1)
+    pos = (grid + origin.to(torch.float64)) @ A[:, :3].T + A[:, 3]  # (d, h, w, 3)
+    top = torch.tensor([e - 1 for e in volume.shape[1:]], device=dev, dtype=torch.float64)
+    pos = torch.where(pos > 0, torch.minimum(pos, top), torch.zeros_like(pos))
+    lo = pos.floor()
+    frac = pos - lo
+    lo = lo.long()
+    hi = torch.minimum(lo + 1, top.long())
+    vol = volume.to(torch.float64)
+    box = 0
+    for corner in range(8):
+        pick = [(corner >> (2 - a)) & 1 for a in range(3)]
+        at = [hi[..., a] if pick[a] else lo[..., a] for a in range(3)]
+        weight = torch.ones_like(frac[..., 0])
+        for a in range(3):
+            weight = weight * (frac[..., a] if pick[a] else 1 - frac[..., a])
+        box = box + weight * vol[:, at[0], at[1], at[2]]
+    return box
 
 
 def source_offsets(

@@ -341,7 +341,7 @@ def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes):
     partial tiles along every axis, and (6, 5, 6) whose W-moving codes split
     the cube (o, r) = (H, D) while the others split it (D, H)."""
     from rubikops._schema import ExtractCubesParams, out_shape
-    from rubikops.triton import extract_cubes as triton_kernels
+    from rubikops.triton_kernels import extract_cubes as triton_kernels
     case = random_case(40, B=2, M=3, cube=cube, vol=(12, 11, 14), codes=codes, mask=0.4, keep_prob=0.3,
                        with_index=True)
     if codes == "all":  # every axis order that keeps the shape, W-moving ones included
@@ -350,9 +350,9 @@ def test_triton_tiles_smaller_than_the_cube(backend, tile, cube, codes):
         assert len({c // 8 for c in picked}) == len(allowed) // 8
         case.kwargs["rotations"] = torch.tensor(picked).view(2, 3)
     c = case.to(backend[1])
-    args = ExtractCubesParams(c.source, c.origins, c.cube_size, **c.kwargs).schema_args()
+    params = ExtractCubesParams(c.source, c.origins, c.cube_size, **c.kwargs)
     out = torch.full(out_shape(c.source, c.origins, c.cube_size), float("nan"), device=c.source.device)
-    triton_kernels.launch(*args[:15], out, tile=tile)
+    triton_kernels.launch(ExtractCubesParams.from_schema_args(*params.schema_args()), out, tile=tile)
     assert_matches(out, case)
 
 

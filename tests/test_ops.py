@@ -284,7 +284,7 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.resolve_backend("opencl", torch.device("cpu"))
     if ops.triton_available():  # kernels loaded for a GPU: CPU tensors are refused
-        from rubikops.triton import extract_cubes as triton_kernels
+        from rubikops.triton_kernels import extract_cubes as triton_kernels
         monkeypatch.setattr(triton_kernels, "_INTERPRET", False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
             ops.resolve_backend("triton", torch.device("cpu"))

@@ -7,7 +7,10 @@ reference clamps as the kernels do where validate=False), or a clean
 ValueError/TypeError; never another exception, never a crash.  The source is
 a view into a larger tensor padded with a sentinel, so a read outside the
 view shows up as sentinel values in the result, and the padding is checked
-unchanged afterwards.
+unchanged afterwards.  Every other tensor argument (origins, index,
+rotations, mask, scale, shift, affine) is drawn contiguous, as an offset view, with
+doubled or reversed strides, or with stride 0 along one dim, inside a
+storage of sentinels that name other volumes, boxes, codes and masks.
 
 The number of examples is bounded for CI (RUBIKOPS_FUZZ_EXAMPLES, default
 300, derandomized: about 15 s on the 2-core VM); set it higher, with
@@ -26,6 +29,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import rubikops  # noqa: E402
 from rubikops import ops, reference  # noqa: E402
+from rubikops._schema import ExtractCubesParams  # noqa: E402
 
 from .testing import ALL_DTYPES, Case, assert_matches  # noqa: E402
 
@@ -57,6 +61,36 @@ def _wrong_shape(draw, shape):
 
 
 SENTINEL = {torch.uint8: 250, torch.int16: 31000}  # floats: 31000.0, outside the drawn values
+# What surrounds an argument view in its storage: a kernel that reads past the view reads these,
+# which name another volume, origin, code or mask than the view holds (or a value the draws never make).
+ARG_SENTINEL = {torch.bool: True, torch.int32: 2**31 - 1, torch.int64: 2**40 + 7, torch.uint8: 250,
+                torch.int16: 31000}
+
+
+def _laid_out(draw, t):
+    """``t`` (an argument tensor) as the caller may lay it out: contiguous, an
+    offset view, every other element, dims reversed in memory, or stride 0
+    along one dim (then every entry along it holds the first one's values);
+    the views sit inside a sentinel-filled storage."""
+    layout = draw(st.sampled_from(["contiguous", "contiguous", "offset", "strided", "reversed", "expanded"]))
+    event(f"argument layout: {layout}")
+    if layout == "contiguous" or t.dim() == 0 or t.numel() == 0:
+        return t
+    base, expand_dim = t, None
+    if layout == "expanded":
+        expand_dim = draw(st.integers(0, t.dim() - 1))
+        base = t.narrow(expand_dim, 0, 1)
+    step = 2 if layout == "strided" else 1
+    order = list(range(t.dim()))[::-1] if layout == "reversed" else list(range(t.dim()))
+    strides, extent = [0] * t.dim(), step
+    for d in reversed(order):  # the last of `order` varies fastest
+        strides[d] = extent
+        extent *= base.shape[d]
+    offset = draw(st.integers(1, 3))
+    storage = torch.full((offset + extent + 2,), ARG_SENTINEL.get(t.dtype, 31000.0), dtype=t.dtype)
+    view = storage.as_strided(base.shape, strides, offset)
+    view.copy_(base)
+    return view.expand(t.shape) if expand_dim is not None else view
 
 
 @st.composite
@@ -95,7 +129,7 @@ def calls(draw):
 
     int_dtype = draw(st.sampled_from([torch.int64, torch.int32]))
     origins = torch.stack([_values(draw, B * M, 0, max(d - c, 0) + 1, int_dtype) for d, c in zip(dims, cube)], -1)
-    origins = origins.view(B, M, 3)
+    origins = _laid_out(draw, origins.view(B, M, 3))
     kw = {}
     if draw(st.booleans()):
         idx_dtype = draw(st.sampled_from([torch.int64, torch.int32] * 8 + [torch.float32]))
@@ -132,6 +166,16 @@ def calls(draw):
             kw[name] = t.to(draw(st.sampled_from([torch.float64, torch.float32] * 4 + [torch.int64])))
     if draw(st.integers(0, 3)) == 0:
         kw["clamp"] = draw(st.sampled_from([(-50.0, 50.0), (None, 10.0), (-10.0, None)]))
+    if draw(st.integers(0, 5)) == 0:
+        # The affine read: origins are crop-frame positions, reads clamp into the volume (NaN reads voxel 0).
+        shape = _wrong_shape(draw, (B, 3, 4))
+        A = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+        if A.numel() and draw(st.integers(0, 7)) == 0:
+            A.view(-1)[draw(st.integers(0, A.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+        kw["affine"] = A.to(draw(st.sampled_from([torch.float64] * 3 + [torch.float32, torch.int64])))
+    for name in ("index", "rotations", "mask", "scale", "shift", "affine"):
+        if isinstance(kw.get(name), torch.Tensor):
+            kw[name] = _laid_out(draw, kw[name])
     if out_dtype is not None:
         kw["out_dtype"] = out_dtype
     out_form = draw(st.sampled_from([None] * 6 + ["fresh"] * 4 + ["wrong-shape", "wrong-dtype", "overlap"]))
@@ -176,10 +220,8 @@ def test_every_backend_returns_the_reference_or_a_clean_error(call, path):
     big_before = big.clone()
 
     def checks(data):
-        return _outcome(lambda: ops.validate_extract_cubes(
-            source, origins, cube_arg, kw.get("index"), kw.get("rotations"), kw.get("mask"), kw.get("fill", 0.0),
-            kw.get("keep_prob", 0.0), kw.get("seed", 0), kw.get("scale"), kw.get("shift"), kw.get("clamp"),
-            kw.get("out_dtype"), kw.get("out"), data_checks=data))[1]
+        params = ExtractCubesParams(source, origins, cube_arg, **{k: v for k, v in kw.items() if k != "out"})
+        return _outcome(lambda: ops.validate_extract_cubes(params, kw.get("out"), data_checks=data))[1]
 
     meta_error, data_error = checks(False), checks(True)
     must_refuse = data_error if path == "validate" else meta_error
@@ -189,8 +231,12 @@ def test_every_backend_returns_the_reference_or_a_clean_error(call, path):
         out = kw.get("out")
         if out is not None and must_refuse is None:
             out.fill_(3)
-        result, error = _outcome(lambda: _call(path, backend, source, origins, cube_arg, kw))
         where = f"{backend}/{path}"
+        if backend == "triton" and kw.get("affine") is not None and must_refuse is None:
+            with pytest.raises(NotImplementedError, match="affine= has no Triton kernel"):
+                _call(path, backend, source, origins, cube_arg, kw)
+            continue
+        result, error = _outcome(lambda: _call(path, backend, source, origins, cube_arg, kw))
         if must_refuse is not None:
             assert error is not None, f"{where}: accepted what validation refuses ({must_refuse})"
         else:

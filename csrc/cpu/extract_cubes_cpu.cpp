@@ -19,6 +19,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -114,6 +115,38 @@ std::vector<T> per_sample(const std::optional<at::Tensor>& t, double value, int6
   return v;
 }
 
+// The value stage's constants of one call in the arithmetic type T: the
+// per-sample scale and shift, the clamp bounds (infinite where unbounded),
+// whether a bound is set, and the keep rule's threshold and seed.
+template <typename T>
+struct ValueStage {
+  std::vector<T> scale, shift;
+  T lo, hi;
+  bool clamp;
+  uint64_t threshold, seed;
+};
+
+template <typename T>
+ValueStage<T> value_stage(const ExtractCubesArgs& a) {
+  const int64_t B = a.origins.size(0);
+  return {per_sample<T>(a.scale, a.scale_value, B), per_sample<T>(a.shift, a.shift_value, B),
+          a.clamp_lo ? static_cast<T>(*a.clamp_lo) : -std::numeric_limits<T>::infinity(),
+          a.clamp_hi ? static_cast<T>(*a.clamp_hi) : std::numeric_limits<T>::infinity(), a.has_clamp(),
+          keep_threshold(a.keep_prob), static_cast<uint64_t>(a.seed)};
+}
+
+// The samples b that read each volume n, in order (the backward kernels split their work by volume).
+std::vector<std::vector<int64_t>> samples_by_volume(const std::vector<int64_t>& volume_of, int64_t N) {
+  std::vector<std::vector<int64_t>> samples_of(N);
+  for (int64_t b = 0; b < static_cast<int64_t>(volume_of.size()); ++b) samples_of[volume_of[b]].push_back(b);
+  return samples_of;
+}
+
+// The strides of a 6-D tensor (the output gradient, read through them).
+std::array<int64_t, 6> strides6(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3), t.stride(4), t.stride(5)};
+}
+
 struct CubeJob {
   int64_t start;    // element offset of output voxel (0, 0, 0) of channel 0
   int64_t step[3];  // signed source strides along the three output axes
@@ -196,13 +229,8 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   const bool arith = a.arithmetic;
 
   const std::vector<CubeJob> jobs = cube_jobs(a, src, nullptr);
-  const std::vector<op_t> scale = per_sample<op_t>(a.scale, a.scale_value, B);
-  const std::vector<op_t> shift = per_sample<op_t>(a.shift, a.shift_value, B);
-  const op_t lo = a.clamp_lo ? static_cast<op_t>(*a.clamp_lo) : -std::numeric_limits<op_t>::infinity();
-  const op_t hi = a.clamp_hi ? static_cast<op_t>(*a.clamp_hi) : std::numeric_limits<op_t>::infinity();
+  const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<op_t>(a);
   const out_t fill = static_cast<out_t>(a.fill);
-  const uint64_t threshold = keep_threshold(a.keep_prob);
-  const uint64_t seed = static_cast<uint64_t>(a.seed);
 
   const in_t* src_ptr = src.const_data_ptr<in_t>();
   out_t* out_ptr = out.mutable_data_ptr<out_t>();
@@ -268,25 +296,191 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   });
 }
 
-at::Tensor& extract_cubes_out_cpu(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                  const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                                  const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                                  const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                  double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                  std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
-                                  at::Tensor& out) {
-  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
-  check_out(a, out);
-  if (out.numel() == 0) return out;
-  dispatch_dtype(source.scalar_type(), "source", [&](auto in_tag) {
+// The affine read (augmentation in the cut, a.affine given): every output
+// voxel interpolates eight source voxels (csrc/extract_cubes.h, affine_read),
+// then the value stage (scale, shift, clamp, cast) and the mask as above.
+// One (sample, cube) per cube job: its code, crop-frame origin and volume.
+struct AffineJob {
+  int box_axis[3];     // output axis a reads box axis box_axis[a] ...
+  bool flipped[3];     // ... backwards where flipped
+  int64_t origin[3];   // crop-frame origin, as given
+  int64_t volume;
+  bool masked;
+
+  // Box voxel j of output voxel (i0, i1, i2).
+  void box_voxel(const int64_t i[3], const int64_t size[3], int64_t j[3]) const {
+    for (int a = 0; a < 3; ++a) j[box_axis[a]] = flipped[a] ? size[a] - 1 - i[a] : i[a];
+  }
+};
+
+std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double>* matrices) {
+  const int64_t B = a.origins.size(0), M = a.origins.size(1), N = a.source.size(0);
+  const at::Tensor origins = a.origins.to(at::kLong).contiguous();
+  const at::Tensor index = a.index ? a.index->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
+  const at::Tensor mask = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
+  const at::Tensor affine = a.affine->to(at::kDouble).contiguous();
+  matrices->assign(affine.const_data_ptr<double>(), affine.const_data_ptr<double>() + B * 12);
+  std::vector<AffineJob> jobs(B * M);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t m = 0; m < M; ++m) {
+      AffineJob& j = jobs[b * M + m];
+      int p, flips;
+      kernel_code(rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0, a.cube_size, &p, &flips);
+      for (int k = 0; k < 3; ++k) {
+        j.box_axis[k] = axis_order(p, k);
+        j.flipped[k] = (flips >> k) & 1;
+        j.origin[k] = origins.const_data_ptr<int64_t>()[(b * M + m) * 3 + k];
+      }
+      j.volume = clamp_index(index.defined() ? index.const_data_ptr<int64_t>()[b] : b, 0, N - 1);
+      j.masked = mask.defined() && mask.const_data_ptr<bool>()[b * M + m];
+    }
+  }
+  return jobs;
+}
+
+// The trilinear value at `r` of a volume with strides st[2..4], in double:
+// corner_of's weights and summation order (bit-identical to the reference),
+// with the per-axis weights and offsets formed once instead of per corner.
+template <typename in_t>
+inline double interpolate(const in_t* vol, const int64_t* st, const TrilinearRead& r) {
+  double w[3][2];
+  int64_t off[3][2];
+  for (int a = 0; a < 3; ++a) {
+    w[a][0] = 1.0 - r.frac[a];
+    w[a][1] = r.frac[a];
+    off[a][0] = r.lo[a] * st[2 + a];
+    off[a][1] = r.hi[a] * st[2 + a];
+  }
+  double sum = 0.0;
+  for (int z = 0; z < 2; ++z) {
+    for (int y = 0; y < 2; ++y) {
+      const double wzy = w[0][z] * w[1][y];
+      const in_t* row = vol + off[0][z] + off[1][y];
+      sum += wzy * w[2][0] * static_cast<double>(row[off[2][0]]);
+      sum += wzy * w[2][1] * static_cast<double>(row[off[2][1]]);
+    }
+  }
+  return sum;
+}
+
+template <typename in_t, typename out_t>
+void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
+  using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
+  const at::Tensor& src = a.source;
+  const int64_t B = a.origins.size(0), M = a.origins.size(1), C = src.size(1);
+  const int64_t* size = a.cube_size;
+  const int64_t numel = a.cube_numel();
+  const int64_t extent[3] = {src.size(2), src.size(3), src.size(4)};
+  const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
+  std::vector<double> A;
+  const std::vector<AffineJob> jobs = affine_jobs(a, &A);
+  const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<op_t>(a);
+  const out_t fill = static_cast<out_t>(a.fill);
+  const in_t* src_ptr = src.const_data_ptr<in_t>();
+  out_t* out_ptr = out.mutable_data_ptr<out_t>();
+  at::parallel_for(0, B * M * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t cube = begin; cube < end; ++cube) {
+      const AffineJob& j = jobs[cube / C];
+      const int64_t b = cube / (C * M), c = cube % C;
+      const in_t* vol = src_ptr + j.volume * st[0] + c * st[1];
+      out_t* dst = out_ptr + cube * numel;
+      const bool hash = j.masked && threshold > 0;
+      int64_t i[3], jb[3];
+      int64_t v = 0;
+      for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+        for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+          for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
+            if (j.masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
+              dst[v] = fill;
+              continue;
+            }
+            TrilinearRead r;
+            j.box_voxel(i, size, jb);
+            affine_read(&A[b * 12], j.origin, jb, extent, &r);
+            op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
+            x = lo > x ? lo : x;
+            x = hi < x ? hi : x;
+            dst[v] = static_cast<out_t>(x);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Its gradient: grad * scale (zero where masked out or clamped) spread over
+// the eight corners with their weights, threads split by (volume, channel) as
+// in the copy's backward (no two threads add into one voxel; a fixed order).
+template <typename src_t, typename grad_t>
+void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
+  using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
+  const at::Tensor& src = a.source;
+  const int64_t B = a.origins.size(0), M = a.origins.size(1), N = src.size(0), C = src.size(1);
+  const int64_t* size = a.cube_size;
+  const int64_t numel = a.cube_numel();
+  const int64_t extent[3] = {src.size(2), src.size(3), src.size(4)};
+  const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
+  const int64_t at_[5] = {acc.stride(0), acc.stride(1), acc.stride(2), acc.stride(3), acc.stride(4)};
+  std::vector<double> A;
+  const std::vector<AffineJob> jobs = affine_jobs(a, &A);
+  std::vector<int64_t> volume_of(B);
+  for (int64_t b = 0; b < B; ++b) volume_of[b] = jobs[b * M].volume;
+  const auto samples_of = samples_by_volume(volume_of, N);
+  const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<acc_t>(a);
+  const grad_t* grad_ptr = grad.const_data_ptr<grad_t>();
+  const auto gs = strides6(grad);
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      const src_t* vol = src.const_data_ptr<src_t>() + n * st[0] + c * st[1];  // volume n, channel c
+      acc_t* vacc = acc.mutable_data_ptr<acc_t>() + n * at_[0] + c * at_[1];
+      for (const int64_t b : samples_of[n]) {
+        for (int64_t m = 0; m < M; ++m) {
+          const AffineJob& j = jobs[b * M + m];
+          const int64_t cube = (b * M + m) * C + c;
+          int64_t i[3], jb[3];
+          int64_t v = 0;
+          for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+            for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+              for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
+                const uint64_t k = static_cast<uint64_t>(cube * numel + v);
+                if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) continue;
+                TrilinearRead r;
+                j.box_voxel(i, size, jb);
+                affine_read(&A[b * 12], j.origin, jb, extent, &r);
+                acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i[0] * gs[3] +
+                                                      i[1] * gs[4] + i[2] * gs[5]]) * scale[b];
+                if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi
+                  const acc_t x = static_cast<acc_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
+                  if (!(x >= lo && x <= hi)) continue;
+                }
+                for (int corner = 0; corner < 8; ++corner) {
+                  int64_t p[3];
+                  const double w = corner_of(r, corner, p);
+                  vacc[p[0] * at_[2] + p[1] * at_[3] + p[2] * at_[4]] += static_cast<acc_t>(w) * g;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// The forward kernel entry: the output's dtype pair picks the kernel.
+void extract_cubes_cpu(const ExtractCubesArgs& a, at::Tensor& out) {
+  dispatch_dtype(a.source.scalar_type(), "source", [&](auto in_tag) {
     using in_t = decltype(in_tag);
     dispatch_dtype(out.scalar_type(), "out_dtype", [&](auto out_tag) {
       using out_t = decltype(out_tag);
-      extract_cubes_kernel<in_t, out_t>(a, out);
+      if (a.affine)
+        extract_cubes_affine_kernel<in_t, out_t>(a, out);
+      else
+        extract_cubes_kernel<in_t, out_t>(a, out);
     });
   });
-  return out;
 }
 
 // Backward: grad * scale added at the source voxel each output came from, zero
@@ -299,7 +493,7 @@ template <typename src_t, typename grad_t>
 void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
   using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
   const at::Tensor& src = a.source;
-  const int64_t B = a.origins.size(0), M = a.origins.size(1);
+  const int64_t M = a.origins.size(1);
   const int64_t N = src.size(0), C = src.size(1);
   const int64_t* size = a.cube_size;
   const int64_t o0 = size[0], o1 = size[1], o2 = size[2];
@@ -308,15 +502,8 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   std::vector<int64_t> volume_of;
   const std::vector<CubeJob> src_jobs = cube_jobs(a, src, &volume_of);
   const std::vector<CubeJob> acc_jobs = cube_jobs(a, acc, nullptr);
-  std::vector<std::vector<int64_t>> samples_of(N);  // the samples b that read volume n, in order
-  for (int64_t b = 0; b < B; ++b) samples_of[volume_of[b]].push_back(b);
-  const std::vector<acc_t> scale = per_sample<acc_t>(a.scale, a.scale_value, B);
-  const std::vector<acc_t> shift = per_sample<acc_t>(a.shift, a.shift_value, B);
-  const bool clamp = a.clamp_lo.has_value() || a.clamp_hi.has_value();
-  const acc_t lo = a.clamp_lo ? static_cast<acc_t>(*a.clamp_lo) : -std::numeric_limits<acc_t>::infinity();
-  const acc_t hi = a.clamp_hi ? static_cast<acc_t>(*a.clamp_hi) : std::numeric_limits<acc_t>::infinity();
-  const uint64_t threshold = keep_threshold(a.keep_prob);
-  const uint64_t seed = static_cast<uint64_t>(a.seed);
+  const auto samples_of = samples_by_volume(volume_of, N);
+  const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<acc_t>(a);
   const src_t* src_ptr = src.const_data_ptr<src_t>();
   const grad_t* grad_ptr = grad.const_data_ptr<grad_t>();
   acc_t* acc_ptr = acc.mutable_data_ptr<acc_t>();
@@ -324,8 +511,7 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   // The gradient is read through its strides: autograd often hands over an
   // expanded one (the gradient of a sum), which a contiguous copy would
   // materialise at the full output size.
-  const int64_t gs[6] = {grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3), grad.stride(4),
-                         grad.stride(5)};
+  const auto gs = strides6(grad);
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     constexpr int64_t kChunk = 256;
     acc_t g[kChunk];
@@ -375,27 +561,19 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   });
 }
 
-at::Tensor extract_cubes_backward_cpu(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                                      at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
-                                      const std::optional<at::Tensor>& rotations,
-                                      const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
-                                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                      double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                      std::optional<double> clamp_hi) {
-  BackwardSetup s = prepare_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
-                                     shift, scale_value, shift_value, clamp_lo, clamp_hi);
-  if (s.grad.numel() > 0) {
-    dispatch_dtype(source.scalar_type(), "source", [&](auto src_tag) {
-      using src_t = decltype(src_tag);
-      dispatch_dtype(s.grad.scalar_type(), "grad", [&](auto grad_tag) {
-        using grad_t = decltype(grad_tag);
-        if constexpr (!std::is_integral_v<src_t> && !std::is_integral_v<grad_t>) {
-          extract_cubes_backward_kernel<src_t, grad_t>(s.args, s.grad, s.acc);
-        }
-      });
+void extract_cubes_backward_cpu(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
+  dispatch_dtype(a.source.scalar_type(), "source", [&](auto src_tag) {
+    using src_t = decltype(src_tag);
+    dispatch_dtype(grad.scalar_type(), "grad", [&](auto grad_tag) {
+      using grad_t = decltype(grad_tag);
+      if constexpr (!std::is_integral_v<src_t> && !std::is_integral_v<grad_t>) {
+        if (a.affine)
+          extract_cubes_affine_backward_kernel<src_t, grad_t>(a, grad, acc);
+        else
+          extract_cubes_backward_kernel<src_t, grad_t>(a, grad, acc);
+      }
     });
-  }
-  return s.acc.to(source.scalar_type());
+  });
 }
 
 // A fresh output of many megabytes is untouched memory that the kernel
@@ -425,7 +603,8 @@ void advise_huge_pages(at::Tensor& out) {
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
-  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cpu, &rubikops::advise_huge_pages>);
-  m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cpu);
-  m.impl("extract_cubes_backward", &rubikops::extract_cubes_backward_cpu);
+  using namespace rubikops;
+  m.impl("extract_cubes", &extract_cubes_functional<&extract_cubes_cpu, &advise_huge_pages>);
+  m.impl("extract_cubes.out", &extract_cubes_out<&extract_cubes_cpu>);
+  m.impl("extract_cubes_backward", &extract_cubes_backward<&extract_cubes_backward_cpu>);
 }

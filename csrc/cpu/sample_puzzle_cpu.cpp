@@ -11,21 +11,15 @@
 namespace rubikops {
 namespace {
 
-SamplePuzzleOutputs sample_puzzle_cpu(const at::Tensor& uniforms, const at::Tensor& volume_shapes,
-                                      const at::Tensor& index, const at::Tensor& cells,
-                                      const at::Tensor& permutations, const at::Tensor& code_table,
-                                      at::IntArrayRef crop_size, int64_t jitter, double mask_prob) {
-  SamplePuzzleSetup s = prepare_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table,
-                                              crop_size, jitter, mask_prob);
+void sample_puzzle_cpu(const SamplePuzzleSetup& s) {
   const SamplePuzzleParams& p = s.params;
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t m = 0; m < p.M; ++m) sample_puzzle_cube(p, b, m);
-  return s.outputs;
 }
 
 }  // namespace
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CPU, m) {
-  m.impl("sample_puzzle", &rubikops::sample_puzzle_cpu);
+  m.impl("sample_puzzle", &rubikops::sample_puzzle_entry<&rubikops::sample_puzzle_cpu>);
 }

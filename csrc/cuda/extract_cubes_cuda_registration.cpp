@@ -74,62 +74,49 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   return p;
 }
 
-at::Tensor& extract_cubes_out_cuda(const at::Tensor& source, const at::Tensor& origins, at::IntArrayRef cube_size,
-                                   const std::optional<at::Tensor>& index, const std::optional<at::Tensor>& rotations,
-                                   const std::optional<at::Tensor>& mask, double fill, double keep_prob, int64_t seed,
-                                   const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                   double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                   std::optional<double> clamp_hi, std::optional<c10::ScalarType> out_dtype,
-                                   at::Tensor& out) {
-  ExtractCubesArgs a = make_args(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                 shift, scale_value, shift_value, clamp_lo, clamp_hi, out_dtype);
-  check_out(a, out);
-  if (out.numel() == 0) return out;
-  TORCH_CHECK_VALUE(a.cube_size[0] * a.cube_size[1] * a.cube_size[2] < (int64_t(1) << 31),
-                    "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x", a.cube_size[1], "x", a.cube_size[2],
+// The affine read (augmentation in the cut) has no CUDA kernel yet: refused, never read as a plain copy.
+void refuse_affine(const ExtractCubesArgs& a) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!a.affine, "rubikops.extract_cubes: affine= has no CUDA kernel yet; use the CPU "
+                              "or the plain-torch backend (backend='torch')");
+}
+
+void extract_cubes_cuda(const ExtractCubesArgs& a, at::Tensor& out) {
+  refuse_affine(a);
+  TORCH_CHECK_VALUE(a.cube_numel() < (int64_t(1) << 31), "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x",
+                    a.cube_size[1], "x", a.cube_size[2],
                     " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
-  const c10::cuda::CUDAGuard guard(source.device());
+  const c10::cuda::CUDAGuard guard(a.source.device());
   std::vector<at::Tensor> keep;
   cuda::ExtractCubesParams p = make_params(a, out, keep);
   const cudaError_t err = cuda::launch_extract_cubes(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes: CUDA launch failed: ", cudaGetErrorString(err));
-  return out;
 }
 
 // Gradient w.r.t. the source: grad * scale added at the voxel each output
 // came from (atomics), zero where masked out or clamped.  Same result as the
-// generic scatter-add in rubikops/ops.py, up to the order of the additions.
-at::Tensor extract_cubes_backward_cuda(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                                       at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
-                                       const std::optional<at::Tensor>& rotations,
-                                       const std::optional<at::Tensor>& mask, double keep_prob, int64_t seed,
-                                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                                       double scale_value, double shift_value, std::optional<double> clamp_lo,
-                                       std::optional<double> clamp_hi) {
-  const c10::cuda::CUDAGuard guard(source.device());
-  BackwardSetup s = prepare_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale,
-                                     shift, scale_value, shift_value, clamp_lo, clamp_hi);
-  const int64_t* size = s.args.cube_size;
-  TORCH_CHECK_VALUE(size[0] * size[1] * size[2] < (int64_t(1) << 31),
+// generic scatter-add in rubikops/_library.py, up to the order of the additions.
+void extract_cubes_backward_cuda(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
+  refuse_affine(a);
+  TORCH_CHECK_VALUE(a.cube_numel() < (int64_t(1) << 31),
                     "rubikops.extract_cubes_backward: a cube of more than 2^31 - 1 voxels is too large for the "
                     "CUDA kernel");
-  if (s.grad.numel() == 0) return s.acc.to(source.scalar_type());
+  const c10::cuda::CUDAGuard guard(a.source.device());
   std::vector<at::Tensor> keep;
-  cuda::ExtractCubesParams p = make_params(s.args, s.acc, keep);
-  const at::Tensor g = s.grad.contiguous();  // the kernel indexes the gradient flat
+  cuda::ExtractCubesParams p = make_params(a, acc, keep);
+  const at::Tensor g = grad.contiguous();  // the kernel indexes the gradient flat
   p.grad = g.const_data_ptr();
   p.out_dtype = to_dtype(g.scalar_type());
-  p.clamp = clamp_lo.has_value() || clamp_hi.has_value();
+  p.clamp = a.has_clamp();
   const cudaError_t err = cuda::launch_extract_cubes_backward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "rubikops.extract_cubes_backward: CUDA launch failed: ", cudaGetErrorString(err));
-  return s.acc.to(source.scalar_type());
 }
 
 }  // namespace
 }  // namespace rubikops
 
 TORCH_LIBRARY_IMPL(rubikops, CUDA, m) {
-  m.impl("extract_cubes", &rubikops::extract_cubes_functional<&rubikops::extract_cubes_out_cuda>);
-  m.impl("extract_cubes.out", &rubikops::extract_cubes_out_cuda);
-  m.impl("extract_cubes_backward", &rubikops::extract_cubes_backward_cuda);
+  using namespace rubikops;
+  m.impl("extract_cubes", &extract_cubes_functional<&extract_cubes_cuda>);
+  m.impl("extract_cubes.out", &extract_cubes_out<&extract_cubes_cuda>);
+  m.impl("extract_cubes_backward", &extract_cubes_backward<&extract_cubes_backward_cuda>);
 }

@@ -55,7 +55,7 @@ def register(name: str, module: str, requires: Optional[str], description: str) 
 
 register("compiled", "rubikops.backends.compiled", "rubikops._C", "C++ CPU and CUDA kernels (csrc/)")
 register("triton", "rubikops.backends.triton", "triton", "Triton kernels (CUDA; the Triton interpreter on CPU)")
-register("torch", "rubikops.backends.reference", None, "the plain-torch reference, any device")
+register("torch", "rubikops.backends.plain_torch", None, "the plain-torch reference, any device")
 
 
 def load(backend: Backend) -> Optional[ModuleType]:

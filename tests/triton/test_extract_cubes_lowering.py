@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 for case in json.loads(sys.argv[1]):
-    module = importlib.import_module(case.get("module", "rubikops.triton.extract_cubes"))
+    module = importlib.import_module(case.get("module", "rubikops.triton_kernels.extract_cubes"))
     kernel = getattr(module, case["kernel"])
     const = {k: v for k, v in case["const"].items() if k in kernel.arg_names}
     sig = {}

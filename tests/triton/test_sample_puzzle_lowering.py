@@ -15,5 +15,5 @@ def test_sampler_kernel_lowers_for_sm90(has_rot, draw_mask, small):
     ptrs = dict(u_ptr="*fp64", shapes_ptr="*i64", index_ptr="*i64", cells_ptr="*i64", perms_ptr="*i64",
                 table_ptr="*i64", mask_prob_bits="i64", origins_ptr="*i64", codes_ptr="*i64", perm_ptr="*i64",
                 state_ptr="*i64", mask_ptr="*i1")
-    _lower([dict(module="rubikops.triton.sample_puzzle", kernel="_sample_puzzle_kernel", const=const, ptrs=ptrs,
+    _lower([dict(module="rubikops.triton_kernels.sample_puzzle", kernel="_sample_puzzle_kernel", const=const, ptrs=ptrs,
                  small_ints=small, src="fp64", out="i64")])

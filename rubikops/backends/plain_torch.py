@@ -1,6 +1,6 @@
-"""The plain-torch backend: :mod:`rubikops.reference` behind the op's
-schema, with the metadata checks the C++ kernels make (the reference has no
-C++ checks behind it)."""
+"""The plain-torch backend (named "torch"): :mod:`rubikops.reference` behind
+the op's schema, with the metadata checks the C++ kernels make (the reference
+has no C++ checks behind it)."""
 from __future__ import annotations
 
 import torch
@@ -21,9 +21,8 @@ class _ReferenceExtractCubes:
     @staticmethod
     def _run(schema_args, out=None) -> torch.Tensor:
         p = ExtractCubesParams.from_schema_args(*schema_args)
-        size = check_tensors(p.source, p.origins, p.cube_size, p.index, p.rotations, p.mask, p.scale_tensor,
-                             p.shift_tensor, p.fill, p.out_dtype, p.arithmetic, out)
-        return reference.extract_cubes(p.source, p.origins, size, **p.reference_kwargs())
+        check_tensors(p, out)
+        return reference.extract(p)
 
 
 extract_cubes = _ReferenceExtractCubes()

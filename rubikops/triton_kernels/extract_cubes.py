@@ -1,4 +1,6 @@
-"""Triton kernel of ``extract_cubes``: kernel, launcher, registered op.
+"""Triton kernels of ``extract_cubes`` and its backward, and their launchers
+(on :class:`rubikops._schema.ExtractCubesParams`); rubikops.backends.triton
+registers them as ops.
 
 One program writes a box of whole output rows of one (b, m, c) cube, so
 stores are contiguous; loads run along source W for every code (for codes that
@@ -15,10 +17,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from .. import reference
-from .._library import backward_via, extract_cubes_backward_fake, extract_cubes_fake, setup_context
-from .._schema import EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_SCHEMA, is_no_shift, out_shape, seed_halves
-from ..checks import check_tensors
+from .._schema import ExtractCubesParams, opmath_dtype, seed_halves
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -331,49 +330,63 @@ def _extract_cubes_backward_kernel(
     tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
 
 
-def _optional_pointers(source, index, rotations, mask, scale, shift) -> tuple:
-    """The optional tensors, with the source standing in for absent ones
-    (never read: their HAS_* flag is off)."""
-    return tuple(t if t is not None else source for t in (index, rotations, mask, scale, shift))
+def _argument_pointers(p: ExtractCubesParams) -> tuple:
+    """The argument tensors as the kernels index them: contiguous (a strided,
+    stride-0 or offset view is copied), with the source standing in for
+    absent ones (never read: their HAS_* flag is off); a mask that replaces
+    no voxel (keep_prob 1) is absent.
+
+    Copied, not read through their strides: 2-core VM, B=32 x M=8, the six
+    .contiguous() calls cost 1.5 us a launch when the arguments are already
+    contiguous (sample_puzzle's outputs always are) and 16 us when five need a
+    copy, while ten stride arguments cost 2.1 us a launch in Triton's
+    argument specialisation alone, and one compile per stride pattern (a
+    stride of 1 or a multiple of 16 is specialised on)."""
+    mask = p.mask if p.masks_voxels else None
+    return tuple(t.contiguous() if t is not None else p.source
+                 for t in (p.origins, p.index, p.rotations, mask, p.scale_tensor, p.shift_tensor))
 
 
-def _flags(cube, index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi) -> dict:
+def _scalars(p: ExtractCubesParams) -> tuple:
+    """scale_value, shift_value, clamp_lo, clamp_hi as kernel floats (0 for an absent bound: never read)."""
+    lo, hi = p.clamp_bounds
+    return float(p.scale_value), float(p.shift_value), float(lo or 0.0), float(hi or 0.0)
+
+
+def _flags(p: ExtractCubesParams) -> dict:
     """Compile-time constants shared by the forward and backward kernels."""
-    CD, CH, CW = cube
+    CD, CH, CW = p.cube_size
+    lo, hi = p.clamp_bounds
     return dict(CD=CD, CH=CH, CW=CW,
-                HAS_INDEX=index is not None, HAS_ROT=rotations is not None, HAS_MASK=mask is not None,
-                KEEP_RANDOM=0 < threshold < (1 << 24) and mask is not None,
-                HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-                HAS_LO=clamp_lo is not None, HAS_HI=clamp_hi is not None)
+                HAS_INDEX=p.index is not None, HAS_ROT=p.rotations is not None, HAS_MASK=p.masks_voxels,
+                KEEP_RANDOM=p.masks_voxels and p.keep_threshold > 0,
+                HAS_SCALE=p.scale_tensor is not None, HAS_SHIFT=p.shift_tensor is not None,
+                HAS_LO=lo is not None, HAS_HI=hi is not None)
 
 
-def launch_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
-                    scale, shift, scale_value, shift_value, clamp_lo, clamp_hi) -> Tensor:
-    """Gradient w.r.t. ``source`` (its shape, contiguous, its dtype)."""
+def launch_backward(grad: Tensor, p: ExtractCubesParams) -> Tensor:
+    """Gradient w.r.t. ``p.source`` (its shape, contiguous, its dtype) of output gradient ``grad``."""
+    source = p.source
     N, C, D, H, W = source.shape
-    B, M = origins.shape[0], origins.shape[1]
-    CD, CH, CW = (int(s) for s in cube_size)
-    compute = reference.opmath_dtype(source.dtype, grad.dtype)
+    B, M = p.origins.shape[0], p.origins.shape[1]
+    compute = opmath_dtype(source.dtype, grad.dtype)
     acc = torch.zeros(source.shape, dtype=compute, device=source.device)
     if grad.numel() == 0:
         return acc.to(source.dtype)
-    threshold = reference.keep_threshold(keep_prob)
-    if threshold >= (1 << 24):  # keep_prob == 1: nothing is dropped
-        mask = None
     f64 = compute == torch.float64
+    lo, hi = p.clamp_bounds
     params = source
     if f64:
-        params = torch.tensor([scale_value, shift_value, clamp_lo if clamp_lo is not None else 0.0,
-                               clamp_hi if clamp_hi is not None else 0.0], dtype=torch.float64, device=source.device)
+        params = torch.tensor([p.scale_value, p.shift_value, lo if lo is not None else 0.0,
+                               hi if hi is not None else 0.0], dtype=torch.float64, device=source.device)
+    CD, CH, CW = p.cube_size
     numel = CD * CH * CW
     block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
     grid = (B * M * C * triton.cdiv(numel, block),)
     _extract_cubes_backward_kernel[grid](
-        grad, acc, source, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
+        grad, acc, source, *_argument_pointers(p), params,
         N, C, D, H, W, M, *source.stride(), *grad.stride(),
-        float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0),
-        *seed_halves(seed), int(threshold),
-        **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
+        *_scalars(p), *seed_halves(p.seed), p.keep_threshold, **_flags(p),
         F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block,
         WIDE=not (_fits_int32(source, grad) and _span(grad) < 2**31 and acc.numel() < 2**31),
         GRAD_FLAT=grad.is_contiguous(), num_warps=4 if source.device.type == "cuda" else 1,
@@ -431,116 +444,35 @@ def _fits_int32(source: Tensor, out: Tensor) -> bool:
     return _span(source) < 2**31 and out.numel() < 2**31 and max(abs(s) for s in source.stride()) < 2**31
 
 
-def launch(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,
-           shift_value, clamp_lo, clamp_hi, out, tile: Optional[Sequence[int]] = None):
-    """Run the kernel into ``out`` (arguments: the op's schema; checked by the caller).  ``tile``: see
-    :func:`tile_shape`."""
+def launch(p: ExtractCubesParams, out: Tensor, tile: Optional[Sequence[int]] = None) -> None:
+    """Run the kernel into ``out`` (arguments checked by the caller, ``p.cube_size`` three ints).  ``tile``:
+    see :func:`tile_shape`."""
+    source = p.source
     N, C, D, H, W = source.shape
-    B, M = origins.shape[0], origins.shape[1]
-    CD, CH, CW = (int(s) for s in cube_size)
+    B, M = p.origins.shape[0], p.origins.shape[1]
     if out.numel() == 0:
         return
     odt = out.dtype
     f64 = torch.float64 in (source.dtype, odt)
-    arith = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not is_no_shift(shift_value)
-    threshold = reference.keep_threshold(keep_prob)
-    if threshold >= (1 << 24):  # keep_prob == 1: a masked cube keeps every voxel
-        mask = None
+    lo, hi = p.clamp_bounds
     params = source  # dummy pointer when unused
-    params_in_tensor = f64 and (arith or mask is not None)
+    params_in_tensor = f64 and (p.changes_values or p.masks_voxels)
     if params_in_tensor:
-        params = torch.tensor([scale_value, shift_value, clamp_lo if clamp_lo is not None else 0.0,
-                               clamp_hi if clamp_hi is not None else 0.0, fill], dtype=torch.float64,
-                              device=source.device)
+        params = torch.tensor([p.scale_value, p.shift_value, lo if lo is not None else 0.0,
+                               hi if hi is not None else 0.0, p.fill], dtype=torch.float64, device=source.device)
     # Half outputs go through float32: double -> float -> half matches torch,
     # and a direct int16/uint8 -> bfloat16 cast gave NaNs and denormals in the
     # interpreter (float32 holds every int16 exactly, so the rounding is the same).
     via_f32 = (f64 or not source.dtype.is_floating_point) and odt in (torch.float16, torch.bfloat16)
-    to, tr, tw, warps = tile_shape((CD, CH, CW), source.device, odt, tile)
-    per_cube = _programs_per_cube((CD, CH, CW), to, tr, tw)
+    to, tr, tw, warps = tile_shape(p.cube_size, source.device, odt, tile)
+    per_cube = _programs_per_cube(p.cube_size, to, tr, tw)
     grid = (B * M * C * per_cube,)
     _extract_cubes_kernel[grid](
-        source, out, origins, *_optional_pointers(source, index, rotations, mask, scale, shift), params,
+        source, out, *_argument_pointers(p), params,
         N, C, D, H, W, M, *source.stride(),
-        float(scale_value), float(shift_value), float(clamp_lo or 0.0), float(clamp_hi or 0.0), float(fill),
-        *seed_halves(seed), int(threshold),
-        **_flags((CD, CH, CW), index, rotations, mask, threshold, scale, shift, clamp_lo, clamp_hi),
-        ARITH=arith, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
+        *_scalars(p), float(p.fill), *seed_halves(p.seed), p.keep_threshold, **_flags(p),
+        ARITH=p.changes_values, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
         BF16_RTNE=_INTERPRET and odt == torch.bfloat16,
         TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
         num_warps=warps,
     )
-
-
-def _check(schema_args: tuple, out: Optional[Tensor] = None) -> None:
-    """The shape, dtype, device and out= checks of the C++ backends
-    (csrc/extract_cubes_checks.h), for calls that reach this op without the
-    Python ones (validate=False, torch.ops): they keep the kernel in bounds."""
-    (source, origins, cube_size, index, rotations, mask, fill, _keep_prob, _seed, scale, shift, scale_value,
-     shift_value, clamp_lo, clamp_hi, out_dtype) = schema_args
-    arithmetic = scale is not None or shift is not None or clamp_lo is not None or clamp_hi is not None \
-        or scale_value != 1.0 or not is_no_shift(shift_value)
-    check_tensors(source, origins, cube_size, index, rotations, mask, scale, shift, fill, out_dtype, arithmetic, out)
-
-
-class TritonExtractCubes:
-    """The registered Triton op and its out= variant (two ops: a custom op
-    cannot define an overload)."""
-
-    def __init__(self, functional, out_variant):
-        self._functional = functional
-        self._out = out_variant
-
-    def __call__(self, *args):
-        return self._functional(*args)
-
-    def out(self, *args, out):
-        self._out(*args, out)
-        return out
-
-
-def register() -> TritonExtractCubes:
-    """Define the Triton ops: ``rubikops::extract_cubes_triton`` (and its out= variant and backward) as
-    opaque custom ops around the launcher, with the fake kernel and autograd formula of extract_cubes.
-    Opaque, not torch.library.triton_op: opcheck and torch.compile(fullgraph=True) pass with them on CPU
-    (the interpreter, where triton_op fails: "Attempted to set the storage of a tensor on device meta")
-    and on the GPU."""
-    def functional(*schema_args):
-        _check(schema_args)
-        source, origins, cube_size, out_dtype = schema_args[0], schema_args[1], schema_args[2], schema_args[15]
-        odt = out_dtype or reference.default_out_dtype(source.dtype)
-        out = torch.empty(out_shape(source, origins, cube_size), dtype=odt, device=source.device)
-        launch(*schema_args[:15], out)
-        return out
-
-    def out_variant(*schema_args_and_out):
-        *schema_args, out = schema_args_and_out
-        _check(tuple(schema_args), out)
-        launch(*schema_args[:15], out)
-
-    schema = EXTRACT_CUBES_SCHEMA.replace("extract_cubes(", "(")
-    out_schema = schema.replace(") -> Tensor", ", Tensor(a!) out) -> ()")
-    func_op = torch.library.custom_op("rubikops::extract_cubes_triton", functional, mutates_args=(), schema=schema)
-    out_op = torch.library.custom_op("rubikops::extract_cubes_triton_out", out_variant, mutates_args=("out",),
-                                     schema=out_schema)
-    torch.library.register_fake("rubikops::extract_cubes_triton", extract_cubes_fake)
-
-    def backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed, scale, shift,
-                 scale_value, shift_value, clamp_lo, clamp_hi):
-        _check((source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift, scale_value,
-                shift_value, clamp_lo, clamp_hi, grad.dtype))
-        want = out_shape(source, origins, cube_size)
-        torch._check_value(grad.shape == want and grad.device == source.device,
-                           lambda: f"rubikops.extract_cubes_backward: grad must have shape {want} on "
-                                   f"{source.device}, got {tuple(grad.shape)} on {grad.device}")
-        return launch_backward(grad, source, origins, cube_size, index, rotations, mask, keep_prob, seed,
-                               scale, shift, scale_value, shift_value, clamp_lo, clamp_hi)
-
-    backward_schema = EXTRACT_CUBES_BACKWARD_SCHEMA.replace("extract_cubes_backward(", "(")
-    backward_op = torch.library.custom_op("rubikops::extract_cubes_backward_triton", backward, mutates_args=(),
-                                          schema=backward_schema)
-    backward_op.register_fake(extract_cubes_backward_fake)
-    torch.library.register_autograd("rubikops::extract_cubes_triton", backward_via(backward_op),
-                                    setup_context=setup_context)
-    return TritonExtractCubes(func_op, out_op)

@@ -1,0 +1,141 @@
+"""The affine read in the cut (``affine=``: augmentation in the same pass):
+the compiled CPU kernel against the plain-torch reference (forward and
+gradient), the reference against resampling the crop first and cutting
+after (what CropAffine does), int16 banks through the value map, opcheck on
+the schema, and a clear refusal where a backend has no kernel for it."""
+import math
+
+import pytest
+import torch
+
+import rubikops
+from rubikops import ops, reference
+from rubikops.augment import _gather_corners, resample_crops, rotation_matrices
+from rubikops.rotations import NUM_CODES, preserves_shape
+
+TRITON = ops.triton_available() and ops.interpreter_enabled()
+
+
+def _affines(gen, B, max_angle=15.0, zoom=(0.8, 1.25), move=4.0):
+    """Random rotations about each axis, zooms and translations (voxel units), as (B, 3, 4) float64."""
+    angles = (torch.rand(B, 3, generator=gen, dtype=torch.float64) * 2 - 1) * math.radians(max_angle)
+    z = torch.exp(math.log(zoom[0]) + torch.rand(B, generator=gen, dtype=torch.float64)
+                  * (math.log(zoom[1]) - math.log(zoom[0])))
+    shift = (torch.rand(B, 3, 1, generator=gen, dtype=torch.float64) * 2 - 1) * move
+    return torch.cat([rotation_matrices(angles) * z[:, None, None], shift], -1)
+
+
+def _case(seed, dtype=torch.float32, cube=(4, 4, 4), B=3, M=5):
+    gen = torch.Generator().manual_seed(seed)
+    vol = (9, 10, 8)
+    if dtype == torch.int16:
+        source = torch.randint(-1024, 3072, (4, 2, *vol), generator=gen, dtype=torch.int16)
+    else:
+        source = torch.randn(4, 2, *vol, generator=gen, dtype=torch.float64).to(dtype)
+    # Origins past every edge: the reads clamp into the volume (edge values repeat).
+    origins = torch.randint(-3, 9, (B, M, 3), generator=gen)
+    codes = [c for c in range(NUM_CODES) if preserves_shape(c, cube)]
+    rotations = torch.tensor(codes)[torch.randint(0, len(codes), (B, M), generator=gen)]
+    kw = dict(index=torch.randint(0, 4, (B,), generator=gen), rotations=rotations,
+              mask=torch.rand(B, M, generator=gen) < 0.4, keep_prob=0.3, seed=seed,
+              affine=_affines(gen, B, move=6.0))
+    return source, origins, cube, kw
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cube", [(4, 4, 4), (3, 5, 2)])
+def test_compiled_matches_the_reference(seed, cube):
+    source, origins, cube, kw = _case(seed, cube=cube)
+    kw.update(scale=torch.tensor([2.0, 0.5, -1.0]), shift=0.25, clamp=(-2.0, 2.5))
+    if len(set(cube)) > 1:
+        kw["rotations"] = kw["rotations"] % 8  # flips only: the cube is not cubic
+    want = reference.extract_cubes(source, origins, cube, **kw)
+    for validate in (True, False):
+        got = rubikops.extract_cubes(source, origins, cube, validate=validate, **kw)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int16])
+def test_dtypes(dtype):
+    """float64 and float16 banks, and int16 banks through the value map (per-sample scale and shift)."""
+    source, origins, cube, kw = _case(11, dtype=dtype)
+    if dtype == torch.int16:
+        kw.update(scale=torch.tensor([0.01, 0.02, 0.005], dtype=torch.float64),
+                  shift=torch.tensor([-1.0, 0.5, 0.0], dtype=torch.float64))
+    want = reference.extract_cubes(source, origins, cube, **kw)
+    got = rubikops.extract_cubes(source, origins, cube, **kw)
+    assert got.dtype == want.dtype == (torch.float32 if dtype == torch.int16 else dtype)
+    torch.testing.assert_close(got, want, rtol=1e-3 if dtype == torch.float16 else 0,
+                               atol=1e-3 if dtype == torch.float16 else 1e-5)
+
+
+def test_gradient_matches_the_reference_autograd():
+    source, origins, cube, kw = _case(5, dtype=torch.float64)
+    kw.update(scale=torch.tensor([2.0, 0.5, -1.0], dtype=torch.float64), shift=0.25, clamp=(-1.5, 1.5))
+    weights = torch.randn(3, 5, 2, *cube, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grad(fn):
+        x = source.clone().requires_grad_()
+        (fn(x, origins, cube, **kw) * weights).sum().backward()
+        return x.grad
+
+    want = grad(reference.extract_cubes)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(grad(rubikops.extract_cubes), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad(lambda *a, **k: rubikops.extract_cubes(*a, backend="torch", **k)), want,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_the_fused_cut_is_resampling_then_cutting():
+    """With the affine of a resampled crop, cutting from the volume equals
+    resampling the crop (rubikops.augment, eight gathered corners) and
+    cutting the same boxes from it: the puzzle's labels describe the
+    augmented crop exactly."""
+    gen = torch.Generator().manual_seed(3)
+    vol, crop, cube, B, M = (20, 18, 22), (10, 10, 10), (4, 4, 4), 2, 6
+    storage = torch.rand(1, 1, *vol, generator=gen)
+    shapes, offsets = torch.tensor([vol]), torch.zeros(1, 3, dtype=torch.int64)
+    index = torch.zeros(B, dtype=torch.int64)
+    half = torch.tensor([(n - 1) / 2 for n in crop], dtype=torch.float64)
+    centres = half + torch.rand(B, 3, generator=gen, dtype=torch.float64) * (torch.tensor(vol) - 1 - 2 * half)
+    matrices = _affines(gen, B)[:, :, :3]
+    crops = resample_crops(storage, shapes, offsets, index, centres, matrices, crop)  # (B, 1, *crop)
+    origins = torch.randint(0, crop[0] - cube[0] + 1, (B, M, 3), generator=gen)
+    rotations = torch.randint(0, NUM_CODES, (B, M), generator=gen)
+    two_pass = rubikops.extract_cubes(crops, origins, cube, rotations=rotations)
+    affine = torch.cat([matrices, (centres - (matrices @ half[:, None]).squeeze(-1))[..., None]], -1)
+    fused = rubikops.extract_cubes(storage, origins, cube, index=index, rotations=rotations, affine=affine)
+    # resample_crops places voxels in float32: about 1e-6 voxel of position error on values in [0, 1).
+    torch.testing.assert_close(fused, two_pass, rtol=0, atol=2e-5)
+    assert _gather_corners is not None  # the crop path above is resample_crops' own
+
+
+def test_opcheck_on_the_schema():
+    source, origins, cube, kw = _case(2)
+    params = rubikops._schema.ExtractCubesParams(source.requires_grad_(), origins, cube, **kw)
+    torch.library.opcheck(torch.ops.rubikops.extract_cubes.default, params.schema_args())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda B: torch.zeros(B, 3, 3, dtype=torch.float64), r"affine must have shape \(3, 3, 4\)"),
+    (lambda B: torch.zeros(B, 3, 4, dtype=torch.int64), "affine must be a floating tensor"),
+    (lambda B: torch.full((B, 3, 4), float("nan"), dtype=torch.float64), r"affine\[0\] is not finite"),
+])
+def test_bad_affine_is_a_clear_error(bad, match):
+    source, origins, cube, kw = _case(4)
+    kw["affine"] = bad(3)
+    with pytest.raises((ValueError, TypeError), match=match):
+        rubikops.extract_cubes(source, origins, cube, **kw)
+
+
+def test_an_integer_output_is_refused():
+    source, origins, cube, kw = _case(4, dtype=torch.int16)
+    with pytest.raises(TypeError, match="out_dtype"):
+        rubikops.extract_cubes(source, origins, cube, out_dtype=torch.int16, **kw)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs Triton and TRITON_INTERPRET=1")
+def test_triton_refuses_what_it_cannot_read():
+    source, origins, cube, kw = _case(4)
+    with pytest.raises(NotImplementedError, match="affine= has no Triton kernel"):
+        rubikops.extract_cubes(source, origins, cube, backend="triton", **kw)
