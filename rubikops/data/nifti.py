@@ -103,7 +103,11 @@ def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
         return cases
     spec = os.fspath(spec)
     if os.path.isdir(spec):
-        found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if is_nifti(f))
+        try:
+            names = os.listdir(spec)
+        except OSError as exc:
+            raise DataError(f"{spec}: cannot list the folder ({(exc.strerror or type(exc).__name__).lower()})") from None
+        found = sorted(os.path.join(spec, f) for f in names if is_nifti(f))
         if not found:
             raise DataError(f"{spec}: folder holds no .nii or .nii.gz files")
         return found
@@ -189,11 +193,12 @@ def load_nifti(path: Union[str, Sequence[str]], *, frames: Union[None, int, str]
                                     "to set them to 0)")
             chans.append(np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0) if allow_nonfinite else part)
     data = np.stack(chans, 0)
+    if label and np.issubdtype(data.dtype, np.floating):  # before the cast to int64, which would truncate 1.7 to 1
+        bad = ~np.isfinite(data) | (data != np.rint(data)) | (np.abs(data) > 2**53)
+        if bad.any():
+            raise DataError(f"{paths[0]}: label map holds {int(bad.sum())} non-integer or non-finite values "
+                            f"(e.g. {data[bad].flat[0]!r}); a label map holds class ids")
     data = data.astype(np.int64 if label else np.float32, copy=False)
-    if label and np.issubdtype(chans[0].dtype, np.floating):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise DataError(f"{paths[0]}: label map holds non-integer values")
     return Volume(np.ascontiguousarray(data), affine, paths, {"dtype": str(chans[0].dtype)})
 
 
