@@ -132,6 +132,8 @@ class TensorVolumes(VolumeSource):
     def volume_stats(self) -> Optional[tuple]:
         if self._stats is None and not self.packed:
             v = self.storage.float().flatten(1)
+            if self._intensity is not None:  # the statistics of physical values, as a bank's, not of stored ones
+                v = v.double() * self._intensity[0].double()[:, None] + self._intensity[1].double()[:, None]
             return v.mean(1), v.std(1)
         return self._stats
 

@@ -229,7 +229,11 @@ class PretextTask:
             scale, shift = a, b
         volumes = src.storage
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
-        kwargs = dict(index=op_index, rotations=cut.codes, mask=cut.mask, fill=self.mask_fill,
+        # the op's per-sample arguments as dense tensors: B or B x M entries, copied only when the caller's
+        # index or description (shapes, offsets, intensity, stats) was a strided, offset or stride-0 view
+        dense = lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        op_origins, op_index, scale, shift = dense(op_origins), dense(op_index), dense(scale), dense(shift)
+        kwargs = dict(index=op_index, rotations=dense(cut.codes), mask=dense(cut.mask), fill=self.mask_fill,
                       keep_prob=self.mask_keep_prob, seed=self.op_seed(seed, generator),
                       scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend)
         if self.validate:

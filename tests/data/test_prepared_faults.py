@@ -277,13 +277,17 @@ def test_a_killed_jobs_temporaries_are_removed_by_the_next_run(scans, tmp_path):
     prepare(scans, out, SETTINGS, progress=False, stop_after=1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    tag = f".tmp-{dead.pid}@{prepared_module._HOST}-"
+    host = getattr(prepared_module, "_HOST", "thishost")
+    tag = f".tmp-{dead.pid}@{host}-"  # a temporary of a process of this host that has ended
     left = [out / "volumes" / f"{tag}abc-v1.npy", out / f"{tag}def-manifest.json"]
-    alive = out / "volumes" / f".tmp-{os.getpid()}@{prepared_module._HOST}-ghi-v2.npy"  # a write in progress
-    for p in left + [alive]:
+    old = out / "volumes" / ".tmp-k2j3h4-v3.npy"  # untagged (another host's, or an older version's), 2 hours old
+    alive = out / "volumes" / f".tmp-{os.getpid()}@{host}-ghi-v2.npy"  # a write in progress
+    fresh = out / "volumes" / ".tmp-x8y9z0-v0.npy"  # untagged and new: maybe another host's write in progress
+    for p in left + [old, alive, fresh]:
         p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
     prepare(scans, out, SETTINGS, progress=False)
-    assert not any(p.exists() for p in left) and alive.exists()
+    assert not any(p.exists() for p in left + [old]) and alive.exists() and fresh.exists()
 
 
 def _running(pid: str) -> bool:
