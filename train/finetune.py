@@ -267,10 +267,11 @@ def build_model(cfg, num_classes: int, in_channels: int):
         raise UserError(f"--backbone: unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     encoder = build_encoder(backbone, in_channels, width, norm)
     report = load_encoder(encoder, state) if state is not None else None
-    if report is not None and not report.loaded:  # a partial load means some weights, not none
-        raise UserError(f"--pretrained: {cfg.pretrained}: none of its {len(state)} tensors fit a {backbone} encoder "
-                        f"of width {width}; pass the --backbone and --width it was pretrained with")
     partial = report is not None and (report.missing or report.unexpected or report.mismatched)
+    if partial and cfg.allow_partial_load and not report.loaded:  # a partial load means some weights, not none
+        raise UserError(f"--pretrained: {cfg.pretrained}: none of its {len(state)} tensors fit a {backbone} encoder "
+                        f"of width {width}, so --allow-partial-load would train from scratch; pass the --backbone "
+                        "and --width it was pretrained with, or --pretrained none")
     if partial and not cfg.allow_partial_load:
         counts = report.summary().splitlines()[0].removeprefix("encoder weights: ")
         raise UserError(f"--pretrained: {cfg.pretrained}: does not fit a {backbone} encoder of width {width} "

@@ -89,11 +89,12 @@ def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") ->
     return packed_bytes(arrays, storage_dtype(dtype, "bank_bytes"))
 
 
-def contents_hash(arrays: Sequence[np.ndarray]) -> str:
-    """The identity of ``arrays`` in their order, from what they hold, not from their names (an
-    array's name is its place in the list): a memory-mapped file by its path, size and modification
-    time (a prepared volume's file name holds its content hash), an in-memory array by its bytes."""
-    h = hashlib.blake2b(digest_size=8)
+def contents_hash(arrays: Sequence[np.ndarray], names: Sequence[str]) -> str:
+    """The identity of ``arrays`` in their order, from their names and what they hold (an array's
+    default name is only its place in the list): a memory-mapped file by its path, size and
+    modification time (a prepared volume's file name holds its content hash), an in-memory array by
+    its bytes."""
+    h = hashlib.blake2b("\n".join(names).encode(), digest_size=8)
     for a in arrays:
         h.update(repr((a.shape, str(a.dtype))).encode())
         mapped = getattr(a, "filename", None)
@@ -185,7 +186,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.calls = 0
         self.refreshes = 0
         self.loads = 0  # volumes read from the host so far
-        self._volumes_hash = contents_hash(self._host)
+        self._volumes_hash = contents_hash(self._host, self.names)
 
     # -- schedule --------------------------------------------------------------------------------
     def order(self, epoch: int) -> np.ndarray:
