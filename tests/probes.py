@@ -1,6 +1,6 @@
 """Adversarial probes of the newer surfaces, as a new and a careless user would try them (issue 28).
 
-``python tests/probes.py`` prints one line per probe and a table per surface; tests/test_probes.py
+``python -m tests.probes`` (from the repository root) prints one line per probe and a table per surface; tests/test_probes.py
 runs them and requires zero silently wrong results, zero raw tracebacks and zero user files lost.
 
 Each probe does one thing to one surface and says what a right answer is:
@@ -26,16 +26,21 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
 
-import nibabel as nib
-import numpy as np
-import torch
+# run as a file, Python puts tests/ first on the path, where tests/triton would hide the triton package
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # as tests/conftest.py: Triton on CPU tensors runs in its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from rubikops.data import (DataError, Preprocessing, StreamingBank, VolumeBank, load_nifti,  # noqa: E402
-                           load_prepared, parse_size, prepare, read_manifest)
+from rubikops.data import (Preprocessing, StreamingBank, VolumeBank, load_nifti, load_prepared,  # noqa: E402
+                           make_bank, parse_size, prepare, read_manifest)
 from rubikops.data.__main__ import main as data_cli  # noqa: E402
 from rubikops.data.streaming import slot_bytes  # noqa: E402
 from rubikops.tasks import get  # noqa: E402
@@ -182,6 +187,9 @@ def data_probes(w: World) -> list:
                         (["--workers", "0"], "--workers"), (["--rank", "2", "--world", "2"], "--rank")):
         out.append(Probe(s, f"prepare {' '.join(flags)}", lambda f=flags, wd=word: cli(
             ["prepare", w.scans, "--out", w.fresh("o"), "--no-progress", *f], wd)))
+    out.append(Probe(s, "--out that is a file", lambda: cli(["prepare", w.scans, "--out", os.path.join(
+        w.scans, "v0.nii.gz"), "--no-progress"], "--out is a file"), keep=[os.path.join(w.scans, "v0.nii.gz")]))
+    out.append(Probe(s, "info of a missing path", lambda: cli(["info", w.fresh("none")], "no such file")))
     out.append(Probe(s, "info --spacing -1", lambda: cli(["info", w.scans, "--spacing", "-1"], "spacing")))
     out.append(Probe(s, "prepare of a missing SRC", lambda: cli(["prepare", w.fresh("none"), "--out", w.fresh("o"),
                                                                   "--no-progress"], "no such file")))
@@ -271,7 +279,10 @@ def bank_probes(w: World) -> list:
                                                                     "seed")))
     out.append(Probe(s, "names shorter than the volumes", lambda: refused(lambda: VolumeBank(arrays, names=["a"]),
                                                                             "names")))
-    out.append(Probe(s, "--bank-budget 1e400", lambda: refused(lambda: parse_size("1e400", "budget"), "budget")))
+    for text in ("1e400", "-5", "lots", "0"):
+        out.append(Probe(s, f"budget {text}", lambda t=text: refused(lambda: parse_size(t, "budget"), "budget")))
+    out.append(Probe(s, "make_bank names shorter than the volumes", lambda: refused(
+        lambda: make_bank(arrays, budget=9000, names=["a", "b"]), "names")))
     for calls in ("x", -3, 1.5):
         out.append(Probe(s, f"load_state_dict(calls={calls!r})", lambda c=calls: refused(
             lambda: StreamingBank(arrays, budget=9000).load_state_dict(
@@ -326,8 +337,14 @@ def task_probes(w: World) -> list:
     for value in (2.5, "10"):
         out.append(Probe(s, f"num_permutations={value!r}", lambda v=value: refused(
             lambda: get("rubik")(cube_size=4, num_permutations=v), "num_permutations")))
-    out.append(Probe(s, "mask_prob='0.5'", lambda: refused(lambda: get("rubik")(cube_size=4, mask_prob="0.5"),
-                                                            "mask_prob")))
+    for option in ("mask_prob", "mask_keep_prob", "mask_fill"):
+        out.append(Probe(s, f"{option}='0.5'", lambda o=option: refused(
+            lambda: get("rubik")(cube_size=4, **{o: "0.5"}), o)))
+    out.append(Probe(s, "volume_offsets without volume_shapes", lambda: refused(
+        lambda: get("rotation")(cube_size=6)(V[:1], volume_offsets=torch.zeros(1, 3, dtype=torch.int64)),
+        "volume_offsets")))
+    out.append(Probe(s, "float volume_shapes", lambda: refused(
+        lambda: get("rotation")(cube_size=6)(V, volume_shapes=torch.full((3, 3), 30.0)), "volume_shapes")))
     return out
 
 
@@ -344,7 +361,8 @@ def script_probes(w: World) -> list:
     out.append(Probe(s, "a prepared folder with a NaN volume", lambda: script(pretrain.main, [
         "--preset", "tiny", "--data-prepared", w.edit_npy(npy_nan), "--out", w.fresh("run"), "--no-progress",
         "--no-tensorboard"], "NaN or Inf")))
-    for text, word in (("steps: null\n", "steps"), ("steps: 2.7\n", "steps"), ("lr: null\n", "lr")):
+    for text, word in (("steps: null\n", "steps"), ("steps: 2.7\n", "steps"), ("lr: null\n", "lr"),
+                       ("batch_size: 2.5\n", "batch_size"), ("steps: true\n", "steps")):
         out.append(Probe(s, f"YAML {text.strip()}", lambda t=text, wd=word: script(
             pretrain.main, tiny("--config", yaml(t)), wd)))
     out.append(Probe(s, "--bank-budget 1e400", lambda: script(pretrain.main, tiny("--bank-budget", "1e400"),
@@ -397,9 +415,10 @@ def script_probes(w: World) -> list:
         return script(finetune.main, ["--preset", "tiny", "--no-progress", "--no-tensorboard", "--out",
                                       w.fresh("ft"), "--csv", path], "2 classes")
     out.append(Probe(f, "a one-class CSV", one_class))
-    out.append(Probe(f, "--class-weights nan,1,1,1", lambda: script(finetune.main, [
-        "--preset", "tiny", "--no-progress", "--no-tensorboard", "--out", w.fresh("ft"),
-        "--class-weights", "nan,1,1,1"], "--class-weights")))
+    for weights in ("nan,1,1,1", "inf,1,1,1", "0,0,0,0"):
+        out.append(Probe(f, f"--class-weights {weights}", lambda wt=weights: script(finetune.main, [
+            "--preset", "tiny", "--no-progress", "--no-tensorboard", "--out", w.fresh("ft"),
+            "--class-weights", wt], "--class-weights")))
 
     def nothing_fits():
         folder = w.fresh("enc")
