@@ -440,7 +440,9 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         sched.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
-        if step >= cfg.steps:  # nothing would be trained, and the summary would lose its evaluation
+        # nothing would be trained: refused, unless the run was stopped between its last checkpoint and its
+        # summary, which is then written from that checkpoint's evaluation
+        if step > cfg.steps or (step == cfg.steps and os.path.exists(os.path.join(cfg.out, "summary.json"))):
             raise UserError(f"--resume: the checkpoint has {step} steps already, --steps is {cfg.steps}; pass a "
                             "larger --steps to continue training (nothing was changed)")
         rngs = resume_state["rng"]
@@ -478,7 +480,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     t_gen = t_timed = 0.0  # batch generation vs whole step, over the timed steps of a log window
     puzzles_done = 0
     run_start = window_start = time.perf_counter()
-    last_eval: dict = {}
+    # the evaluation the checkpoint was saved with: what the summary reports until the next one
+    last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state is not None else {}
     acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
     window = 0
     first_nonfinite = torch.full((), -1, dtype=torch.int64, device=dev)  # on a GPU: read where the host syncs

@@ -101,6 +101,18 @@ def test_a_resume_that_would_train_nothing_is_refused_and_changes_nothing(pretra
     assert {f: (pretrained / f).read_bytes() for f in before} == before
 
 
+def test_a_run_stopped_before_its_summary_resumes_to_the_summary_of_its_last_evaluation(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert common.run_main(pretrain.main, tiny_args(data, out, tmp_path / "cache")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    os.unlink(out / "summary.json")  # as a kill between the last checkpoint and the summary leaves it
+    rc, cap = run(pretrain.main, ["--out", str(out), "--resume", "--no-progress"], capsys)
+    assert rc == 0, cap.err
+    again = json.loads((out / "summary.json").read_text())
+    assert summary["order_acc"] is not None and again["order_acc"] == summary["order_acc"]
+    assert again["orient_acc"] == summary["orient_acc"] and again["steps"] == 6
+
+
 # -- item 4 -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, words", [("steps: null\n", ["steps = null"]), ("steps: 2.7\n", ["steps = 2.7"]),
                                          ("steps: true\n", ["steps = True"]),
