@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 from common import UserError  # noqa: E402
+from run_checks import FiniteLoss  # noqa: E402
 
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
@@ -239,39 +240,12 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
             "monai:") else build_encoder(cfg.backbone)
     except (ValueError, TypeError) as exc:
         raise UserError(f"--backbone: {exc}") from None
-    check_cube_fits(encoder, cfg, puzzle)
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
                    cube_heads=cfg.cube_heads)
-    return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
-
-
-def check_cube_fits(encoder: torch.nn.Module, cfg: PretrainConfig, puzzle) -> None:
-    """Refuse a cube the encoder's pooling reduces to nothing, from one forward of a zero cube (eval
-    mode: batch statistics of a single cube are not defined), before the heads are sized from it."""
-    was = encoder.training
-    encoder.eval()
     try:
-        with torch.no_grad():
-            encoder(torch.zeros(1, cfg.channels, *puzzle.cube_size))
-    except (RuntimeError, ValueError) as exc:
-        raise UserError(f"--cube-size {tuple(puzzle.cube_size)} is too small for the {cfg.backbone} backbone "
-                        f"({str(exc).splitlines()[0][:160]}); use larger cubes or another --backbone") from None
-    finally:
-        encoder.train(was)
-
-
-def nonfinite_loss(when: str, bank, targets, augment) -> UserError:
-    """The error for a loss that is NaN or Inf ``when`` ("step 12"), naming the batch's volumes when ``targets`` are
-    that batch's (with --augment geometry a sample's index counts crops, not volumes)."""
-    where = ""
-    if targets is not None and augment[0] is None:
-        index = targets.index.cpu()
-        if hasattr(bank, "slot_volumes"):  # a streaming bank's index holds slots
-            index = bank.slot_volumes(index)
-        names = sorted({bank.names[i] for i in index.tolist()})
-        where = f" on a batch of {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
-    return UserError(f"{when}: the loss is NaN or Inf{where}; nothing after the last checkpoint was saved. "
-                     "Check the data (python -m rubikops.data info) or lower --lr")
+        return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
+    except ValueError as exc:  # e.g. a cube the backbone's pooling reduces to nothing
+        raise UserError(f"--cube-size/--backbone: {exc}") from None
 
 
 def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
@@ -440,8 +414,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         sched.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
-        # nothing would be trained: refused, unless the run was stopped between its last checkpoint and its
-        # summary, which is then written from that checkpoint's evaluation
+        # nothing to train: refused, unless stopped between the last checkpoint and the summary (written below)
         if step > cfg.steps or (step == cfg.steps and os.path.exists(os.path.join(cfg.out, "summary.json"))):
             raise UserError(f"--resume: the checkpoint has {step} steps already, --steps is {cfg.steps}; pass a "
                             "larger --steps to continue training (nothing was changed)")
@@ -484,7 +457,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state is not None else {}
     acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
     window = 0
-    first_nonfinite = torch.full((), -1, dtype=torch.int64, device=dev)  # on a GPU: read where the host syncs
+    finite_loss = FiniteLoss(dist, bank, augment, UserError)
     model.train()
     while step < cfg.steps:
         # On CPU every step is timed (synchronising is free); on the GPU only the last step of each
@@ -503,20 +476,10 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         with amp_ctx():
             out = fwd(cubes)
             loss, parts = puzzle.loss(out, targets, **loss_options(cfg, puzzle, step))
-        finite = torch.isfinite(loss.detach())
-        deferred = cuda or dist.world > 1  # a check per step would sync the GPU, or leave other ranks waiting
-        if not deferred and not bool(finite):  # refused before the optimizer step spoils the weights
-            raise nonfinite_loss(f"step {step + 1}", bank, targets, augment)
-        if deferred:
-            first_nonfinite = torch.where(finite | (first_nonfinite >= 0), first_nonfinite, step + 1)
+        finite_loss.before_step(loss, step, targets)
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
-        if deferred and (step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            # every rank at the same step, one all_reduce: all stop together, before a checkpoint is written
-            if dist.mean({"nonfinite": float(first_nonfinite >= 0)})["nonfinite"] > 0:
-                first = int(first_nonfinite)
-                raise nonfinite_loss(f"step {first}" if first >= 0 else f"another rank, by step {step}", bank, None,
-                                     augment)
+        finite_loss.after_step(step, step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps)
         if timed:
             if cuda:
                 torch.cuda.synchronize()

@@ -80,9 +80,10 @@ class Cut:
 def check_index(index: torch.Tensor, count: int, label: str, read_values: bool = True) -> None:
     """``index`` is a (B,) integer tensor; with ``read_values`` (a host sync on a GPU) also each entry
     is in [0, count)."""
-    if index.dtype not in (torch.int64, torch.int32) or index.dim() != 1:
-        raise ValueError(f"{label}: index must be a 1-D int64 or int32 tensor of volume indices, got "
-                         f"{index.dtype} of shape {tuple(index.shape)}")
+    if index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{label}: index must be int32 or int64 (volume indices), got {index.dtype}")
+    if index.dim() != 1:
+        raise ValueError(f"{label}: index must be 1-D (one volume per sample), got shape {tuple(index.shape)}")
     if read_values and index.numel():
         lo, hi = (int(v) for v in torch.aminmax(index))
         if lo < 0 or hi >= count:
@@ -182,7 +183,9 @@ class PretextTask:
         if not isinstance(index, torch.Tensor) or index.device != dev:
             raise ValueError(f"{self.label}: index must be a tensor on the volumes' device ({dev}), got "
                              f"{getattr(index, 'device', type(index).__name__)}")
-        check_index(index, src.shapes.shape[0], self.label, read_values=self.validate or dev.type == "cpu")
+        # reading the values syncs a GPU (validate=False skips it there) and breaks a compiled graph
+        check_index(index, src.shapes.shape[0], self.label,
+                    read_values=self.validate or (dev.type == "cpu" and not torch.compiler.is_compiling()))
         if src.static_shape is not None or self.validate:
             bad = src.smaller_than(self.crop_size)
             if bad is not None:
