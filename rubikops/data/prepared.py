@@ -20,7 +20,13 @@ writes, under ``prepared/``:
   part is there (rank 0 after a barrier under torch.distributed, else
   whichever rank finishes last, else the next ``load_prepared``).
 
-Every file is written atomically (``atomic_path``).  Sources are only read.
+``--out`` must be a new or empty folder, or one prepare made: a folder holding other files is refused,
+so no manifest.json or report.json of the user's is replaced.  A prepared folder is checked when read,
+not trusted: each manifest entry's keys and types, a ``file`` inside the folder, each .npy's shape and
+dtype; the bank then verifies each volume finite and its statistics those of the manifest.
+
+Every file is written atomically (``atomic_path``), temporaries named after the writing process, so the
+next run removes those a killed job left.  Worker processes end with the job.  Sources are only read.
 Each source is hashed before and after it is processed; a file that changed
 in between is reported and not stored.  Duplicates (same content as an
 earlier file in the sorted list) keep the first and report the rest.
