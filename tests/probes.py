@@ -288,7 +288,8 @@ def bank_probes(w: World) -> list:
             lambda: StreamingBank(arrays, budget=9000).load_state_dict(
                 dict(StreamingBank(arrays, budget=9000).state_dict(), calls=c)), "calls")))
     out.append(Probe(s, "a bank state over reordered arrays", lambda: refused(
-        lambda: StreamingBank(arrays[::-1], budget=9000).load_state_dict(StreamingBank(arrays, budget=9000).state_dict()),
+        lambda: StreamingBank(arrays[::-1], budget=9000).load_state_dict(
+            StreamingBank(arrays, budget=9000).state_dict()),
         "volumes_hash")))
 
     def zscore_stats():

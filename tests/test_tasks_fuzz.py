@@ -96,7 +96,8 @@ def calls(draw):
                      torch.randn(n, generator=gen, dtype=torch.float64))
     stats = None
     if norm == "zscore":
-        stats = (torch.randn(n, generator=gen, dtype=torch.float64), torch.rand(n, generator=gen, dtype=torch.float64) + 0.5)
+        stats = (torch.randn(n, generator=gen, dtype=torch.float64),
+                 torch.rand(n, generator=gen, dtype=torch.float64) + 0.5)
     b = draw(st.integers(1, 4))
     index = torch.tensor(draw(st.lists(st.integers(0, n - 1), min_size=b, max_size=b)), dtype=torch.int64)
     give_shapes = packed or draw(st.booleans())

@@ -106,7 +106,8 @@ def find_files(spec: Union[str, os.PathLike, Sequence]) -> list:
         try:
             names = os.listdir(spec)
         except OSError as exc:
-            raise DataError(f"{spec}: cannot list the folder ({(exc.strerror or type(exc).__name__).lower()})") from None
+            why = (exc.strerror or type(exc).__name__).lower()
+            raise DataError(f"{spec}: cannot list the folder ({why})") from None
         found = sorted(os.path.join(spec, f) for f in names if is_nifti(f))
         if not found:
             raise DataError(f"{spec}: folder holds no .nii or .nii.gz files")

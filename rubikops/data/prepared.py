@@ -440,8 +440,10 @@ def _check_part(path: str, part) -> dict:
     if not 0 <= part["rank"] < part["world"]:
         raise DataError(f"{path}: rank {part['rank']} is not within world {part['world']}")
     for i, r in enumerate(part["results"]):
-        need = ("reason", "detail") if isinstance(r, dict) and r.get("status") == "skipped" else ("source_hash", "entry")
-        if (not isinstance(r, dict) or not _is_int(r.get("index")) or r.get("status") not in ("prepared", "reused", "skipped")
+        skipped = isinstance(r, dict) and r.get("status") == "skipped"
+        need = ("reason", "detail") if skipped else ("source_hash", "entry")
+        if (not isinstance(r, dict) or not _is_int(r.get("index"))
+                or r.get("status") not in ("prepared", "reused", "skipped")
                 or not isinstance(r.get("sources"), list) or not r["sources"]
                 or not all(isinstance(x, str) for x in r["sources"]) or any(k not in r for k in need)):
             raise DataError(f"{path}: results[{i}] is not a result prepare writes; delete the file and run that rank "
@@ -472,8 +474,8 @@ def pending_ranks(out_dir: str) -> Optional[str]:
     words = []
     if other:
         words.append(f"rank(s) {', '.join(map(str, other))} were prepared with other settings, world size or file "
-                     f"list than rank {newest['rank']} (world {job[0]}, {job[1]} files, settings {newest['settings']}); "
-                     "run every rank with the same settings")
+                     f"list than rank {newest['rank']} (world {job[0]}, {job[1]} files, settings "
+                     f"{newest['settings']}); run every rank with the same settings")
     if missing:
         words.append(f"rank(s) {', '.join(map(str, missing))} of {job[0]} have not finished")
     return "; ".join(words) or None

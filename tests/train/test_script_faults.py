@@ -124,9 +124,10 @@ def test_yaml_values_that_are_not_the_settings_type_are_refused(data, tmp_path, 
     assert_one_error_line(rc, cap, *words)
 
 
-@pytest.mark.parametrize("flags, words", [(["--bank-budget", "1e400"], ["--bank-budget", "beyond any memory"]),
-                                          (["--cube-size", "4"], ["--cube-size", "cube_size (4, 4, 4) is too small for the VGG3D"]),
-                                          (["--cube-size", "6", "--grid", "1,1,2", "--num-permutations", "2"], ["cube_size (6, 6, 6) is too small"])])
+@pytest.mark.parametrize("flags, words", [
+    (["--bank-budget", "1e400"], ["--bank-budget", "beyond any memory"]),
+    (["--cube-size", "4"], ["--cube-size", "cube_size (4, 4, 4) is too small for the VGG3D"]),
+    (["--cube-size", "6", "--grid", "1,1,2", "--num-permutations", "2"], ["cube_size (6, 6, 6) is too small"])])
 def test_script_flags_that_cannot_work_are_one_line(data, tmp_path, capsys, flags, words):
     rc, cap = run(pretrain.main, tiny_args(data, tmp_path / "run", tmp_path / "cache", *flags), capsys)
     assert_one_error_line(rc, cap, *words)
