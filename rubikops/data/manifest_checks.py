@@ -19,7 +19,7 @@ def check_part(path: str, part) -> dict:
     if not isinstance(part, dict):
         raise DataError(f"{path}: not a readable manifest part (JSON object expected); delete it and run that rank "
                         "again")
-    for key, ok in (("rank", _is_int), ("world", _is_int), ("cases", _is_int),
+    for key, ok in (("rank", is_int), ("world", is_int), ("cases", is_int),
                     ("settings_key", lambda v: isinstance(v, str)), ("settings", lambda v: isinstance(v, dict)),
                     ("results", lambda v: isinstance(v, list))):
         if not ok(part.get(key)):
