@@ -106,12 +106,19 @@ class TensorVolumes(VolumeSource):
             raise ValueError(f"{label}: volumes must be a 5-D tensor (N, C, D, H, W), got "
                              f"{getattr(volumes, 'shape', type(volumes))}")
         dev = volumes.device
+        if dev.type == "meta":
+            raise ValueError(f"{label}: volumes on the meta device hold no values to cut cubes from")
         if offsets is not None and (shapes is None or volumes.shape[0] != 1):
             raise ValueError(f"{label}: volume_offsets needs volume_shapes and a packed (1, C, D, H, W) storage")
         for name, t in (("volume_shapes", shapes), ("volume_offsets", offsets)):
             if t is not None and (not isinstance(t, torch.Tensor) or t.device != dev):
                 raise ValueError(f"{label}: {name} must be a tensor on the volumes' device ({dev}), got "
                                  f"{getattr(t, 'device', type(t).__name__)}")
+        rows = volumes.shape[0] if offsets is None else (offsets.shape[0] if offsets.dim() == 2 else -1)
+        for name, t in (("volume_shapes", shapes), ("volume_offsets", offsets)):
+            if t is not None and (t.dim() != 2 or t.shape != (rows, 3) or t.dtype not in (torch.int64, torch.int32)):
+                raise ValueError(f"{label}: {name} must be a ({rows}, 3) int64 tensor (one row per volume), got "
+                                 f"{t.dtype} of shape {tuple(t.shape)}")
         self.storage, self.device = volumes, dev
         if shapes is None:
             self.static_shape = tuple(volumes.shape[2:])
@@ -125,6 +132,8 @@ class TensorVolumes(VolumeSource):
     def volume_stats(self) -> Optional[tuple]:
         if self._stats is None and not self.packed:
             v = self.storage.float().flatten(1)
+            if self._intensity is not None:  # the statistics of physical values, as a bank's, not of stored ones
+                v = v.double() * self._intensity[0].double()[:, None] + self._intensity[1].double()[:, None]
             return v.mean(1), v.std(1)
         return self._stats
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rubikops.data import atomic_path
+from run_checks import checkpoint_problem
 
 
 class UserError(Exception):
@@ -133,9 +134,13 @@ def _parse_tuple(text: str, kind=int) -> tuple:
 
 def _coerce(name: str, value: Any, default: Any, typ: Optional[str]):
     """Convert a flag string or a config-file value to the field's type."""
+    if value is None and default is not None:
+        raise UserError(f"config: {name} = null; give it a value or leave it out (default: {default!r})")
     if value is None:
         return None
     kind = typ or type(default).__name__
+    if kind == "int" and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise UserError(f"config: {name} = {value!r} is not a valid int")
     try:
         if kind == "bool":
             if isinstance(value, str):
@@ -275,6 +280,9 @@ def open_run(cls, cfg, args) -> tuple:
         raise UserError(f"--resume: no checkpoint in {folder}")
     state = Checkpoints.load(path)
     known = {f.name for f in dataclasses.fields(cls)}
+    problem = checkpoint_problem(path, state, cls)
+    if problem is not None:
+        raise UserError(problem)
     saved = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items() if k in known})
     given = getattr(args, "given", set())
     changed = {k: (getattr(saved, k), getattr(cfg, k)) for k in sorted(given) if getattr(saved, k) != getattr(cfg, k)}

@@ -122,6 +122,9 @@ def load_classification(cfg):
         cases, names = default.lesion_classification_task(cfg.num_cases, seed=1000 + cfg.seed)
     x = torch.from_numpy(np.stack([c.image.data for c in cases])).float()
     y = np.array([c.label for c in cases])
+    if len(np.unique(y)) < 2:
+        raise UserError(f"{cfg.csv or 'classification'}: every case has the label {names[int(y[0])]!r}; "
+                        "classification needs at least 2 classes")
     case_names = [c.name for c in cases]
     split = choose_split(cfg, case_names, lambda: stratified_test_split(y, cfg.test_fraction, cfg.seed)[1])
     source = split_source(cfg)
@@ -242,6 +245,10 @@ def resolve_pretrained(path: str):
             check_state_dict(meta["network_state"], os.path.join(os.path.dirname(path), str(meta["network"])),
                              "a U-Net")
     check_state_dict(state, path, "an encoder")
+    spoilt = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if spoilt:
+        raise UserError(f"--pretrained: {path}: {len(spoilt)} tensor(s) hold NaN or Inf (e.g. {spoilt[0]}): the "
+                        "pretraining diverged; use an earlier checkpoint")
     return state, meta
 
 
@@ -332,6 +339,10 @@ def check_load(cfg, encoder, state, what: str):
     """Load the pretrained ``state`` into ``encoder``: a partial fit is refused unless --allow-partial-load."""
     report = load_encoder(encoder, state) if state is not None else None
     partial = report is not None and (report.missing or report.unexpected or report.mismatched)
+    if partial and cfg.allow_partial_load and not report.loaded:  # a partial load means some weights, not none
+        raise UserError(f"--pretrained: {cfg.pretrained}: none of its {len(state)} tensors fit {what}, so "
+                        "--allow-partial-load would train from scratch; pass the --backbone and --width it was "
+                        "pretrained with, or --pretrained none")
     if partial and not cfg.allow_partial_load:
         counts = report.summary().splitlines()[0].removeprefix("encoder weights: ")
         raise UserError(f"--pretrained: {cfg.pretrained}: does not fit {what} "
@@ -353,6 +364,8 @@ def class_weights(cfg, counts: np.ndarray) -> Optional[torch.Tensor]:
         raise UserError(f"--class-weights: {cfg.class_weights!r} is not none, auto or numbers") from None
     if len(w) != len(counts):
         raise UserError(f"--class-weights: {len(w)} weights for {len(counts)} classes")
+    if not all(math.isfinite(v) and v >= 0 for v in w) or not any(w):
+        raise UserError(f"--class-weights: weights must be finite, >= 0 and not all 0, got {cfg.class_weights!r}")
     return torch.tensor(w)
 
 

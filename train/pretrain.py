@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 from common import UserError  # noqa: E402
+from run_checks import FiniteLoss  # noqa: E402
 
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
@@ -270,7 +271,10 @@ def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch
         raise UserError(f"--backbone: {exc}") from None
     options = dict(in_channels=cfg.channels, hidden=cfg.hidden, dropout=cfg.dropout, pool=cfg.pool,
                    cube_heads=cfg.cube_heads, norm=cfg.norm)
-    return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
+    try:
+        return puzzle.build_model(encoder, **accepted(puzzle.build_model, options))
+    except ValueError as exc:  # e.g. a cube the backbone's pooling reduces to nothing
+        raise UserError(f"--cube-size/--backbone: {exc}") from None
 
 
 def load_prepared_data(cfg: PretrainConfig, dist: common.Dist):
@@ -463,6 +467,10 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         sched.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
         step, best = int(resume_state["step"]), float(resume_state.get("best", -1.0))
+        # nothing to train: refused, unless stopped between the last checkpoint and the summary (written below)
+        if step > cfg.steps or (step == cfg.steps and os.path.exists(os.path.join(cfg.out, "summary.json"))):
+            raise UserError(f"--resume: the checkpoint has {step} steps already, --steps is {cfg.steps}; pass a "
+                            "larger --steps to continue training (nothing was changed)")
         rngs = resume_state["rng"]
         common.set_rng_state(rngs[dist.rank] if isinstance(rngs, list) else rngs, {"puzzle": gen})
         if "bank_state" in resume_state:
@@ -499,9 +507,11 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     t_gen = t_timed = 0.0  # batch generation vs whole step, over the timed steps of a log window
     puzzles_done = 0
     run_start = window_start = time.perf_counter()
-    last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state else {}  # a finished run resumed
+    # the evaluation the checkpoint was saved with: what the summary reports until the next one
+    last_eval: dict = dict(resume_state.get("metrics") or {}) if resume_state is not None else {}
     acc: dict = {}  # running sums of this window's metrics, kept on the device (no host sync per step)
     window = 0
+    finite_loss = FiniteLoss(dist, bank, augment, UserError)
     model.train()
     while step < cfg.steps:
         # On CPU every step is timed (synchronising is free); on the GPU only the last step of each
@@ -520,8 +530,10 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
         with amp_ctx():
             out = fwd(cubes)
             loss, parts = puzzle.loss(out, targets, **loss_options(cfg, puzzle, step))
+        finite_loss.before_step(loss, step, targets)
         common.optimizer_step(loss, opt, sched, scaler)
         step += 1
+        finite_loss.after_step(step, step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps)
         if timed:
             if cuda:
                 torch.cuda.synchronize()

@@ -24,12 +24,12 @@ def _fmt(t, nd=2):
 
 def info(args) -> int:
     from . import DataError, Preprocessing, find_files, load_image, preprocess
-    settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
-                             crop_foreground=args.crop_foreground, foreground_threshold=args.threshold,
-                             frames=args.frames)
     try:
+        settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
+                                 crop_foreground=args.crop_foreground, foreground_threshold=args.threshold,
+                                 frames=args.frames)
         cases = find_files(args.path)
-    except DataError as exc:
+    except ValueError as exc:  # DataError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(cases)} case(s) in {args.path}; preprocessing: {settings.key()}")
@@ -61,17 +61,17 @@ def info(args) -> int:
 def prepare(args) -> int:
     from . import DataError, Preprocessing
     from .prepared import prepare as run_prepare
-    settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
-                             window=tuple(args.window), crop_foreground=args.crop_foreground,
-                             foreground_threshold=args.threshold, frames=args.frames)
     try:
+        settings = Preprocessing(orientation="RAS", spacing=args.spacing, intensity=args.intensity,
+                                 window=tuple(args.window), crop_foreground=args.crop_foreground,
+                                 foreground_threshold=args.threshold, frames=args.frames)
         report = run_prepare(args.src, args.out, settings, workers=args.workers, rank=args.rank,
                              world=args.world, progress=args.progress)
-    except DataError as exc:
+    except ValueError as exc:  # DataError included; Preprocessing names a bad --spacing or --window
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. an --out that cannot be created
-        print(f"error: {args.out}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # e.g. an --out that cannot be created: the path the system names
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0 if report.prepared or report.reused else 1

@@ -53,17 +53,17 @@ def _new_file_mode(path: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, durable: bool = True):
+def atomic_path(path: str, durable: bool = True, prefix: str = ".tmp-"):
     """Yield a temporary path next to ``path`` (same suffix, so writers that
     look at the extension behave); rename it onto ``path`` on success, delete
     it on failure.  The file ends with the mode a plain write would give it,
     not mkstemp's owner-only 0o600.  ``durable=False`` skips the fsync, for
     records whose loss in a crash only costs recomputing them (readers still
-    never see a partial file)."""
+    never see a partial file).  ``prefix``: the temporary's name starts with it (``.tmp-`` and more)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix="-" + os.path.basename(path), dir=folder)
     os.close(fd)
     try:
         os.chmod(tmp, _new_file_mode(path))

@@ -209,7 +209,11 @@ def content_key(path: str, digest: Callable[[str], str]) -> str:
 def _folder_cases(folder: str) -> list:
     """The cases of a folder: its image files, and the DICOM series found
     in it and its subfolders (one case per series)."""
-    names = sorted(os.listdir(folder))
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        why = (exc.strerror or type(exc).__name__).lower()
+        raise DataError(f"{folder}: cannot list the folder ({why})") from None
     cases = [os.path.join(folder, f) for f in names if is_image_file(f) and not os.path.isdir(os.path.join(folder, f))]
     cases += find_series(folder)
     return sorted(cases)

@@ -186,11 +186,12 @@ def load_channels(path: Union[str, Sequence[str]], read: Callable[[str], RawImag
                                     "to set them to 0)")
             chans.append(np.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0) if allow_nonfinite else part)
     data = np.stack(chans, 0)
+    if label and np.issubdtype(data.dtype, np.floating):  # before the cast to int64, which would truncate 1.7 to 1
+        bad = ~np.isfinite(data) | (data != np.rint(data)) | (np.abs(data) > 2**53)
+        if bad.any():
+            raise DataError(f"{paths[0]}: label map holds {int(bad.sum())} non-integer or non-finite values "
+                            f"(e.g. {data[bad].flat[0]!r}); a label map holds class ids")
     data = data.astype(np.int64 if label else np.float32, copy=False)
-    if label and np.issubdtype(chans[0].dtype, np.floating):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise DataError(f"{paths[0]}: label map holds non-integer values")
     return Volume(np.ascontiguousarray(data), affine, paths, meta)
 
 

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from .nifti import DataError, Volume
 
 INTENSITY_MODES = ("none", "window", "zscore")
+# a resampled volume larger than this is refused, naming the file: 2^31 voxels are 8 GiB in float32, 8 times a
+# 512 x 512 x 1000 CT (2.6e8 voxels), so only a broken spacing in the header or a mistyped --spacing gets there
+MAX_RESAMPLED_VOXELS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,13 @@ def resample(vol: Volume, spacing: Sequence[float], label: bool = False) -> Volu
     round(shape * old / new); the affine maps new voxel centres to their
     exact world positions (the half-voxel convention of align_corners=False)."""
     old = np.asarray(vol.spacing)
-    new_shape = tuple(max(1, int(round(n * o / s))) for n, o, s in zip(vol.shape, old, spacing))
+    extent = [n * o / s for n, o, s in zip(vol.shape, old, spacing)]  # voxels along each axis, as floats
+    voxels = float(np.prod(extent)) * vol.channels
+    if not np.isfinite(voxels) or voxels > MAX_RESAMPLED_VOXELS:
+        raise DataError(f"{vol.name}: resampling {vol.shape} voxels of {tuple(round(float(o), 4) for o in old)} mm "
+                        f"to {tuple(spacing)} mm would make {voxels:.3g} voxels (at most {MAX_RESAMPLED_VOXELS:.3g}); "
+                        "its voxel spacing is implausible, or choose a coarser spacing")
+    new_shape = tuple(max(1, int(round(e))) for e in extent)
     if new_shape == vol.shape:
         return vol
     x = torch.from_numpy(np.ascontiguousarray(vol.data))[None]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import os
 import re
 from typing import Optional, Sequence, Union
 
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from ..volumes import VolumeSource
-from .bank import (BankPuzzles, VolumeBank, bank_inputs, check_fits, host_array, human_bytes, packed_bytes,
+from .bank import (BankPuzzles, VolumeBank, bank_device, bank_inputs, check_fits, host_array, human_bytes, packed_bytes,
                    storage_dtype, stored_volume, take_shard, volume_names)
 from .nifti import Volume
 
@@ -65,7 +66,10 @@ def parse_size(text: Union[str, int], what: str = "size") -> int:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         if m is None or m.group(2).lower() not in _UNITS:
             raise ValueError(f"{what}: {text!r} is not a size (e.g. 20GB, 512MiB, 1e9)")
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if not np.isfinite(value) or value >= 2**63:
+            raise ValueError(f"{what}: {text!r} is beyond any memory (at most 2^63 bytes)")
+        n = int(value)
     if n <= 0:
         raise ValueError(f"{what}: must be positive, got {text!r}")
     return n
@@ -83,6 +87,23 @@ def bank_bytes(volumes: Sequence, dtype: Union[str, torch.dtype] = "float32") ->
     """Bytes a :class:`VolumeBank` of ``volumes`` would take (read from their shapes only)."""
     arrays = [host_array(v, f"volume {i}", "bank_bytes") for i, v in enumerate(volumes)]
     return packed_bytes(arrays, storage_dtype(dtype, "bank_bytes"))
+
+
+def contents_hash(arrays: Sequence[np.ndarray], names: Sequence[str]) -> str:
+    """The identity of ``arrays`` in their order, from their names and what they hold (an array's
+    default name is only its place in the list): a memory-mapped file by its path, size and
+    modification time (a prepared volume's file name holds its content hash), an in-memory array by
+    its bytes."""
+    h = hashlib.blake2b("\n".join(names).encode(), digest_size=8)
+    for a in arrays:
+        h.update(repr((a.shape, str(a.dtype))).encode())
+        mapped = getattr(a, "filename", None)
+        if mapped is not None:
+            st = os.stat(mapped)
+            h.update(f"{os.path.abspath(mapped)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def _zero_outside(slot, d: int, h: int, w: int) -> None:
@@ -108,9 +129,11 @@ class StreamingBank(BankPuzzles, VolumeSource):
                  dtype: Union[str, torch.dtype] = "float32", *, budget: Union[int, str], shard: Optional[tuple] = None,
                  seed: int = 0, refresh_every: int = REFRESH_EVERY, names: Optional[Sequence[str]] = None,
                  headroom: float = 0.8):
-        self.dtype, self.device = storage_dtype(dtype, "StreamingBank"), torch.device(device)
+        self.dtype, self.device = storage_dtype(dtype, "StreamingBank"), bank_device(device, "StreamingBank")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
             raise ValueError(f"StreamingBank: refresh_every must be an int >= 1, got {refresh_every!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"StreamingBank: seed must be an int >= 0 (it seeds NumPy's visiting order), got {seed!r}")
         budget = parse_size(budget, "StreamingBank: budget")
         self.quantised = self.dtype in (torch.int16, torch.uint8)
         self.names, self._host, self._stats = bank_inputs(volumes, shard, names, "StreamingBank")
@@ -163,7 +186,7 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.calls = 0
         self.refreshes = 0
         self.loads = 0  # volumes read from the host so far
-        self._volumes_hash = hashlib.sha1("\n".join(self.names).encode()).hexdigest()[:16]
+        self._volumes_hash = contents_hash(self._host, self.names)
 
     # -- schedule --------------------------------------------------------------------------------
     def order(self, epoch: int) -> np.ndarray:
@@ -361,7 +384,10 @@ class StreamingBank(BankPuzzles, VolumeSource):
             if state.get(key) != mine[key]:
                 raise ValueError(f"StreamingBank.load_state_dict: the state's {key} is {state.get(key)!r}, "
                                  f"this bank's {mine[key]!r} (same volumes, budget, seed and refresh_every needed)")
-        self.calls = int(state["calls"])
+        calls = state.get("calls")
+        if isinstance(calls, bool) or not isinstance(calls, (int, np.integer)) or calls < 0:
+            raise ValueError(f"StreamingBank.load_state_dict: the state's calls must be an int >= 0, got {calls!r}")
+        self.calls = int(calls)
         self._fill(self.calls // self.refresh_every)  # now: a resumed run's first step finds it loaded
 
     def close(self) -> None:

@@ -23,15 +23,22 @@ def _head(cin: int, cout: int, hidden: int, dropout: float) -> nn.Module:
 
 
 def feature_dim(encoder: nn.Module, in_channels: int, cube_size: Sequence[int], pool: str = "avg") -> int:
-    """Width of one cube's feature vector, from one small forward pass in eval mode."""
-    if pool == "avg" and isinstance(getattr(encoder, "out_channels", None), int):
-        return encoder.out_channels
+    """Width of one cube's feature vector, from one small forward pass in eval mode (batch statistics of
+    one cube are not defined); a ValueError naming ``cube_size`` when the encoder's pooling reduces such
+    a cube to nothing."""
     was = encoder.training
     encoder.eval()
     p = next(encoder.parameters(), None)
-    with torch.no_grad():
-        y = encoder(torch.zeros(1, in_channels, *cube_size, device=p.device if p is not None else "cpu"))
-    encoder.train(was)
+    try:
+        with torch.no_grad():
+            y = encoder(torch.zeros(1, in_channels, *cube_size, device=p.device if p is not None else "cpu"))
+    except RuntimeError as exc:
+        raise ValueError(f"cube_size {tuple(cube_size)} is too small for the {type(encoder).__name__} encoder "
+                         f"({str(exc).splitlines()[0][:160]}); use larger cubes or another encoder") from None
+    finally:
+        encoder.train(was)
+    if pool == "avg" and isinstance(getattr(encoder, "out_channels", None), int):
+        return encoder.out_channels
     return _pool(y, pool).shape[1]
 
 

@@ -22,6 +22,7 @@ and one import line in ``rubikops/tasks/__init__.py``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from numbers import Real
 from typing import Optional
@@ -48,6 +49,8 @@ def register(name: str):
 
 def get(name: str) -> type:
     """The task class registered as ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"task: the name must be a string, one of {', '.join(sorted(TASKS))}; got {name!r}")
     if name not in TASKS:
         raise ValueError(f"task: unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
     return TASKS[name]
@@ -74,6 +77,19 @@ class Cut:
     mask: Optional[torch.Tensor] = None   # (B, M) bool, None: nothing masked
 
 
+def check_index(index: torch.Tensor, count: int, label: str, read_values: bool = True) -> None:
+    """``index`` is a (B,) integer tensor; with ``read_values`` (a host sync on a GPU) also each entry
+    is in [0, count)."""
+    if index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{label}: index must be int32 or int64 (volume indices), got {index.dtype}")
+    if index.dim() != 1:
+        raise ValueError(f"{label}: index must be 1-D (one volume per sample), got shape {tuple(index.shape)}")
+    if read_values and index.numel():
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= count:
+            raise ValueError(f"{label}: index holds {lo if lo < 0 else hi}, out of range for {count} volumes")
+
+
 def as_ints(v, count: int, label: str) -> tuple:
     """An int (the same for all ``count`` entries) or ``count`` ints, checked
     as ops.as_integers (4.0 counts as 4; "444", 2.7 and True are refused)."""
@@ -86,9 +102,11 @@ def check_normalize(normalize, label: str):
     if normalize is None or normalize in ("cube", "zscore"):
         return normalize
     if isinstance(normalize, (tuple, list)) and len(normalize) == 3 and normalize[0] == "window":
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in normalize[1:]):
+            raise ValueError(f"{label}: normalize window bounds must be numbers, got {normalize!r}")
         lo, hi = float(normalize[1]), float(normalize[2])
-        if not lo < hi:
-            raise ValueError(f"{label}: normalize window needs lo < hi, got {normalize!r}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{label}: normalize window needs finite lo < hi, got {normalize!r}")
         return ("window", lo, hi)
     raise ValueError(f"{label}: normalize must be None, 'cube' (per cube to [-1, 1], as in the paper), "
                      f"'zscore' (per volume) or ('window', lo, hi) (e.g. a CT HU window), got {normalize!r}")
@@ -165,6 +183,9 @@ class PretextTask:
         if not isinstance(index, torch.Tensor) or index.device != dev:
             raise ValueError(f"{self.label}: index must be a tensor on the volumes' device ({dev}), got "
                              f"{getattr(index, 'device', type(index).__name__)}")
+        # reading the values syncs a GPU (validate=False skips it there) and breaks a compiled graph
+        check_index(index, src.shapes.shape[0], self.label,
+                    read_values=self.validate or (dev.type == "cpu" and not torch.compiler.is_compiling()))
         if src.static_shape is not None or self.validate:
             bad = src.smaller_than(self.crop_size)
             if bad is not None:
@@ -172,6 +193,10 @@ class PretextTask:
                         f"volume {bad} of shape {src.shapes[bad].tolist()}")
                 raise ValueError(f"{self.label}: {what} {'are' if src.static_shape else 'is'} smaller than the "
                                  f"puzzle's crop {self.crop_size} ({self.describe()})")
+        storage_extent = tuple(src.storage.shape[2:])  # no volume is larger: refused without reading the device
+        if any(c > e for c, e in zip(self.crop_size, storage_extent)):
+            raise ValueError(f"{self.label}: the puzzle's crop {self.crop_size} ({self.describe()}) is larger than "
+                             f"the volumes' storage {storage_extent}")
         cut, targets = self.sample(index.shape[0], src.shapes, index, generator)
         return self.cut(src, index, cut, generator, out, seed), targets
 
@@ -207,7 +232,11 @@ class PretextTask:
             scale, shift = a, b
         volumes = src.storage
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
-        kwargs = dict(index=op_index, rotations=cut.codes, mask=cut.mask, fill=self.mask_fill,
+        # the op's per-sample arguments as dense tensors: B or B x M entries, copied only when the caller's
+        # index or description (shapes, offsets, intensity, stats) was a strided, offset or stride-0 view
+        dense = lambda t: t.contiguous() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        op_origins, op_index, scale, shift = dense(op_origins), dense(op_index), dense(scale), dense(shift)
+        kwargs = dict(index=op_index, rotations=dense(cut.codes), mask=dense(cut.mask), fill=self.mask_fill,
                       keep_prob=self.mask_keep_prob, seed=self.op_seed(seed, generator),
                       scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend)
         if self.validate:

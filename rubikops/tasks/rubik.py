@@ -21,7 +21,9 @@ cell, so the gap between neighbouring cubes is in [lo, hi] (the paper: about
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from numbers import Real
 from typing import Optional, Sequence, Union
 
 import torch
@@ -130,9 +132,13 @@ class RubikCube(GridGeometry, PretextTask):
         if rotations == "all" and len(set(self.cube_size)) != 1:
             raise ValueError(f"{self.label}: rotations='all' needs cubic cubes, got cube_size {self.cube_size}")
         self.rotation_mode = rotations
-        for name, p in (("mask_prob", mask_prob), ("mask_keep_prob", mask_keep_prob)):
-            if not 0.0 <= float(p) <= 1.0:
+        for name, p in (("mask_prob", mask_prob), ("mask_keep_prob", mask_keep_prob), ("mask_fill", mask_fill)):
+            if not isinstance(p, Real) or isinstance(p, bool):
+                raise TypeError(f"{self.label}: {name} must be a number, got {p!r}")
+            if name != "mask_fill" and not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{self.label}: {name} must be in [0, 1], got {p!r}")
+        if not math.isfinite(float(mask_fill)):
+            raise ValueError(f"{self.label}: mask_fill must be finite, got {mask_fill!r}")
         self.mask_prob, self.mask_keep_prob, self.mask_fill = float(mask_prob), float(mask_keep_prob), float(mask_fill)
         super().__init__(normalize=normalize, validate=validate, backend=backend)
         if isinstance(permutations, torch.Tensor):
@@ -140,7 +146,8 @@ class RubikCube(GridGeometry, PretextTask):
         elif isinstance(permutations, str):
             perms = load_permutation_set(permutations, self.num_cells)
         elif permutations is None:
-            perms = permutation_set(self.num_cells, int(num_permutations), permutation_method, permutation_seed)
+            (count,) = as_ints(num_permutations, 1, f"{self.label}: num_permutations")
+            perms = permutation_set(self.num_cells, count, permutation_method, permutation_seed)
         else:
             raise TypeError(f"{self.label}: permutations must be None, a .npy path or a tensor, got "
                             f"{type(permutations)}")
