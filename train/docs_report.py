@@ -216,8 +216,9 @@ BLOCKS = [
     Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
                                                                   "docs/experiment.md")),
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
-    Block("protocol", ("docs/experiment.md",),
-          _script_block("experiment.py", "protocol", "docs/experiment.md", "--readme", "none"), needs="experiment"),
+    Block("protocol", ("docs/experiment.md",), lambda: _script_block(
+        "experiment.py", "protocol", "docs/experiment.md", "--results",
+        reporting.result_files("experiment")[-1])(), needs="experiment"),
 ]
 
 

@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from rubikops.sparse_labels import patch_origin_range
+
 from .helpers import script, smooth_volumes, tiny_args
 
 common = script("common")
@@ -195,7 +197,7 @@ def test_every_training_patch_holds_labelled_slices(first, last, depth, patch):
     ft = script("finetune")
     label = torch.full((6, 5, depth), ft.UNLABELLED)
     label[..., first:last + 1] = 1
-    lo, hi = ft.patch_origin_range(label, (4, 3, patch))
+    lo, hi = patch_origin_range(label, (4, 3, patch))
     assert lo[:2] == [0, 0] and hi[:2] == [2, 2]
     origins = range(lo[-1], hi[-1] + 1)
     # exactly the origins whose patch fits the volume and overlaps the labelled slices

@@ -194,18 +194,18 @@ def test_a_corrupt_file_stops_with_the_skip_bad_hint_and_is_listed_once_when_ski
 
 
 def test_resuming_a_finished_run_keeps_its_scores(data, tmp_path, capsys):
-    """The README's --resume after the run has ended: nothing to train, and the summary keeps the
-    last evaluation's scores instead of losing them."""
+    """The README's --resume after the run has ended: nothing to train, so it is refused in one line and
+    the summary keeps the last evaluation's scores instead of losing them."""
     out = tmp_path / "run"
     args = tiny_args(data, out, tmp_path / "cache")
     rc, cap = _run(args, capsys)
     assert rc == 0, cap.err
-    first = json.load(open(out / "summary.json"))
+    before = open(out / "summary.json").read()
+    first = json.loads(before)
     assert first["order_acc"] is not None and first["orient_acc"] is not None
     rc, cap = _run(args + ["--resume"], capsys)
-    assert rc == 0, cap.err
-    again = json.load(open(out / "summary.json"))
-    assert (again["order_acc"], again["orient_acc"], again["steps"]) == (first["order_acc"], first["orient_acc"], 6)
+    assert rc == 2 and "nothing was changed" in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+    assert open(out / "summary.json").read() == before
 
 
 def test_corrupt_resume_and_existing_run_are_refused_without_loss(data, tmp_path, capsys):
