@@ -69,9 +69,10 @@ def test_pretraining_block_rows_and_range_from_the_files(tmp_path):
     assert "ordering 60.5 to 66.5%, orientation 70.5 to 72.5%" in text and "(head.nii.gz)" in text
 
 
-def test_protocol_verdict_counts_rows_beating_scratch_by_one_sd(tmp_path):
-    """Per task, arm and fraction the LR with the best mean validation score; a win is a mean test
-    score above scratch's mean + sd.  Built so that the better-validating LR is the worse on test."""
+def test_protocol_verdict_names_arms_beating_scratch_by_one_sd(tmp_path):
+    """Per task, arm and fraction the LR with the best mean validation score; an arm is ahead when its
+    mean test score is above scratch's mean + sd.  Built so that the better-validating LR is the worse
+    on test (0.1), and so that a pretrained arm behind scratch (0.25) and one ahead (1) appear."""
     runs = []
     for seed, (a, b) in enumerate([(0.50, 0.70), (0.52, 0.74)]):
         runs += [dict(task="seg", arm="scratch", fraction=0.1, seed=seed, lr=1e-3, val=0.5, test=a),
@@ -83,7 +84,13 @@ def test_protocol_verdict_counts_rows_beating_scratch_by_one_sd(tmp_path):
                  dict(task="seg", arm="rubik", fraction=1.0, seed=seed, lr=1e-3, val=0.5, test=1.0)]
     (tmp_path / "experiment-20260101.json").write_text(json.dumps({"runs": runs}))
     text = docs_report.protocol_verdict(str(tmp_path))
-    assert text.startswith("rubik: beats scratch by more than one sd of scratch in 1 of 2 ")
+    parts = text.split("; seg at ")
+    assert text.startswith("yes, in part: seg at 0.1 of the labels: scratch 0.510 ± 0.014, rubik 0.720 ± 0.028; "
+                           "ahead by more than one sd of scratch: rubik"), text
+    assert "seg at 0.25 of the labels: scratch 0.720 ± 0.028, rubik 0.510 ± 0.014; no pretrained arm" in text
+    assert "seg at 1 of the labels: scratch 0.000 ± 0.000, rubik 1.000 ± 0.000; ahead" in text
+    assert len(parts) == 3 and text.endswith("(2 seeds, test scores; `" + os.path.relpath(
+        tmp_path / "experiment-20260101.json", docs_report.ROOT) + "`)")
 
 
 def test_readme_is_a_short_manual_that_starts_with_its_set_up():

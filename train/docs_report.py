@@ -157,8 +157,8 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
 
 def protocol_verdict(results: str) -> str:
     """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test): per task, arm and label
-    fraction the rate with the best mean validation score, then whether the pretrained arm's mean test
-    score beats scratch's by more than scratch's sd, counted over the fractions <= 0.25."""
+    fraction the rate with the best mean validation score, then per task and fraction each arm's mean ±
+    sd test score and which pretrained arms beat scratch's mean by more than scratch's sd."""
     files = reporting.result_files("experiment", results)
     if not files:
         return ("not shown: no committed result file of the protocol at this revision (the table in "
@@ -173,15 +173,20 @@ def protocol_verdict(results: str) -> str:
                 by_lr.setdefault(r["lr"], []).append(r)
         best = max(by_lr.values(), key=lambda rs: reporting.mean_sd([r["val"] for r in rs])[0])
         chosen[key] = reporting.mean_sd([r["test"] for r in best])
-    arms = sorted({k[1] for k in chosen if k[1] != "scratch"})
-    parts = []
-    for arm in arms:
-        keys = [k for k in chosen if k[1] == arm and k[2] <= 0.25 and (k[0], "scratch", k[2]) in chosen]
-        wins = sum(chosen[k][0] > sum(chosen[(k[0], "scratch", k[2])]) for k in keys)
-        parts.append(f"{arm}: beats scratch by more than one sd of scratch in {wins} of {len(keys)} "
-                     "task and label-fraction pairs at fractions <= 0.25")
-    return "; ".join(parts) + f" (`{_rel(files[-1])}`)"
-
+    parts, any_ahead = [], False
+    for task, fraction in sorted({(k[0], k[2]) for k in chosen if k[1] == "scratch"}):
+        base_mean, base_sd = chosen[(task, "scratch", fraction)]
+        arms = sorted(k[1] for k in chosen if k[0] == task and k[2] == fraction and k[1] != "scratch")
+        ahead = [a for a in arms if chosen[(task, a, fraction)][0] > base_mean + base_sd]
+        any_ahead = any_ahead or bool(ahead)
+        scores = ", ".join(f"{a} {chosen[(task, a, fraction)][0]:.3f} ± {chosen[(task, a, fraction)][1]:.3f}"
+                           for a in arms)
+        parts.append(f"{task} at {fraction:g} of the labels: scratch {base_mean:.3f} ± {base_sd:.3f}, {scores}; "
+                     + (f"ahead by more than one sd of scratch: {', '.join(ahead)}" if ahead else
+                        "no pretrained arm is ahead by more than one sd of scratch"))
+    seeds = len({r["seed"] for r in runs})
+    return (f"{'yes, in part' if any_ahead else 'not shown'}: " + "; ".join(parts)
+            + f" ({seeds} seeds, test scores; `{_rel(files[-1])}`)")
 
 # --- the registry ---
 
