@@ -41,17 +41,23 @@ def evaluate(model, batches, puzzle, amp_ctx, loss_kwargs: dict) -> dict:
     return {f"eval/{k}": v / count for k, v in sums.items()}
 
 
+def predict(model, inputs, amp_ctx):
+    """The model's outputs in eval mode, without gradients, its mode restored after."""
+    was = model.training
+    model.eval()
+    with torch.no_grad(), amp_ctx():
+        out = model(inputs)
+    model.train(was)
+    return out
+
+
 def draw_examples(model, bank, batches, puzzle, path, amp_ctx) -> None:
     """puzzles.png: one held-out puzzle of a grid task (rubik, jigsaw) with the network's answers; for a
     dense task, restorations.png beside it: held-out crops, corrupted, restored and untouched."""
     if isinstance(puzzle, DenseTask):
         from rubikops.viz import draw_restoration
         cubes, t = batches[0]
-        was = model.training
-        model.eval()
-        with torch.no_grad(), amp_ctx():
-            out = model(cubes[:4])
-        model.train(was)
+        out = predict(model, cubes[:4], amp_ctx)
         draw_restoration(cubes[:4], out, t.target[:4], os.path.join(os.path.dirname(path), "restorations.png"),
                          title=f"{puzzle.name}: held-out crops (central axial slice)")
         return
@@ -59,11 +65,7 @@ def draw_examples(model, bank, batches, puzzle, path, amp_ctx) -> None:
         return
     from rubikops.viz import draw_puzzle
     cubes, t = batches[0]
-    was = model.training
-    model.eval()
-    with torch.no_grad(), amp_ctx():
-        out = model(cubes[:1])
-    model.train(was)
+    out = predict(model, cubes[:1], amp_ctx)
     pred = {"permutation": int(out.permutation[0].argmax())}
     if puzzle.rotation_mode == "paper":
         p = torch.sigmoid(out.rotation[0].float())
