@@ -155,11 +155,18 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
             + "\n".join(f"| {q} | {a} | {d} |" for q, a, d in rows))
 
 
+def protocol_files(results: str = reporting.RESULTS) -> list:
+    """The committed results of the bundled protocol at the default scale, oldest first (a run on your
+    data or at --pretrain-scale matched writes its own sections, not these)."""
+    return [f for f in reporting.result_files("experiment", results)
+            if not _load(f).get("data") and _load(f).get("pretrain_scale", "default") == "default"]
+
+
 def protocol_verdict(results: str) -> str:
     """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test): per task, arm and label
     fraction the rate with the best mean validation score, then per task and fraction each arm's mean ±
     sd test score and which pretrained arms beat scratch's mean by more than scratch's sd."""
-    files = reporting.result_files("experiment", results)
+    files = protocol_files(results)
     if not files:
         return ("not shown: no committed result file of the protocol at this revision (the table in "
                 "docs/experiment.md predates result files)")
@@ -195,7 +202,8 @@ class Block:
     name: str                              # the marker name
     files: tuple                           # where it lives, relative to the repository root
     build: Callable[[], str]               # the block's text from the committed result files
-    needs: Optional[str] = None            # a result-file prefix: the block is checked only when such a file exists
+    needs: Optional[str] = None            # a result-file prefix ("protocol": the bundled protocol's): the block
+    # is checked only when such a file exists
 
 
 def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]:
@@ -223,12 +231,14 @@ BLOCKS = [
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
     Block("protocol", ("docs/experiment.md",), lambda: _script_block(
         "experiment.py", "protocol", "docs/experiment.md", "--results",
-        reporting.result_files("experiment")[-1])(), needs="experiment"),
+        protocol_files()[-1])(), needs="protocol"),
 ]
 
 
 def active_blocks(results: str = reporting.RESULTS) -> list:
-    return [b for b in BLOCKS if b.needs is None or reporting.result_files(b.needs, results)]
+    def present(needs):
+        return protocol_files(results) if needs == "protocol" else reporting.result_files(needs, results)
+    return [b for b in BLOCKS if b.needs is None or present(b.needs)]
 
 
 def differences(blocks=None, root: str = ROOT) -> list:

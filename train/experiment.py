@@ -2,7 +2,7 @@
 against fine-tuning each pretrained arm (--arms) on the offline
 classification and segmentation tasks, at several label fractions and seeds.
 
-    python train/experiment.py --results docs/results/experiment-DATE.json --docs docs --readme README.md
+    python train/experiment.py --results docs/results/experiment-DATE.json --docs docs
     python train/experiment.py --arms scratch,rubik --tasks classification --fractions 0.1,0.25 --lrs 1e-3,3e-3
     python train/experiment.py --arms scratch,rubik,rubik_small --pretrain-scale matched --device cuda
     python train/experiment.py --report-only --results docs/results/experiment-DATE.json --docs docs
@@ -164,8 +164,8 @@ def parse(argv=None):
                                                   "(empty: OUT/experiment-DATE.json); with --report-only, read")
     p.add_argument("--docs", default="", metavar="DIR", help="write DIR/experiment.md (its protocol section) and "
                                                              "DIR/experiment.png (empty: no documents)")
-    p.add_argument("--readme", default="", metavar="FILE", help="write the verdict into this README's "
-                                                                "protocol-verdict section (empty: none)")
+    p.add_argument("--readme", default="", metavar="FILE", help="write the verdict into this file's protocol-"
+                   "verdict section (empty: none; this README shows train/docs_report.py's verdict instead)")
     p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the table and plot from "
                                                              "--results, or from the runs finished in --out")
     experiment_data.add_flags(p)

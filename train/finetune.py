@@ -241,6 +241,10 @@ def main(argv=None) -> int:
     cfg = dataclasses.replace(cfg, out=cfg.out or os.path.join("runs", f"finetune-{cfg.task}"))
     check_config(cfg)
     cfg, resume = common.open_run(FinetuneConfig, cfg, args)
+    if resume is not None and int(resume["step"]) >= cfg.steps and os.path.exists(os.path.join(cfg.out, "results.json")):
+        raise UserError(f"--resume: the checkpoint has {int(resume['step'])} steps already, --steps is {cfg.steps}, "
+                        f"and {os.path.join(cfg.out, 'results.json')} holds its results; pass a larger --steps to "
+                        "continue training (nothing was changed)")
     ckpts = common.Checkpoints(os.path.join(cfg.out, "checkpoints"), cfg.keep_checkpoints)
     dist = common.setup_distributed(cfg.device)
     return common.run_distributed(dist, run, cfg, dist, ckpts, resume)
@@ -369,6 +373,9 @@ def run(cfg, dist, ckpts, resume) -> int:
                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "step": step,
                             "rng": rng, "config": dataclasses.asdict(cfg), "metrics": results}, step)
             common.kill_point(step)
+    if not results:  # a run killed after its last checkpoint, resumed: evaluate what it trained
+        results = evaluate(model, cfg, seg, dev, amp, names, test_data)
+        val_results = evaluate(model, cfg, seg, dev, amp, names, val_data) if val_data else {}
     if bar is not None:
         bar.close()
     logger.close()

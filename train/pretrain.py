@@ -519,7 +519,8 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     bank.close()
     peak_rss = dist.gather(common.peak_host_rss())
     if dist.main:
-        finish(cfg, puzzle, last_eval, step, puzzles_done / max(elapsed, 1e-9), logger, peak_rss,
+        rate = puzzles_done / max(elapsed, 1e-9) if puzzles_done else None  # None: a resume that ran no step
+        finish(cfg, puzzle, last_eval, step, rate, logger, peak_rss,
                [v.name for v in held_vols], loss_options(cfg, puzzle))
     logger.close()
     return 0

@@ -38,7 +38,10 @@ def evaluate(model, batches, puzzle, amp_ctx, loss_kwargs: dict) -> dict:
             sums[k] = sums.get(k, 0.0) + v * n
         count += n
     model.train(was)
-    return {f"eval/{k}": v / count for k, v in sums.items()}
+    means = {f"eval/{k}": v / count for k, v in sums.items()}
+    if isinstance(puzzle, DenseTask):  # the gain of the mean errors, not a mean of per-batch gains
+        means["eval/restoration_gain"] = 1.0 - means["eval/mse"] / max(means["eval/identity_mse"], 1e-12)
+    return means
 
 
 def predict(model, inputs, amp_ctx):
@@ -123,7 +126,8 @@ def finish(cfg, puzzle, last_eval, step, puzzles_per_s, logger, peak_rss: list, 
                    "STILL AT CHANCE: this task learned nothing" if acc is not None and acc < chance[key] + 0.02 else
                    f"{acc / chance[key]:.1f}x chance" if acc is not None else "not evaluated")
         lines.append(f"  {word:<12} {pct(acc):>6} (chance {pct(chance[key])}): {verdict}")
-    print(f"\ndone: {step} steps, {puzzles_per_s:.1f} puzzles/s, batch generation "
+    rate = "no step run" if puzzles_per_s is None else f"{puzzles_per_s:.1f} puzzles/s"
+    print(f"\ndone: {step} steps, {rate}, batch generation "
           f"{pct(summary['batch_gen_fraction'])} of step time\n"
           f"validation {noun} ({cfg.eval_puzzles} fixed {noun} of the held-out volume(s) "
           f"{', '.join(held_out) or 'none: training volumes'}), encoder of step {step}:\n"

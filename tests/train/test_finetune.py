@@ -242,3 +242,21 @@ def test_classification_and_duc_take_the_encoder_alone(dense_run, tmp_path, caps
     assert rc == 0, cap.err
     res = json.load(open(tmp_path / "ft" / "results.json"))
     assert res["decoder_load"] is None and res["encoder_load"]["loaded"] > 0 and "decoder weights" not in cap.err
+
+
+def test_a_finished_run_resumed_is_refused_and_one_killed_before_its_results_gets_them(encoder, tmp_path, capsys):
+    """--resume at the last step: with results.json there, nothing to do (refused, file kept); without it
+    (killed between the last checkpoint and the results), the trained model is evaluated and they are written."""
+    out = tmp_path / "ft"
+    args = ["--task", "classification", "--pretrained", encoder, "--out", str(out)]
+    rc, cap = _ft(capsys, *args)
+    assert rc == 0, cap.err
+    before = open(out / "results.json").read()
+    rc, cap = _ft(capsys, *args, "--resume")
+    assert rc == 2 and "nothing was changed" in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
+    assert open(out / "results.json").read() == before
+    os.remove(out / "results.json")
+    rc, cap = _ft(capsys, *args, "--resume")
+    assert rc == 0, cap.err
+    again = json.load(open(out / "results.json"))
+    assert again["metrics"] == json.loads(before)["metrics"] and again["steps"] == 4
