@@ -6,10 +6,11 @@ The crop is cut by one ``extract_cubes`` call (normalisation fused); the
 corruptions then run on the batch's device as a few tensor passes
 (:mod:`rubikops.corruptions`).  They are not fused into the cut: at
 pretrain.py's defaults for these tasks (8 crops of 32^3, the VGG U-Net of
-width 8) the cut and every corruption together take a few percent of a
-training step on a 2-core CPU (``python benchmarks/dense_share.py`` prints
-the shares; its result file is named in docs/dense-tasks.md), so a fused
-kernel could save at most that.
+width 8, 2-core CPU) batch generation, the cut and every corruption
+together, was 3.1% of a training step for masked and 8.3% for genesis
+(docs/results/experiment-20261204-pilot.json, each pretraining's summary),
+so a fused kernel could save at most that; ``python
+benchmarks/dense_share.py`` measures the cut and the corruptions apart.
 
 Conventions: cubes are (B, 1, C, d, h, w), one crop per sample, the corrupted
 input; ``targets.target`` (B, C, d, h, w) is the untouched crop (the cut
