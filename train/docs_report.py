@@ -146,7 +146,7 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
         ("Does the default pretext task learn?",
          f"yes: ordering {_pct(o_lo)} to {_pct(o_hi)}% (chance {_pct(s0['chance_order_acc'])}%), orientation "
          f"{_pct(r_lo)} to {_pct(r_hi)}% (chance {_pct(s0['chance_orient_acc'])}%) on the validation volume, "
-         f"{len(runs)} machines",
+         f"{len(runs)} runs on {len({r[1]['machine']['cpu'] for r in runs})} CPU models",
          "[experiment](docs/experiment.md#the-defaults-run-to-the-end)"),
         ("Does pretraining beat training from scratch downstream?", protocol_verdict(results),
          "[experiment](docs/experiment.md#does-pretraining-pay-off-downstream-the-protocol)"),
