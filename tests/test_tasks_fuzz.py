@@ -8,7 +8,9 @@ element 0) or stride-0 (one row expanded) where its values allow.  Two checks pe
 - the same call on dense copies of every argument, with the same generator seed, gives the same
   cubes and targets bit for bit (a kernel or sampler that read a view as if it were dense differs);
 - the cubes equal an independent reference cut from the targets with plain slicing,
-  ``rotations.apply_code`` and the normalisation's formula in float64.
+  ``rotations.apply_code`` and the normalisation's formula in float64.  For the dense tasks
+  (genesis, masked) that reference is the target, and the input is the task's corruption of it
+  replayed from the same generator (masked: the chosen patches hold the fill, the rest the crop).
 
 Bounded for CI (RUBIKOPS_FUZZ_EXAMPLES, default 50, derandomized: about 50 s on the 2-core VM, most
 of it in the Triton interpreter); set it higher, with RUBIKOPS_FUZZ_RANDOM=1, for a long run.
@@ -22,6 +24,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from rubikops import corruptions as K  # noqa: E402
 from rubikops import ops  # noqa: E402
 from rubikops.rotations import apply_code  # noqa: E402
 from rubikops.tasks import get  # noqa: E402
@@ -36,7 +39,11 @@ TASKS = {  # small geometries, cubic cubes (the targets' codes then apply to a b
     "jigsaw": lambda: get("jigsaw")(cube_size=2, num_permutations=4, gap=(0, 1)),
     "rotation": lambda: get("rotation")(cube_size=3),
     "relative_location": lambda: get("relative_location")(cube_size=2, gap=(0, 1)),
+    "genesis": lambda: get("genesis")(cube_size=4, shuffle_window=2),
+    "masked": lambda: get("masked")(cube_size=4, patch=2, normalized_target=False),
+    "masked_normalised": lambda: get("masked")(cube_size=4, patch=2, normalized_target=True),
 }
+DENSE = ("genesis", "masked", "masked_normalised")
 VIEWS = ("dense", "strided", "offset", "stride0")
 
 
@@ -107,7 +114,7 @@ def calls(draw):
         storage = storage[:1].expand_as(storage).clone()
     args = dict(volumes=storage, index=index, volume_shapes=shapes if give_shapes else None, volume_offsets=offsets,
                 intensity=intensity, stats=stats)
-    return task, args, kinds, seed
+    return name, task, args, kinds, seed
 
 
 def as_views(args: dict, kinds: dict) -> dict:
@@ -171,19 +178,45 @@ def reference_cubes(task, args: dict, targets) -> torch.Tensor:
     return torch.stack(out)
 
 
+def check_dense(task, args, seed, inputs, targets, crops):
+    """A dense task's target is the untouched crop (or its per-patch normalised form), and its input
+    is the task's corruption of that crop for the draws that follow the cut's on the same generator."""
+    clean = crops.to(inputs.dtype)
+    torch.testing.assert_close(clean.double(), crops, rtol=1e-5, atol=1e-4)
+    if getattr(task, "normalized_target", False):
+        torch.testing.assert_close(targets.target, K.normalised_patches(clean, task.patch), rtol=1e-5, atol=1e-4)
+    else:
+        torch.testing.assert_close(targets.target, clean, rtol=1e-5, atol=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    shapes = args["volume_shapes"] if args["volume_shapes"] is not None else \
+        torch.tensor(args["volumes"].shape[2:]).expand(args["volumes"].shape[0], 3)
+    task.sample(args["index"].shape[0], shapes, args["index"], gen)
+    if hasattr(task, "draw"):  # genesis: the corruption chain replayed on the reference crops
+        want = task.apply(clean, task.draw(clean, gen))
+    else:  # masked: the chosen patches hold the fill, the others the crop
+        masked = K.choose_patches(clean.shape[0], task.grid, task.mask_ratio, gen, clean.device)
+        weight = K.patch_voxels(masked, task.patch).to(clean.dtype)
+        torch.testing.assert_close(targets.weight, weight, rtol=0, atol=0)
+        want = torch.where(weight.bool(), torch.full_like(clean, task.fill), clean)
+    torch.testing.assert_close(inputs[:, 0], want, rtol=1e-5, atol=1e-4)
+
+
 @FUZZ
 @given(calls())
 def test_every_task_argument_may_be_a_view(call):
-    task, args, kinds, seed = call
+    name, task, args, kinds, seed = call
     viewed = as_views(args, kinds)
     cubes, targets = task(viewed.pop("volumes"), viewed.pop("index"), torch.Generator().manual_seed(seed), **viewed)
     plain = dense(args)
     cubes_d, targets_d = task(plain.pop("volumes"), plain.pop("index"), torch.Generator().manual_seed(seed), **plain)
     assert torch.equal(cubes, cubes_d)
-    for name in vars(targets):
-        assert torch.equal(getattr(targets, name), getattr(targets_d, name)), name
+    for field in vars(targets):
+        assert torch.equal(getattr(targets, field), getattr(targets_d, field)), field
     expected = reference_cubes(task, args, targets)
-    torch.testing.assert_close(cubes.double(), expected, rtol=1e-5, atol=1e-4)
+    if name in DENSE:
+        check_dense(task, args, seed, cubes, targets, expected[:, 0])
+    else:
+        torch.testing.assert_close(cubes.double(), expected, rtol=1e-5, atol=1e-4)
     # every origin lies inside its own volume (the sampler read the right row of a viewed volume_shapes)
     extent = args["volume_shapes"] if args["volume_shapes"] is not None else \
         torch.tensor(args["volumes"].shape[2:]).expand(args["volumes"].shape[0], 3)
