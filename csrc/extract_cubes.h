@@ -91,19 +91,36 @@ struct TrilinearRead {
   double frac[3];
 };
 
+// Within a read box (bottom[a] <= top[a], both inside the volume: read_box_of) instead of the whole volume.
 RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
-                             const int64_t extent[3], TrilinearRead* r) {
+                             const int64_t bottom[3], const int64_t top[3], TrilinearRead* r) {
   double q[3];
   // In double: an origin near the int64 limits (validate=False) must not overflow.
   for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
   for (int a = 0; a < 3; ++a) {
     double p = A[4 * a] * q[0] + A[4 * a + 1] * q[1] + A[4 * a + 2] * q[2] + A[4 * a + 3];
-    const double top = static_cast<double>(extent[a] - 1);
-    p = p > 0.0 ? (p < top ? p : top) : 0.0;
+    const double lo = static_cast<double>(bottom[a]), hi = static_cast<double>(top[a]);
+    p = p > lo ? (p < hi ? p : hi) : lo;
     const double base = floor(p);
     r->lo[a] = static_cast<int64_t>(base);
-    r->hi[a] = r->lo[a] + 1 < extent[a] ? r->lo[a] + 1 : r->lo[a];
+    r->hi[a] = r->lo[a] + 1 <= top[a] ? r->lo[a] + 1 : r->lo[a];
     r->frac[a] = p - base;
+  }
+}
+
+RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
+                             const int64_t extent[3], TrilinearRead* r) {
+  const int64_t bottom[3] = {0, 0, 0}, top[3] = {extent[0] - 1, extent[1] - 1, extent[2] - 1};
+  affine_read(A, origin, j, bottom, top, r);
+}
+
+// Sample b's read box from a (B, 2, 3) row-major read_box (nullptr: the whole volume), clamped into the
+// volume as validate=False requires: 0 <= bottom <= top <= extent - 1.
+RUBIKOPS_HD void read_box_of(const int64_t* read_box, int64_t b, const int64_t extent[3], int64_t bottom[3],
+                             int64_t top[3]) {
+  for (int a = 0; a < 3; ++a) {
+    bottom[a] = read_box ? clamp_index(read_box[b * 6 + a], 0, extent[a] - 1) : 0;
+    top[a] = read_box ? clamp_index(read_box[b * 6 + 3 + a], bottom[a], extent[a] - 1) : extent[a] - 1;
   }
 }
 

@@ -26,10 +26,11 @@ namespace rubikops {
       const std::optional<at::Tensor>&mask, double fill, double keep_prob, int64_t seed,                          \
       const std::optional<at::Tensor>&scale, const std::optional<at::Tensor>&shift, double scale_value,           \
       double shift_value, std::optional<double> clamp_lo, std::optional<double> clamp_hi,                         \
-      std::optional<c10::ScalarType> out_dtype, const std::optional<at::Tensor>&affine
+      std::optional<c10::ScalarType> out_dtype, const std::optional<at::Tensor>&affine,                          \
+      const std::optional<at::Tensor>&read_box
 #define RUBIKOPS_EXTRACT_CUBES_NAMES                                                                              \
   source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,         \
-      shift_value, clamp_lo, clamp_hi, out_dtype, affine
+      shift_value, clamp_lo, clamp_hi, out_dtype, affine, read_box
 
 inline bool is_supported_dtype(c10::ScalarType t) {
   return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16 || t == c10::kShort ||
@@ -93,6 +94,9 @@ struct ExtractCubesArgs {
   std::optional<at::Tensor> index, rotations, mask, scale, shift;
   // (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
   std::optional<at::Tensor> affine;
+  // (B, 2, 3) with affine: the lowest and highest voxel per axis sample b's read may touch (clamped into
+  // the source by the kernels); none: the whole source.
+  std::optional<at::Tensor> read_box;
   double fill, keep_prob;
   int64_t seed;
   double scale_value, shift_value;
@@ -110,7 +114,7 @@ struct ExtractCubesArgs {
 
 inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
     : source(source), origins(origins), index(index), rotations(rotations), mask(mask), scale(scale), shift(shift),
-      affine(affine), fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value),
+      affine(affine), read_box(read_box), fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value),
       shift_value(shift_value), clamp_lo(clamp_lo), clamp_hi(clamp_hi) {
   TORCH_CHECK_VALUE(source.dim() == 5, "rubikops.extract_cubes: source must be (N, C, D, H, W), got shape ",
                     source.sizes());
@@ -139,6 +143,8 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   check_vector(scale, "scale", source, {B}, Holds::kFloat);
   check_vector(shift, "shift", source, {B}, Holds::kFloat);
   check_vector(affine, "affine", source, {B, 3, 4}, Holds::kFloat);
+  TORCH_CHECK_VALUE(!read_box || affine, "rubikops.extract_cubes: read_box bounds the affine read: it needs affine");
+  check_vector(read_box, "read_box", source, {B, 2, 3}, Holds::kIndex);
   const auto odt = resolve_out_dtype(source, out_dtype);
   TORCH_CHECK_TYPE(is_supported_dtype(odt), "rubikops.extract_cubes: unsupported out_dtype ", odt);
   // An integer output stores fill as is: a value it cannot hold would wrap
@@ -171,7 +177,7 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   // memory with one of them would read its own results.
   const std::pair<const char*, const std::optional<at::Tensor>*> inputs[] = {
       {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift},
-      {"affine", &a.affine}};
+      {"affine", &a.affine}, {"read_box", &a.read_box}};
   TORCH_CHECK_VALUE(!may_overlap(out, a.source), "rubikops.extract_cubes: out overlaps source in memory");
   TORCH_CHECK_VALUE(!may_overlap(out, a.origins), "rubikops.extract_cubes: out overlaps origins in memory");
   for (const auto& [name, t] : inputs) {
@@ -215,12 +221,13 @@ at::Tensor extract_cubes_backward(const at::Tensor& grad, const at::Tensor& sour
                                   double keep_prob, int64_t seed, const std::optional<at::Tensor>& scale,
                                   const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
                                   std::optional<double> clamp_lo, std::optional<double> clamp_hi,
-                                  const std::optional<at::Tensor>& affine) {
+                                  const std::optional<at::Tensor>& affine,
+                                  const std::optional<at::Tensor>& read_box) {
   TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
                    "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
                    source.scalar_type(), " and ", grad.scalar_type());
   const ExtractCubesArgs a(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
-                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type(), affine);
+                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type(), affine, read_box);
   TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
                     " but source is on ", source.device());
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(a.out_shape()),

@@ -17,7 +17,8 @@ import torch
 EXTRACT_CUBES_ARGS = (
     "Tensor source, Tensor origins, int[] cube_size, Tensor? index, Tensor? rotations, Tensor? mask, "
     "float fill, float keep_prob, int seed, Tensor? scale, Tensor? shift, float scale_value, "
-    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype, Tensor? affine=None"
+    "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype, Tensor? affine=None, "
+    "Tensor? read_box=None"
 )
 EXTRACT_CUBES_SCHEMA = f"extract_cubes({EXTRACT_CUBES_ARGS}) -> Tensor"
 EXTRACT_CUBES_OUT_SCHEMA = f"extract_cubes.out({EXTRACT_CUBES_ARGS}, *, Tensor(a!) out) -> Tensor(a!)"
@@ -104,8 +105,11 @@ class ExtractCubesParams:
     (lo, hi) with either bound None.  Every consumer of the op (the public
     API, fakes, autograd, the backward, the reference, the Triton launchers)
     converts what it is given into this object once, at its edge, and asks it
-    the derived questions.  :meth:`schema_args` gives the op's 16 schema
-    arguments; :meth:`from_schema_args` reads them back.  ``cube_size`` is
+    the derived questions.  :meth:`schema_args` gives the op's schema
+    arguments; :meth:`from_schema_args` reads them back.  ``read_box``
+    ((B, 2, 3) integer, with ``affine``): the lowest and highest voxel, per
+    axis, that sample ``b``'s affine read may touch (its volume inside a
+    packed storage); None: the whole source.  ``cube_size`` is
     held as given until the checks (rubikops.checks) have read it."""
 
     source: torch.Tensor
@@ -122,6 +126,7 @@ class ExtractCubesParams:
     clamp: Optional[tuple] = None
     out_dtype: Optional[torch.dtype] = None
     affine: Optional[torch.Tensor] = None
+    read_box: Optional[torch.Tensor] = None
 
     # -- derived questions -------------------------------------------------------------------------------
     @property
@@ -186,7 +191,7 @@ class ExtractCubesParams:
         return {name: t for name, t in (("origins", self.origins), ("index", self.index),
                                         ("rotations", self.rotations), ("mask", self.mask),
                                         ("scale", self.scale_tensor), ("shift", self.shift_tensor),
-                                        ("affine", self.affine))
+                                        ("affine", self.affine), ("read_box", self.read_box))
                 if t is not None}
 
     # -- the schema's encoding ---------------------------------------------------------------------------
@@ -195,7 +200,7 @@ class ExtractCubesParams:
         return (self.source, self.origins, [int(s) for s in self.cube_size], self.index, self.rotations, self.mask,
                 float(self.fill), float(self.keep_prob), wrap_seed(self.seed), self.scale_tensor, self.shift_tensor,
                 self.scale_value, self.shift_value, None if lo is None else float(lo),
-                None if hi is None else float(hi), self.out_dtype, self.affine)
+                None if hi is None else float(hi), self.out_dtype, self.affine, self.read_box)
 
     def backward_args(self) -> tuple:
         """The backward op's arguments after ``grad``."""
@@ -209,12 +214,12 @@ class ExtractCubesParams:
         lo, hi = a["clamp_lo"], a["clamp_hi"]
         return cls(a["source"], a["origins"], tuple(int(s) for s in a["cube_size"]), a["index"], a["rotations"],
                    a["mask"], a["fill"], a["keep_prob"], a["seed"], scale, shift,
-                   None if lo is None and hi is None else (lo, hi), a["out_dtype"], a.get("affine"))
+                   None if lo is None and hi is None else (lo, hi), a["out_dtype"], a.get("affine"), a.get("read_box"))
 
     @classmethod
     def from_backward_args(cls, grad: torch.Tensor, *backward_args) -> "ExtractCubesParams":
         """The forward's arguments of a backward call (fill 0, the output dtype the gradient's)."""
-        args = iter(backward_args)  # trailing arguments with a schema default (affine) may be left out
+        args = iter(backward_args)  # trailing arguments with a schema default (affine, read_box) may be left out
         schema_args = [0.0 if name == "fill" else grad.dtype if name == "out_dtype" else next(args, None)
                        for name in EXTRACT_CUBES_ARG_NAMES]
         return cls.from_schema_args(*schema_args)

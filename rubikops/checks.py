@@ -169,6 +169,10 @@ def check_tensors(p: ExtractCubesParams, out=None) -> tuple:
                   f"{tuple(p.affine.shape)}")
         if p.affine.device != dev:
             _fail(ValueError, "affine", f"is on {p.affine.device} but source is on {dev}")
+    if p.read_box is not None:
+        if p.affine is None:
+            _fail(ValueError, "read_box", "bounds the affine read: it needs affine")
+        _check_int_tensor(p.read_box, "read_box", (B, 2, 3), dev)
     odt = p.result_dtype
     if not isinstance(odt, torch.dtype) or odt not in SOURCE_DTYPES:
         _fail(TypeError, "out_dtype", f"is not a supported dtype: {p.out_dtype!r}")
@@ -233,6 +237,14 @@ def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = 
     if p.affine is not None and not bool(torch.isfinite(p.affine).all()):
         b = int((~torch.isfinite(p.affine)).flatten(1).any(1).nonzero()[0, 0])
         _fail(ValueError, f"affine[{b}]", "is not finite")
+    if p.read_box is not None:
+        top = torch.tensor([D - 1, H - 1, W - 1], device=dev)
+        box_lo, box_hi = p.read_box[:, 0], p.read_box[:, 1]
+        wrong = ((box_lo < 0) | (box_lo > box_hi) | (box_hi > top)).any(-1)
+        if bool(wrong.any()):
+            b = int(wrong.nonzero()[0, 0])
+            _fail(ValueError, f"read_box[{b}]", f"= {p.read_box[b].tolist()} is not (lo, hi) with 0 <= lo <= hi <= "
+                  f"{top.tolist()} (the source's last voxel)")
     for name, t in (("scale", scale_t), ("shift", shift_t)):
         if t is not None and not bool(torch.isfinite(t).all()):
             b = int((~torch.isfinite(t)).nonzero()[0, 0])

@@ -74,6 +74,7 @@ def extract_cubes(
     clamp: Optional[tuple] = None,
     out_dtype: Optional[torch.dtype] = None,
     affine: Optional[torch.Tensor] = None,
+    read_box: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     validate: bool = True,
     backend: Optional[str] = None,
@@ -88,14 +89,15 @@ def extract_cubes(
     probability ``keep_prob`` (reproducible from ``seed``).  With ``affine``
     ((B, 3, 4), voxel units, (d, h, w) order) the origins are positions in a
     crop frame and box voxel ``j`` is read at ``affine[b, :, :3] @ (origin +
-    j) + affine[b, :, 3]``, clamped into the volume and interpolated
-    trilinearly (the augmentation of a resampled crop, in the same pass; CPU
-    and plain-torch backends).  Differentiable with
+    j) + affine[b, :, 3]``, clamped into the volume (``read_box[b]``, (2, 3):
+    the lowest and highest voxel per axis it may touch, e.g. one volume of a
+    packed storage; default the whole source) and interpolated trilinearly:
+    the augmentation of a resampled crop, in the same pass.  Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """
     params = ExtractCubesParams(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                shift, clamp, out_dtype, affine)
+                                shift, clamp, out_dtype, affine, read_box)
     validate_extract_cubes(params, out, data_checks=validate)
     return run(params, out=out, backend=backend)
 

@@ -81,7 +81,8 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
         s, t = _per_sample(p.scale, b, compute), _per_sample(p.shift, b, compute)
         for m in range(M):
             if p.affine is not None:
-                box = affine_box(source[n], p.affine[b], origins[b, m], size)
+                box = affine_box(source[n], p.affine[b], origins[b, m], size,
+                                 None if p.read_box is None else p.read_box[b])
             else:
                 z, y, x = (min(max(int(v), 0), r) for v, r in zip(origins[b, m], room))
                 box = source[n, :, z:z + d, y:y + h, x:x + w]
@@ -109,24 +110,32 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
     return out.contiguous()
 
 
-def affine_box(volume: torch.Tensor, affine: torch.Tensor, origin: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def affine_box(volume: torch.Tensor, affine: torch.Tensor, origin: torch.Tensor, size: Sequence[int],
+               read_box: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The (C, d, h, w) float64 box at crop-frame ``origin`` of one (C, D, H,
     W) volume read through ``affine`` (3 x 4, voxel units, (d, h, w) order):
     box voxel j sits at ``affine[:, :3] @ (origin + j) + affine[:, 3]``,
-    clamped into the volume (edge values repeat; NaN reads 0) and
-    interpolated trilinearly.  The augmentation in the cut: with the affine
+    clamped into ``read_box`` ((2, 3): lowest and highest voxel per axis,
+    itself clamped into the volume; default the volume) so edge values
+    repeat (NaN reads the lowest voxel), and interpolated trilinearly.  The augmentation in the cut: with the affine
     of a resampled crop, the box equals that crop's box at ``origin``."""
     dev = volume.device
     A = affine.to(torch.float64)
     grid = torch.stack(torch.meshgrid(*[torch.arange(s, device=dev, dtype=torch.float64) for s in size],
                                       indexing="ij"), -1)
     pos = (grid + origin.to(torch.float64)) @ A[:, :3].T + A[:, 3]  # (d, h, w, 3)
-    top = torch.tensor([e - 1 for e in volume.shape[1:]], device=dev, dtype=torch.float64)
-    pos = torch.where(pos > 0, torch.minimum(pos, top), torch.zeros_like(pos))
+    last = torch.tensor([e - 1 for e in volume.shape[1:]], device=dev)
+    if read_box is None:
+        bottom, top = torch.zeros_like(last), last
+    else:  # clamped as the kernels clamp it with validate=False
+        bottom = torch.minimum(read_box[0].to(dev, torch.int64).clamp_min(0), last)
+        top = torch.maximum(torch.minimum(read_box[1].to(dev, torch.int64), last), bottom)
+    bottom_f, top_f = bottom.to(torch.float64), top.to(torch.float64)
+    pos = torch.where(pos > bottom_f, torch.minimum(pos, top_f), bottom_f.expand_as(pos))
     lo = pos.floor()
     frac = pos - lo
     lo = lo.long()
-    hi = torch.minimum(lo + 1, top.long())
+    hi = torch.minimum(lo + 1, top)
     vol = volume.to(torch.float64)
     box = 0
     for corner in range(8):

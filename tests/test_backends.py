@@ -142,7 +142,7 @@ def test_params_survive_the_schema_round_trip(scale, shift, lo, hi, seed, tensor
     clamp = None if lo is None and hi is None else (lo, hi)
     p = _schema.ExtractCubesParams(src, origins, (2, 2, 2), scale=scale, shift=shift, clamp=clamp, seed=seed)
     args = p.schema_args()
-    assert len(args) == len(_schema.EXTRACT_CUBES_ARG_NAMES) == 17 and -(1 << 63) <= args[8] < (1 << 63)
+    assert len(args) == len(_schema.EXTRACT_CUBES_ARG_NAMES) == 18 and -(1 << 63) <= args[8] < (1 << 63)
     assert args[8] % (1 << 64) == seed % (1 << 64)  # the same 64 bits
     back = _schema.ExtractCubesParams.from_schema_args(*args)
     assert back.scale is scale or back.scale == scale or (scale == 1.0 and back.scale is None)

@@ -304,6 +304,7 @@ struct AffineJob {
   int box_axis[3];     // output axis a reads box axis box_axis[a] ...
   bool flipped[3];     // ... backwards where flipped
   int64_t origin[3];   // crop-frame origin, as given
+  int64_t bottom[3], top[3];  // the read box, inside the volume
   int64_t volume;
   bool masked;
 
@@ -320,6 +321,8 @@ std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double
   const at::Tensor rotations = a.rotations ? a.rotations->to(at::kLong).contiguous() : at::Tensor();
   const at::Tensor mask = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
   const at::Tensor affine = a.affine->to(at::kDouble).contiguous();
+  const at::Tensor read_box = a.read_box ? a.read_box->to(at::kLong).contiguous() : at::Tensor();
+  const int64_t extent[3] = {a.source.size(2), a.source.size(3), a.source.size(4)};
   matrices->assign(affine.const_data_ptr<double>(), affine.const_data_ptr<double>() + B * 12);
   std::vector<AffineJob> jobs(B * M);
   for (int64_t b = 0; b < B; ++b) {
@@ -334,6 +337,7 @@ std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double
       }
       j.volume = clamp_index(index.defined() ? index.const_data_ptr<int64_t>()[b] : b, 0, N - 1);
       j.masked = mask.defined() && mask.const_data_ptr<bool>()[b * M + m];
+      read_box_of(read_box.defined() ? read_box.const_data_ptr<int64_t>() : nullptr, b, extent, j.bottom, j.top);
     }
   }
   return jobs;
@@ -371,7 +375,6 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   const int64_t B = a.origins.size(0), M = a.origins.size(1), C = src.size(1);
   const int64_t* size = a.cube_size;
   const int64_t numel = a.cube_numel();
-  const int64_t extent[3] = {src.size(2), src.size(3), src.size(4)};
   const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
   std::vector<double> A;
   const std::vector<AffineJob> jobs = affine_jobs(a, &A);
@@ -397,7 +400,7 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
             }
             TrilinearRead r;
             j.box_voxel(i, size, jb);
-            affine_read(&A[b * 12], j.origin, jb, extent, &r);
+            affine_read(&A[b * 12], j.origin, jb, j.bottom, j.top, &r);
             op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
             x = lo > x ? lo : x;
             x = hi < x ? hi : x;
@@ -419,7 +422,6 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
   const int64_t B = a.origins.size(0), M = a.origins.size(1), N = src.size(0), C = src.size(1);
   const int64_t* size = a.cube_size;
   const int64_t numel = a.cube_numel();
-  const int64_t extent[3] = {src.size(2), src.size(3), src.size(4)};
   const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
   const int64_t at_[5] = {acc.stride(0), acc.stride(1), acc.stride(2), acc.stride(3), acc.stride(4)};
   std::vector<double> A;
@@ -448,7 +450,7 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
                 if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) continue;
                 TrilinearRead r;
                 j.box_voxel(i, size, jb);
-                affine_read(&A[b * 12], j.origin, jb, extent, &r);
+                affine_read(&A[b * 12], j.origin, jb, j.bottom, j.top, &r);
                 acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i[0] * gs[3] +
                                                       i[1] * gs[4] + i[2] * gs[5]]) * scale[b];
                 if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi
