@@ -91,13 +91,27 @@ struct TrilinearRead {
   double frac[3];
 };
 
+// a * b + c rounded twice, as the host computes it: nvcc would otherwise fuse
+// it into one FMA on the device (rounded once), and the CUDA kernel's read
+// positions would differ from the CPU kernel's in the last bit.
+RUBIKOPS_HD double mul_add_unfused(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+
 RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
                              const int64_t extent[3], TrilinearRead* r) {
   double q[3];
   // In double: an origin near the int64 limits (validate=False) must not overflow.
   for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
   for (int a = 0; a < 3; ++a) {
-    double p = A[4 * a] * q[0] + A[4 * a + 1] * q[1] + A[4 * a + 2] * q[2] + A[4 * a + 3];
+    double p = A[4 * a] * q[0];
+    p = mul_add_unfused(A[4 * a + 1], q[1], p);
+    p = mul_add_unfused(A[4 * a + 2], q[2], p);
+    p = p + A[4 * a + 3];
     const double top = static_cast<double>(extent[a] - 1);
     p = p > 0.0 ? (p < top ? p : top) : 0.0;
     const double base = floor(p);
