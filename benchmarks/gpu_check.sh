@@ -67,9 +67,14 @@ if [ "${RUBIKOPS_GPU_BENCH:-1}" != "0" ]; then  # RUBIKOPS_GPU_BENCH=0: build an
   timeout ${RUBIKOPS_BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
   rc=$?
   tail -75 bench.log
+  # The augmented cut: resampling then cutting against the fused affine cut (CUDA kernel, Triton).
+  timeout 120 $PY benchmarks/affine_cut.py --device cuda > affine_cut.log 2>&1
+  affine_rc=$?
+  tail -8 affine_cut.log
+  [ $affine_rc -eq 0 ] || { echo "affine_cut.py failed: rc=$affine_rc"; [ $rc -ne 0 ] || rc=$affine_rc; }
 fi
 if [ -n "${OUT:-}" ]; then
-  cp bench.log build.log tests.log tests_triton_op.log pretrain_all.log ncu.log "$OUT"/ 2>/dev/null
+  cp bench.log affine_cut.log build.log tests.log tests_triton_op.log pretrain_all.log ncu.log "$OUT"/ 2>/dev/null
   cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
 fi
 exit $rc

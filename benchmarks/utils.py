@@ -178,27 +178,30 @@ def machine_tag(info: dict) -> str:
 
 def result_key(doc: dict) -> tuple:
     """What makes two result files measurements of the same thing: the
-    machine (model, cores) and the configuration flags of the run."""
+    benchmark (absent: run.py), the machine (model, cores) and the
+    configuration flags of the run."""
     machine, args = doc["machine"], doc.get("args", {})
-    return (args.get("device"), machine.get("gpu") or machine.get("cpu"), machine.get("cores"),
+    return (doc.get("benchmark"), args.get("device"), machine.get("gpu") or machine.get("cpu"), machine.get("cores"),
             tuple(flag for flag in CONFIG_FLAGS if args.get(flag)))
 
 
 def write_results(rows: list[Row], device: torch.device, args: dict, directory: str,
-                  sections: Optional[dict] = None) -> str:
+                  sections: Optional[dict] = None, benchmark: Optional[str] = None) -> str:
     """Write the run's JSON under `directory`, replacing the file of an
-    earlier run of the same machine and configuration (see `result_key`), so
-    the folder holds the latest run of each.  The new file is written to a
-    temporary name and renamed into place before the old one is removed: an
-    interrupted run leaves the previous file intact.  `sections`: more
-    top-level entries (the scale section's floors and checks)."""
+    earlier run of the same benchmark, machine and configuration (see
+    `result_key`), so the folder holds the latest run of each.  The new file
+    is written to a temporary name and renamed into place before the old one
+    is removed: an interrupted run leaves the previous file intact.
+    `sections`: more top-level entries (the scale section's floors and
+    checks).  `benchmark`: the script's name for scripts other than run.py
+    (recorded, and the file name's first part)."""
     os.makedirs(directory, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     doc = {"machine": machine_info(device), "git": git_revision(), "time": stamp, "args": args,
-           "rows": [r.to_record() for r in rows], **(sections or {})}
+           "rows": [r.to_record() for r in rows], **(sections or {}), **({"benchmark": benchmark} if benchmark else {})}
     key = result_key(doc)
-    name = machine_tag(doc["machine"]) + f"-{stamp}" + ("-cuda" if device.type == "cuda" else "") + \
-        "".join("-" + flag.replace("_", "-") for flag in key[-1]) + ".json"
+    name = (benchmark.replace("_", "-") + "-" if benchmark else "") + machine_tag(doc["machine"]) + f"-{stamp}" + \
+        ("-cuda" if device.type == "cuda" else "") + "".join("-" + flag.replace("_", "-") for flag in key[-1]) + ".json"
     path = os.path.join(directory, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -91,6 +91,17 @@ struct TrilinearRead {
   double frac[3];
 };
 
+// a * b + c rounded twice, as the host computes it: nvcc would otherwise fuse
+// it into one FMA on the device (rounded once), and the CUDA kernel's read
+// positions would differ from the CPU kernel's in the last bit.
+RUBIKOPS_HD double mul_add_unfused(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(a, b), c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Within a read box (bottom[a] <= top[a], both inside the volume: read_box_of) instead of the whole volume.
 RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
                              const int64_t bottom[3], const int64_t top[3], TrilinearRead* r) {
@@ -98,7 +109,10 @@ RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const 
   // In double: an origin near the int64 limits (validate=False) must not overflow.
   for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
   for (int a = 0; a < 3; ++a) {
-    double p = A[4 * a] * q[0] + A[4 * a + 1] * q[1] + A[4 * a + 2] * q[2] + A[4 * a + 3];
+    double p = A[4 * a] * q[0];
+    p = mul_add_unfused(A[4 * a + 1], q[1], p);
+    p = mul_add_unfused(A[4 * a + 2], q[2], p);
+    p = p + A[4 * a + 3];
     const double lo = static_cast<double>(bottom[a]), hi = static_cast<double>(top[a]);
     p = p > lo ? (p < hi ? p : hi) : lo;
     const double base = floor(p);
@@ -106,12 +120,6 @@ RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const 
     r->hi[a] = r->lo[a] + 1 <= top[a] ? r->lo[a] + 1 : r->lo[a];
     r->frac[a] = p - base;
   }
-}
-
-RUBIKOPS_HD void affine_read(const double A[12], const int64_t origin[3], const int64_t j[3],
-                             const int64_t extent[3], TrilinearRead* r) {
-  const int64_t bottom[3] = {0, 0, 0}, top[3] = {extent[0] - 1, extent[1] - 1, extent[2] - 1};
-  affine_read(A, origin, j, bottom, top, r);
 }
 
 // Sample b's read box from a (B, 2, 3) row-major read_box (nullptr: the whole volume), clamped into the

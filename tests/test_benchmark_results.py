@@ -31,7 +31,7 @@ def _args(**flags):
             **flags}
 
 
-def _write(bench_utils, directory, seconds, monkeypatch, stamp, **flags):
+def _write(bench_utils, directory, seconds, monkeypatch, stamp, benchmark=None, **flags):
     class Clock:  # distinct, increasing time stamps without sleeping
         @staticmethod
         def now(tz=None):
@@ -39,7 +39,7 @@ def _write(bench_utils, directory, seconds, monkeypatch, stamp, **flags):
 
     monkeypatch.setattr(bench_utils._dt, "datetime", Clock)
     return bench_utils.write_results(_rows(bench_utils, seconds), torch.device("cpu"), _args(**flags),
-                                     str(directory))
+                                     str(directory), benchmark=benchmark)
 
 
 def test_a_run_replaces_the_previous_file_of_its_machine_and_flags(bench_utils, tmp_path, monkeypatch):
@@ -69,6 +69,21 @@ def test_a_run_replaces_the_previous_file_of_its_machine_and_flags(bench_utils, 
     doc = json.load(open(second))
     assert doc["rows"][0]["timing"]["median_s"] == 3.0 and doc["args"]["no_e2e"] is True
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_another_benchmark_keeps_its_own_file(bench_utils, tmp_path, monkeypatch):
+    """A script other than run.py (affine_cut.py) on the same machine and flags replaces only its own
+    earlier file, and run.py's run leaves it alone."""
+    import datetime as dt
+    t = [dt.datetime(2026, 12, 1, 10, 0, s, tzinfo=dt.timezone.utc) for s in range(3)]
+    run = _write(bench_utils, tmp_path, 1.0, monkeypatch, t[0])
+    first = _write(bench_utils, tmp_path, 2.0, monkeypatch, t[1], benchmark="affine_cut")
+    assert os.path.basename(first) == "affine-cut-cpu-20261201T100001Z.json"
+    assert json.load(open(first))["benchmark"] == "affine_cut" and "benchmark" not in json.load(open(run))
+    second = _write(bench_utils, tmp_path, 3.0, monkeypatch, t[2], benchmark="affine_cut")
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(run), os.path.basename(second)])
+    rerun = _write(bench_utils, tmp_path, 4.0, monkeypatch, t[0].replace(second=30))
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(rerun), os.path.basename(second)])
 
 
 def test_machine_tag(bench_utils):

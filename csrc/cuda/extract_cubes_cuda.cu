@@ -17,6 +17,8 @@
 // against 40.8%); one plane per step in the tiled path, not two with packed
 // 4-byte stores for 16-bit types (bfloat16 W-moving 42.4% against 36.1%).
 // The backward kernel (further down) scatters grad * scale with atomics.
+// The affine read (augmentation in the cut, further down) has kernels of its
+// own: one thread per output voxel, eight corners interpolated each.
 // Only cuda_runtime and the fp16/bf16 headers are included, so CI can compile
 // this file with nvcc on a machine without a CUDA build of torch.
 #include <cuda_bf16.h>
@@ -311,6 +313,173 @@ cudaError_t launch_backward_typed(const ExtractCubesParams& p, cudaStream_t stre
   return cudaGetLastError();
 }
 
+// The affine read (p.affine set): output voxel k interpolates eight source
+// voxels at the position affine_read (csrc/extract_cubes.h) gives, then goes
+// through the value stage (scale, shift, clamp, cast) and the mask, as the
+// CPU kernel does (extract_cubes_affine_kernel); one thread per output voxel.
+// All arithmetic is unfused and in the CPU kernel's order, so both kernels
+// give the same bits: nvcc would otherwise fuse the products into FMAs.
+// A launch covers at most kAffineBlocks blocks; their threads stride over
+// the rest, so any output size fits one launch.
+constexpr int64_t kAffineBlocks = int64_t(1) << 16;
+
+// Output voxel k: its (sample, cube) pair bm, sample b, channel c and
+// position i in its cube (output axis order).
+struct AffineVoxel {
+  int64_t bm, b, c;
+  int64_t i[3];
+};
+
+__device__ __forceinline__ AffineVoxel affine_voxel(const ExtractCubesParams& p, int64_t k) {
+  const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
+  AffineVoxel v;
+  const int64_t cube = k / numel;
+  const int64_t in_cube = k - cube * numel;
+  const int64_t row = in_cube / p.cube[2];
+  v.i[2] = in_cube - row * p.cube[2];
+  v.i[0] = row / p.cube[1];
+  v.i[1] = row - v.i[0] * p.cube[1];
+  v.c = cube % p.C;
+  v.bm = cube / p.C;
+  v.b = v.bm / p.M;
+  return v;
+}
+
+// Where voxel v reads in its volume: the box voxel its cube's code maps it
+// to, read through its sample's affine.
+__device__ __forceinline__ TrilinearRead affine_position(const ExtractCubesParams& p, const AffineVoxel& v) {
+  int order, flips;
+  kernel_code(p.rotations ? p.rotations[v.bm] : 0, p.cube, &order, &flips);
+  int64_t j[3];
+#pragma unroll
+  for (int a = 0; a < 3; ++a) {
+    const int64_t along = (flips >> a) & 1 ? p.cube[a] - 1 - v.i[a] : v.i[a];
+    const int to = axis_order(order, a);
+#pragma unroll
+    for (int e = 0; e < 3; ++e)  // j[to] = along with constant indices: j stays in registers
+      if (to == e) j[e] = along;
+  }
+  const int64_t extent[3] = {p.D, p.H, p.W};
+  int64_t bottom[3], top[3];
+  read_box_of(p.read_box, v.b, extent, bottom, top);
+  TrilinearRead r;
+  affine_read(p.affine + v.b * 12, p.origins + v.bm * 3, j, bottom, top, &r);
+  return r;
+}
+
+// Whether output voxel k, of (sample, cube) pair bm, is filled by the mask
+// (a masked cube keeps a voxel only by the keep rule, for keep_prob > 0).
+__device__ __forceinline__ bool affine_dropped(const ExtractCubesParams& p, int64_t bm, int64_t k) {
+  return p.mask && p.mask[bm] && !(p.threshold > 0 && keep_voxel(p.seed, static_cast<uint64_t>(k), p.threshold));
+}
+
+// The trilinear value at r of one channel of one volume (`vol`, spatial
+// strides st), in double: the CPU kernel's interpolate, term for term.
+template <typename in_t>
+__device__ __forceinline__ double interpolate(const in_t* __restrict__ vol, const int64_t st[3],
+                                              const TrilinearRead& r) {
+  double w[3][2];
+  int64_t off[3][2];
+  for (int a = 0; a < 3; ++a) {
+    w[a][0] = __dsub_rn(1.0, r.frac[a]);
+    w[a][1] = r.frac[a];
+    off[a][0] = r.lo[a] * st[a];
+    off[a][1] = r.hi[a] * st[a];
+  }
+  double sum = 0.0;
+#pragma unroll
+  for (int z = 0; z < 2; ++z) {
+#pragma unroll
+    for (int y = 0; y < 2; ++y) {
+      const double wzy = __dmul_rn(w[0][z], w[1][y]);
+      const in_t* row = vol + off[0][z] + off[1][y];
+      sum = __dadd_rn(sum, __dmul_rn(__dmul_rn(wzy, w[2][0]), to_op<double>(row[off[2][0]])));
+      sum = __dadd_rn(sum, __dmul_rn(__dmul_rn(wzy, w[2][1]), to_op<double>(row[off[2][1]])));
+    }
+  }
+  return sum;
+}
+
+// interp * scale + shift in op_t, before the clamp.
+template <typename op_t>
+__device__ __forceinline__ op_t affine_value(const ExtractCubesParams& p, double interp, int64_t b) {
+  return add_rn(mul_rn(static_cast<op_t>(interp), static_cast<op_t>(p.scale ? p.scale[b] : p.scale_value)),
+                static_cast<op_t>(p.shift ? p.shift[b] : p.shift_value));
+}
+
+template <typename in_t, typename out_t, typename op_t>
+__global__ void __launch_bounds__(kThreads) extract_cubes_affine_kernel(ExtractCubesParams p, int64_t total) {
+  const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
+  out_t* __restrict__ out = static_cast<out_t*>(p.out);
+  const int64_t st[3] = {p.src_stride[2], p.src_stride[3], p.src_stride[4]};
+  const out_t fill = from_op<out_t>(static_cast<op_t>(p.fill));
+  const op_t lo = static_cast<op_t>(p.clamp_lo), hi = static_cast<op_t>(p.clamp_hi);
+  for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < total; k += gridDim.x * int64_t(kThreads)) {
+    const AffineVoxel v = affine_voxel(p, k);
+    if (affine_dropped(p, v.bm, k)) {
+      out[k] = fill;
+      continue;
+    }
+    const int64_t n = clamp_index(p.index ? p.index[v.b] : v.b, 0, p.N - 1);
+    const double interp = interpolate(src + n * p.src_stride[0] + v.c * p.src_stride[1], st, affine_position(p, v));
+    op_t x = affine_value<op_t>(p, interp, v.b);
+    x = lo > x ? lo : x;  // the CPU kernel's clamp: NaN passes through, as in torch.clamp
+    x = hi < x ? hi : x;
+    out[k] = from_op<out_t>(x);
+  }
+}
+
+// Its gradient: grad * scale (zero where masked out or clamped) added into
+// the eight corners with their weights (atomics: corners of neighbouring
+// voxels, boxes and samples coincide).  A zero contribution is skipped: the
+// buffer starts at +0 and never holds -0, so adding +-0 changes no bit, and an
+// identity-like affine has weight 0 at 7 of the 8 corners.
+template <typename src_t, typename grad_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    extract_cubes_affine_backward_kernel(ExtractCubesParams p, int64_t total) {
+  const src_t* __restrict__ src = static_cast<const src_t*>(p.src);
+  const grad_t* __restrict__ grad = static_cast<const grad_t*>(p.grad);
+  acc_t* __restrict__ acc = static_cast<acc_t*>(p.out);
+  const int64_t st[3] = {p.src_stride[2], p.src_stride[3], p.src_stride[4]};
+  const acc_t lo = static_cast<acc_t>(p.clamp_lo), hi = static_cast<acc_t>(p.clamp_hi);
+  for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < total; k += gridDim.x * int64_t(kThreads)) {
+    const AffineVoxel v = affine_voxel(p, k);
+    if (affine_dropped(p, v.bm, k)) continue;
+    const int64_t n = clamp_index(p.index ? p.index[v.b] : v.b, 0, p.N - 1);
+    const TrilinearRead r = affine_position(p, v);
+    const acc_t g = mul_rn(to_op<acc_t>(grad[k]), static_cast<acc_t>(p.scale ? p.scale[v.b] : p.scale_value));
+    if (p.clamp) {  // torch.clamp passes the gradient where lo <= v <= hi (NaN passes none)
+      const acc_t x = affine_value<acc_t>(
+          p, interpolate(src + n * p.src_stride[0] + v.c * p.src_stride[1], st, r), v.b);
+      if (!(x >= lo && x <= hi)) continue;
+    }
+    acc_t* channel = acc + (n * p.C + v.c) * p.D * p.H * p.W;  // acc is contiguous
+#pragma unroll
+    for (int corner = 0; corner < 8; ++corner) {
+      int64_t at[3];
+      const acc_t add = mul_rn(static_cast<acc_t>(corner_of(r, corner, at)), g);
+      if (add != acc_t(0)) atomicAdd(channel + (at[0] * p.H + at[1]) * p.W + at[2], add);
+    }
+  }
+}
+
+// The affine read's forward (other_t: the output's type) or backward
+// (other_t: the gradient's type) kernel over every output voxel; the
+// arithmetic is in double when either type is double, else float.
+template <typename src_t, typename other_t, bool kBackward>
+cudaError_t launch_affine_typed(const ExtractCubesParams& p, cudaStream_t stream) {
+  using math_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<other_t, double>, double, float>;
+  const int64_t total = p.B * p.M * p.C * p.cube[0] * p.cube[1] * p.cube[2];
+  if (total == 0) return cudaSuccess;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const dim3 grid(static_cast<unsigned>(blocks < kAffineBlocks ? blocks : kAffineBlocks));
+  if constexpr (kBackward)
+    extract_cubes_affine_backward_kernel<src_t, other_t, math_t><<<grid, kThreads, 0, stream>>>(p, total);
+  else
+    extract_cubes_affine_kernel<src_t, other_t, math_t><<<grid, kThreads, 0, stream>>>(p, total);
+  return cudaGetLastError();
+}
+
 template <typename F>
 cudaError_t dispatch(DType t, F&& f) {
   switch (t) {
@@ -335,6 +504,7 @@ cudaError_t launch_extract_cubes_backward(const ExtractCubesParams& p, cudaStrea
     return dispatch(p.out_dtype, [&](auto grad_tag) {
       using grad_t = decltype(grad_tag);
       if constexpr (is_float_v<src_t> && is_float_v<grad_t>) {
+        if (p.affine) return launch_affine_typed<src_t, grad_t, true>(p, stream);
         return launch_backward_typed<src_t, grad_t>(p, stream);
       } else {
         return cudaErrorInvalidValue;  // integer sources have no gradient (checked before)
@@ -349,6 +519,10 @@ cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t strea
     return dispatch(p.out_dtype, [&](auto out_tag) {
       using out_t = decltype(out_tag);
       constexpr bool out_float = !std::is_integral_v<out_t>;
+      if constexpr (out_float) {
+        if (p.affine) return launch_affine_typed<in_t, out_t, false>(p, stream);
+      }
+      if (p.affine) return cudaErrorInvalidValue;  // an affine read has a floating output (checked before)
       if constexpr (out_float || std::is_same_v<in_t, out_t>) {
         // 16-byte packs in flight per thread in the vector path.  H100, B=32 x 8
         // cubes of 64^3, paper codes, out=, one run: float32 4 -> 8 packs went

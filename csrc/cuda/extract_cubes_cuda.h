@@ -20,6 +20,8 @@ struct ExtractCubesParams {
   const bool* mask;          // (B, M) or null
   const double* scale;       // (B,) or null
   const double* shift;       // (B,) or null
+  const double* affine;      // (B, 3, 4) row-major, or null (the plain copy)
+  const int64_t* read_box;   // (B, 2, 3) with affine, or null (the whole source)
   DType in_dtype, out_dtype;
   int64_t N, C, D, H, W, B, M;
   int64_t src_stride[5];
@@ -30,7 +32,8 @@ struct ExtractCubesParams {
   bool clamp;                // backward only: a clamp bound is set (gradient passes where lo <= v <= hi)
 };
 
-// Launches the forward kernel on `stream`; returns the launch error, if any.
+// Launches the forward kernel on `stream` (the affine read's when p.affine is
+// set); returns the launch error, if any.
 cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t stream);
 
 // Launches the backward kernel: adds grad * scale (zero where masked out or

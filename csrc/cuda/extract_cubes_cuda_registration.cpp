@@ -42,7 +42,9 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   at::Tensor msk = a.mask ? a.mask->to(at::kBool).contiguous() : at::Tensor();
   at::Tensor scl = a.scale ? a.scale->to(at::kDouble).contiguous() : at::Tensor();
   at::Tensor sft = a.shift ? a.shift->to(at::kDouble).contiguous() : at::Tensor();
-  keep = {org, idx, rot, msk, scl, sft};
+  at::Tensor aff = a.affine ? a.affine->to(at::kDouble).contiguous() : at::Tensor();
+  at::Tensor box = a.read_box ? as_long(*a.read_box) : at::Tensor();
+  keep = {org, idx, rot, msk, scl, sft, aff, box};
   cuda::ExtractCubesParams p{};
   p.src = source.const_data_ptr();
   p.out = out.mutable_data_ptr();
@@ -52,6 +54,8 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   p.mask = msk.defined() ? msk.const_data_ptr<bool>() : nullptr;
   p.scale = scl.defined() ? scl.const_data_ptr<double>() : nullptr;
   p.shift = sft.defined() ? sft.const_data_ptr<double>() : nullptr;
+  p.affine = aff.defined() ? aff.const_data_ptr<double>() : nullptr;
+  p.read_box = box.defined() ? box.const_data_ptr<int64_t>() : nullptr;
   p.in_dtype = to_dtype(source.scalar_type());
   p.out_dtype = to_dtype(out.scalar_type());
   p.N = source.size(0);
@@ -74,14 +78,7 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   return p;
 }
 
-// The affine read (augmentation in the cut) has no CUDA kernel yet: refused, never read as a plain copy.
-void refuse_affine(const ExtractCubesArgs& a) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!a.affine, "rubikops.extract_cubes: affine= has no CUDA kernel yet; use the CPU "
-                              "or the plain-torch backend (backend='torch')");
-}
-
 void extract_cubes_cuda(const ExtractCubesArgs& a, at::Tensor& out) {
-  refuse_affine(a);
   TORCH_CHECK_VALUE(a.cube_numel() < (int64_t(1) << 31), "rubikops.extract_cubes: a cube of ", a.cube_size[0], "x",
                     a.cube_size[1], "x", a.cube_size[2],
                     " voxels is too large for the CUDA kernel (at most 2^31 - 1 voxels per cube)");
@@ -96,7 +93,6 @@ void extract_cubes_cuda(const ExtractCubesArgs& a, at::Tensor& out) {
 // came from (atomics), zero where masked out or clamped.  Same result as the
 // generic scatter-add in rubikops/_library.py, up to the order of the additions.
 void extract_cubes_backward_cuda(const ExtractCubesArgs& a, const at::Tensor& grad, at::Tensor& acc) {
-  refuse_affine(a);
   TORCH_CHECK_VALUE(a.cube_numel() < (int64_t(1) << 31),
                     "rubikops.extract_cubes_backward: a cube of more than 2^31 - 1 voxels is too large for the "
                     "CUDA kernel");
