@@ -2,10 +2,14 @@
 
 Two pieces, each one job:
 
-- :class:`CropAffine` resamples each puzzle's crop before it is cut: a small
-  rotation about each axis and an isotropic zoom around a random centre.
-  The puzzle is then cut from the resampled crop, so its permutation and
-  turn labels describe the augmented crop exactly (``solve`` gives it back).
+- :class:`CropAffine` draws, for each puzzle, the affine that reads its crop
+  from the volume: a small rotation about each axis and an isotropic zoom
+  around a random centre.  ``VolumeBank.puzzles(crop_transform=...)`` hands
+  it to the task, whose one ``extract_cubes(affine=)`` call cuts the puzzle
+  straight through it (no resampled crop is made); ``crops`` makes the
+  resampled crops themselves, the two-pass form the fused cut equals.  The
+  permutation and turn labels describe the augmented crop exactly (``solve``
+  gives it back).
   No whole-crop flips or 90/180-degree turns: those are what the cube
   turns are, and would make the labels ambiguous.
 - :class:`IntensityAugment` changes each cube's intensities after cutting:
@@ -126,11 +130,14 @@ def _gather_corners(storage, pos, shapes, offsets):
 
 @dataclass
 class CropAffine:
-    """Each puzzle's crop resampled with a random rotation of up to
-    ``max_angle`` degrees about each axis and an isotropic zoom in ``zoom``
-    (log-uniform), around a centre drawn uniformly over the positions where
-    the unturned crop fits.  ``crops(bank, crop_size, index, generator)``
-    returns (B, C, *crop_size) float32 crops to cut puzzles from."""
+    """Each puzzle's crop read with a random rotation of up to ``max_angle``
+    degrees about each axis and an isotropic zoom in ``zoom`` (log-uniform),
+    around a centre drawn uniformly over the positions where the unturned crop
+    fits.  ``draw(shapes, crop_size, index, generator)`` gives each sample's
+    (B, 3, 4) affine (crop-frame voxel to volume voxel, what
+    ``extract_cubes(affine=)`` reads through); ``crops(bank, crop_size,
+    index, generator)`` the same draws as (B, C, *crop_size) float32
+    resampled crops."""
 
     max_angle: float = 10.0
     zoom: tuple = (0.9, 1.1)
@@ -143,18 +150,29 @@ class CropAffine:
             raise ValueError(f"CropAffine: zoom must be (lo, hi) with 0 < lo <= hi, got {self.zoom!r}")
         self.zoom = (lo, hi)
 
-    def crops(self, bank, crop_size: Sequence[int], index: torch.Tensor,
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        dev = bank.storage.device
+    def _centres_and_matrices(self, shapes: torch.Tensor, crop_size: Sequence[int], index: torch.Tensor,
+                              generator: Optional[torch.Generator]) -> tuple:
+        dev = index.device
         B = index.shape[0]
         u = torch.rand(B, 7, generator=generator, device=dev, dtype=torch.float64)
         half = torch.tensor([(n - 1) / 2 for n in crop_size], device=dev, dtype=torch.float64)
-        span = (bank.shapes[index].double() - 1 - 2 * half).clamp_min(0.0)
+        span = (shapes[index].double() - 1 - 2 * half).clamp_min(0.0)
         centres = half + u[:, :3] * span
         angles = (u[:, 3:6] * 2 - 1) * math.radians(self.max_angle)
         lo, hi = self.zoom
         zoom = torch.exp(math.log(lo) + u[:, 6] * (math.log(hi) - math.log(lo)))
-        matrices = rotation_matrices(angles) * zoom[:, None, None]
+        return centres, rotation_matrices(angles) * zoom[:, None, None], half
+
+    def draw(self, shapes: torch.Tensor, crop_size: Sequence[int], index: torch.Tensor,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, 3, 4) float64: crop voxel ``p`` of sample ``b`` is volume voxel
+        ``A[b, :, :3] @ p + A[b, :, 3]`` of volume ``index[b]`` (``shapes``: (N, 3) extents)."""
+        centres, matrices, half = self._centres_and_matrices(shapes, crop_size, index, generator)
+        return torch.cat([matrices, (centres - matrices @ half)[..., None]], -1)
+
+    def crops(self, bank, crop_size: Sequence[int], index: torch.Tensor,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        centres, matrices, _ = self._centres_and_matrices(bank.shapes, crop_size, index, generator)
         scale, shift = (bank.scale, bank.shift) if bank.quantised else (None, None)
         return resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, matrices, crop_size,
                               scale, shift)

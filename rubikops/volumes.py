@@ -8,6 +8,8 @@ and hands them to the source, which owns everything about storage:
 - ``shapes``: (N, 3) true extents of the volumes (padding excluded);
 - ``locate(origins, index)``: the storage coordinates and storage index of
   volume-relative boxes (adds the packing offsets);
+- ``locate_affine(affine, index)``: the same for an affine read (the affine
+  in storage coordinates, and the box each sample may read);
 - ``value_map()``: per-volume (scale, shift) turning stored values into
   physical ones (quantised banks), or None;
 - ``volume_stats()``: per-volume (mean, std) of physical values, or None;
@@ -61,6 +63,17 @@ class VolumeSource:
         if self.offsets is None:
             return origins, index
         return origins + self.offsets[index][:, None, :], torch.zeros_like(index)
+
+    def locate_affine(self, affine: torch.Tensor, index: torch.Tensor) -> tuple:
+        """(storage affine, read box, storage index) of a (B, 3, 4) affine into volumes ``index``: the
+        arguments ``extract_cubes(affine=, read_box=, index=)`` takes, so no read leaves its volume
+        (a packed neighbour or the padding past a smaller volume)."""
+        lowest = torch.zeros(index.shape[0], 3, dtype=torch.int64, device=index.device)
+        if self.offsets is not None:
+            lowest = self.offsets[index].to(torch.int64)
+            affine = torch.cat([affine[..., :3], affine[..., 3:] + lowest[..., None].to(affine.dtype)], -1)
+        read_box = torch.stack([lowest, lowest + self.shapes[index].to(torch.int64) - 1], 1)
+        return affine, read_box, (index if self.offsets is None else torch.zeros_like(index))
 
     def every_index(self) -> torch.Tensor:
         """One sample per volume: what a task cuts when it is given no ``index``."""

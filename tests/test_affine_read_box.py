@@ -159,3 +159,29 @@ def test_opcheck_with_a_read_box():
         affine=_affines(gen, B, move=2.0), read_box=torch.tensor([[[0, 0, 0], [4, 6, 5]], [[5, 0, 0], [10, 4, 7]]]),
     ).schema_args()
     torch.library.opcheck(torch.ops.rubikops.extract_cubes.default, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not ops.HAS_CUDA_KERNEL, reason="needs a CUDA GPU and kernel")
+def test_cuda_equals_the_cpu_kernel_with_read_boxes():
+    """The CUDA kernel's reads stay in each sample's box as the CPU kernel's do (forward and gradient),
+    boxes past the source included (validate=False clamps them)."""
+    storage, _, _, gen = _packed(11, torch.float64)
+    B, M, cube = 4, 3, (3, 2, 4)
+    box = torch.tensor([[[0, 0, 0], [4, 6, 5]], [[5, -3, 1], [10, 4, 7]], [[11, 0, 0], [99, 7, 6]],
+                        [[6, 6, 6], [2, 7, 7]]])
+    kw = dict(index=torch.zeros(B, dtype=torch.int64), rotations=torch.randint(0, 8, (B, M), generator=gen),
+              affine=_affines(gen, B, move=6.0), read_box=box, scale=torch.tensor([1.5, -0.5, 2.0, 1.0]))
+    origins = torch.randint(-2, 5, (B, M, 3), generator=gen)
+    grad = torch.randn(B, M, 2, *cube, generator=gen, dtype=torch.float64)
+
+    def run(device):
+        x = storage.to(device).requires_grad_()
+        args = {k: v.to(device) for k, v in kw.items()}
+        out = rubikops.extract_cubes(x, origins.to(device), cube, validate=False, backend="compiled", **args)
+        out.backward(grad.to(device))
+        return out.detach().cpu(), x.grad.cpu()
+
+    (want, want_grad), (got, got_grad) = run("cpu"), run("cuda")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12)

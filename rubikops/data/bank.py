@@ -260,19 +260,19 @@ class BankPuzzles:
         the device: (cubes, targets).
 
         ``crop_transform`` (e.g. :class:`rubikops.augment.CropAffine`):
-        ``crop_transform.crops(bank, puzzle.crop_size, index, generator)``
-        gives each sample's crop, and the puzzle is cut from it (then
-        ``targets.index`` counts crops: sample ``b`` is crop ``b``)."""
+        ``crop_transform.draw(bank.shapes, puzzle.crop_size, index, generator)``
+        gives each sample's affine, and the puzzle is cut through it in the
+        same ``extract_cubes`` pass (the origins in ``targets`` are then
+        positions in the crop frame)."""
         checked = self.__dict__.setdefault("_checked_puzzles", set())
         if id(puzzle) not in checked:
             self.check_puzzle(puzzle)
             checked.add(id(puzzle))
         if index is None:
             index = self.sample_index(batch, generator)
-        if crop_transform is not None:
-            crops = crop_transform.crops(self, puzzle.crop_size, index, generator)
-            return puzzle(crops, None, generator, out=out, seed=seed)
-        return puzzle(self, index, generator, out=out, seed=seed)
+        affine = None if crop_transform is None else crop_transform.draw(self.shapes, puzzle.crop_size, index,
+                                                                          generator)
+        return puzzle(self, index, generator, out=out, seed=seed, affine=affine)
 
 
 class VolumeBank(BankPuzzles, VolumeSource):

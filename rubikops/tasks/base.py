@@ -166,7 +166,8 @@ class PretextTask:
     def __call__(self, volumes, index: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                  out: Optional[torch.Tensor] = None, *, seed: Optional[int] = None,
                  volume_shapes: Optional[torch.Tensor] = None, volume_offsets: Optional[torch.Tensor] = None,
-                 intensity: Optional[tuple] = None, stats: Optional[tuple] = None):
+                 intensity: Optional[tuple] = None, stats: Optional[tuple] = None,
+                 affine: Optional[torch.Tensor] = None):
         """``cubes, targets = task(volumes, index=None, generator=None, out=None)``.
 
         volumes: a :class:`rubikops.volumes.VolumeSource` (e.g. a
@@ -175,7 +176,11 @@ class PretextTask:
         volume).  For a tensor, ``volume_shapes``, ``volume_offsets``,
         ``intensity`` and ``stats`` describe its storage
         (:class:`rubikops.volumes.TensorVolumes`).  seed: the op's keep-mask
-        seed.  Returns cubes (B, M, C, d, h, w) and the task's targets."""
+        seed.  affine: (B, 3, 4), each sample's crop read through it
+        (crop-frame voxel to voxel of volume ``index[b]``, as
+        :meth:`rubikops.augment.CropAffine.draw` gives it) in the same pass;
+        the targets' origins are then crop-frame positions.  Returns cubes
+        (B, M, C, d, h, w) and the task's targets."""
         src = self.source(volumes, volume_shapes, volume_offsets, intensity, stats)
         dev = src.device
         if index is None:
@@ -197,18 +202,27 @@ class PretextTask:
         if any(c > e for c, e in zip(self.crop_size, storage_extent)):
             raise ValueError(f"{self.label}: the puzzle's crop {self.crop_size} ({self.describe()}) is larger than "
                              f"the volumes' storage {storage_extent}")
-        cut, targets = self.sample(index.shape[0], src.shapes, index, generator)
-        return self.cut(src, index, cut, generator, out, seed), targets
+        # an affine read cuts the puzzle from a crop-sized frame: every volume is one crop
+        frame = src.shapes if affine is None else \
+            torch.tensor(self.crop_size, dtype=src.shapes.dtype, device=dev).expand(src.shapes.shape[0], 3)
+        cut, targets = self.sample(index.shape[0], frame, index, generator)
+        return self.cut(src, index, cut, generator, out, seed, affine), targets
 
     def op_seed(self, seed: Optional[int], generator: Optional[torch.Generator]) -> int:
         """The op's keep-mask seed (tasks that keep voxels of masked cubes draw one)."""
         return 0 if seed is None else seed
 
-    def cut(self, src: VolumeSource, index: torch.Tensor, cut: Cut, generator=None, out=None, seed=None):
+    def cut(self, src: VolumeSource, index: torch.Tensor, cut: Cut, generator=None, out=None, seed=None,
+            affine: Optional[torch.Tensor] = None):
         """One ``extract_cubes`` call: storage coordinates from the source, its
         value mapping fused with the normalisation into the op's scale/shift."""
         dev = src.device
-        op_origins, op_index = src.locate(cut.origins, index)
+        read = {}
+        if affine is None:
+            op_origins, op_index = src.locate(cut.origins, index)
+        else:
+            op_origins = cut.origins
+            read["affine"], read["read_box"], op_index = src.locate_affine(affine, index)
         # value = stored * a + b maps stored values to physical ones (per sample)
         a = b = None
         value_map = src.value_map()
@@ -238,7 +252,8 @@ class PretextTask:
         op_origins, op_index, scale, shift = dense(op_origins), dense(op_index), dense(scale), dense(shift)
         kwargs = dict(index=op_index, rotations=dense(cut.codes), mask=dense(cut.mask), fill=self.mask_fill,
                       keep_prob=self.mask_keep_prob, seed=self.op_seed(seed, generator),
-                      scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend)
+                      scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend,
+                      **{k: dense(v) for k, v in read.items()})
         if self.validate:
             cubes = ops.extract_cubes(volumes, op_origins, self.cube_size, validate=True, **kwargs)
         else:
