@@ -89,8 +89,8 @@ def extract_cubes(
     ((B, 3, 4), voxel units, (d, h, w) order) the origins are positions in a
     crop frame and box voxel ``j`` is read at ``affine[b, :, :3] @ (origin +
     j) + affine[b, :, 3]``, clamped into the volume and interpolated
-    trilinearly (the augmentation of a resampled crop, in the same pass; CPU
-    and plain-torch backends).  Differentiable with
+    trilinearly (the augmentation of a resampled crop, in the same pass; the
+    CPU, Triton and plain-torch backends).  Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """
