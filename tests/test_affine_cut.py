@@ -88,10 +88,12 @@ def test_dtypes(backend, dtype):
                                               (torch.float16, torch.float64), (torch.float64, torch.float32),
                                               (torch.int16, torch.bfloat16)])
 def test_out_dtypes(backend, dtype, out_dtype):
-    """out_dtype other than the bank's, with a scalar scale, a clamp and a fill."""
+    """out_dtype other than the bank's, with a scalar scale, a clamp, and a
+    fill that masked cubes hold whole (keep_prob 0: the kernel reads none of their voxels)."""
     source, origins, cube, kw = _case(12, dtype=dtype)
     kw.update(scale=0.01 if dtype == torch.int16 else 1.5, shift=-0.5, clamp=(-1.0, 20.0), fill=-3.0,
-              out_dtype=out_dtype)
+              keep_prob=0.0, out_dtype=out_dtype)
+    assert kw["mask"].any() and not kw["mask"].all()
     want = reference.extract_cubes(source, origins, cube, **kw)
     got = rubikops.extract_cubes(source, origins, cube, backend=backend, **kw)
     assert got.dtype == want.dtype == out_dtype
