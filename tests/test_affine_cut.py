@@ -265,3 +265,18 @@ def test_an_integer_output_is_refused(backend):
         with pytest.raises(TypeError, match="out_dtype"):
             rubikops.extract_cubes(source, origins, cube, out_dtype=torch.int16, validate=validate, backend=backend,
                                    **kw)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs Triton and TRITON_INTERPRET=1")
+def test_triton_affine_inside_torch_compile():
+    """backend="triton" with affine= inside torch.compile(fullgraph=True)."""
+    source, origins, cube, kw = _case(3)
+    kw.update(scale=torch.tensor([2.0, 0.5, -1.0]), shift=0.25)
+
+    @torch.compile(fullgraph=True)
+    def step(src, origins, affine):
+        return rubikops.extract_cubes(src, origins, cube, validate=False, backend="triton",
+                                      **dict(kw, affine=affine)) + 1
+
+    got = step(source, origins, kw["affine"])
+    torch.testing.assert_close(got, 1 + reference.extract_cubes(source, origins, cube, **kw), rtol=0, atol=1e-5)
