@@ -92,7 +92,8 @@ def extract_cubes(
     j) + affine[b, :, 3]``, clamped into the volume (``read_box[b]``, (2, 3):
     the lowest and highest voxel per axis it may touch, e.g. one volume of a
     packed storage; default the whole source) and interpolated trilinearly:
-    the augmentation of a resampled crop, in the same pass.  Differentiable with
+    the augmentation of a resampled crop, in the same pass, on every backend.
+    Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """

@@ -10,19 +10,9 @@ import rubikops
 from rubikops import ops
 from rubikops.tasks import get
 
+from .testing import argument_views
+
 BACKEND_NAMES = ["compiled", "torch"] + (["triton"] if ops.triton_available() and ops.interpreter_enabled() else [])
-
-
-def _views(t: torch.Tensor) -> dict:
-    """``t``'s values as an offset view, a view with doubled strides, and (of its first entry along dim 0)
-    a stride-0 expansion; each inside a larger storage."""
-    big = torch.zeros((2 * t.numel() + 3,), dtype=t.dtype)
-    offset = big[3:3 + t.numel()].view(t.shape)
-    offset.copy_(t)
-    strided = big.new_zeros((2 * t.numel() + 1,))[1::2].view(t.shape)
-    strided.copy_(t)
-    expanded = t[:1].clone().expand(t.shape)
-    return {"offset": offset, "strided": strided, "expanded": expanded}
 
 
 def _case(seed):
@@ -44,7 +34,7 @@ def _case(seed):
 @pytest.mark.parametrize("layout", ["offset", "strided", "expanded"])
 def test_argument_views_read_as_their_values(backend, name, layout):
     source, cube, args = _case(7)
-    view = _views(args[name])[layout]
+    view = argument_views(args[name])[layout]
     dense = dict(args, **{name: view.contiguous()})
     viewed = dict(args, **{name: view})
     origins = dense.pop("origins"), viewed.pop("origins")
@@ -85,7 +75,7 @@ def test_task_with_a_strided_index(backend):
 @pytest.mark.parametrize("layout", ["offset", "strided", "expanded"])
 def test_gradient_with_argument_views(backend, layout):
     source, cube, args = _case(9)
-    viewed = {name: _views(t)[layout] for name, t in args.items()}
+    viewed = {name: argument_views(t)[layout] for name, t in args.items()}
     weights = torch.randn(3, 4, 2, *cube, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
     def grad(backend, kw):

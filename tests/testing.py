@@ -34,6 +34,18 @@ def _backend_params():
 BACKENDS = _backend_params()
 
 
+def argument_views(t: torch.Tensor) -> dict:
+    """``t``'s values as an offset view, a view with doubled strides, and (of its first entry along dim 0)
+    a stride-0 expansion; each inside a larger storage."""
+    big = torch.zeros((2 * t.numel() + 3,), dtype=t.dtype)
+    offset = big[3:3 + t.numel()].view(t.shape)
+    offset.copy_(t)
+    strided = big.new_zeros((2 * t.numel() + 1,))[1::2].view(t.shape)
+    strided.copy_(t)
+    expanded = t[:1].clone().expand(t.shape)
+    return {"offset": offset, "strided": strided, "expanded": expanded}
+
+
 def random_volume(gen, shape, dtype, layout="contiguous"):
     """Random voxels in a range typical of the dtype, laid out as asked."""
     N, C, D, H, W = shape

@@ -31,15 +31,7 @@ def _checked(schema_args: tuple, out=None) -> ExtractCubesParams:
     kernel in bounds."""
     p = ExtractCubesParams.from_schema_args(*schema_args)
     check_tensors(p, out)
-    _refuse_affine(p)
     return p
-
-
-def _refuse_affine(p: ExtractCubesParams) -> None:
-    # The affine read (augmentation in the cut) has no Triton kernel yet: refused, never read as a plain copy.
-    if p.affine is not None:
-        raise NotImplementedError("rubikops.extract_cubes: affine= has no Triton kernel yet; use the CPU or the "
-                                  "plain-torch backend (backend='torch')")
 
 
 def _functional(*schema_args):
@@ -65,7 +57,6 @@ def _out_variant(*args):
 def _backward(grad, *backward_args):
     p = ExtractCubesParams.from_backward_args(grad, *backward_args)
     check_tensors(p)
-    _refuse_affine(p)
     torch._check_value(grad.shape == p.out_shape and grad.device == p.source.device,
                        lambda: f"rubikops.extract_cubes_backward: grad must have shape {p.out_shape} on "
                                f"{p.source.device}, got {tuple(grad.shape)} on {grad.device}")

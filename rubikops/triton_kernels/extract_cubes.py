@@ -4,11 +4,14 @@ registers them as ops.
 
 One program writes a box of whole output rows of one (b, m, c) cube, so
 stores are contiguous; loads run along source W for every code (for codes that
-move W the box is loaded transposed and permuted on chip).  The cube extent is
-a compile-time constant: a training run uses one cube size.
+move W the box is loaded transposed and permuted on chip).  The affine read
+(``affine=``) has its own kernel: a program interpolates consecutive output
+voxels of one cube.  The cube extent is a compile-time constant: a training
+run uses one cube size.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Sequence
 
@@ -18,164 +21,10 @@ import triton
 import triton.language as tl
 
 from .._schema import ExtractCubesParams, opmath_dtype, seed_halves
+from .voxels import (_affine_read, _as_index, _corner, _cube_geometry, _finish_and_store, _flat_voxels,
+                     _interpolate, _keep, _volume)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@triton.jit
-def _size_of(axis, CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr):
-    return tl.where(axis == 0, CD, tl.where(axis == 1, CH, CW))
-
-
-@triton.jit
-def _as_index(x, WIDE: tl.constexpr):
-    """Offsets in 32 bits where the launcher proved that every source and
-    output offset fits (one instruction per product instead of a 64-bit
-    multiply sequence); 64 bits otherwise."""
-    # tl.cast, not .to: Triton (3.6) passes an integer argument equal to 1
-    # (a unit stride, C = 1) as a plain Python int.
-    if WIDE:
-        return tl.cast(x, tl.int64)
-    else:
-        return tl.cast(x, tl.int32)
-
-
-@triton.jit
-def _cube_geometry(origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w,
-                   CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
-                   HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, WIDE: tl.constexpr):
-    """Source offset of output voxel (0, 0, 0), the signed source strides along
-    the three output axes, and which output axis reads along source W.
-
-    Index, origins and codes are clamped so that no input (validate=False) can
-    take a load out of the source."""
-    if HAS_INDEX:
-        n = tl.load(index_ptr + b).to(tl.int64)
-        n = _as_index(tl.minimum(tl.maximum(n, 0), N - 1), WIDE)
-    else:
-        n = b
-    oz = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 0).to(tl.int64), 0), D - CD), WIDE)
-    oy = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 1).to(tl.int64), 0), H - CH), WIDE)
-    ox = _as_index(tl.minimum(tl.maximum(tl.load(origins_ptr + bm * 3 + 2).to(tl.int64), 0), W - CW), WIDE)
-    s_d = _as_index(s_d, WIDE)
-    s_h = _as_index(s_h, WIDE)
-    s_w = _as_index(s_w, WIDE)
-    start = n * _as_index(s_n, WIDE) + c * _as_index(s_c, WIDE) + oz * s_d + oy * s_h + ox * s_w
-    if HAS_ROT:
-        # mod 48 in 64 bits, as the C++ kernels: a code >= 2**31 truncated to
-        # int32 first would name another rotation.
-        code = tl.load(rot_ptr + bm).to(tl.int64) % 48
-        code = tl.where(code < 0, code + 48, code).to(tl.int32)
-        # axis_order(p, a) = (0x061209211824 >> (8p + 2a)) & 3 (see csrc/extract_cubes.h)
-        p = code // 8
-        a0 = ((0x061209211824 >> (8 * p).to(tl.int64)) & 3).to(tl.int32)
-        a1 = ((0x061209211824 >> (8 * p + 2).to(tl.int64)) & 3).to(tl.int32)
-        a2 = ((0x061209211824 >> (8 * p + 4).to(tl.int64)) & 3).to(tl.int32)
-        keeps_shape = (_size_of(a0, CD, CH, CW) == CD) & (_size_of(a1, CD, CH, CW) == CH) & (_size_of(a2, CD, CH, CW) == CW)
-        a0 = tl.where(keeps_shape, a0, 0)
-        a1 = tl.where(keeps_shape, a1, 1)
-        a2 = tl.where(keeps_shape, a2, 2)
-        st0 = tl.where(a0 == 0, s_d, tl.where(a0 == 1, s_h, s_w))
-        st1 = tl.where(a1 == 0, s_d, tl.where(a1 == 1, s_h, s_w))
-        st2 = tl.where(a2 == 0, s_d, tl.where(a2 == 1, s_h, s_w))
-        f0 = (code & 1) != 0
-        f1 = (code & 2) != 0
-        f2 = (code & 4) != 0
-        start += tl.where(f0, st0 * (CD - 1), 0) + tl.where(f1, st1 * (CH - 1), 0) + tl.where(f2, st2 * (CW - 1), 0)
-        st0 = tl.where(f0, -st0, st0)
-        st1 = tl.where(f1, -st1, st1)
-        st2 = tl.where(f2, -st2, st2)
-        w_axis = tl.where(a2 == 2, 2, tl.where(a1 == 2, 1, 0))
-    else:
-        st0 = s_d
-        st1 = s_h
-        st2 = s_w
-        w_axis = tl.full([], 2, tl.int32)
-    return start, st0, st1, st2, w_axis
-
-
-@triton.jit
-def _keep(out_offs, seed_lo, seed_hi, threshold):
-    """Rubik's Cube+ keep decision: splitmix64 of the output's linear index
-    (normative, see the core issue).  The 64-bit seed arrives as two signed
-    32-bit halves (see rubikops._schema.seed_halves)."""
-    k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
-    seed = (tl.cast(seed_hi, tl.int64) << 32) | (tl.cast(seed_lo, tl.int64) & 0xFFFFFFFF)
-    z = seed.to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-    z = z ^ (z >> 31)
-    return (z >> 40) < tl.full([], threshold, tl.int64).to(tl.uint64)
-
-
-@triton.jit
-def _to_out(v, out_dtype: tl.constexpr, BF16_RTNE: tl.constexpr):
-    """v as out_dtype.  BF16_RTNE (the interpreter, bfloat16 out): round
-    float32 to nearest even by hand, as torch and the GPU compiler do; the
-    interpreter's own float32 -> bfloat16 cast truncates (2063 -> 2048, not
-    2064)."""
-    if BF16_RTNE:
-        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-        rounded = tl.where(v != v, bits | 0x400000, rounded)  # NaN stays a (quiet) NaN
-        return (rounded >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return v.to(out_dtype)
-
-
-@triton.jit
-def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
-                      HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
-                      HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ARITH: tl.constexpr,
-                      F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
-                      BF16_RTNE: tl.constexpr):
-    """Intensity (float(x) * scale + shift, clamp, cast), the mask and its
-    random keep rule, then the store."""
-    out_dtype = out_ptr.dtype.element_ty
-    if F64:
-        ctype = tl.float64
-    else:
-        ctype = tl.float32
-    if ARITH:
-        if PARAMS_IN_TENSOR:  # float64 scalars travel in a tensor (kernel float args are fp32)
-            scale_value = tl.load(params_ptr + 0)
-            shift_value = tl.load(params_ptr + 1)
-            clamp_lo = tl.load(params_ptr + 2)
-            clamp_hi = tl.load(params_ptr + 3)
-        v = x.to(ctype)
-        if HAS_SCALE:
-            v = v * tl.load(scale_ptr + b).to(ctype)
-        else:
-            v = v * scale_value
-        if HAS_SHIFT:
-            v = v + tl.load(shift_ptr + b).to(ctype)
-        else:
-            v = v + shift_value
-        # Compare-and-select (not minimum/maximum) so NaN passes through, as in torch.clamp.
-        if HAS_LO:
-            v = tl.where(v < clamp_lo, clamp_lo, v)
-        if HAS_HI:
-            v = tl.where(v > clamp_hi, clamp_hi, v)
-        if VIA_F32:
-            v = v.to(tl.float32)
-        y = _to_out(v, out_dtype, BF16_RTNE)
-    else:
-        if VIA_F32:
-            y = _to_out(x.to(tl.float32), out_dtype, BF16_RTNE)
-        else:
-            y = _to_out(x, out_dtype, BF16_RTNE)
-    if HAS_MASK:
-        masked = tl.load(mask_ptr + bm) != 0
-        if PARAMS_IN_TENSOR:
-            fill_v = _to_out(tl.load(params_ptr + 4), out_dtype, BF16_RTNE)
-        else:
-            fill_v = _to_out(tl.full([], fill, tl.float32), out_dtype, BF16_RTNE)
-        if KEEP_RANDOM:
-            y = tl.where(masked & ~_keep(out_offs, seed_lo, seed_hi, threshold), fill_v, y)
-        else:
-            y = tl.where(masked, fill_v, y)
-    tl.store(out_ptr + out_offs, y, mask=valid)
 
 
 @triton.jit
@@ -247,8 +96,41 @@ def _extract_cubes_kernel(
 
 
 @triton.jit
+def _extract_cubes_affine_kernel(
+    src_ptr, out_ptr, affine_ptr, box_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr,
+    params_ptr, N, C, D, H, W, M,
+    s_n, s_c, s_d, s_h, s_w,
+    scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
+    CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
+    HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+    F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr, BF16_RTNE: tl.constexpr,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr,
+):
+    # The affine read (augmentation in the cut): one program interpolates
+    # BLOCK consecutive output voxels of one (b, m, c) cube from eight source
+    # voxels each (float64, as csrc/cpu extract_cubes_affine_kernel), then
+    # the value stage and the mask of the copy kernel.  Stores are
+    # contiguous; the eight gathers follow the affine, so no tiling helps them.
+    cube, c, bm, b, offs, valid, i0, i1, i2 = _flat_voxels(C, M, CD, CH, CW, BLOCK, WIDE)
+    read = valid
+    if HAS_MASK and not KEEP_RANDOM:  # a wholly filled cube reads nothing
+        read = valid & (tl.load(mask_ptr + bm) == 0)
+    zl, zh, fz, yl, yh, fy, xl, xh, fx = _affine_read(
+        affine_ptr, box_ptr, origins_ptr, rot_ptr, b, bm, i0, i1, i2, CD, CH, CW, HAS_ROT)
+    base = _volume(index_ptr, b, N, HAS_INDEX, WIDE) * _as_index(s_n, WIDE) + c * _as_index(s_c, WIDE)
+    x = _interpolate(src_ptr, base, zl, zh, fz, yl, yh, fy, xl, xh, fx, _as_index(s_d, WIDE),
+                     _as_index(s_h, WIDE), _as_index(s_w, WIDE), read, WIDE)
+    _finish_and_store(x, out_ptr, cube * (CD * CH * CW) + offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr,
+                      params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
+                      HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, True, F64,
+                      PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
+
+
+@triton.jit
 def _extract_cubes_backward_kernel(
-    grad_ptr, acc_ptr, src_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+    grad_ptr, acc_ptr, src_ptr, affine_ptr, box_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr,
+    shift_ptr, params_ptr,
     N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
     g_b, g_m, g_c, g_0, g_1, g_2,
@@ -257,32 +139,31 @@ def _extract_cubes_backward_kernel(
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr,
-    GRAD_FLAT: tl.constexpr,
+    GRAD_FLAT: tl.constexpr, AFFINE: tl.constexpr,
 ):
     # Gradient w.r.t. the source: every output voxel adds grad * scale
-    # (zero where masked out or clamped) to the voxel it was read from, with
-    # atomics (boxes may overlap, indices repeat).  `acc` is a contiguous
-    # buffer of the source's shape in the compute dtype.  One program: BLOCK
-    # consecutive voxels of one (b, m, c) cube.
-    pid = _as_index(tl.program_id(0), WIDE)
-    chunks: tl.constexpr = (CD * CH * CW + BLOCK - 1) // BLOCK
-    cube = pid // chunks
-    chunk = pid % chunks
-    c = cube % C
-    bm = cube // C
-    b = bm // M
-    a_h = W  # contiguous strides of `acc`
+    # (zero where masked out or clamped) to the voxel it was read from, or
+    # with AFFINE to the eight voxels it interpolated, times their weights.
+    # With atomics: boxes may overlap, indices repeat, and corners are
+    # shared by neighbouring output voxels; the order of the adds, and so
+    # the last bits of a sum, varies from run to run, which the tests'
+    # tolerance (1e-12 in float64) absorbs, and a gradient w.r.t. a bank
+    # (the only input this op differentiates) is rarely asked for.  `acc` is
+    # a contiguous buffer of the source's shape in the compute dtype.  One
+    # program: BLOCK consecutive voxels of one (b, m, c) cube.
+    cube, c, bm, b, offs, valid, i0, i1, i2 = _flat_voxels(C, M, CD, CH, CW, BLOCK, WIDE)
+    a_h = _as_index(W, WIDE)  # contiguous strides of `acc`
     a_d = H * a_h
     a_c = D * a_d
     a_n = C * a_c
-    start, st0, st1, st2, w_axis = _cube_geometry(
-        origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, a_n, a_c, a_d, a_h, 1, CD, CH, CW,
-        HAS_INDEX, HAS_ROT, WIDE)
-    offs = chunk * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < CD * CH * CW
-    i2 = offs % CW
-    i1 = (offs // CW) % CH
-    i0 = offs // (CW * CH)
+    if AFFINE:
+        zl, zh, fz, yl, yh, fy, xl, xh, fx = _affine_read(
+            affine_ptr, box_ptr, origins_ptr, rot_ptr, b, bm, i0, i1, i2, CD, CH, CW, HAS_ROT)
+        n = _volume(index_ptr, b, N, HAS_INDEX, WIDE)
+    else:
+        start, st0, st1, st2, w_axis = _cube_geometry(
+            origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, a_n, a_c, a_d, a_h, 1, CD, CH, CW,
+            HAS_INDEX, HAS_ROT, WIDE)
     out_offs = cube * (CD * CH * CW) + offs
     if F64:
         ctype = tl.float64
@@ -306,11 +187,16 @@ def _extract_cubes_backward_kernel(
     g = g * scale
     if HAS_LO or HAS_HI:
         # The clamp passes the gradient where lo <= v <= hi (as torch.clamp):
-        # recompute v from the source voxel.
-        s_start, t0, t1, t2, w_axis = _cube_geometry(
-            origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w, CD, CH, CW,
-            HAS_INDEX, HAS_ROT, WIDE)
-        x = tl.load(src_ptr + s_start + i0 * t0 + i1 * t1 + i2 * t2, mask=valid, other=0).to(ctype)
+        # recompute v from the source voxel (or the eight it interpolates).
+        if AFFINE:
+            x = _interpolate(src_ptr, n * _as_index(s_n, WIDE) + c * _as_index(s_c, WIDE),
+                             zl, zh, fz, yl, yh, fy, xl, xh, fx, _as_index(s_d, WIDE), _as_index(s_h, WIDE),
+                             _as_index(s_w, WIDE), valid, WIDE).to(ctype)
+        else:
+            s_start, t0, t1, t2, w_axis = _cube_geometry(
+                origins_ptr, index_ptr, rot_ptr, bm, b, c, N, D, H, W, s_n, s_c, s_d, s_h, s_w, CD, CH, CW,
+                HAS_INDEX, HAS_ROT, WIDE)
+            x = tl.load(src_ptr + s_start + i0 * t0 + i1 * t1 + i2 * t2, mask=valid, other=0).to(ctype)
         if HAS_SHIFT:
             v = x * scale + tl.load(shift_ptr + b).to(ctype)
         else:
@@ -327,7 +213,15 @@ def _extract_cubes_backward_kernel(
             g = tl.where(masked & ~_keep(out_offs, seed_lo, seed_hi, threshold), 0, g)
         else:
             g = tl.where(masked, 0, g)
-    tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
+    if AFFINE:
+        base = n * a_n + c * a_c
+        for dz in tl.static_range(2):
+            for dy in tl.static_range(2):
+                for dx in tl.static_range(2):
+                    w, off = _corner(dz, dy, dx, zl, zh, fz, yl, yh, fy, xl, xh, fx, a_d, a_h, 1, WIDE)
+                    tl.atomic_add(acc_ptr + base + off, w.to(ctype) * g, mask=valid)
+    else:
+        tl.atomic_add(acc_ptr + start + i0 * st0 + i1 * st1 + i2 * st2, g, mask=valid)
 
 
 def _argument_pointers(p: ExtractCubesParams) -> tuple:
@@ -364,6 +258,46 @@ def _flags(p: ExtractCubesParams) -> dict:
                 HAS_LO=lo is not None, HAS_HI=hi is not None)
 
 
+def _affine_pointer(p: ExtractCubesParams) -> Tensor:
+    """The (B, 3, 4) affine as the kernels read it: float64 (the position
+    math's dtype, whatever the caller's), contiguous; the source when absent
+    (never read)."""
+    return p.affine.to(torch.float64).contiguous() if p.affine is not None else p.source
+
+
+def read_boxes(p: ExtractCubesParams) -> Tensor:
+    """Each sample's read box as the kernels read it: (B, 2, 3) int32, clamped
+    into the source as csrc/extract_cubes.h read_box_of clamps it (the whole
+    source without ``read_box``); the source when there is no affine (never read)."""
+    if p.affine is None:
+        return p.source
+    source = p.source
+    last = torch.tensor(source.shape[2:], device=source.device, dtype=torch.int64) - 1
+    if p.read_box is None:
+        whole = torch.stack([torch.zeros_like(last), last])
+        return whole.expand(p.origins.shape[0], 2, 3).to(torch.int32).contiguous()
+    bottom = torch.minimum(p.read_box[:, 0].to(torch.int64).clamp_min(0), last)
+    top = torch.maximum(torch.minimum(p.read_box[:, 1].to(torch.int64), last), bottom)
+    return torch.stack([bottom, top], 1).to(torch.int32).contiguous()
+
+
+# A flat GPU program (the backward, the affine read) takes 1024 voxels with 4 warps: 8 a thread.  Not
+# measured on a GPU for the affine read.
+FLAT_GPU_BLOCK = 1024
+
+
+def _flat_block(cube_size: Sequence[int], device: torch.device, tile: Optional[Sequence[int]] = None) -> int:
+    """BLOCK of the kernels whose program takes consecutive voxels of one
+    cube: the whole cube (up to 64k voxels) under the interpreter, where a
+    program costs the same whatever its size, FLAT_GPU_BLOCK on the GPU; the
+    product of ``tile`` (rounded up to a power of two) when given, so that
+    tests split cubes under the interpreter."""
+    if tile is not None:
+        return triton.next_power_of_2(math.prod(int(v) for v in tile))
+    numel = triton.next_power_of_2(math.prod(int(s) for s in cube_size))
+    return min(numel, FLAT_GPU_BLOCK if device.type == "cuda" else 1 << 16)
+
+
 def launch_backward(grad: Tensor, p: ExtractCubesParams) -> Tensor:
     """Gradient w.r.t. ``p.source`` (its shape, contiguous, its dtype) of output gradient ``grad``."""
     source = p.source
@@ -379,17 +313,16 @@ def launch_backward(grad: Tensor, p: ExtractCubesParams) -> Tensor:
     if f64:
         params = torch.tensor([p.scale_value, p.shift_value, lo if lo is not None else 0.0,
                                hi if hi is not None else 0.0], dtype=torch.float64, device=source.device)
-    CD, CH, CW = p.cube_size
-    numel = CD * CH * CW
-    block = min(triton.next_power_of_2(numel), 1 << 16 if source.device.type != "cuda" else 1024)
-    grid = (B * M * C * triton.cdiv(numel, block),)
+    block = _flat_block(p.cube_size, source.device)
+    grid = (B * M * C * triton.cdiv(math.prod(p.cube_size), block),)
     _extract_cubes_backward_kernel[grid](
-        grad, acc, source, *_argument_pointers(p), params,
+        grad, acc, source, _affine_pointer(p), read_boxes(p), *_argument_pointers(p), params,
         N, C, D, H, W, M, *source.stride(), *grad.stride(),
         *_scalars(p), *seed_halves(p.seed), p.keep_threshold, **_flags(p),
         F64=f64, PARAMS_IN_TENSOR=f64, BLOCK=block,
         WIDE=not (_fits_int32(source, grad) and _span(grad) < 2**31 and acc.numel() < 2**31),
-        GRAD_FLAT=grad.is_contiguous(), num_warps=4 if source.device.type == "cuda" else 1,
+        GRAD_FLAT=grad.is_contiguous(), AFFINE=p.affine is not None,
+        num_warps=GPU_WARPS if source.device.type == "cuda" else 1,
     )
     return acc.to(source.dtype)
 
@@ -446,7 +379,7 @@ def _fits_int32(source: Tensor, out: Tensor) -> bool:
 
 def launch(p: ExtractCubesParams, out: Tensor, tile: Optional[Sequence[int]] = None) -> None:
     """Run the kernel into ``out`` (arguments checked by the caller, ``p.cube_size`` three ints).  ``tile``:
-    see :func:`tile_shape`."""
+    see :func:`tile_shape` (for the affine read, :func:`_flat_block`)."""
     source = p.source
     N, C, D, H, W = source.shape
     B, M = p.origins.shape[0], p.origins.shape[1]
@@ -464,15 +397,20 @@ def launch(p: ExtractCubesParams, out: Tensor, tile: Optional[Sequence[int]] = N
     # and a direct int16/uint8 -> bfloat16 cast gave NaNs and denormals in the
     # interpreter (float32 holds every int16 exactly, so the rounding is the same).
     via_f32 = (f64 or not source.dtype.is_floating_point) and odt in (torch.float16, torch.bfloat16)
+    scalar_args = (N, C, D, H, W, M, *source.stride(), *_scalars(p), float(p.fill), *seed_halves(p.seed),
+                   p.keep_threshold)
+    consts = dict(_flags(p), F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
+                  BF16_RTNE=_INTERPRET and odt == torch.bfloat16, WIDE=not _fits_int32(source, out))
+    if p.affine is not None:
+        block = _flat_block(p.cube_size, source.device, tile)
+        grid = (B * M * C * triton.cdiv(math.prod(p.cube_size), block),)
+        _extract_cubes_affine_kernel[grid](source, out, _affine_pointer(p), read_boxes(p), *_argument_pointers(p),
+                                           params,
+                                           *scalar_args, **consts, BLOCK=block,
+                                           num_warps=GPU_WARPS if source.device.type == "cuda" else 1)
+        return
     to, tr, tw, warps = tile_shape(p.cube_size, source.device, odt, tile)
     per_cube = _programs_per_cube(p.cube_size, to, tr, tw)
     grid = (B * M * C * per_cube,)
-    _extract_cubes_kernel[grid](
-        source, out, *_argument_pointers(p), params,
-        N, C, D, H, W, M, *source.stride(),
-        *_scalars(p), float(p.fill), *seed_halves(p.seed), p.keep_threshold, **_flags(p),
-        ARITH=p.changes_values, F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
-        BF16_RTNE=_INTERPRET and odt == torch.bfloat16,
-        TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, WIDE=not _fits_int32(source, out),
-        num_warps=warps,
-    )
+    _extract_cubes_kernel[grid](source, out, *_argument_pointers(p), params, *scalar_args, **consts,
+                                ARITH=p.changes_values, TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, num_warps=warps)

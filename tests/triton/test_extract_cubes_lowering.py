@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("triton")
 
 FLAGS = ("HAS_INDEX", "HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI", "ARITH",
-         "F64", "PARAMS_IN_TENSOR", "VIA_F32", "BF16_RTNE")
+         "F64", "PARAMS_IN_TENSOR", "VIA_F32", "BF16_RTNE", "AFFINE")
 
 SCRIPT = r"""
 import importlib, json, sys
@@ -85,20 +85,48 @@ BACKWARD_CASES = [
     ("fp32", "fp32", "fp32", ("HAS_ROT", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI"), True),
     ("bf16", "bf16", "fp32", ("HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_INDEX"), True),
     ("fp64", "fp64", "fp64", ("HAS_ROT", "F64", "PARAMS_IN_TENSOR", "HAS_LO", "HAS_MASK"), False),
+    # The affine read's eight-corner spread, its clamp recomputing the interpolated value.
+    ("fp32", "fp32", "fp32", ("AFFINE", "HAS_ROT", "HAS_SCALE", "HAS_LO", "HAS_HI", "HAS_MASK", "KEEP_RANDOM"), True),
+    ("fp64", "fp64", "fp64", ("AFFINE", "HAS_INDEX", "F64", "PARAMS_IN_TENSOR", "HAS_HI"), False),
 ]
 
 
 def test_backward_kernel_lowers_for_sm90():
-    """The backward kernel's atomics (float32 and float64) lower for sm_90."""
+    """The backward kernel's atomics (float32 and float64), also the affine read's, lower for sm_90."""
     cases = []
     for src_t, grad_t, acc_t, flags, small in BACKWARD_CASES:
         const = dict(CD=64, CH=64, CW=64, BLOCK=1024, WIDE=not small, GRAD_FLAT=not small,
                      **{f: f in flags for f in FLAGS})
         if small:  # also a strided gradient whose W stride is 1
             const.update(s_w=1, C=1, seed_hi=1, g_2=1)  # a seed whose high half is 1
-        ptrs = dict(grad_ptr=f"*{grad_t}", acc_ptr=f"*{acc_t}", src_ptr=f"*{src_t}", origins_ptr="*i64",
+        ptrs = dict(grad_ptr=f"*{grad_t}", acc_ptr=f"*{acc_t}", src_ptr=f"*{src_t}", affine_ptr="*fp64",
+                    box_ptr="*i32", origins_ptr="*i64",
                     index_ptr="*i64", rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp64",
                     params_ptr="*fp64")
         cases.append(dict(kernel="_extract_cubes_backward_kernel", const=const, ptrs=ptrs, small_ints=small,
                           src=src_t, out=acc_t))
+    _lower(cases)
+
+
+AFFINE_CASES = [
+    ("fp32", "fp32", ("HAS_ROT", "HAS_INDEX", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI"), True),
+    ("bf16", "bf16", ("HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_INDEX"), True),
+    ("i16", "fp16", ("HAS_ROT", "HAS_SCALE", "HAS_SHIFT", "VIA_F32", "HAS_MASK"), True),
+    ("fp64", "fp32", ("HAS_ROT", "F64", "PARAMS_IN_TENSOR", "HAS_LO", "HAS_MASK"), False),
+]
+
+
+def test_affine_kernel_lowers_for_sm90():
+    """The affine read (float64 positions and interpolation, eight gathers) lowers for sm_90."""
+    cases = []
+    for src_t, out_t, flags, small in AFFINE_CASES:
+        const = dict(CD=64, CH=64, CW=64, BLOCK=1024, WIDE=not small, **{f: f in flags for f in FLAGS})
+        if small:
+            const.update(s_w=1, C=1, seed_hi=1)
+        ptrs = dict(src_ptr=f"*{src_t}", out_ptr=f"*{out_t}", affine_ptr="*fp64", box_ptr="*i32",
+                    origins_ptr="*i64",
+                    index_ptr="*i64", rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32",
+                    params_ptr="*fp64")
+        cases.append(dict(kernel="_extract_cubes_affine_kernel", const=const, ptrs=ptrs, small_ints=small,
+                          src=src_t, out=out_t))
     _lower(cases)
