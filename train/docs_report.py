@@ -206,6 +206,36 @@ class Block:
     # is checked only when such a file exists
 
 
+def augmentation_block(results: str = reporting.RESULTS) -> str:
+    """docs/performance.md's augmentation section: the fused cut against resampling then cutting
+    (benchmarks/affine_cut.py) and the default pretraining with each augmentation
+    (benchmarks/augment_share.py), from their newest CPU result files."""
+    import glob
+    cut_files = [f for f in sorted(glob.glob(os.path.join(results, "affine-cut-*.json"))) if not f.endswith("-cuda.json")]
+    if not cut_files:
+        raise UserError(f"no CPU result file affine-cut-*.json in {results}")
+    cut = _load(cut_files[-1])
+    share_path = reporting.newest_result("augment-share", results)
+    share = _load(share_path)
+    lines = [f"`python benchmarks/affine_cut.py --results-dir docs/results` (`{_rel(cut_files[-1])}`, "
+             f"{_cpu_name(cut['machine'])}, {cut['args']['batch']} puzzles of 8 cubes of {cut['args']['cube']}^3, "
+             "the default pretraining's geometry):", "",
+             "| row | median ms | p20-p80 ms | vs grid_sample then cut |", "|---|---:|---:|---:|"]
+    for row in cut["rows"]:
+        t = row["timing"]
+        speed = f"{row['speedup_vs_baseline']:.1f}x" if row.get("speedup_vs_baseline") else "-"
+        lines.append(f"| {row['name']} | {1e3 * t['median_s']:.3f} | {1e3 * t['p20_s']:.3f}-{1e3 * t['p80_s']:.3f} "
+                     f"| {speed} |")
+    lines += ["", f"`{share['command']}` (`{_rel(share_path)}`, {_cpu_name(share['machine'])}): "
+              f"`python train/pretrain.py --steps {share['rows'][0]['steps']}` with each augmentation, one after the "
+              "other:", "", "| `--augment` | puzzles/s | vs `none` | batch generation, % of the step |",
+              "|---|---:|---:|---:|"]
+    for row in share["rows"]:
+        lines.append(f"| `{row['augment']}` | {row['puzzles_per_s']:.1f} | {row['throughput_vs_none']:.2f} | "
+                     f"{100 * row['batch_gen_fraction']:.1f} |")
+    return "\n".join(lines)
+
+
 def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]:
     """A block as a script's --report-only writes it: run into a scratch copy of the doc, read it back."""
     def build() -> str:
@@ -226,6 +256,7 @@ def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]
 BLOCKS = [
     Block("verdict", ("README.md",), verdict_block),
     Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
+    Block("augmentation", ("docs/performance.md",), augmentation_block, needs="augment-share"),
     Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
                                                                   "docs/experiment.md")),
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)

@@ -308,9 +308,11 @@ struct AffineJob {
   int64_t volume;
   bool masked;
 
-  // Box voxel j of output voxel (i0, i1, i2).
-  void box_voxel(const int64_t i[3], const int64_t size[3], int64_t j[3]) const {
-    for (int a = 0; a < 3; ++a) j[box_axis[a]] = flipped[a] ? size[a] - 1 - i[a] : i[a];
+  // The read positions of output row (i[0], i[1]): its first box voxel (into j0), then one step a voxel.
+  AffineRow row(const double* A, const int64_t i[3], const int64_t size[3], int64_t j0[3]) const {
+    const int64_t first[3] = {i[0], i[1], 0};
+    for (int a = 0; a < 3; ++a) j0[box_axis[a]] = flipped[a] ? size[a] - 1 - first[a] : first[a];
+    return affine_row(A, origin, j0, box_axis[2], flipped[2]);
   }
 };
 
@@ -393,14 +395,14 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       int64_t v = 0;
       for (i[0] = 0; i[0] < size[0]; ++i[0]) {
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+          const AffineRow row = j.row(&A[b * 12], i, size, jb);
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
             if (j.masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
               continue;
             }
             TrilinearRead r;
-            j.box_voxel(i, size, jb);
-            affine_read(&A[b * 12], j.origin, jb, j.bottom, j.top, &r);
+            affine_read(row, i[2], j.bottom, j.top, &r);
             op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
             x = lo > x ? lo : x;
             x = hi < x ? hi : x;
@@ -445,12 +447,12 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
           int64_t v = 0;
           for (i[0] = 0; i[0] < size[0]; ++i[0]) {
             for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+              const AffineRow row = j.row(&A[b * 12], i, size, jb);
               for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
                 const uint64_t k = static_cast<uint64_t>(cube * numel + v);
                 if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) continue;
                 TrilinearRead r;
-                j.box_voxel(i, size, jb);
-                affine_read(&A[b * 12], j.origin, jb, j.bottom, j.top, &r);
+                affine_read(row, i[2], j.bottom, j.top, &r);
                 acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i[0] * gs[3] +
                                                       i[1] * gs[4] + i[2] * gs[5]]) * scale[b];
                 if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi

@@ -1,7 +1,7 @@
 """The default pretraining with and without its augmentation, in one run.
 
-    python benchmarks/pretrain_share.py                 # 300 steps each of --augment none, geometry, all
-    python benchmarks/pretrain_share.py --out docs/results/pretrain-share-DATE.json   # and keep the result
+    python benchmarks/augment_share.py                 # 300 steps each of --augment none, geometry, all
+    python benchmarks/augment_share.py --out docs/results/augment-share-DATE.json   # and keep the result
 
 Runs ``python train/pretrain.py --steps N`` (every other setting its default:
 the task, the data, the model, the batch) once per augmentation, one after
@@ -32,7 +32,7 @@ AUGMENTS = ("none", "geometry", "all")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/pretrain_share.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/augment_share.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
     parser.add_argument("--out", help="write the rows, command, git revision and machine to this JSON file")
     args = parser.parse_args(argv)
@@ -41,14 +41,14 @@ def main(argv=None) -> int:
     if args.out and os.path.exists(args.out):
         parser.error(f"--out {args.out}: exists already; choose a new name (nothing was overwritten)")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="rubikops-share-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rubikops-augment-share-") as tmp:
         for augment in AUGMENTS:
             out = os.path.join(tmp, augment)
             command = [sys.executable, os.path.join(ROOT, "train", "pretrain.py"), "--steps", str(args.steps),
                        "--augment", augment, "--out", out]
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
             if done.returncode != 0:
-                print(f"pretrain_share: --augment {augment} failed:\n{done.stderr.strip()[-2000:]}", file=sys.stderr)
+                print(f"augment_share: --augment {augment} failed:\n{done.stderr.strip()[-2000:]}", file=sys.stderr)
                 return 1
             with open(os.path.join(out, "summary.json")) as f:
                 summary = json.load(f)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print(f"--augment {row['augment']:8s} {row['puzzles_per_s']:7.1f} puzzles/s ({row['throughput_vs_none']:.2f}x "
               f"none), batch generation {100 * row['batch_gen_fraction']:4.1f}% of the step")
     if args.out:
-        doc = {"command": "python benchmarks/pretrain_share.py" + ("" if args.steps == 300 else f" --steps {args.steps}"),
+        doc = {"command": "python benchmarks/augment_share.py" + ("" if args.steps == 300 else f" --steps {args.steps}"),
                "git_revision": utils.git_revision(), "machine": utils.machine_info(torch.device("cpu")),
                "seeds": [0], "rows": rows}
         with atomic_path(args.out) as tmp_path:
