@@ -113,6 +113,16 @@ def _bench_row(results: str, pattern: str, prefix: str) -> dict:
     raise UserError(f"no benchmark row {prefix!r} in {os.path.join(results, pattern)}")
 
 
+def _default_share(results: str) -> str:
+    """The default pretraining's batch generation, from the newest benchmarks/augment_share.py file."""
+    files = reporting.result_files("augment-share", results)
+    if not files:
+        return ""
+    rows = {r["augment"]: r for r in _load(files[-1])["rows"]}
+    return (f"; the default pretraining (2 CPU cores) spends {100 * rows['all']['batch_gen_fraction']:.1f}% of its step "
+            f"generating batches with its augmentation, {100 * rows['none']['batch_gen_fraction']:.1f}% without")
+
+
 def verdict_block(results: str = reporting.RESULTS) -> str:
     def cpu(prefix):
         return _bench_row(results, "cpu-*.json", prefix)
@@ -141,7 +151,7 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
          f"cores (an unaugmented 2 mm workload), {e2e_gpu['speedup_vs_baseline']:.2f}x on an H100 with 32^3 cubes (batch generation "
          f"{100 * gen_gpu['extra']['fraction_of_step']:.1f}% of a {ms(e2e_gpu):.0f} ms step); 2 NumPy workers need "
          f"{ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H100 draws and cuts in "
-         f"{ms(puzzle_gpu):.2f} ms",
+         f"{ms(puzzle_gpu):.2f} ms" + _default_share(results),
          "[performance](docs/performance.md)"),
         ("Does the default pretext task learn?",
          f"yes: ordering {_pct(o_lo)} to {_pct(o_hi)}% (chance {_pct(s0['chance_order_acc'])}%), orientation "
