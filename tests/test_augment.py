@@ -199,3 +199,34 @@ def test_grid_sample_path_matches_the_corner_gather_path(monkeypatch):
     monkeypatch.setattr(augment, "_force_gather", True)
     slow = resample_crops(*args)
     torch.testing.assert_close(fast, slow, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["rubik", "masked"])
+def test_an_affine_read_stays_inside_each_padded_volume(task):
+    """A batch tensor whose volumes are smaller than its storage (volume_shapes given): the affine read
+    of every task clamps into each volume's own extent, never into the padding, and the targets
+    (the dense task's untouched crop) are the grid_sample crop of the volume alone."""
+    from rubikops.tasks import get
+    g = torch.Generator().manual_seed(6)
+    shapes = torch.tensor([[14, 12, 13], [12, 15, 12]])
+    storage = torch.full((2, 1, 15, 15, 15), 1e4)  # loud padding
+    for i, s in enumerate(shapes.tolist()):
+        storage[i, :, :s[0], :s[1], :s[2]] = torch.randn(1, *s, generator=g)
+    puzzle = get(task)(cube_size=4, **({"grid": (2, 2, 2), "num_permutations": 4, "gap": (0, 1)}
+                                         if task == "rubik" else {"patch": 2}))
+    index = torch.tensor([0, 1, 1, 0])
+    affine = CropAffine(max_angle=20, zoom=(0.8, 1.25)).draw(shapes, puzzle.crop_size, index, g)
+    cubes, t = puzzle(storage, index, torch.Generator().manual_seed(1), volume_shapes=shapes, affine=affine)
+    half = torch.tensor([(n - 1) / 2 for n in puzzle.crop_size], dtype=torch.float64)
+    for b, v in enumerate(index.tolist()):
+        d, h, w = shapes[v].tolist()
+        matrix = affine[b, :, :3]
+        crop = _grid_sample_reference(storage[v, :, :d, :h, :w].double(), affine[b, :, 3] + matrix @ half, matrix,
+                                      puzzle.crop_size)
+        if task == "masked":
+            torch.testing.assert_close(t.target[b].double(), crop, rtol=0, atol=1e-5)
+            continue
+        for m in range(puzzle.num_cells):
+            z, y, x = t.origins[b, m].tolist()
+            box = crop[:, z:z + 4, y:y + 4, x:x + 4]
+            torch.testing.assert_close(cubes[b, m].double(), apply_code(box, int(t.codes[b, m])), rtol=0, atol=1e-5)
