@@ -8,7 +8,7 @@ ValueError/TypeError; never another exception, never a crash.  The source is
 a view into a larger tensor padded with a sentinel, so a read outside the
 view shows up as sentinel values in the result, and the padding is checked
 unchanged afterwards.  Every other tensor argument (origins, index,
-rotations, mask, scale, shift, affine) is drawn contiguous, as an offset view, with
+rotations, mask, scale, shift, affine, read_box) is drawn contiguous, as an offset view, with
 doubled or reversed strides, or with stride 0 along one dim, inside a
 storage of sentinels that name other volumes, boxes, codes and masks.
 
@@ -173,7 +173,17 @@ def calls(draw):
         if A.numel() and draw(st.integers(0, 7)) == 0:
             A.view(-1)[draw(st.integers(0, A.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
         kw["affine"] = A.to(draw(st.sampled_from([torch.float64] * 3 + [torch.float32, torch.int64])))
-    for name in ("index", "rotations", "mask", "scale", "shift", "affine"):
+    if draw(st.integers(0, 7)) == 0:
+        # A read box per sample: mostly inside the source, sometimes past it or upside down (validate=False
+        # clamps it as the reference does), now and then without an affine or of the wrong shape or dtype.
+        shape = _wrong_shape(draw, (B, 2, 3))
+        extent = torch.tensor(source.shape[2:] if source.dim() == 5 else (1, 1, 1))
+        box = (torch.rand(shape, generator=gen) * (extent + 4) - 2).long() if len(shape) == 3 and shape[1:] == (2, 3) \
+            else torch.zeros(shape, dtype=torch.int64)
+        if len(shape) == 3 and shape[1:] == (2, 3) and draw(st.booleans()):
+            box[:, 1] = torch.maximum(box[:, 1], box[:, 0])  # ordered boxes, the common case
+        kw["read_box"] = box.to(draw(st.sampled_from([torch.int64] * 3 + [torch.int32, torch.float32])))
+    for name in ("index", "rotations", "mask", "scale", "shift", "affine", "read_box"):
         if isinstance(kw.get(name), torch.Tensor):
             kw[name] = _laid_out(draw, kw[name])
     if out_dtype is not None:
