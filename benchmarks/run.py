@@ -162,7 +162,7 @@ def _add_augment_rows(rows, dev, B, cube, vol, rep):
     rows.append(utils.Row("bank.puzzles, no augmentation", wl, t_plain, nbytes))
     crop = CropAffine(max_angle=10.0, zoom=(0.9, 1.1))
     t_geo = utils.time_fn(lambda: bank.puzzles(puzzle, B, gen, crop_transform=crop), dev, repeats=rep)
-    rows.append(utils.Row("bank.puzzles + CropAffine (resampled crops)", wl, t_geo, nbytes,
+    rows.append(utils.Row("bank.puzzles + CropAffine (affine read in the cut)", wl, t_geo, nbytes,
                           extra={"ratio_to_no_augmentation": t_geo.median_s / t_plain.median_s}))
     intensity = IntensityAugment()
     t_int = utils.time_fn(lambda: intensity(cubes, gen), dev, repeats=rep)
