@@ -106,10 +106,26 @@ RUBIKOPS_HD double mul_add_unfused(double a, double b, double c) {
 // the row's first box voxel j0 sits at crop-frame position origin + j0, and
 // each step along the row moves box axis `axis` by one (backwards where that
 // axis is flipped), so the position of i2 is start + i2 * step: one multiply
-// and add per axis and voxel instead of three.
+// and add per axis and voxel instead of three.  An affine with an infinite or
+// NaN entry (validate=False) is read voxel by voxel instead, through the
+// whole product A @ (origin + j) + t as the reference forms it: in the row
+// form 0 * inf would turn a read the reference clamps to the top into NaN.
 struct AffineRow {
   double start[3], step[3];
+  // the direct form, for a non-finite affine
+  bool direct;
+  const double* A;
+  int64_t origin[3], j0[3];
+  int axis;
+  bool backwards;
 };
+
+RUBIKOPS_HD double affine_position(const double A[12], const double q[3], int a) {
+  double p = A[4 * a] * q[0];
+  p = mul_add_unfused(A[4 * a + 1], q[1], p);
+  p = mul_add_unfused(A[4 * a + 2], q[2], p);
+  return p + A[4 * a + 3];
+}
 
 RUBIKOPS_HD AffineRow affine_row(const double A[12], const int64_t origin[3], const int64_t j0[3], int axis,
                                  bool backwards) {
@@ -117,13 +133,19 @@ RUBIKOPS_HD AffineRow affine_row(const double A[12], const int64_t origin[3], co
   double q[3];
   // In double: an origin near the int64 limits (validate=False) must not overflow.
   for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j0[a]);
+  row.direct = false;
   for (int a = 0; a < 3; ++a) {
-    double p = A[4 * a] * q[0];
-    p = mul_add_unfused(A[4 * a + 1], q[1], p);
-    p = mul_add_unfused(A[4 * a + 2], q[2], p);
-    row.start[a] = p + A[4 * a + 3];
+    row.start[a] = affine_position(A, q, a);
     row.step[a] = backwards ? -A[4 * a + axis] : A[4 * a + axis];
+    for (int k = 0; k < 4; ++k) row.direct |= !(A[4 * a + k] - A[4 * a + k] == 0.0);  // inf or NaN
   }
+  row.A = A;
+  for (int a = 0; a < 3; ++a) {
+    row.origin[a] = origin[a];
+    row.j0[a] = j0[a];
+  }
+  row.axis = axis;
+  row.backwards = backwards;
   return row;
 }
 
@@ -131,8 +153,16 @@ RUBIKOPS_HD AffineRow affine_row(const double A[12], const int64_t origin[3], co
 // inside the volume: read_box_of) so edge values repeat; NaN reads bottom.
 RUBIKOPS_HD void affine_read(const AffineRow& row, int64_t i2, const int64_t bottom[3], const int64_t top[3],
                              TrilinearRead* r) {
+  double q[3];
+  if (row.direct) {
+    for (int a = 0; a < 3; ++a) {
+      const int64_t j = a == row.axis ? (row.backwards ? row.j0[a] - i2 : row.j0[a] + i2) : row.j0[a];
+      q[a] = static_cast<double>(row.origin[a]) + static_cast<double>(j);
+    }
+  }
   for (int a = 0; a < 3; ++a) {
-    double p = mul_add_unfused(static_cast<double>(i2), row.step[a], row.start[a]);
+    double p = row.direct ? affine_position(row.A, q, a)
+                          : mul_add_unfused(static_cast<double>(i2), row.step[a], row.start[a]);
     const double lo = static_cast<double>(bottom[a]), hi = static_cast<double>(top[a]);
     p = p > lo ? (p < hi ? p : hi) : lo;
     // p >= lo >= 0: truncation is floor here, and x86-64 builds without SSE4.1 would call libm's floor

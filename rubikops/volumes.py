@@ -71,7 +71,10 @@ class VolumeSource:
         lowest = torch.zeros(index.shape[0], 3, dtype=torch.int64, device=index.device)
         if self.offsets is not None:
             lowest = self.offsets[index].to(torch.int64)
-            affine = torch.cat([affine[..., :3], affine[..., 3:] + lowest[..., None].to(affine.dtype)], -1)
+            # in float64 (the op's position math): a float32 translation deep in a packed storage (60k
+            # planes) would hold it to 0.004 voxel
+            affine = affine.to(torch.float64)
+            affine = torch.cat([affine[..., :3], affine[..., 3:] + lowest[..., None].to(torch.float64)], -1)
         read_box = torch.stack([lowest, lowest + self.shapes[index].to(torch.int64) - 1], 1)
         return affine, read_box, (index if self.offsets is None else torch.zeros_like(index))
 

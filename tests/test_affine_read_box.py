@@ -91,19 +91,31 @@ def test_kernels_match_the_reference_with_any_box(seed, backend):
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 def test_gradient_matches_the_reference_autograd(backend):
+    """Reads clamped at every face of each box (affines that throw them well past it): the gradient
+    lands inside the boxes only, on their faces too, as the reference's autograd puts it."""
     storage, _, _, gen = _packed(7, torch.float64)
-    B, M, cube = 3, 2, (2, 3, 2)
-    box = torch.tensor([[[0, 0, 0], [4, 6, 5]], [[5, 1, 2], [10, 4, 7]], [[11, 0, 0], [14, 7, 6]]])
+    B, M, cube = 3, 4, (2, 3, 2)
+    box = torch.tensor([[[0, 0, 0], [4, 6, 5]], [[5, 1, 2], [10, 4, 6]], [[11, 0, 0], [14, 7, 6]]])
     kw = dict(index=torch.zeros(B, dtype=torch.int64), rotations=torch.randint(0, 8, (B, M), generator=gen),
-              affine=_affines(gen, B, move=4.0), read_box=box, scale=torch.tensor([1.5, -0.5, 2.0]))
-    origins = torch.randint(-1, 4, (B, M, 3), generator=gen)
+              affine=_affines(gen, B, move=12.0), read_box=box, scale=torch.tensor([1.5, -0.5, 2.0]))
+    kw["affine"][:, :, :3] *= 3  # spread each cube's reads over more than its box
+    origins = torch.randint(-3, 4, (B, M, 3), generator=gen)
     grad = torch.randn(B, M, 2, *cube, generator=gen, dtype=torch.float64)
     x = storage.clone().requires_grad_()
     rubikops.extract_cubes(x, origins, cube, backend=backend, **kw).backward(grad)
     y = storage.clone().requires_grad_()
     reference.extract_cubes(y, origins, cube, **kw).backward(grad)
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-9, atol=1e-9)
-    assert bool((x.grad[0, :, :, 7] == 0).all())  # nothing read past any box's W edge (index 7)
+    inside = torch.zeros(storage.shape[2:], dtype=torch.bool)
+    top_face = torch.zeros_like(inside)
+    for (lo, hi) in box.tolist():
+        inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+        top_face[hi[0], lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True  # the box's far faces along D, H and W
+        top_face[lo[0]:hi[0] + 1, hi[1], lo[2]:hi[2] + 1] = True
+        top_face[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, hi[2]] = True
+    touched = (x.grad[0] != 0).any(0)
+    assert not bool((touched & ~inside).any())  # nothing read outside the boxes
+    assert bool((touched & top_face).any())  # and reads were clamped onto a box's far face
 
 
 @pytest.mark.parametrize("view", ["strided", "offset", "stride0", "transposed"])
@@ -185,3 +197,23 @@ def test_cuda_equals_the_cpu_kernel_with_read_boxes():
     (want, want_grad), (got, got_grad) = run("cpu"), run("cuda")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), float("nan")])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_non_finite_affine_entries_read_as_the_reference(backend, value):
+    """validate=False with an infinite or NaN entry anywhere in the affine: each read clamps where
+    the reference's product A @ (origin + j) + t puts it (inf past an edge, NaN at the box's lowest
+    voxel), also along a row, where 0 * inf is NaN but the next voxel's inf * 1 is not."""
+    gen = torch.Generator().manual_seed(13)
+    source = torch.randn(1, 1, 6, 7, 5, generator=gen, dtype=torch.float64)
+    codes = torch.tensor([[0, 1, 2, 4, 5, 7]] * 12)  # flips along every axis: rows run forwards and backwards
+    affine = torch.eye(3, 4, dtype=torch.float64).repeat(12, 1, 1)
+    for k in range(12):
+        affine[k].view(-1)[k] = value
+    origins = torch.tensor([[0, 0, 0], [0, 0, -1], [1, 1, 1], [2, -2, 0], [0, 3, 1], [-1, 0, 2]]).expand(12, 6, 3)
+    kw = dict(index=torch.zeros(12, dtype=torch.int64), rotations=codes, affine=affine,
+              read_box=torch.tensor([[1, 0, 1], [4, 6, 3]]).expand(12, 2, 3))
+    want = reference.extract_cubes(source, origins, (2, 2, 3), **kw)
+    got = rubikops.extract_cubes(source, origins, (2, 2, 3), validate=False, backend=backend, **kw)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
