@@ -107,19 +107,13 @@ RUBIKOPS_HD double mul_add_unfused(double a, double b, double c) {
 // each step along the row moves box axis `axis` by one (backwards where that
 // axis is flipped), so the position of i2 is start + i2 * step: one multiply
 // and add per axis and voxel instead of three.  An affine with an infinite or
-// NaN entry (validate=False) is read voxel by voxel instead, through the
-// whole product A @ (origin + j) + t as the reference forms it: in the row
-// form 0 * inf would turn a read the reference clamps to the top into NaN.
+// NaN entry (validate=False) is read with affine_read_direct instead: in the
+// row form 0 * inf would turn a read the reference clamps to an edge into NaN.
 struct AffineRow {
   double start[3], step[3];
-  // the direct form, for a non-finite affine
-  bool direct;
-  const double* A;
-  int64_t origin[3], j0[3];
-  int axis;
-  bool backwards;
 };
 
+// A[4a : 4a + 4] . (q, 1), in the reference's order.
 RUBIKOPS_HD double affine_position(const double A[12], const double q[3], int a) {
   double p = A[4 * a] * q[0];
   p = mul_add_unfused(A[4 * a + 1], q[1], p);
@@ -127,50 +121,54 @@ RUBIKOPS_HD double affine_position(const double A[12], const double q[3], int a)
   return p + A[4 * a + 3];
 }
 
+RUBIKOPS_HD bool affine_is_finite(const double A[12]) {
+  bool finite = true;
+  for (int k = 0; k < 12; ++k) finite &= A[k] - A[k] == 0.0;  // false for inf and NaN
+  return finite;
+}
+
+// In double: an origin near the int64 limits (validate=False) must not overflow.
+RUBIKOPS_HD void crop_position(const int64_t origin[3], const int64_t j[3], double q[3]) {
+  for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j[a]);
+}
+
 RUBIKOPS_HD AffineRow affine_row(const double A[12], const int64_t origin[3], const int64_t j0[3], int axis,
                                  bool backwards) {
   AffineRow row;
   double q[3];
-  // In double: an origin near the int64 limits (validate=False) must not overflow.
-  for (int a = 0; a < 3; ++a) q[a] = static_cast<double>(origin[a]) + static_cast<double>(j0[a]);
-  row.direct = false;
+  crop_position(origin, j0, q);
   for (int a = 0; a < 3; ++a) {
     row.start[a] = affine_position(A, q, a);
     row.step[a] = backwards ? -A[4 * a + axis] : A[4 * a + axis];
-    for (int k = 0; k < 4; ++k) row.direct |= !(A[4 * a + k] - A[4 * a + k] == 0.0);  // inf or NaN
   }
-  row.A = A;
-  for (int a = 0; a < 3; ++a) {
-    row.origin[a] = origin[a];
-    row.j0[a] = j0[a];
-  }
-  row.axis = axis;
-  row.backwards = backwards;
   return row;
 }
 
-// Voxel i2 of the row, clamped into the read box (bottom[a] <= top[a], both
-// inside the volume: read_box_of) so edge values repeat; NaN reads bottom.
+// Position p along axis a clamped into [bottom, top] (the read box, inside
+// the volume) so edge values repeat; NaN reads bottom.
+RUBIKOPS_HD void clamped_read(double p, int a, const int64_t bottom[3], const int64_t top[3], TrilinearRead* r) {
+  const double lo = static_cast<double>(bottom[a]), hi = static_cast<double>(top[a]);
+  p = p > lo ? (p < hi ? p : hi) : lo;
+  // p >= lo >= 0: truncation is floor here, and x86-64 builds without SSE4.1 would call libm's floor
+  // three times a voxel (the affine cut ran 1.7x slower with it).
+  r->lo[a] = static_cast<int64_t>(p);
+  r->hi[a] = r->lo[a] + 1 <= top[a] ? r->lo[a] + 1 : r->lo[a];
+  r->frac[a] = p - static_cast<double>(r->lo[a]);
+}
+
+// Voxel i2 of the row.
 RUBIKOPS_HD void affine_read(const AffineRow& row, int64_t i2, const int64_t bottom[3], const int64_t top[3],
                              TrilinearRead* r) {
+  for (int a = 0; a < 3; ++a)
+    clamped_read(mul_add_unfused(static_cast<double>(i2), row.step[a], row.start[a]), a, bottom, top, r);
+}
+
+// Box voxel j through the whole product A @ (origin + j) + t, as the reference forms it.
+RUBIKOPS_HD void affine_read_direct(const double A[12], const int64_t origin[3], const int64_t j[3],
+                                    const int64_t bottom[3], const int64_t top[3], TrilinearRead* r) {
   double q[3];
-  if (row.direct) {
-    for (int a = 0; a < 3; ++a) {
-      const int64_t j = a == row.axis ? (row.backwards ? row.j0[a] - i2 : row.j0[a] + i2) : row.j0[a];
-      q[a] = static_cast<double>(row.origin[a]) + static_cast<double>(j);
-    }
-  }
-  for (int a = 0; a < 3; ++a) {
-    double p = row.direct ? affine_position(row.A, q, a)
-                          : mul_add_unfused(static_cast<double>(i2), row.step[a], row.start[a]);
-    const double lo = static_cast<double>(bottom[a]), hi = static_cast<double>(top[a]);
-    p = p > lo ? (p < hi ? p : hi) : lo;
-    // p >= lo >= 0: truncation is floor here, and x86-64 builds without SSE4.1 would call libm's floor
-    // three times a voxel (the affine cut ran 1.7x slower with it).
-    r->lo[a] = static_cast<int64_t>(p);
-    r->hi[a] = r->lo[a] + 1 <= top[a] ? r->lo[a] + 1 : r->lo[a];
-    r->frac[a] = p - static_cast<double>(r->lo[a]);
-  }
+  crop_position(origin, j, q);
+  for (int a = 0; a < 3; ++a) clamped_read(affine_position(A, q, a), a, bottom, top, r);
 }
 
 // Sample b's read box from a (B, 2, 3) row-major read_box (nullptr: the whole volume), clamped into the

@@ -308,11 +308,31 @@ struct AffineJob {
   int64_t volume;
   bool masked;
 
-  // The read positions of output row (i[0], i[1]): its first box voxel (into j0), then one step a voxel.
-  AffineRow row(const double* A, const int64_t i[3], const int64_t size[3], int64_t j0[3]) const {
+  bool direct;  // the sample's affine holds an inf or NaN: read through the whole product (validate=False)
+
+  // Box voxel j of output voxel (i0, i1, i2).
+  void box_voxel(const int64_t i[3], const int64_t size[3], int64_t j[3]) const {
+    for (int a = 0; a < 3; ++a) j[box_axis[a]] = flipped[a] ? size[a] - 1 - i[a] : i[a];
+  }
+
+  // The read positions of output row (i[0], i[1]): its first box voxel, then one step a voxel.
+  AffineRow row(const double* A, const int64_t i[3], const int64_t size[3]) const {
     const int64_t first[3] = {i[0], i[1], 0};
-    for (int a = 0; a < 3; ++a) j0[box_axis[a]] = flipped[a] ? size[a] - 1 - first[a] : first[a];
+    int64_t j0[3];
+    box_voxel(first, size, j0);
     return affine_row(A, origin, j0, box_axis[2], flipped[2]);
+  }
+
+  // Where output voxel i reads, on its row.
+  void read(const double* A, const AffineRow& row, const int64_t i[3], const int64_t size[3],
+            TrilinearRead* r) const {
+    if (direct) {
+      int64_t j[3];
+      box_voxel(i, size, j);
+      affine_read_direct(A, origin, j, bottom, top, r);
+    } else {
+      affine_read(row, i[2], bottom, top, r);
+    }
   }
 };
 
@@ -340,6 +360,7 @@ std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double
       j.volume = clamp_index(index.defined() ? index.const_data_ptr<int64_t>()[b] : b, 0, N - 1);
       j.masked = mask.defined() && mask.const_data_ptr<bool>()[b * M + m];
       read_box_of(read_box.defined() ? read_box.const_data_ptr<int64_t>() : nullptr, b, extent, j.bottom, j.top);
+      j.direct = !affine_is_finite(matrices->data() + b * 12);
     }
   }
   return jobs;
@@ -391,18 +412,18 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const in_t* vol = src_ptr + j.volume * st[0] + c * st[1];
       out_t* dst = out_ptr + cube * numel;
       const bool hash = j.masked && threshold > 0;
-      int64_t i[3], jb[3];
+      int64_t i[3];
       int64_t v = 0;
       for (i[0] = 0; i[0] < size[0]; ++i[0]) {
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
-          const AffineRow row = j.row(&A[b * 12], i, size, jb);
+          const AffineRow row = j.row(&A[b * 12], i, size);
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
             if (j.masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
               continue;
             }
             TrilinearRead r;
-            affine_read(row, i[2], j.bottom, j.top, &r);
+            j.read(&A[b * 12], row, i, size, &r);
             op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
             x = lo > x ? lo : x;
             x = hi < x ? hi : x;
@@ -443,16 +464,16 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
         for (int64_t m = 0; m < M; ++m) {
           const AffineJob& j = jobs[b * M + m];
           const int64_t cube = (b * M + m) * C + c;
-          int64_t i[3], jb[3];
+          int64_t i[3];
           int64_t v = 0;
           for (i[0] = 0; i[0] < size[0]; ++i[0]) {
             for (i[1] = 0; i[1] < size[1]; ++i[1]) {
-              const AffineRow row = j.row(&A[b * 12], i, size, jb);
+              const AffineRow row = j.row(&A[b * 12], i, size);
               for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
                 const uint64_t k = static_cast<uint64_t>(cube * numel + v);
                 if (j.masked && !(threshold > 0 && keep_voxel(seed, k, threshold))) continue;
                 TrilinearRead r;
-                affine_read(row, i[2], j.bottom, j.top, &r);
+                j.read(&A[b * 12], row, i, size, &r);
                 acc_t g = static_cast<acc_t>(grad_ptr[b * gs[0] + m * gs[1] + c * gs[2] + i[0] * gs[3] +
                                                       i[1] * gs[4] + i[2] * gs[5]]) * scale[b];
                 if (clamp) {  // torch.clamp passes the gradient where lo <= v <= hi

@@ -350,25 +350,30 @@ __device__ __forceinline__ AffineVoxel affine_voxel(const ExtractCubesParams& p,
 __device__ __forceinline__ TrilinearRead affine_position(const ExtractCubesParams& p, const AffineVoxel& v) {
   int order, flips;
   kernel_code(p.rotations ? p.rotations[v.bm] : 0, p.cube, &order, &flips);
-  // The box voxel of its row's first voxel (i2 = 0), then i2 steps along the row: the CPU kernel's
-  // positions, operation for operation.
-  int64_t j0[3];
+  // Its box voxel, or with a finite affine its row's first one (i2 = 0) and then i2 steps along the
+  // row: the CPU kernel's positions, operation for operation.
+  const double* A = p.affine + v.b * 12;
+  const bool direct = !affine_is_finite(A);
+  int64_t j[3];
 #pragma unroll
   for (int a = 0; a < 3; ++a) {
-    const int64_t first = a == 2 ? 0 : v.i[a];
-    const int64_t along = (flips >> a) & 1 ? p.cube[a] - 1 - first : first;
+    const int64_t at = a == 2 && !direct ? 0 : v.i[a];
+    const int64_t along = (flips >> a) & 1 ? p.cube[a] - 1 - at : at;
     const int to = axis_order(order, a);
 #pragma unroll
-    for (int e = 0; e < 3; ++e)  // j0[to] = along with constant indices: j0 stays in registers
-      if (to == e) j0[e] = along;
+    for (int e = 0; e < 3; ++e)  // j[to] = along with constant indices: j stays in registers
+      if (to == e) j[e] = along;
   }
-  const AffineRow row = affine_row(p.affine + v.b * 12, p.origins + v.bm * 3, j0, axis_order(order, 2),
-                                   (flips >> 2) & 1);
   const int64_t extent[3] = {p.D, p.H, p.W};
   int64_t bottom[3], top[3];
   read_box_of(p.read_box, v.b, extent, bottom, top);
   TrilinearRead r;
-  affine_read(row, v.i[2], bottom, top, &r);
+  if (direct) {
+    affine_read_direct(A, p.origins + v.bm * 3, j, bottom, top, &r);
+  } else {
+    const AffineRow row = affine_row(A, p.origins + v.bm * 3, j, axis_order(order, 2), (flips >> 2) & 1);
+    affine_read(row, v.i[2], bottom, top, &r);
+  }
   return r;
 }
 
