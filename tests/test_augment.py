@@ -230,3 +230,36 @@ def test_an_affine_read_stays_inside_each_padded_volume(task):
             z, y, x = t.origins[b, m].tolist()
             box = crop[:, z:z + 4, y:y + 4, x:x + 4]
             torch.testing.assert_close(cubes[b, m].double(), apply_code(box, int(t.codes[b, m])), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("view", ["strided", "offset", "stride0", "transposed"])
+@pytest.mark.parametrize("task", ["rubik", "jigsaw", "rotation", "relative_location", "genesis", "masked"])
+def test_a_task_reads_its_affine_through_any_view(task, view):
+    """Every task's ``affine`` argument may be a strided, offset, stride-0 or transposed view: the cubes
+    and targets equal those of a dense copy, bit for bit (packed int16 bank, reads past the edges)."""
+    from rubikops.tasks import get
+    options = {"rubik": dict(grid=(2, 2, 2), cube_size=3, num_permutations=4, gap=(0, 1)),
+               "jigsaw": dict(cube_size=3, num_permutations=4, gap=(0, 1)), "rotation": dict(cube_size=4),
+               "relative_location": dict(cube_size=3, gap=(0, 1)), "genesis": dict(cube_size=4, shuffle_window=2),
+               "masked": dict(cube_size=4, patch=2)}[task]
+    puzzle = get(task)(**options)
+    bank = _bank("int16", seed=8)
+    index = torch.tensor([2, 0, 1, 2])
+    dense = CropAffine(max_angle=25, zoom=(0.8, 1.25)).draw(bank.shapes, puzzle.crop_size, index,
+                                                            torch.Generator().manual_seed(3))
+    if view == "stride0":
+        dense = dense[:1].expand(4, 3, 4).contiguous()
+        viewed = dense[:1].expand(4, 3, 4)
+    elif view == "strided":
+        viewed = torch.zeros(8, 3, 4, dtype=torch.float64)[::2]
+        viewed.copy_(dense)
+    elif view == "offset":
+        viewed = torch.full((6, 3, 4), float("nan"), dtype=torch.float64)[2:]
+        viewed.copy_(dense)
+    else:
+        viewed = dense.transpose(1, 2).contiguous().transpose(1, 2)
+    want, want_t = puzzle(bank, index, torch.Generator().manual_seed(5), affine=dense)
+    got, got_t = puzzle(bank, index, torch.Generator().manual_seed(5), affine=viewed)
+    assert torch.equal(got, want)
+    for field in vars(want_t):
+        assert torch.equal(getattr(got_t, field), getattr(want_t, field)), field
