@@ -1,7 +1,8 @@
 """Property-based fuzzing of every pretext task with views for each of its tensor arguments.
 
 A task is given volumes (a batch or a packed storage, float32 or quantised int16), ``index``,
-``volume_shapes``, ``volume_offsets``, ``intensity`` (scale, shift) and ``stats`` (mean, std), each
+``volume_shapes``, ``volume_offsets``, ``intensity`` (scale, shift), ``stats`` (mean, std) and, a
+quarter of the time, ``affine`` (each crop read through a rotation and zoom), each
 drawn contiguous, strided (every other element of a larger tensor), offset (a slice starting past
 element 0) or stride-0 (one row expanded) where its values allow.  Two checks per example:
 
@@ -11,6 +12,7 @@ element 0) or stride-0 (one row expanded) where its values allow.  Two checks pe
   ``rotations.apply_code`` and the normalisation's formula in float64.  For the dense tasks
   (genesis, masked) that reference is the target, and the input is the task's corruption of it
   replayed from the same generator (masked: the chosen patches hold the fill, the rest the crop).
+  With an affine the reference is the same call on the plain-torch backend.
 
 Bounded for CI (RUBIKOPS_FUZZ_EXAMPLES, default 50, derandomized: about 50 s on the 2-core VM, most
 of it in the Triton interpreter); set it higher, with RUBIKOPS_FUZZ_RANDOM=1, for a long run.
@@ -26,6 +28,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from rubikops import corruptions as K  # noqa: E402
 from rubikops import ops  # noqa: E402
+from rubikops.augment import CropAffine  # noqa: E402
 from rubikops.rotations import apply_code  # noqa: E402
 from rubikops.tasks import get  # noqa: E402
 
@@ -109,11 +112,13 @@ def calls(draw):
     index = torch.tensor(draw(st.lists(st.integers(0, n - 1), min_size=b, max_size=b)), dtype=torch.int64)
     give_shapes = packed or draw(st.booleans())
     kinds = {k: draw(st.sampled_from(VIEWS)) for k in ("volumes", "index", "shapes", "offsets", "scale", "shift",
-                                                       "mean", "std")}
+                                                       "mean", "std", "affine")}
     if kinds["volumes"] == "stride0":  # every volume holds the first one's values: a stride-0 batch can show them
         storage = storage[:1].expand_as(storage).clone()
     args = dict(volumes=storage, index=index, volume_shapes=shapes if give_shapes else None, volume_offsets=offsets,
                 intensity=intensity, stats=stats)
+    if draw(st.integers(0, 3)) == 0:  # the crop read through an affine (CropAffine's), past the volumes' edges
+        args["affine"] = CropAffine(max_angle=30, zoom=(0.75, 1.3)).draw(shapes, task.crop_size, index, gen)
     return name, task, args, kinds, seed
 
 
@@ -131,6 +136,8 @@ def as_views(args: dict, kinds: dict) -> dict:
     for key, kind in (("volume_shapes", "shapes"), ("volume_offsets", "offsets")):
         if args[key] is not None:
             out[key] = view_of(args[key], kinds[kind])
+    if args.get("affine") is not None:
+        out["affine"] = view_of(args["affine"], kinds["affine"])
     for key, (k0, k1) in (("intensity", ("scale", "shift")), ("stats", ("mean", "std"))):
         if args[key] is not None:
             out[key] = (view_of(args[key][0], kinds[k0]), view_of(args[key][1], kinds[k1]))
@@ -212,6 +219,12 @@ def test_every_task_argument_may_be_a_view(call):
     assert torch.equal(cubes, cubes_d)
     for field in vars(targets):
         assert torch.equal(getattr(targets, field), getattr(targets_d, field)), field
+    if args.get("affine") is not None:  # origins in the crop frame: the plain-torch backend is the reference
+        task.backend = "torch"
+        plain = dense(args)
+        cubes_r, _ = task(plain.pop("volumes"), plain.pop("index"), torch.Generator().manual_seed(seed), **plain)
+        torch.testing.assert_close(cubes, cubes_r, rtol=1e-5, atol=1e-4)
+        return
     expected = reference_cubes(task, args, targets)
     if name in DENSE:
         check_dense(task, args, seed, cubes, targets, expected[:, 0])
