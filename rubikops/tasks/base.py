@@ -31,7 +31,7 @@ import torch
 
 from .. import ops
 from ..models.heads import SiameseClassifier
-from ..volumes import TensorVolumes, VolumeSource
+from ..volumes import TensorVolumes, VolumeSource, _shape_tensor
 
 TASKS: dict = {}
 
@@ -204,7 +204,7 @@ class PretextTask:
                              f"the volumes' storage {storage_extent}")
         # an affine read cuts the puzzle from a crop-sized frame: every volume is one crop
         frame = src.shapes if affine is None else \
-            torch.tensor(self.crop_size, dtype=src.shapes.dtype, device=dev).expand(src.shapes.shape[0], 3)
+            _shape_tensor(tuple(self.crop_size), dev).expand(src.shapes.shape[0], 3)
         cut, targets = self.sample(index.shape[0], frame, index, generator)
         return self.cut(src, index, cut, generator, out, seed, affine), targets
 
