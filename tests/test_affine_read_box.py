@@ -188,7 +188,7 @@ def test_cuda_equals_the_cpu_kernel_with_read_boxes():
     grad = torch.randn(B, M, 2, *cube, generator=gen, dtype=torch.float64)
 
     def run(device):
-        x = storage.to(device).requires_grad_()
+        x = storage.detach().to(device).requires_grad_()  # a leaf on each device (.to('cpu') is storage itself)
         args = {k: v.to(device) for k, v in kw.items()}
         out = rubikops.extract_cubes(x, origins.to(device), cube, validate=False, backend="compiled", **args)
         out.backward(grad.to(device))

@@ -185,6 +185,8 @@ def bank_device(device, who: str) -> torch.device:
                          f"built {'with' if torch.backends.cuda.is_built() else 'without'} CUDA)")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"{who}: device {device!r}: a bank lives on 'cpu' or 'cuda'")
+    if dev.type == "cuda" and dev.index is None:  # as its tensors report it: 'cuda' and 'cuda:0' compare unequal
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -155,8 +155,6 @@ class StreamingBank(BankPuzzles, VolumeSource):
         self.seed, self.refresh_every = int(seed), refresh_every
         self.slot_shape = slot_shape
         d = self._slot_stride = slot_shape[0] + 1  # slot k starts at plane k * (D + 1): the separating plane
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
         dev = self.device
         self.storage = torch.zeros(1, C, self.slots * d, slot_shape[1], slot_shape[2], dtype=self.dtype, device=dev)
         self.offsets = torch.tensor([(k * d, 0, 0) for k in range(self.slots)], dtype=torch.int64, device=dev)

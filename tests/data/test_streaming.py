@@ -64,6 +64,39 @@ def test_puzzles_equal_a_resident_bank_on_the_same_volumes(device, dtype, refres
     stream.close()
 
 
+class SlowSideStream(StreamingBank):
+    """Each slot load's copy queued behind ~10 ms of spinning on the side stream."""
+
+    def _load(self, position, v, wait_for):
+        if self._cuda:
+            with torch.cuda.stream(self._side):
+                torch.cuda._sleep(20_000_000)
+        return super()._load(position, v, wait_for)
+
+
+@pytest.mark.parametrize("delayed", [pytest.param("side", marks=CUDA), pytest.param("training", marks=CUDA)])
+def test_a_delayed_stream_never_reads_a_stale_or_overwritten_slot(delayed):
+    """A late side stream catches a missing wait of the training stream on a slot's copy (the cut would
+    read the slot's previous volume); a late training stream catches a side stream that overwrites a
+    slot a queued cut still reads.  No host synchronisation between calls, so only events order them."""
+    vols = volumes()
+    bank_type = SlowSideStream if delayed == "side" else StreamingBank
+    stream = bank_type(vols, "cuda", budget=4 * slot_bytes(vols), seed=3, refresh_every=1)
+    resident = VolumeBank(vols, "cuda")
+    gen, ref_gen = (torch.Generator("cuda").manual_seed(11) for _ in range(2))
+    results = []
+    for _ in range(25):
+        if delayed == "training":
+            torch.cuda._sleep(20_000_000)  # the cut below is queued behind this; the next load is not
+        cubes, _ = stream.puzzles(PUZZLE, 6, gen)
+        drawn = torch.randint(stream.active, (6,), generator=ref_gen, device="cuda")
+        slots = (drawn + stream.refreshes) % stream.slots
+        ref_cubes, _ = resident.puzzles(PUZZLE, 6, ref_gen, index=stream.slot_volumes(slots).to("cuda"))
+        results.append((cubes, ref_cubes))
+    assert all(torch.equal(c, r) for c, r in results)
+    stream.close()
+
+
 def test_every_volume_is_resident_equally_and_drawn_uniformly_over_each_epoch():
     vols = volumes(n=23, lo=26, hi=30)
     R, batch = 2, 32
