@@ -128,7 +128,7 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
         return _bench_row(results, "cpu-*.json", prefix)
 
     def gpu(prefix):
-        return _bench_row(results, "h100-2*-cuda.json", prefix)
+        return _bench_row(results, "h200-2*-cuda.json", prefix)
     op_cpu = cpu("rubikops compiled CPU (out=)")
     op_gpu = gpu("rubikops CUDA C++ out= [float32")
     e2e_cpu = cpu("e2e: pretrain step, rubikops")
@@ -143,14 +143,13 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
     rows = [
         ("Is cutting a batch of puzzles faster?",
          f"yes: {op_cpu['speedup_vs_baseline']:.1f}x the per-sample NumPy loop on 2 CPU cores; "
-         f"{op_gpu['speedup_vs_baseline']:.1f}x a per-sample torch loop on an H100 (at an older revision of the "
-         "GPU kernels)",
+         f"{op_gpu['speedup_vs_baseline']:.1f}x a per-sample torch loop on an H200",
          "[performance](docs/performance.md)"),
         ("Is a pretraining step faster?",
          f"only where the host cannot keep up: {e2e_cpu['speedup_vs_baseline']:.2f}x a 2-worker DataLoader on 2 CPU "
-         f"cores (an unaugmented 2 mm workload), {e2e_gpu['speedup_vs_baseline']:.2f}x on an H100 with 32^3 cubes (batch generation "
+         f"cores (an unaugmented 2 mm workload), {e2e_gpu['speedup_vs_baseline']:.2f}x on an H200 with 32^3 cubes (batch generation "
          f"{100 * gen_gpu['extra']['fraction_of_step']:.1f}% of a {ms(e2e_gpu):.0f} ms step); 2 NumPy workers need "
-         f"{ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H100 draws and cuts in "
+         f"{ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H200 draws and cuts in "
          f"{ms(puzzle_gpu):.2f} ms" + _default_share(results),
          "[performance](docs/performance.md)"),
         ("Does the default pretext task learn?",
@@ -246,6 +245,131 @@ def augmentation_block(results: str = reporting.RESULTS) -> str:
     return "\n".join(lines)
 
 
+# --- the GPU section: the newest H200 runs of gpu_check.sh, their targets and the profile ---
+
+GPU_RUNS = "h200-2*-cuda*.json"  # benchmarks/run.py --device cuda on the H200 (with and without --no-e2e)
+
+
+def _row(doc: dict, prefix: str) -> Optional[dict]:
+    return next((r for r in doc["rows"] if r["name"].startswith(prefix)), None)
+
+
+def _ms(row: dict) -> float:
+    return 1e3 * row["timing"]["median_s"]
+
+
+def _gpu_files(results: str) -> list:
+    import glob
+    return [(path, _load(path)) for path in sorted(glob.glob(os.path.join(results, GPU_RUNS)))]
+
+
+def _bench_table(doc: dict) -> list:
+    lines = ["| row | median ms | p20-p80 ms | GB/s | % ceil | vs base |", "|---|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        t = r["timing"]
+        pct = f"{r['pct_of_ceiling']:.1f}%" if r.get("pct_of_ceiling") is not None else "-"
+        speed = f"{r['speedup_vs_baseline']:.1f}x" if r.get("speedup_vs_baseline") else "-"
+        lines.append(f"| {r['name']} | {1e3 * t['median_s']:.3f} | {1e3 * t['p20_s']:.3f}-{1e3 * t['p80_s']:.3f} | "
+                     f"{r['gb_per_s']:.1f} | {pct} | {speed} |")
+    return lines
+
+
+def gpu_block(results: str = reporting.RESULTS) -> str:
+    """docs/performance.md's H200 section: the full benchmark, the targets over every committed run,
+    the GPU pretraining runs and the Nsight Compute profile of the CUDA kernel."""
+    runs = _gpu_files(results)
+    if not runs:
+        raise UserError(f"no GPU result file {GPU_RUNS} in {results}")
+    full_path, full = next(((p, d) for p, d in reversed(runs) if not d["args"].get("no_e2e")), runs[-1])
+    m = full["machine"]
+    names = ", ".join(f"`{_rel(p)}`" for p, _ in runs)
+    lines = [f"{m['gpu']} ({m['gpu_memory_gib']:.0f} GiB), {m['cores']}-core host, Python {m['python']}, torch "
+             f"{m['torch']}, CUDA {m['cuda']}, Triton {m['triton']}. B=32 samples, C=1, 8 cubes of 64^3 cut from 160^3 "
+             "volumes; medians of 20 calls after 3 warm-up calls (the per-sample loops: 5 after 1).", "",
+             f"`python benchmarks/run.py --device cuda`, run by `bash benchmarks/gpu_check.sh` (`{_rel(full_path)}`):", ""]
+    lines += _bench_table(full)
+
+    def over_runs(fn) -> list:
+        return [v for v in (fn(d) for _, d in runs) if v is not None]
+
+    def pct(prefix):
+        return lambda d: (_row(d, prefix) or {}).get("pct_of_ceiling")
+
+    def ratio(prefix, key):
+        return lambda d: ((_row(d, prefix) or {}).get("extra") or {}).get(key)
+
+    def triton_to_cuda(dtype):
+        def get(d):
+            tri, cu = _row(d, f"rubikops Triton out= [{dtype}, paper]"), _row(d, f"rubikops CUDA C++ out= [{dtype}, paper]")
+            return _ms(tri) / _ms(cu) if tri and cu else None
+        return get
+
+    def fmt(values, unit=""):
+        return ", ".join(f"{v:.1f}{unit}" if unit == "%" else f"{v:.2f}{unit}" for v in values)
+
+    def status(values, ok):
+        met = sum(bool(ok(v)) for v in values)
+        return "met" if values and met == len(values) else "not met" if met == 0 else f"met in {met} of {len(values)} runs"
+
+    paper_pretrain = [(_rel(p), _load(p)) for p in reporting.result_files("gpu-pretrain-h200-paper-sized", results)]
+    targets = [
+        ("CUDA `out=`, paper rotations, float32 >= 90% of clone", over_runs(pct("rubikops CUDA C++ out= [float32, paper]")),
+         "%", lambda v: v >= 90),
+        ("CUDA `out=`, paper rotations, bfloat16 >= 85% of clone",
+         over_runs(pct("rubikops CUDA C++ out= [bfloat16, paper]")), "%", lambda v: v >= 85),
+        ("CUDA, codes that move W, float32 >= 80% of clone", over_runs(pct("rubikops CUDA C++ [float32, w-moving]")),
+         "%", lambda v: v >= 80),
+        ("CUDA, codes that move W, bfloat16 >= 65% of clone", over_runs(pct("rubikops CUDA C++ [bfloat16, w-moving]")),
+         "%", lambda v: v >= 65),
+        ("Triton `out=` within 1.10x of CUDA, float32 paper (time ratio)", over_runs(triton_to_cuda("float32")), "x",
+         lambda v: v <= 1.10),
+        ("Triton `out=` within 1.10x of CUDA, bfloat16 paper (time ratio)", over_runs(triton_to_cuda("bfloat16")), "x",
+         lambda v: v <= 1.10),
+        ("whole puzzle <= 1.15x the bare op", over_runs(ratio("rubikops whole puzzle", "ratio_to_bare_op")), "x",
+         lambda v: v <= 1.15),
+        ("augmented cut (`CropAffine` in the cut) <= 1.3x the plain `bank.puzzles`",
+         over_runs(ratio("bank.puzzles + CropAffine", "ratio_to_no_augmentation")), "x", lambda v: v <= 1.3),
+        ("paper-preset pretraining: batch generation < 1% of the step",
+         [100 * d["summary"]["batch_gen_fraction"] for _, d in paper_pretrain], "%", lambda v: v < 1.0),
+    ]
+    lines += ["", f"Targets, one value per committed run ({names}; the pretraining row from "
+              f"{', '.join(f'`{p}`' for p, _ in paper_pretrain) or 'no file'}):", "",
+              "| target | measured | status |", "|---|---|---|"]
+    lines += [f"| {what} | {fmt(vals, unit)} | {status(vals, ok)} |" for what, vals, unit, ok in targets]
+
+    pretrain = [(_rel(p), _load(p)) for p in reporting.result_files("gpu-pretrain-h200", results)]
+    if pretrain:
+        lines += ["", "Pretraining on the H200 (`train/pretrain.py --device cuda`, run by `gpu_check.sh`; one seed each; "
+                  "validation puzzles of the held-out volume):", "",
+                  "| command | steps | puzzles/s | batch generation, % of step | ordering (chance) | "
+                  "orientation (chance) | file |", "|---|---:|---:|---:|---:|---:|---|"]
+        for path, d in pretrain:
+            s = d["summary"]
+            cmd = d["command"].split("  (")[0].replace("python train/pretrain.py ", "")
+            lines.append(f"| `{cmd}` | {s['steps']} | {s['puzzles_per_s']:.0f} | {100 * s['batch_gen_fraction']:.1f} | "
+                         f"{_pct(s['order_acc'])}% ({_pct(s['chance_order_acc'])}%) | {_pct(s['orient_acc'])}% "
+                         f"({_pct(s['chance_orient_acc'])}%) | `{path}` |")
+    profiles = reporting.result_files("ncu-h200", results)
+    if profiles:
+        prof = _load(profiles[-1])
+        lines += ["", f"Nsight Compute, one launch of the CUDA forward kernel per configuration ({prof['workload']}; "
+                  f"`{_rel(profiles[-1])}`):", "",
+                  "| configuration | duration us | DRAM throughput | compute (SM) throughput | registers/thread | "
+                  "occupancy (theoretical) | global load sectors per request | largest estimated speed-up (rule) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for launch in prof["launches"]:
+            mt = launch["metrics"]
+            rules = [(float(r["estimate"].rsplit(":", 1)[1].strip(" %")), r["text"]) for r in launch["rules"]
+                     if r["estimate"].startswith("Est. Speedup")]
+            top = max(rules, default=(0.0, ""))
+            sectors = mt["l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum"] / mt["l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum"]
+            lines.append(f"| {launch['config']} | {mt['Duration']:.1f} | {mt['DRAM Throughput']:.1f}% | "
+                         f"{mt['Compute (SM) Throughput']:.1f}% | {mt['Registers Per Thread']:.0f} | "
+                         f"{mt['Achieved Occupancy']:.1f}% ({mt['Theoretical Occupancy']:.0f}%) | {sectors:.1f} | "
+                         f"{top[0]:.1f}%: {top[1].split('. This')[0]} |")
+    return "\n".join(lines)
+
+
 def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]:
     """A block as a script's --report-only writes it: run into a scratch copy of the doc, read it back."""
     def build() -> str:
@@ -267,6 +391,7 @@ BLOCKS = [
     Block("verdict", ("README.md",), verdict_block),
     Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
     Block("augmentation", ("docs/performance.md",), augmentation_block, needs="augment-share"),
+    Block("gpu", ("docs/performance.md",), gpu_block, needs="h200"),
     Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
                                                                   "docs/experiment.md")),
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
