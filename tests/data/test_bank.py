@@ -119,3 +119,14 @@ def test_refusals():
         bank.puzzles(too_big, 4)
     with pytest.raises(IndexError):
         bank[3]
+
+
+@pytest.mark.parametrize("given,current,want", [("cuda", 0, "cuda:0"), ("cuda", 3, "cuda:3"), ("cuda:1", 3, "cuda:1"),
+                                                (torch.device("cuda"), 2, "cuda:2"), ("cpu", 3, "cpu")])
+def test_a_bank_names_its_device_as_its_tensors_do(monkeypatch, given, current, want):
+    """'cuda' becomes the current device's index, as every tensor the bank makes reports it: tasks
+    compare the puzzles' indices with the bank's device, and 'cuda' != 'cuda:0' refused every batch."""
+    from rubikops.data.bank import bank_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    assert bank_device(given, "VolumeBank") == torch.device(want)
