@@ -3,6 +3,7 @@ puzzles cut from augmented crops invert to those crops, intensity changes
 leave the labels bit for bit and the geometry untouched."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +264,53 @@ def test_a_task_reads_its_affine_through_any_view(task, view):
     assert torch.equal(got, want)
     for field in vars(want_t):
         assert torch.equal(getattr(got_t, field), getattr(want_t, field)), field
+
+
+def _intensity_reference(cubes, aug, seed):
+    """The documented per-cube formula in float64 NumPy, one cube and channel at a time, on the draws
+    IntensityAugment takes from a generator seeded ``seed`` (in its order: 6 uniforms per cube, then 3
+    bias coefficients per cube, then one normal per voxel)."""
+    B, M, C, d, h, w = cubes.shape
+    n = B * M
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 6, generator=g).double().numpy()
+    coeff = (torch.rand(n, 3, generator=g).double().numpy() * 2 - 1) if aug.bias_field > 0 else np.zeros((n, 3))
+    z = torch.randn(n, C, d * h * w, generator=g).double().numpy() if aug.noise > 0 else np.zeros((n, C, d * h * w))
+    axes = np.meshgrid(*[np.linspace(-1, 1, k) if k > 1 else np.zeros(1) for k in (d, h, w)], indexing="ij")
+    x = cubes.double().numpy().reshape(n, C, -1)
+    out = np.empty_like(x)
+    for k in range(n):
+        on = u[k, :4] < aug.p
+        c = aug.contrast[0] + u[k, 4] * (aug.contrast[1] - aug.contrast[0]) if on[0] else 1.0
+        gam = math.exp(math.log(aug.gamma[0]) + u[k, 5] * (math.log(aug.gamma[1]) - math.log(aug.gamma[0]))) \
+            if on[1] else 1.0
+        a = coeff[k] * aug.bias_field * on[2]
+        field = np.exp(a[0] * axes[0] + a[1] * axes[1] + a[2] * axes[2]).ravel()
+        for ch in range(C):
+            v = x[k, ch]
+            v = v.mean() + c * (v - v.mean())
+            lo, span = v.min(), max(v.max() - v.min(), 1e-6)
+            v = lo + span * np.clip((v - lo) / span, 0, 1) ** gam
+            v = lo + (v - lo) * field
+            std = v.std(ddof=1) if v.size > 1 else 0.0
+            out[k, ch] = v + aug.noise * std * on[3] * z[k, ch]
+    return out.reshape(cubes.shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 2, 6, 7, 5), (2, 3, 1, 1, 4, 9), (1, 2, 3, 1, 1, 1), (4, 8, 1, 16, 16, 16)])
+@pytest.mark.parametrize("settings", [dict(), dict(p=1.0), dict(p=0.3, noise=0.0), dict(bias_field=0.0, gamma=(0.5, 2.0)),
+                                      dict(contrast=(0.2, 3.0), noise=0.5, p=0.9)])
+def test_intensity_augment_equals_the_per_cube_formula(shape, settings):
+    """Each cube against the formula its docstring gives, in float64, on the same draws; also from a
+    non-contiguous (transposed) batch, which must come back in its own layout and leave the input alone."""
+    x = _cubes(5, shape) * 30 - 7
+    aug = IntensityAugment(**settings)
+    want = torch.from_numpy(_intensity_reference(x, aug, 11))
+    scale = float(x.abs().max()) + 1
+    got = aug(x, torch.Generator().manual_seed(11))
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * scale)
+    strided = x.transpose(3, 5).contiguous().transpose(3, 5)
+    before = strided.clone()
+    got_strided = aug(strided, torch.Generator().manual_seed(11))
+    assert torch.equal(strided, before)
+    torch.testing.assert_close(got_strided, got, rtol=0, atol=1e-5 * scale)
