@@ -216,9 +216,8 @@ class IntensityAugment:
         dev, n = cubes.device, B * M
         u = torch.rand(n, 6, generator=generator, device=dev)
         on = u[:, :4] < self.p  # which of contrast, gamma, bias, noise apply to each cube
-        # one float32 copy, then changed in place: each pass is one read and one write of the batch
-        # (at the default pretraining's 32 x 8 cubes of 16^3 on one core: 30 ms before, see
-        # docs/performance.md for the batch-generation share it makes)
+        # one float32 copy, changed in place: each step is one read and one write of the batch and no
+        # allocation (it runs on every pretraining batch; docs/performance.md has its share of the step)
         x = cubes.reshape(n, C, -1).to(torch.float32, copy=True)
         # contrast about the cube's mean
         c = torch.where(on[:, 0], self.contrast[0] + u[:, 4] * (self.contrast[1] - self.contrast[0]), 1.0)

@@ -407,24 +407,28 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   out_t* out_ptr = out.mutable_data_ptr<out_t>();
   at::parallel_for(0, B * M * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t cube = begin; cube < end; ++cube) {
-      const AffineJob& j = jobs[cube / C];
+      // the job, the sample's matrix and its value stage as locals: behind references, every store
+      // to dst (which may alias them for all the compiler knows) reloaded them once a voxel
+      const AffineJob j = jobs[cube / C];
       const int64_t b = cube / (C * M), c = cube % C;
+      const double* A_b = &A[b * 12];
+      const op_t scale_b = scale[b], shift_b = shift[b];
       const in_t* vol = src_ptr + j.volume * st[0] + c * st[1];
       out_t* dst = out_ptr + cube * numel;
-      const bool hash = j.masked && threshold > 0;
+      const bool masked = j.masked, hash = j.masked && threshold > 0;
       int64_t i[3];
       int64_t v = 0;
       for (i[0] = 0; i[0] < size[0]; ++i[0]) {
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
-          const AffineRow row = j.row(&A[b * 12], i, size);
+          const AffineRow row = j.row(A_b, i, size);
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
-            if (j.masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
+            if (masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
               continue;
             }
             TrilinearRead r;
-            j.read(&A[b * 12], row, i, size, &r);
-            op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale[b] + shift[b];
+            j.read(A_b, row, i, size, &r);
+            op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
             x = lo > x ? lo : x;
             x = hi < x ? hi : x;
             dst[v] = static_cast<out_t>(x);
