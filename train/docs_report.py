@@ -85,17 +85,44 @@ def default_pretraining_block(results: str = reporting.RESULTS) -> str:
             + "".join(f"\n\n`{_rel(path)}`: {r['note']}" for path, r in runs if r.get("note")))
 
 
+DENSE_PREFIX = "dense-pretrain"
+DENSE_KEEP = ("task", "steps", "encoder_step", "mse", "identity_mse", "mean_mse", "restoration_gain", "puzzles_per_s",
+              "batch_gen_fraction", "held_out", "eval_puzzles")
+
+
+def dense_pretraining_block(results: str = reporting.RESULTS) -> str:
+    """docs/dense-tasks.md's table: each committed run of a restoration task, its held-out error against
+    the identity (the corrupted input returned) and against the crops' mean."""
+    lines = ["| command | steps | wall time | held-out MSE | identity MSE (MSE x lower) | mean MSE (MSE x lower) | "
+             "batch generation, % of step | result file |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for path in reporting.result_files(DENSE_PREFIX, results):
+        r = _load(path)
+        s, m = r["summary"], r["machine"]
+        load = m.get("load_average_1min")
+        wall = f"{r['wall_s'] / 60:.1f} min" + (f" (load {load:.1f})" if load is not None else "")
+        lines.append(f"| `{r['command']}` | {s['steps']} | {wall} | {s['mse']:.3f} | {s['identity_mse']:.3f} "
+                     f"({s['identity_mse'] / s['mse']:.2f}x) | {s['mean_mse']:.3f} ({s['mean_mse'] / s['mse']:.2f}x) | "
+                     f"{_pct(s['batch_gen_fraction'])} | `{_rel(path)}` |")
+    return ("Seed 0, scored on the fixed crops of the validation volume; "
+            f"{_cpu_name(_load(reporting.newest_result(DENSE_PREFIX, results))['machine'])}; load is the 1-minute "
+            "load average when the result file was written.\n\n" + "\n".join(lines)
+            + "".join(f"\n\n`{_rel(path)}`: {_load(path)['note']}" for path in reporting.result_files(DENSE_PREFIX, results)
+                      if _load(path).get("note")))
+
+
 def add_pretraining(run_dir: str, wall_s: float, command: str, results: str = reporting.RESULTS) -> str:
     """A finished run's summary as a committed result file; the revision and machine are this checkout's."""
     summary_path = os.path.join(run_dir, "summary.json")
     if not os.path.exists(summary_path):
         raise UserError(f"--add-pretraining: {summary_path} does not exist (is the run finished?)")
     summary = _load(summary_path)
-    keep = ("task", "steps", "encoder_step", "order_acc", "orient_acc", "chance_order_acc", "chance_orient_acc",
-            "num_permutations", "puzzles_per_s", "batch_gen_fraction", "held_out", "eval_puzzles")
+    dense = summary.get("mse") is not None  # a restoration task: its errors, not puzzle accuracies
+    keep = DENSE_KEEP if dense else (
+        "task", "steps", "encoder_step", "order_acc", "orient_acc", "chance_order_acc", "chance_orient_acc",
+        "num_permutations", "puzzles_per_s", "batch_gen_fraction", "held_out", "eval_puzzles")
     record = {**reporting.run_record(command), "seeds": [0], "wall_s": wall_s,
               "summary": {k: summary.get(k) for k in keep if k in summary}}
-    path = os.path.join(results, f"{PRETRAIN_PREFIX}-{reporting.result_stamp()}.json")
+    path = os.path.join(results, f"{DENSE_PREFIX if dense else PRETRAIN_PREFIX}-{reporting.result_stamp()}.json")
     common.write_json(path, record)
     return path
 
@@ -392,6 +419,7 @@ BLOCKS = [
     Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
     Block("augmentation", ("docs/performance.md",), augmentation_block, needs="augment-share"),
     Block("gpu", ("docs/performance.md",), gpu_block, needs="h200"),
+    Block("dense-defaults", ("docs/dense-tasks.md",), dense_pretraining_block, needs=DENSE_PREFIX),
     Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
                                                                   "docs/experiment.md")),
     # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
