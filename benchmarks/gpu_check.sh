@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a machine with an NVIDIA GPU: build rubikops with its CUDA
 # kernel, run the CUDA tests, run the GPU benchmark, print a short table last.
-#   bash benchmarks/gpu_check.sh            (results also copied to $OUT if set)
+#   bash benchmarks/gpu_check.sh            (with OUT set: logs in $OUT, result files in $OUT/results.tgz)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
