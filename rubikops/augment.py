@@ -187,7 +187,9 @@ class IntensityAugment:
     (r in [-1, 1]^3, each |a_i| <= ``bias_field``) multiplying the values
     above the cube's minimum; Gaussian noise of ``noise`` times the cube's
     standard deviation.  ``augment(cubes, generator)`` on (B, M, C, d, h, w)
-    floating cubes returns new cubes; the puzzle's labels are unchanged."""
+    floating cubes returns new contiguous cubes of their dtype, computed in
+    float32 (float64 cubes too); the input is never changed, and the
+    puzzle's labels are unchanged."""
 
     contrast: tuple = (0.75, 1.25)
     gamma: tuple = (0.7, 1.5)
@@ -218,7 +220,8 @@ class IntensityAugment:
         on = u[:, :4] < self.p  # which of contrast, gamma, bias, noise apply to each cube
         # one float32 copy, changed in place: each step is one read and one write of the batch and no
         # allocation (it runs on every pretraining batch; docs/performance.md has its share of the step)
-        x = cubes.reshape(n, C, -1).to(torch.float32, copy=True)
+        x = torch.empty((n, C, d * h * w), dtype=torch.float32, device=dev)
+        x.view(cubes.shape).copy_(cubes)  # one copy from any layout (a strided batch too)
         # contrast about the cube's mean
         c = torch.where(on[:, 0], self.contrast[0] + u[:, 4] * (self.contrast[1] - self.contrast[0]), 1.0)
         mean = x.mean(-1, keepdim=True)

@@ -52,6 +52,14 @@ def test_a_hand_edited_number_is_caught(tmp_path):
     assert [d[:2] for d in docs_report.differences([block], root=str(tmp_path))] == [(block.name, block.files[0])]
 
 
+def test_a_second_copy_of_a_block_is_refused_in_one_line():
+    """Only the first pair of markers is rebuilt and checked: a stale second copy is refused, not ignored."""
+    block = "<!-- verdict:start -->\n| a |\n<!-- verdict:end -->\n"
+    assert reporting.read_doc_section("x\n" + block, "verdict") == "| a |"
+    with pytest.raises(reporting.UserError, match="'verdict' appears 2 times"):
+        reporting.read_doc_section(block + "text\n" + block, "verdict")
+
+
 def test_pretraining_block_rows_and_range_from_the_files(tmp_path):
     """Two synthetic result files: each row shows its own numbers, the range spans both."""
     def write(name, order, orient, cpu):

@@ -12,7 +12,9 @@ committed result files, or a script's --report-only run (the protocol's).  A
 number edited by hand between the markers fails the check."""
 from __future__ import annotations
 
+import collections
 import json
+import math
 import os
 import subprocess
 import sys
@@ -99,9 +101,11 @@ def dense_pretraining_block(results: str = reporting.RESULTS) -> str:
         r = _load(path)
         s, m = r["summary"], r["machine"]
         load = m.get("load_average_1min")
-        wall = f"{r['wall_s'] / 60:.1f} min" + (f" (load {load:.1f})" if load is not None else "")
+        wall = ("-" if r.get("wall_s") is None else f"{r['wall_s'] / 60:.1f} min") + (
+            f" (load {load:.1f})" if load is not None else "")
+        lower = lambda v: f"{v / s['mse']:.2f}x" if s["mse"] > 0 else "-"  # noqa: E731
         lines.append(f"| `{r['command']}` | {s['steps']} | {wall} | {s['mse']:.3f} | {s['identity_mse']:.3f} "
-                     f"({s['identity_mse'] / s['mse']:.2f}x) | {s['mean_mse']:.3f} ({s['mean_mse'] / s['mse']:.2f}x) | "
+                     f"({lower(s['identity_mse'])}) | {s['mean_mse']:.3f} ({lower(s['mean_mse'])}) | "
                      f"{_pct(s['batch_gen_fraction'])} | `{_rel(path)}` |")
     return ("Seed 0, scored on the fixed crops of the validation volume; "
             f"{_cpu_name(_load(reporting.newest_result(DENSE_PREFIX, results))['machine'])}; load is the 1-minute "
@@ -317,7 +321,8 @@ def gpu_block(results: str = reporting.RESULTS) -> str:
     lines += _bench_table(full)
 
     def over_runs(fn) -> list:
-        return [v for v in (fn(d) for _, d in runs) if v is not None]
+        """One value per committed run, None where a run lacks the row."""
+        return [fn(d) for _, d in runs]
 
     def pct(prefix):
         return lambda d: (_row(d, prefix) or {}).get("pct_of_ceiling")
@@ -332,11 +337,14 @@ def gpu_block(results: str = reporting.RESULTS) -> str:
         return get
 
     def fmt(values, unit=""):
-        return ", ".join(f"{v:.1f}{unit}" if unit == "%" else f"{v:.2f}{unit}" for v in values)
+        return ", ".join("-" if v is None else f"{v:.1f}{unit}" if unit == "%" else f"{v:.2f}{unit}" for v in values)
 
     def status(values, ok):
-        met = sum(bool(ok(v)) for v in values)
-        return "met" if values and met == len(values) else "not met" if met == 0 else f"met in {met} of {len(values)} runs"
+        measured = [v for v in values if v is not None]
+        met = sum(bool(ok(v)) for v in measured)
+        if not measured:
+            return "not measured"
+        return "met" if met == len(measured) else "not met" if met == 0 else f"met in {met} of {len(measured)} runs"
 
     paper_pretrain = [(_rel(p), _load(p)) for p in reporting.result_files("gpu-pretrain-h200-paper-sized", results)]
     targets = [
@@ -385,11 +393,12 @@ def gpu_block(results: str = reporting.RESULTS) -> str:
                   "occupancy (theoretical) | global load sectors per request | largest estimated speed-up (rule) |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
         for launch in prof["launches"]:
-            mt = launch["metrics"]
+            mt = collections.defaultdict(lambda: math.nan, launch["metrics"])  # a section ncu left out: nan
             rules = [(float(r["estimate"].rsplit(":", 1)[1].strip(" %")), r["text"]) for r in launch["rules"]
                      if r["estimate"].startswith("Est. Speedup")]
             top = max(rules, default=(0.0, ""))
-            sectors = mt["l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum"] / mt["l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum"]
+            sectors = mt["l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum"] / (
+                mt["l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum"] or math.nan)
             lines.append(f"| {launch['config']} | {mt['Duration']:.1f} | {mt['DRAM Throughput']:.1f}% | "
                          f"{mt['Compute (SM) Throughput']:.1f}% | {mt['Registers Per Thread']:.0f} | "
                          f"{mt['Achieved Occupancy']:.1f}% ({mt['Theoretical Occupancy']:.0f}%) | {sectors:.1f} | "

@@ -25,6 +25,9 @@ def section_markers(name: str) -> tuple:
 def read_doc_section(text: str, name: str):
     """The text between a section's markers (stripped), or None when the markers are absent."""
     start, end = section_markers(name)
+    if text.count(start) > 1 or text.count(end) > 1:  # a second copy would escape the check and go stale
+        raise UserError(f"the generated section {name!r} appears {max(text.count(start), text.count(end))} times; "
+                        "keep one pair of its markers")
     if start not in text or end not in text.split(start, 1)[1]:
         return None
     return text.split(start, 1)[1].split(end, 1)[0].strip()

@@ -74,27 +74,47 @@ class SlowSideStream(StreamingBank):
         return super()._load(position, v, wait_for)
 
 
-@pytest.mark.parametrize("delayed", [pytest.param("side", marks=CUDA), pytest.param("training", marks=CUDA)])
-def test_a_delayed_stream_never_reads_a_stale_or_overwritten_slot(delayed):
+class NoWaitStream(StreamingBank):
+    """A broken bank whose side stream overwrites a slot without waiting for the cuts queued before:
+    what the test below must catch."""
+
+    def _load(self, position, v, wait_for):
+        return super()._load(position, v, None)
+
+
+@pytest.mark.parametrize("delayed,bank_type,broken", [
+    pytest.param("side", SlowSideStream, False, marks=CUDA), pytest.param("training", StreamingBank, False, marks=CUDA),
+    pytest.param("training", NoWaitStream, True, marks=CUDA)])
+def test_a_delayed_stream_never_reads_a_stale_or_overwritten_slot(delayed, bank_type, broken):
     """A late side stream catches a missing wait of the training stream on a slot's copy (the cut would
     read the slot's previous volume); a late training stream catches a side stream that overwrites a
-    slot a queued cut still reads.  No host synchronisation between calls, so only events order them."""
+    slot a queued cut still reads (the broken bank shows the test fails then).  Nothing in the loop
+    synchronises the host with the GPU (validate=False, the slots' volumes looked up on the host), so
+    only the banks' events order the streams; the reference cuts come after the loop."""
     vols = volumes()
-    bank_type = SlowSideStream if delayed == "side" else StreamingBank
+    puzzle = rubikops.RubikCube(cube_size=(8, 8, 8), gap=(0, 2), validate=False)
     stream = bank_type(vols, "cuda", budget=4 * slot_bytes(vols), seed=3, refresh_every=1)
-    resident = VolumeBank(vols, "cuda")
-    gen, ref_gen = (torch.Generator("cuda").manual_seed(11) for _ in range(2))
-    results = []
+    gen = torch.Generator("cuda").manual_seed(11)
+    calls = []
     for _ in range(25):
         if delayed == "training":
             torch.cuda._sleep(20_000_000)  # the cut below is queued behind this; the next load is not
-        cubes, _ = stream.puzzles(PUZZLE, 6, gen)
+        cubes, _ = stream.puzzles(puzzle, 6, gen)
+        first = stream.refreshes
+        resident_now = {p % stream.slots: stream.volume_at(p) for p in range(first, first + stream.active)}
+        calls.append((cubes, stream.refreshes, resident_now))
+    torch.cuda.synchronize()
+    resident = VolumeBank(vols, "cuda")
+    ref_gen = torch.Generator("cuda").manual_seed(11)
+    same = []
+    for cubes, refreshes, resident_now in calls:
         drawn = torch.randint(stream.active, (6,), generator=ref_gen, device="cuda")
-        slots = (drawn + stream.refreshes) % stream.slots
-        ref_cubes, _ = resident.puzzles(PUZZLE, 6, ref_gen, index=stream.slot_volumes(slots).to("cuda"))
-        results.append((cubes, ref_cubes))
-    assert all(torch.equal(c, r) for c, r in results)
+        slots = ((drawn + refreshes) % stream.slots).tolist()
+        index = torch.tensor([resident_now[k] for k in slots], device="cuda")
+        ref_cubes, _ = resident.puzzles(puzzle, 6, ref_gen, index=index)
+        same.append(torch.equal(cubes, ref_cubes))
     stream.close()
+    assert not all(same) if broken else all(same)
 
 
 def test_every_volume_is_resident_equally_and_drawn_uniformly_over_each_epoch():
