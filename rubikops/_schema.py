@@ -195,12 +195,24 @@ class ExtractCubesParams:
                 if t is not None}
 
     # -- the schema's encoding ---------------------------------------------------------------------------
+    # Schema arguments that are not a field as given, by name; every other schema argument is the field
+    # of its name (EXTRACT_CUBES_ARG_NAMES is the one list of them).
+    _ENCODED = {
+        "cube_size": lambda p: [int(s) for s in p.cube_size],
+        "fill": lambda p: float(p.fill),
+        "keep_prob": lambda p: float(p.keep_prob),
+        "seed": lambda p: wrap_seed(p.seed),
+        "scale": lambda p: p.scale_tensor,
+        "shift": lambda p: p.shift_tensor,
+        "scale_value": lambda p: p.scale_value,
+        "shift_value": lambda p: p.shift_value,
+        "clamp_lo": lambda p: None if p.clamp_bounds[0] is None else float(p.clamp_bounds[0]),
+        "clamp_hi": lambda p: None if p.clamp_bounds[1] is None else float(p.clamp_bounds[1]),
+    }
+
     def schema_args(self) -> tuple:
-        lo, hi = self.clamp_bounds
-        return (self.source, self.origins, [int(s) for s in self.cube_size], self.index, self.rotations, self.mask,
-                float(self.fill), float(self.keep_prob), wrap_seed(self.seed), self.scale_tensor, self.shift_tensor,
-                self.scale_value, self.shift_value, None if lo is None else float(lo),
-                None if hi is None else float(hi), self.out_dtype, self.affine, self.read_box)
+        return tuple(self._ENCODED[name](self) if name in self._ENCODED else getattr(self, name)
+                     for name in EXTRACT_CUBES_ARG_NAMES)
 
     def backward_args(self) -> tuple:
         """The backward op's arguments after ``grad``."""
@@ -208,13 +220,15 @@ class ExtractCubesParams:
 
     @classmethod
     def from_schema_args(cls, *schema_args) -> "ExtractCubesParams":
-        a = dict(zip(EXTRACT_CUBES_ARG_NAMES, schema_args))
-        scale = a["scale"] if a["scale"] is not None or a["scale_value"] == 1.0 else a["scale_value"]
-        shift = a["shift"] if a["shift"] is not None or is_no_shift(a["shift_value"]) else a["shift_value"]
+        a = dict(zip(EXTRACT_CUBES_ARG_NAMES, schema_args))  # trailing defaulted arguments may be left out
+        fields = {f.name: a.get(f.name) for f in dataclasses.fields(cls) if f.name in EXTRACT_CUBES_ARG_NAMES}
         lo, hi = a["clamp_lo"], a["clamp_hi"]
-        return cls(a["source"], a["origins"], tuple(int(s) for s in a["cube_size"]), a["index"], a["rotations"],
-                   a["mask"], a["fill"], a["keep_prob"], a["seed"], scale, shift,
-                   None if lo is None and hi is None else (lo, hi), a["out_dtype"], a.get("affine"), a.get("read_box"))
+        fields.update(
+            cube_size=tuple(int(s) for s in a["cube_size"]),
+            scale=a["scale"] if a["scale"] is not None or a["scale_value"] == 1.0 else a["scale_value"],
+            shift=a["shift"] if a["shift"] is not None or is_no_shift(a["shift_value"]) else a["shift_value"],
+            clamp=None if lo is None and hi is None else (lo, hi))
+        return cls(**fields)
 
     @classmethod
     def from_backward_args(cls, grad: torch.Tensor, *backward_args) -> "ExtractCubesParams":

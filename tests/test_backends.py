@@ -134,14 +134,23 @@ _scalars = st.one_of(st.none(), st.floats(-1e3, 1e3, allow_nan=False), st.just(-
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(scale=_scalars, shift=_scalars, lo=st.one_of(st.none(), st.floats(-10, 0)),
        hi=st.one_of(st.none(), st.floats(0, 10)), seed=st.integers(-(1 << 63), (1 << 64) - 1),
-       tensors=st.booleans())
-def test_params_survive_the_schema_round_trip(scale, shift, lo, hi, seed, tensors):
+       tensors=st.booleans(), extras=st.booleans(), fill=st.floats(-5, 5), keep_prob=st.floats(0, 1))
+def test_params_survive_the_schema_round_trip(scale, shift, lo, hi, seed, tensors, extras, fill, keep_prob):
     src, origins = torch.zeros(2, 1, 4, 4, 4), torch.zeros(2, 1, 3, dtype=torch.long)
     if tensors:
         scale, shift = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -0.5])
     clamp = None if lo is None and hi is None else (lo, hi)
-    p = _schema.ExtractCubesParams(src, origins, (2, 2, 2), scale=scale, shift=shift, clamp=clamp, seed=seed)
+    more = dict(index=torch.tensor([1, 0]), rotations=torch.zeros(2, 1, dtype=torch.long),
+                mask=torch.tensor([[True], [False]]), fill=fill, keep_prob=keep_prob, out_dtype=torch.float64,
+                affine=torch.zeros(2, 3, 4, dtype=torch.float64), read_box=torch.zeros(2, 2, 3, dtype=torch.long)
+                ) if extras else {}
+    p = _schema.ExtractCubesParams(src, origins, (2, 2, 2), scale=scale, shift=shift, clamp=clamp, seed=seed, **more)
     args = p.schema_args()
+    named = dict(zip(_schema.EXTRACT_CUBES_ARG_NAMES, args))
+    for name, value in more.items():  # every argument in its own place, tensors as the very objects given
+        assert named[name] is value if isinstance(value, torch.Tensor) else named[name] == value
+        back_value = getattr(_schema.ExtractCubesParams.from_schema_args(*args), name)
+        assert back_value is value if isinstance(value, torch.Tensor) else back_value == value
     assert len(args) == len(_schema.EXTRACT_CUBES_ARG_NAMES) == 18 and -(1 << 63) <= args[8] < (1 << 63)
     assert args[8] % (1 << 64) == seed % (1 << 64)  # the same 64 bits
     back = _schema.ExtractCubesParams.from_schema_args(*args)
