@@ -46,6 +46,11 @@ from rubikops.models.nnunet import stages_for  # noqa: E402
 _f = common.setting
 
 
+def _genesis_default(name: str) -> float:
+    """A Models Genesis setting's default, as the task defines it (one place for the number)."""
+    return inspect.signature(TASKS["genesis"].__init__).parameters[name].default
+
+
 @dataclass
 class PretrainConfig(common.RunSettings):
     # data
@@ -83,6 +88,12 @@ class PretrainConfig(common.RunSettings):
     patch: int = _f(4, "masked task: patch edge in voxels (the crop must be a multiple of it)")
     mask_ratio: float = _f(0.6, "masked task: share of the patches masked")
     normalized_target: bool = _f(False, "masked task: regress each patch normalised by its own mean and sd")
+    shuffle_prob: float = _f(_genesis_default("shuffle_prob"), "genesis task: probability of local voxel shuffling")
+    curve_prob: float = _f(_genesis_default("curve_prob"), "genesis task: probability of the monotone Bezier "
+                                                           "intensity curve")
+    paint_prob: float = _f(_genesis_default("paint_prob"), "genesis task: probability of in- or out-painting")
+    outpaint_prob: float = _f(_genesis_default("outpaint_prob"), "genesis task: share of the painted crops that "
+                                                                 "are out-painted")
     mask_prob: float = _f(0.0, "Rubik's Cube+: probability a cube is masked")
     mask_keep_prob: float = _f(0.0, "Rubik's Cube+: voxels kept inside a masked cube")
     normalize: str = _f("none", "none, cube (each cube to [-1, 1], the paper), zscore")
@@ -195,7 +206,7 @@ def check_config(cfg: PretrainConfig) -> None:
     for name in ("spacing", "weight_decay", "alpha", "beta", "mask_weight"):
         common.require_range(cfg, name, 0, math.inf, hi_open=True)
     common.require_range(cfg, "lr", 0, math.inf, lo_open=True, hi_open=True)
-    for name in ("momentum", "mask_prob", "mask_keep_prob"):
+    for name in ("momentum", "mask_prob", "mask_keep_prob", "shuffle_prob", "curve_prob", "paint_prob", "outpaint_prob"):
         common.require_range(cfg, name, 0, 1)
     common.require_range(cfg, "dropout", 0, 1, hi_open=True)
     common.require_range(cfg, "rotation_warmup", 0, 1, hi_open=True)
@@ -221,7 +232,8 @@ def make_puzzle(cfg: PretrainConfig) -> rubikops.tasks.PretextTask:
                    gap=gap, rotations=cfg.rotations, rotation_axis=cfg.rotation_axis, mask_prob=cfg.mask_prob,
                    mask_keep_prob=cfg.mask_keep_prob, normalize=None if cfg.normalize == "none" else cfg.normalize,
                    patch=cfg.patch, mask_ratio=cfg.mask_ratio, normalized_target=cfg.normalized_target,
-                   validate=False)
+                   shuffle_prob=cfg.shuffle_prob, curve_prob=cfg.curve_prob, paint_prob=cfg.paint_prob,
+                   outpaint_prob=cfg.outpaint_prob, validate=False)
     try:
         return task(**accepted(task.__init__, options))
     except ValueError as exc:

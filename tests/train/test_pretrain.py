@@ -284,6 +284,20 @@ def test_a_few_hundred_steps_move_both_heads_off_chance(tmp_path, capsys):
     assert "STILL AT CHANCE" not in cap.out
 
 
+@pytest.mark.parametrize("flags", [[], ["--curve-prob", "0", "--paint-prob", "1", "--outpaint-prob", "0"],
+                                   ["--shuffle-prob", "1", "--curve-prob", "0.25", "--paint-prob", "0.5"]])
+def test_genesis_corruptions_come_from_their_flags(flags, tmp_path):
+    """--shuffle-prob, --curve-prob, --paint-prob and --outpaint-prob reach the task; without them it has the
+    task's own defaults."""
+    from rubikops.tasks import ModelsGenesis
+    cfg, _ = pretrain.parse(["--task", "genesis", *flags, "--cache-dir", str(tmp_path / "c")])
+    task = pretrain.make_puzzle(cfg)
+    want = ModelsGenesis(**{f[2:].replace("-", "_"): float(v) for f, v in zip(flags[::2], flags[1::2])})
+    for name in ("shuffle_prob", "curve_prob", "paint_prob", "outpaint_prob"):
+        assert getattr(task, name) == getattr(want, name), name
+    assert task.describe() == want.describe()
+
+
 @pytest.mark.parametrize("preset", [None, "paper_sized", "rubikcube_plus_sized"])
 def test_every_preset_fits_the_bundled_volumes(preset, tmp_path):
     """Each preset's puzzle crop fits every bundled pretraining volume at the preset's spacing (the
