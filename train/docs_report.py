@@ -51,6 +51,13 @@ def _cpu_name(m: dict) -> str:
 
 # --- the default pretraining (python train/pretrain.py), one result file per machine quoted ---
 
+def _wall(record: dict) -> str:
+    """A pretraining result's wall time in minutes, with the load average recorded beside it."""
+    load = record["machine"].get("load_average_1min")
+    wall = "-" if record.get("wall_s") is None else f"{record['wall_s'] / 60:.1f} min"
+    return wall + (f" (load {load:.1f})" if load is not None else "")
+
+
 def pretraining_runs(results: str = reporting.RESULTS) -> list:
     return [(path, _load(path)) for path in reporting.result_files(PRETRAIN_PREFIX, results)]
 
@@ -72,10 +79,8 @@ def default_pretraining_block(results: str = reporting.RESULTS) -> str:
              "result file |", "|---|---:|---:|---:|---:|---:|---|"]
     for path, r in runs:
         s, m = r["summary"], r["machine"]
-        load = m.get("load_average_1min")
-        wall = f"{r['wall_s'] / 60:.1f} min" + (f" (load {load:.1f})" if load is not None else "")
         lines.append(f"| {_cpu_name(m)} | {_pct(s['order_acc'])} | {_pct(s['orient_acc'])} | "
-                     f"{s['puzzles_per_s']:.1f} | {_pct(s['batch_gen_fraction'])} | {wall} | `{_rel(path)}` |")
+                     f"{s['puzzles_per_s']:.1f} | {_pct(s['batch_gen_fraction'])} | {_wall(r)} | `{_rel(path)}` |")
     (o_lo, o_hi), (r_lo, r_hi) = pretraining_range(runs)
     held = {v for _, r in runs for v in r["summary"].get("held_out") or []}
     return (f"`python train/pretrain.py` ({s0['steps']} steps, seed 0), scored on {s0.get('eval_puzzles', 512)} "
@@ -97,21 +102,17 @@ def dense_pretraining_block(results: str = reporting.RESULTS) -> str:
     the identity (the corrupted input returned) and against the crops' mean."""
     lines = ["| command | steps | wall time | held-out MSE | identity MSE (MSE x lower) | mean MSE (MSE x lower) | "
              "batch generation, % of step | result file |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for path in reporting.result_files(DENSE_PREFIX, results):
-        r = _load(path)
-        s, m = r["summary"], r["machine"]
-        load = m.get("load_average_1min")
-        wall = ("-" if r.get("wall_s") is None else f"{r['wall_s'] / 60:.1f} min") + (
-            f" (load {load:.1f})" if load is not None else "")
+    runs = [(path, _load(path)) for path in reporting.result_files(DENSE_PREFIX, results)]
+    for path, r in runs:
+        s = r["summary"]
         lower = lambda v: f"{v / s['mse']:.2f}x" if s["mse"] > 0 else "-"  # noqa: E731
-        lines.append(f"| `{r['command']}` | {s['steps']} | {wall} | {s['mse']:.3f} | {s['identity_mse']:.3f} "
+        lines.append(f"| `{r['command']}` | {s['steps']} | {_wall(r)} | {s['mse']:.3f} | {s['identity_mse']:.3f} "
                      f"({lower(s['identity_mse'])}) | {s['mean_mse']:.3f} ({lower(s['mean_mse'])}) | "
                      f"{_pct(s['batch_gen_fraction'])} | `{_rel(path)}` |")
     return ("Seed 0, scored on the fixed crops of the validation volume; "
-            f"{_cpu_name(_load(reporting.newest_result(DENSE_PREFIX, results))['machine'])}; load is the 1-minute "
-            "load average when the result file was written.\n\n" + "\n".join(lines)
-            + "".join(f"\n\n`{_rel(path)}`: {_load(path)['note']}" for path in reporting.result_files(DENSE_PREFIX, results)
-                      if _load(path).get("note")))
+            f"{_cpu_name(runs[-1][1]['machine'])}; load is the 1-minute load average when the result file was "
+            "written.\n\n" + "\n".join(lines)
+            + "".join(f"\n\n`{_rel(path)}`: {r['note']}" for path, r in runs if r.get("note")))
 
 
 def add_pretraining(run_dir: str, wall_s: float, command: str, results: str = reporting.RESULTS) -> str:
@@ -138,7 +139,7 @@ def _bench_row(results: str, pattern: str, prefix: str) -> dict:
     (a later run of the same machine and flags replaces its file, so the newest is the current one)."""
     import glob
     for path in sorted(glob.glob(os.path.join(results, pattern)), reverse=True):
-        row = next((r for r in _load(path).get("rows", []) if r["name"].startswith(prefix)), None)
+        row = _row(_load(path), prefix)
         if row is not None:
             return row
     raise UserError(f"no benchmark row {prefix!r} in {os.path.join(results, pattern)}")
@@ -167,7 +168,6 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
     gen_gpu = gpu("e2e: batch generation alone")
     loader_gpu = gpu("baseline: same in a DataLoader")
     puzzle_gpu = gpu("rubikops whole puzzle")
-    ms = lambda row: 1e3 * row["timing"]["median_s"]  # noqa: E731
     runs = pretraining_runs(results)
     (o_lo, o_hi), (r_lo, r_hi) = pretraining_range(runs)
     s0 = runs[0][1]["summary"]
@@ -179,9 +179,9 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
         ("Is a pretraining step faster?",
          f"only where the host cannot keep up: {e2e_cpu['speedup_vs_baseline']:.2f}x a 2-worker DataLoader on 2 CPU "
          f"cores (an unaugmented 2 mm workload), {e2e_gpu['speedup_vs_baseline']:.2f}x on an H200 with 32^3 cubes (batch generation "
-         f"{100 * gen_gpu['extra']['fraction_of_step']:.1f}% of a {ms(e2e_gpu):.0f} ms step); 2 NumPy workers need "
-         f"{ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H200 draws and cuts in "
-         f"{ms(puzzle_gpu):.2f} ms" + _default_share(results),
+         f"{100 * gen_gpu['extra']['fraction_of_step']:.1f}% of a {_ms(e2e_gpu):.0f} ms step); 2 NumPy workers need "
+         f"{_ms(loader_gpu):.0f} ms for a batch of 32 x 8 cubes of 64^3, which the H200 draws and cuts in "
+         f"{_ms(puzzle_gpu):.2f} ms" + _default_share(results),
          "[performance](docs/performance.md)"),
         ("Does the default pretext task learn?",
          f"yes: ordering {_pct(o_lo)} to {_pct(o_hi)}% (chance {_pct(s0['chance_order_acc'])}%), orientation "
@@ -282,7 +282,8 @@ GPU_RUNS = "h200-2*-cuda*.json"  # benchmarks/run.py --device cuda on the H200 (
 
 
 def _row(doc: dict, prefix: str) -> Optional[dict]:
-    return next((r for r in doc["rows"] if r["name"].startswith(prefix)), None)
+    """The first row of a benchmark result whose name starts with ``prefix``, or None."""
+    return next((r for r in doc.get("rows", []) if r["name"].startswith(prefix)), None)
 
 
 def _ms(row: dict) -> float:
