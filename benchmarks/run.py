@@ -32,6 +32,7 @@ import utils  # noqa: E402
 
 import rubikops  # noqa: E402
 from rubikops import reference  # noqa: E402
+from rubikops._schema import ExtractCubesParams  # noqa: E402
 from rubikops.baselines import numpy_puzzle_loop, torch_puzzle_loop as torch_loop  # noqa: E402
 from pipelines import pipeline_rows  # noqa: E402
 import scale  # noqa: E402
@@ -241,7 +242,7 @@ def backward_rows(dev, B, M, cube, vol, repeats=20):
     read + gradient buffer zeroed and written."""
     source, origins, rot = utils.make_workload(B, M, cube, vol, torch.float32, dev, "paper")
     grad = torch.randn(B, M, 1, cube, cube, cube, device=dev)
-    args = (grad, source, origins, [cube] * 3, None, rot, None, 0.0, 0, None, None, 1.0, -0.0, None, None)
+    args = (grad, *ExtractCubesParams(source, origins, (cube,) * 3, rotations=rot).schema_args())
     nbytes = grad.numel() * 4 + source.numel() * 4 * 2  # grad in, buffer zeroed and written
     wl = f"B={B} M={M} {cube}^3 from {vol}^3 f32 backward"
     rows = []

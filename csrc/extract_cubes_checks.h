@@ -213,21 +213,14 @@ at::Tensor extract_cubes_functional(RUBIKOPS_EXTRACT_CUBES_PARAMETERS) {
   return out;
 }
 
-// The backward op's arguments: the forward's without fill and out_dtype (the schema drops them).
+// The backward op's arguments: the output gradient, then the forward's as they are.  The kernels read
+// neither fill (masked voxels get no gradient) nor out_dtype (the gradient's own dtype is the output's).
 template <BackwardKernel Kernel>
-at::Tensor extract_cubes_backward(const at::Tensor& grad, const at::Tensor& source, const at::Tensor& origins,
-                                  at::IntArrayRef cube_size, const std::optional<at::Tensor>& index,
-                                  const std::optional<at::Tensor>& rotations, const std::optional<at::Tensor>& mask,
-                                  double keep_prob, int64_t seed, const std::optional<at::Tensor>& scale,
-                                  const std::optional<at::Tensor>& shift, double scale_value, double shift_value,
-                                  std::optional<double> clamp_lo, std::optional<double> clamp_hi,
-                                  const std::optional<at::Tensor>& affine,
-                                  const std::optional<at::Tensor>& read_box) {
+at::Tensor extract_cubes_backward(const at::Tensor& grad, RUBIKOPS_EXTRACT_CUBES_PARAMETERS) {
   TORCH_CHECK_TYPE(at::isFloatingType(source.scalar_type()) && at::isFloatingType(grad.scalar_type()),
                    "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
                    source.scalar_type(), " and ", grad.scalar_type());
-  const ExtractCubesArgs a(source, origins, cube_size, index, rotations, mask, 0.0, keep_prob, seed, scale, shift,
-                           scale_value, shift_value, clamp_lo, clamp_hi, grad.scalar_type(), affine, read_box);
+  const ExtractCubesArgs a(RUBIKOPS_EXTRACT_CUBES_NAMES);
   TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
                     " but source is on ", source.device());
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(a.out_shape()),

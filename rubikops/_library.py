@@ -11,8 +11,7 @@ import torch
 
 from . import reference
 from ._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA,
-                      EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams, backward_args_of,
-                      opmath_dtype)
+                      EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams, opmath_dtype)
 from .checks import check_sample_puzzle
 
 LIBRARY = torch.library.Library("rubikops", "DEF")
@@ -54,14 +53,14 @@ def _extract_cubes_out_fake(*args, out):
 
 
 # -- its gradient: scatter-add of grad_out * scale, zero where masked out or clamped ---------------------
-def extract_cubes_backward_generic(grad: torch.Tensor, *backward_args) -> torch.Tensor:
+def extract_cubes_backward_generic(grad: torch.Tensor, *schema_args) -> torch.Tensor:
     """Gradient of extract_cubes w.r.t. source in plain torch (any device):
     the implementation of ``rubikops::extract_cubes_backward`` wherever no
     backend kernel is registered (CUDA when built without its kernel, other
     devices), and the reference the kernels are tested against.
 
     Overlapping boxes and repeated indices accumulate (index_add_)."""
-    p = ExtractCubesParams.from_backward_args(grad, *backward_args)
+    p = ExtractCubesParams.from_backward_args(grad, *schema_args)
     source = p.source
     if p.affine is not None:
         # The affine read's gradient is the reference's own (eight weighted corners a voxel).
@@ -105,11 +104,10 @@ def extract_cubes_backward_fake(grad, source, *args):
 
 
 def setup_context(ctx, inputs, output):
-    """Keeps the backward's arguments: the tensors saved for backward, the rest as they are."""
-    args = backward_args_of(inputs)
-    ctx.tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-    ctx.save_for_backward(*(args[i] for i in ctx.tensor_slots))
-    ctx.other_args = [None if isinstance(a, torch.Tensor) else a for a in args]
+    """Keeps the backward's arguments (the forward's): the tensors saved for backward, the rest as they are."""
+    ctx.tensor_slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+    ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_slots))
+    ctx.other_args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
 
 
 def backward_via(backward_op):

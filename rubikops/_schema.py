@@ -29,11 +29,10 @@ def _arg_name(arg: str) -> str:
 
 
 EXTRACT_CUBES_ARG_NAMES = tuple(_arg_name(arg) for arg in EXTRACT_CUBES_ARGS.split(", "))
-# The backward takes the output gradient and the forward's arguments but these two: masked voxels get no
-# gradient whatever their fill, and the gradient's dtype is the output's.
-_NOT_IN_BACKWARD = ("fill", "out_dtype")
-EXTRACT_CUBES_BACKWARD_SCHEMA = "extract_cubes_backward(Tensor grad, {}) -> Tensor".format(
-    ", ".join(arg for arg in EXTRACT_CUBES_ARGS.split(", ") if _arg_name(arg) not in _NOT_IN_BACKWARD))
+# The backward takes the output gradient and the forward's arguments as they are, so that every layer reads
+# one argument list: fill is ignored (masked voxels get no gradient whatever their fill) and out_dtype is
+# the gradient's.
+EXTRACT_CUBES_BACKWARD_SCHEMA = f"extract_cubes_backward(Tensor grad, {EXTRACT_CUBES_ARGS}) -> Tensor"
 SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
@@ -86,11 +85,6 @@ def keep_threshold(keep_prob: float) -> int:
     if not keep_prob > 0:
         return 0
     return min(int(keep_prob * KEEP_ALL), KEEP_ALL)
-
-
-def backward_args_of(schema_args: tuple) -> tuple:
-    """The backward's arguments (after grad) from the forward's schema arguments."""
-    return tuple(a for name, a in zip(EXTRACT_CUBES_ARG_NAMES, schema_args) if name not in _NOT_IN_BACKWARD)
 
 
 def out_shape(source, origins, cube_size) -> tuple:
@@ -214,10 +208,6 @@ class ExtractCubesParams:
         return tuple(self._ENCODED[name](self) if name in self._ENCODED else getattr(self, name)
                      for name in EXTRACT_CUBES_ARG_NAMES)
 
-    def backward_args(self) -> tuple:
-        """The backward op's arguments after ``grad``."""
-        return backward_args_of(self.schema_args())
-
     @classmethod
     def from_schema_args(cls, *schema_args) -> "ExtractCubesParams":
         a = dict(zip(EXTRACT_CUBES_ARG_NAMES, schema_args))  # trailing defaulted arguments may be left out
@@ -231,12 +221,10 @@ class ExtractCubesParams:
         return cls(**fields)
 
     @classmethod
-    def from_backward_args(cls, grad: torch.Tensor, *backward_args) -> "ExtractCubesParams":
-        """The forward's arguments of a backward call (fill 0, the output dtype the gradient's)."""
-        args = iter(backward_args)  # trailing arguments with a schema default (affine, read_box) may be left out
-        schema_args = [0.0 if name == "fill" else grad.dtype if name == "out_dtype" else next(args, None)
-                       for name in EXTRACT_CUBES_ARG_NAMES]
-        return cls.from_schema_args(*schema_args)
+    def from_backward_args(cls, grad: torch.Tensor, *schema_args) -> "ExtractCubesParams":
+        """The forward's arguments of a backward call: fill 0 (masked voxels get no gradient), the output
+        dtype the gradient's."""
+        return dataclasses.replace(cls.from_schema_args(*schema_args), fill=0.0, out_dtype=grad.dtype)
 
     def reference_kwargs(self) -> dict:
         """The keyword arguments of :func:`rubikops.reference.extract_cubes`."""

@@ -18,6 +18,9 @@ def test_the_registered_schemas_are_the_python_ones():
     assert str(torch.ops.rubikops.extract_cubes.out._schema) == "rubikops::" + _schema.EXTRACT_CUBES_OUT_SCHEMA
     assert str(torch.ops.rubikops.extract_cubes_backward.default._schema) == \
         "rubikops::" + _schema.EXTRACT_CUBES_BACKWARD_SCHEMA
+    # the backward reads the forward's argument list as it is, after the gradient
+    assert _schema.EXTRACT_CUBES_BACKWARD_SCHEMA == \
+        f"extract_cubes_backward(Tensor grad, {_schema.EXTRACT_CUBES_ARGS}) -> Tensor"
 
 
 def _op_args(case):
@@ -96,9 +99,7 @@ BACKWARD_KERNELS = BACKENDS
 
 
 def _backward_args(grad, case):
-    args = _op_args(case)
-    return (grad, args[0], args[1], args[2], args[3], args[4], args[5], args[7], args[8], args[9], args[10],
-            args[11], args[12], args[13], args[14])
+    return (grad, *_op_args(case))
 
 
 @pytest.mark.parametrize("backend", BACKWARD_KERNELS)
@@ -165,6 +166,31 @@ def test_backward_with_a_strided_gradient(backend, layout):
     want = _library.extract_cubes_backward_generic(*args)
     assert bool((want != 0).any())
     torch.testing.assert_close(op(*args), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKWARD_KERNELS)
+def test_backward_takes_the_forward_arguments_and_ignores_fill_and_out_dtype(backend):
+    """The backward op takes the forward's whole argument list: masked voxels get
+    no gradient whatever the fill, and the gradient is in the output's dtype
+    (out_dtype float64 beside a float32 gradient changes nothing).  Against
+    autograd through the plain-torch reference, where fill is a constant."""
+    name, device = backend
+    case = random_case(33, dtype=torch.float32, B=3, M=4, with_index=True, cube=(5, 4, 5), vol=(8, 7, 9),
+                       mask=0.5, keep_prob=0.3, scale="tensor", clamp=(-60.0, 60.0), layout="strided").to(device)
+    grad = torch.randn(3, 4, 1, 5, 4, 5, generator=torch.Generator().manual_seed(6)).to(device)
+    leaf = case.source.detach().clone().requires_grad_(True)
+    options = {k: v for k, v in case.kwargs.items() if k != "validate"}
+    cubes = reference.extract_cubes(leaf, case.origins, case.cube_size, **dict(options, fill=7.5))
+    (want,) = torch.autograd.grad(cubes, leaf, grad)
+    op = torch.ops.rubikops.extract_cubes_backward_triton if name == "triton" else \
+        torch.ops.rubikops.extract_cubes_backward
+    args = list(_backward_args(grad, case))
+    for fill, out_dtype in [(0.0, None), (7.5, None), (-3.0, torch.float64)]:
+        args[1 + _schema.EXTRACT_CUBES_ARG_NAMES.index("fill")] = fill
+        args[1 + _schema.EXTRACT_CUBES_ARG_NAMES.index("out_dtype")] = out_dtype
+        got = op(*args)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_cpu_backward_is_deterministic_across_thread_counts():

@@ -54,8 +54,8 @@ def _out_variant(*args):
     _kernels.launch(_checked(schema_args, out), out)
 
 
-def _backward(grad, *backward_args):
-    p = ExtractCubesParams.from_backward_args(grad, *backward_args)
+def _backward(grad, *schema_args):
+    p = ExtractCubesParams.from_backward_args(grad, *schema_args)
     check_tensors(p)
     torch._check_value(grad.shape == p.out_shape and grad.device == p.source.device,
                        lambda: f"rubikops.extract_cubes_backward: grad must have shape {p.out_shape} on "
