@@ -97,8 +97,30 @@ def test_protocol_verdict_names_arms_beating_scratch_by_one_sd(tmp_path):
                            "ahead by more than one sd of scratch: rubik"), text
     assert "seg at 0.25 of the labels: scratch 0.720 ± 0.028, rubik 0.510 ± 0.014; no pretrained arm" in text
     assert "seg at 1 of the labels: scratch 0.000 ± 0.000, rubik 1.000 ± 0.000; ahead" in text
-    assert len(parts) == 3 and text.endswith("(2 seeds, test scores; `" + os.path.relpath(
-        tmp_path / "experiment-20260101.json", docs_report.ROOT) + "`)")
+    assert len(parts) == 3 and text.endswith("(`" + os.path.relpath(
+        tmp_path / "experiment-20260101.json", docs_report.ROOT) + "`); 2 seeds, test scores")
+
+
+def test_protocol_verdict_reads_the_newest_file_of_each_pretraining_scale(tmp_path):
+    """A default-scale and a matched-scale protocol each give their own segment, named by scale, from the
+    newest file of that scale; an older file of a scale is ignored, and one arm ahead anywhere says so."""
+    def write(name, scale, arm, score):
+        runs = [dict(task="seg", arm=a, fraction=0.05, seed=seed, lr=1e-3, val=0.5, test=t)
+                for seed, jitter in enumerate((0.0, 0.02)) for a, t in (("scratch", 0.3 + jitter),
+                                                                        (arm, score + jitter))]
+        (tmp_path / name).write_text(json.dumps({"pretrain_scale": scale, "rows": runs}))
+    write("experiment-20260101.json", "default", "rubik", 0.9)      # older: replaced by the next
+    write("experiment-20260102.json", "default", "rubik", 0.1)
+    write("experiment-20260103.json", "matched", "masked", 0.5)
+    text = docs_report.protocol_verdict(str(tmp_path))
+    default, matched = text.split(". ")
+    assert default == ("yes, in part: pretrained at train/pretrain.py's scale: seg at 0.05 of the labels: scratch "
+                       "0.310 ± 0.014, rubik 0.110 ± 0.014; no pretrained arm is ahead by more than one sd of "
+                       "scratch (`" + os.path.relpath(tmp_path / "experiment-20260102.json", docs_report.ROOT) + "`)")
+    assert matched.startswith("pretrained at the segmentation scale (--pretrain-scale matched): seg at 0.05 of the "
+                              "labels: scratch 0.310 ± 0.014, masked 0.510 ± 0.014; ahead by more than one sd of "
+                              "scratch: masked (`"), matched
+    assert text.endswith("; 2 seeds, test scores")
 
 
 def test_readme_is_a_short_manual_that_starts_with_its_set_up():

@@ -195,23 +195,21 @@ def verdict_block(results: str = reporting.RESULTS) -> str:
             + "\n".join(f"| {q} | {a} | {d} |" for q, a, d in rows))
 
 
-def protocol_files(results: str = reporting.RESULTS) -> list:
-    """The committed results of the bundled protocol at the default scale, oldest first (a run on your
-    data or at --pretrain-scale matched writes its own sections, not these)."""
+PROTOCOL_SCALES = {"default": "pretrained at train/pretrain.py's scale",
+                   "matched": "pretrained at the segmentation scale (--pretrain-scale matched)"}
+
+
+def protocol_files(results: str = reporting.RESULTS, scale: str = "default") -> list:
+    """The committed results of the bundled protocol pretrained at ``scale`` (--pretrain-scale), oldest
+    first (a run on your data writes its own sections, not these)."""
     return [f for f in reporting.result_files("experiment", results)
-            if not _load(f).get("data") and _load(f).get("pretrain_scale", "default") == "default"]
+            if not _load(f).get("data") and _load(f).get("pretrain_scale", "default") == scale]
 
 
-def protocol_verdict(results: str) -> str:
-    """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test): per task, arm and label
-    fraction the rate with the best mean validation score, then per task and fraction each arm's mean ±
-    sd test score and which pretrained arms beat scratch's mean by more than scratch's sd."""
-    files = protocol_files(results)
-    if not files:
-        return ("not shown: no committed result file of the protocol at this revision (the table in "
-                "docs/experiment.md predates result files)")
-    doc = _load(files[-1])
-    runs = doc.get("runs") or doc.get("rows") or []
+def _verdict_parts(runs: list) -> tuple:
+    """(one sentence per task and label fraction, whether any pretrained arm is ahead): per task, arm and
+    fraction the rate with the best mean validation score, then each arm's mean ± sd test score and the
+    pretrained arms that beat scratch's mean by more than scratch's sd."""
     chosen = {}
     for key in {(r["task"], r["arm"], r["fraction"]) for r in runs}:
         by_lr = {}
@@ -231,9 +229,28 @@ def protocol_verdict(results: str) -> str:
         parts.append(f"{task} at {fraction:g} of the labels: scratch {base_mean:.3f} ± {base_sd:.3f}, {scores}; "
                      + (f"ahead by more than one sd of scratch: {', '.join(ahead)}" if ahead else
                         "no pretrained arm is ahead by more than one sd of scratch"))
-    seeds = len({r["seed"] for r in runs})
-    return (f"{'yes, in part' if any_ahead else 'not shown'}: " + "; ".join(parts)
-            + f" ({seeds} seeds, test scores; `{_rel(files[-1])}`)")
+    return parts, any_ahead
+
+
+def protocol_verdict(results: str) -> str:
+    """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test) of the newest result file
+    of each pretraining scale: per task and fraction each arm's mean ± sd test score (at the rate chosen
+    on validation) and which pretrained arms beat scratch's mean by more than scratch's sd."""
+    newest = [(scale, files[-1]) for scale in PROTOCOL_SCALES if (files := protocol_files(results, scale))]
+    if not newest:
+        return ("not shown: no committed result file of the protocol at this revision (the table in "
+                "docs/experiment.md predates result files)")
+    segments, any_ahead, seeds = [], False, set()
+    for scale, path in newest:
+        doc = _load(path)
+        runs = doc.get("runs") or doc.get("rows") or []
+        parts, ahead = _verdict_parts(runs)
+        any_ahead = any_ahead or ahead
+        seeds |= {r["seed"] for r in runs}
+        segments.append(("" if len(newest) == 1 else f"{PROTOCOL_SCALES[scale]}: ") + "; ".join(parts)
+                        + f" (`{_rel(path)}`)")
+    return (f"{'yes, in part' if any_ahead else 'not shown'}: " + ". ".join(segments)
+            + f"; {len(seeds)} seeds, test scores")
 
 # --- the registry ---
 
@@ -242,8 +259,8 @@ class Block:
     name: str                              # the marker name
     files: tuple                           # where it lives, relative to the repository root
     build: Callable[[], str]               # the block's text from the committed result files
-    needs: Optional[str] = None            # a result-file prefix ("protocol": the bundled protocol's): the block
-    # is checked only when such a file exists
+    needs: Optional[str] = None            # a result-file prefix ("protocol", "protocol-matched": the bundled
+    # protocol's at either pretraining scale): the block is checked only when such a file exists
 
 
 def augmentation_block(results: str = reporting.RESULTS) -> str:
@@ -436,12 +453,17 @@ BLOCKS = [
     Block("protocol", ("docs/experiment.md",), lambda: _script_block(
         "experiment.py", "protocol", "docs/experiment.md", "--results",
         protocol_files()[-1])(), needs="protocol"),
+    Block("protocol-matched", ("docs/experiment.md",), lambda: _script_block(
+        "experiment.py", "protocol-matched", "docs/experiment.md", "--results",
+        protocol_files(scale="matched")[-1])(), needs="protocol-matched"),
 ]
 
 
 def active_blocks(results: str = reporting.RESULTS) -> list:
     def present(needs):
-        return protocol_files(results) if needs == "protocol" else reporting.result_files(needs, results)
+        if needs in ("protocol", "protocol-matched"):
+            return protocol_files(results, "default" if needs == "protocol" else "matched")
+        return reporting.result_files(needs, results)
     return [b for b in BLOCKS if b.needs is None or present(b.needs)]
 
 
