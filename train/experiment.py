@@ -410,7 +410,8 @@ def compare(runs: list, tasks, arms, fractions, lrs, seeds) -> list:
                 (math.nan, math.nan, 0)
             versus[arm] = {"seeds": pairs, "difference": m1 - m0 if pairs else math.nan,
                            "wilcoxon": {"statistic": stat, "p": p, "n": n},
-                           "beats_by_one_sd": bool(pairs) and m1 - m0 > sd0}
+                           # one pair has no spread: an unfinished grid must not read as a win
+                           "beats_by_one_sd": len(pairs) >= 2 and m1 - m0 > sd0}
         ranked = [a for a in arms if not math.isnan(chosen[a]["mean"])]
         winner = max(ranked, key=lambda a: chosen[a]["mean"]) if ranked else None
         pretrained = [a for a in ranked if a != "scratch"]

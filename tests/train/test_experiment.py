@@ -133,6 +133,21 @@ def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
     assert verdict.endswith("Models Genesis beats scratch by more than one sd of scratch at 0 of 1: **not met**.")
 
 
+def test_an_arm_with_one_finished_seed_never_beats_scratch():
+    """An unfinished grid: rubik has seed 0 alone, far above scratch's seed 0.  One pair has no spread
+    (sd 0), so it is no evidence: no win is claimed, and the table says the grid is incomplete."""
+    seeds = [0, 1, 2]
+    val = {1e-3: {"scratch": 0.5, "rubik": 0.5}}
+    test = {1e-3: {"scratch": 0.30, "rubik": 0.90}}
+    runs = [r for r in _fake_runs(val, test, seeds=seeds) if r["arm"] == "scratch" or r["seed"] == 0]
+    arms = ["scratch", "rubik"]
+    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    assert row["versus_scratch"]["rubik"]["seeds"] == [0] and row["versus_scratch"]["rubik"]["difference"] > 0.5
+    assert not row["versus_scratch"]["rubik"]["beats_by_one_sd"]
+    text = experiment.table([row], _doc(runs, arms, seeds, [1e-3]), len(runs))
+    assert "**Incomplete: 4 of 6 runs finished.**" in text and "**yes**" not in text
+
+
 def test_arms_and_the_matched_scale_follow_both_scripts_defaults():
     pre, fine = script("pretrain").PretrainConfig(), finetune.FinetuneConfig()
     assert experiment.pretrain_flags("rubik", "default") == []
