@@ -113,7 +113,8 @@ def test_protocol_verdict_reads_the_newest_file_of_each_pretraining_scale(tmp_pa
     write("experiment-20260102.json", "default", "rubik", 0.1)
     write("experiment-20260103.json", "matched", "masked", 0.5)
     text = docs_report.protocol_verdict(str(tmp_path))
-    default, matched = text.split(". ")
+    default, matched = text.split("; pretrained at the segmentation scale")
+    matched = "pretrained at the segmentation scale" + matched
     assert default == ("yes, in part: pretrained at train/pretrain.py's scale: seg at 0.05 of the labels: scratch "
                        "0.310 ± 0.014, rubik 0.110 ± 0.014; no pretrained arm is ahead by more than one sd of "
                        "scratch (`" + os.path.relpath(tmp_path / "experiment-20260102.json", docs_report.ROOT) + "`)")
@@ -121,6 +122,13 @@ def test_protocol_verdict_reads_the_newest_file_of_each_pretraining_scale(tmp_pa
                               "labels: scratch 0.310 ± 0.014, masked 0.510 ± 0.014; ahead by more than one sd of "
                               "scratch: masked (`"), matched
     assert text.endswith("; 2 seeds, test scores")
+    # an unfinished grid: masked with one finished seed, far ahead, is not called ahead (one seed has no spread)
+    write("experiment-20260104.json", "matched", "masked", 0.9)
+    one_seed = [r for r in json.loads((tmp_path / "experiment-20260104.json").read_text())["rows"]
+                if r["arm"] == "scratch" or r["seed"] == 0]
+    (tmp_path / "experiment-20260104.json").write_text(json.dumps({"pretrain_scale": "matched", "rows": one_seed}))
+    text = docs_report.protocol_verdict(str(tmp_path))
+    assert text.startswith("not shown: ") and "masked 0.900 ± 0.000" in text and "scratch: masked" not in text, text
 
 
 def test_readme_is_a_short_manual_that_starts_with_its_set_up():

@@ -217,12 +217,14 @@ def _verdict_parts(runs: list) -> tuple:
             if (r["task"], r["arm"], r["fraction"]) == key:
                 by_lr.setdefault(r["lr"], []).append(r)
         best = max(by_lr.values(), key=lambda rs: reporting.mean_sd([r["val"] for r in rs])[0])
-        chosen[key] = reporting.mean_sd([r["test"] for r in best])
+        chosen[key] = (*reporting.mean_sd([r["test"] for r in best]), len(best))
     parts, any_ahead = [], False
     for task, fraction in sorted({(k[0], k[2]) for k in chosen if k[1] == "scratch"}):
-        base_mean, base_sd = chosen[(task, "scratch", fraction)]
+        base_mean, base_sd, base_n = chosen[(task, "scratch", fraction)]
         arms = sorted(k[1] for k in chosen if k[0] == task and k[2] == fraction and k[1] != "scratch")
-        ahead = [a for a in arms if chosen[(task, a, fraction)][0] > base_mean + base_sd]
+        # one seed has no spread: an unfinished grid must not read as a win (as experiment.compare)
+        ahead = [a for a in arms if chosen[(task, a, fraction)][0] > base_mean + base_sd
+                 and min(base_n, chosen[(task, a, fraction)][2]) >= 2]
         any_ahead = any_ahead or bool(ahead)
         scores = ", ".join(f"{a} {chosen[(task, a, fraction)][0]:.3f} ± {chosen[(task, a, fraction)][1]:.3f}"
                            for a in arms)
@@ -249,7 +251,7 @@ def protocol_verdict(results: str) -> str:
         seeds |= {r["seed"] for r in runs}
         segments.append(("" if len(newest) == 1 else f"{PROTOCOL_SCALES[scale]}: ") + "; ".join(parts)
                         + f" (`{_rel(path)}`)")
-    return (f"{'yes, in part' if any_ahead else 'not shown'}: " + ". ".join(segments)
+    return (f"{'yes, in part' if any_ahead else 'not shown'}: " + "; ".join(segments)
             + f"; {len(seeds)} seeds, test scores")
 
 # --- the registry ---
