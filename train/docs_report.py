@@ -202,8 +202,13 @@ PROTOCOL_SCALES = {"default": "pretrained at train/pretrain.py's scale",
 def protocol_files(results: str = reporting.RESULTS, scale: str = "default") -> list:
     """The committed results of the bundled protocol pretrained at ``scale`` (--pretrain-scale), oldest
     first (a run on your data writes its own sections, not these)."""
-    return [f for f in reporting.result_files("experiment", results)
-            if not _load(f).get("data") and _load(f).get("pretrain_scale", "default") == scale]
+    docs = ((f, _load(f)) for f in reporting.result_files("experiment", results))
+    return [f for f, doc in docs if not doc.get("data") and doc.get("pretrain_scale", "default") == scale]
+
+
+def _protocol_marker(scale: str) -> str:
+    """The docs/experiment.md block of a protocol pretrained at ``scale`` (experiment.py's names())."""
+    return "protocol" if scale == "default" else f"protocol-{scale}"
 
 
 def _verdict_parts(runs: list) -> tuple:
@@ -443,6 +448,14 @@ def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]
     return build
 
 
+def _protocol_block(scale: str) -> Block:
+    """The protocol's table at one pretraining scale, once its raw results are committed
+    (docs/results/experiment-<date>.json)."""
+    marker = _protocol_marker(scale)
+    return Block(marker, ("docs/experiment.md",), lambda: _script_block(
+        "experiment.py", marker, "docs/experiment.md", "--results", protocol_files(scale=scale)[-1])(), needs=marker)
+
+
 BLOCKS = [
     Block("verdict", ("README.md",), verdict_block),
     Block("default-pretraining", ("docs/experiment.md",), default_pretraining_block),
@@ -451,21 +464,14 @@ BLOCKS = [
     Block("dense-defaults", ("docs/dense-tasks.md",), dense_pretraining_block, needs=DENSE_PREFIX),
     Block("pretext-study", ("docs/experiment.md",), _script_block("pretext_study.py", "pretext-study",
                                                                   "docs/experiment.md")),
-    # the protocol's table, once its raw results are committed (docs/results/experiment-<date>.json)
-    Block("protocol", ("docs/experiment.md",), lambda: _script_block(
-        "experiment.py", "protocol", "docs/experiment.md", "--results",
-        protocol_files()[-1])(), needs="protocol"),
-    Block("protocol-matched", ("docs/experiment.md",), lambda: _script_block(
-        "experiment.py", "protocol-matched", "docs/experiment.md", "--results",
-        protocol_files(scale="matched")[-1])(), needs="protocol-matched"),
+    *(_protocol_block(scale) for scale in PROTOCOL_SCALES),
 ]
 
 
 def active_blocks(results: str = reporting.RESULTS) -> list:
     def present(needs):
-        if needs in ("protocol", "protocol-matched"):
-            return protocol_files(results, "default" if needs == "protocol" else "matched")
-        return reporting.result_files(needs, results)
+        scale = next((scale for scale in PROTOCOL_SCALES if _protocol_marker(scale) == needs), None)
+        return protocol_files(results, scale) if scale else reporting.result_files(needs, results)
     return [b for b in BLOCKS if b.needs is None or present(b.needs)]
 
 
