@@ -107,6 +107,7 @@ class Arm:
     label: str                       # the name in tables and plots
     pretrain: Optional[tuple]        # train/pretrain.py flags; None: no pretraining (from scratch)
     matched: tuple = ()              # flags --pretrain-scale matched adds
+    decoder: bool = False            # the pretraining trains the segmentation decoder too
 
 
 _DEFAULTS = pretrain.PretrainConfig()
@@ -122,8 +123,8 @@ ARMS = {
     "scratch": Arm("from scratch", None),
     "rubik": Arm("Rubik's cube", (), MATCHED_GRID),
     "ordering": Arm("ordering only", ("--rotations", "none"), MATCHED_GRID),
-    "genesis": Arm("Models Genesis", ("--task", "genesis"), MATCHED_DENSE),
-    "masked": Arm("masked volume", ("--task", "masked"), MATCHED_DENSE),
+    "genesis": Arm("Models Genesis", ("--task", "genesis"), MATCHED_DENSE, decoder=True),
+    "masked": Arm("masked volume", ("--task", "masked"), MATCHED_DENSE, decoder=True),
     # the shortcut test: the default 16^3 cubes at 2 mm (32 mm) in a 68 mm crop placed anywhere in the head
     "rubik_small": Arm("Rubik's cube, small crops", _DOWNSTREAM_VOXELS + ("--gap", _MATCHED_GAP)),
 }
@@ -131,6 +132,8 @@ SCALES = ("default", "matched")
 METRIC = {"classification": ("macro_auc", "macro AUC"), "segmentation": ("mean_dice", "mean Dice")}
 # the new layers' learning rate is the encoder's times finetune.py's default ratio (3e-3 / 1e-3)
 HEAD_LR_RATIO = finetune.FinetuneConfig.head_lr / finetune.FinetuneConfig.encoder_lr
+# what a pretrained decoder's learning rate is in the protocol (finetune.py --pretrained-decoder-lr)
+DECODER_RATES = ("head", "encoder")
 SECTION, VERDICT_SECTION = "protocol", "protocol-verdict"  # + "-matched" for --pretrain-scale matched
 # flags that say where results and documents go, not what was run: left out of the recorded command
 OUTPUT_FLAGS = ("--report-only", "--results", "--docs", "--readme")
@@ -154,6 +157,10 @@ def parse(argv=None):
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3",
                    help=f"learning-rate grid (finetune.py's --encoder-lr; --head-lr is {HEAD_LR_RATIO:g} times it), "
                         "the same for every arm; chosen on validation data")
+    p.add_argument("--pretrained-decoder-lr", default="head", choices=DECODER_RATES,
+                   help="segmentation: the rate of a decoder loaded from a dense pretraining (genesis, masked): "
+                        "head, the new layers' rate (the rate scratch's decoder learns at); encoder, the "
+                        "encoder's (finetune.py's own default)")
     p.add_argument("--pretrain-steps", default="", help="pretraining steps per encoder (empty: train/pretrain.py's "
                                                         "own default)")
     p.add_argument("--pretrain-args", default="", help="extra flags for train/pretrain.py")
@@ -264,12 +271,21 @@ def run_folder(out: str, task: str, arm: str, fraction: float, lr: float, seed: 
     return os.path.join(out, task, f"{arm}_frac{fraction:g}_lr{lr:g}_seed{seed}")
 
 
+def decoder_lr_flags(task: str, lr: float, args) -> list:
+    """finetune.py's --pretrained-decoder-lr for --pretrained-decoder-lr head (every arm's decoder then learns
+    at the new layers' rate, pretrained or not); nothing for encoder (its default) or classification."""
+    if task != "segmentation" or args.pretrained_decoder_lr != "head":
+        return []
+    return ["--pretrained-decoder-lr", repr(lr * HEAD_LR_RATIO)]
+
+
 def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
     folder = run_folder(args.out, task, arm_folder(arm, args.pretrain_scale), fraction, lr, seed)
     if os.path.exists(os.path.join(folder, "results.json")):
         return
     argv = ["--task", task, "--pretrained", pre.get(arm, "none"), "--label-fraction", str(fraction),
-            "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO), "--seed", str(seed), "--out", folder,
+            "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO), *decoder_lr_flags(task, lr, args),
+            "--seed", str(seed), "--out", folder,
             "--steps", str(steps), "--device", args.device, "--no-progress", "--no-tensorboard",
             *experiment_data.finetune_flags(args.own), *args.finetune_args.split()]
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
@@ -334,7 +350,8 @@ def results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, rows
     return {"command": recorded_command(argv), "git_revision": reporting.git_revision(),
             "machine": reporting.machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "tasks": tasks, "arms": arms, "fractions": fractions, "seeds": seeds, "lrs": lrs,
-            "head_lr_ratio": HEAD_LR_RATIO, "steps": steps, "pretrain_scale": args.pretrain_scale,
+            "head_lr_ratio": HEAD_LR_RATIO, "pretrained_decoder_lr": args.pretrained_decoder_lr,
+            "steps": steps, "pretrain_scale": args.pretrain_scale,
             "pretraining": pretraining_record(args, arms), "rows": rows} | ({"data": args.own} if args.own else {})
 
 
@@ -430,6 +447,18 @@ def _label(arm) -> str:
     return "n/a" if arm is None else ARMS[arm].label
 
 
+def decoder_rate_sentence(doc: dict) -> str:
+    """How fast a decoder pretrained by a dense arm learned (files written before the flag existed have no
+    ``pretrained_decoder_lr``: finetune.py's default then, the encoder's rate)."""
+    ratio = f"{doc.get('head_lr_ratio', HEAD_LR_RATIO):g}"
+    if doc.get("pretrained_decoder_lr", "encoder") == "head":
+        return (f"A decoder pretrained by a dense arm learned at the new layers' rate ({ratio} times the grid's), "
+                "as scratch's decoder does, so every layer learned at the same rate in every arm "
+                "(`--pretrained-decoder-lr head`).")
+    return (f"A decoder pretrained by a dense arm learned at the encoder's rate (the grid's), 1/{ratio} of the "
+            "rate scratch's decoder learned at (`--pretrained-decoder-lr encoder`).")
+
+
 def table(rows: list, doc: dict, n_runs: int) -> str:
     arms, seeds = doc["arms"], doc["seeds"]
     n_expected = len(doc["tasks"]) * len(arms) * len(doc["fractions"]) * len(doc["lrs"]) * len(seeds)
@@ -439,6 +468,8 @@ def table(rows: list, doc: dict, n_runs: int) -> str:
              "against scratch, exact two-sided Wilcoxon signed-rank test over seeds, n = nonzero pairs).", ""]
     if doc.get("data"):
         lines += [experiment_data.describe(doc["data"], doc["fractions"]), ""]
+    if "segmentation" in doc["tasks"] and any(ARMS[a].decoder for a in arms):
+        lines += [decoder_rate_sentence(doc), ""]
     if n_runs < n_expected:
         lines += [f"**Incomplete: {n_runs} of {n_expected} runs finished.**", ""]
     lines += ["| task | metric | label fraction | " + " | ".join(_label(a) for a in arms)
@@ -557,7 +588,8 @@ def report(args, argv, tasks, arms, fractions, seeds, lrs, steps) -> str:
     else:
         runs = collect(args, tasks, arms, fractions, lrs, seeds)
         doc = results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, runs)
-        path = args.results or os.path.join(args.out, f"experiment-{doc['date'].replace('-', '')}.json")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # sorts by time
+        path = args.results or os.path.join(args.out, f"experiment-{stamp}.json")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         common.write_json(path, doc)
         written.append(path)

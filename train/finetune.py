@@ -92,6 +92,9 @@ class FinetuneConfig(common.RunSettings):
     overlap: float = _f(0.5, "sliding-window overlap")
     encoder_lr: float = _f(1e-3, "learning rate of the encoder")
     head_lr: float = _f(3e-3, "learning rate of the new layers")
+    pretrained_decoder_lr: float = _f(0.0, "segmentation: learning rate of the decoder tensors loaded from a "
+                                           "dense pretraining (genesis, masked); 0: --encoder-lr, as the other "
+                                           "pretrained layers")
     freeze_steps: int = _f(0, "keep the pretrained layers (the encoder, and a pretrained decoder) frozen for this many steps")
     weight_decay: float = _f(1e-4, "weight decay")
     class_weights: str = _f("none", "none, auto (inverse frequency) or comma-separated weights")
@@ -230,10 +233,32 @@ def check_config(cfg: FinetuneConfig) -> None:
     common.require_at_least(cfg, 0, "eval_every", "freeze_steps")
     for name in ("encoder_lr", "head_lr"):
         common.require_range(cfg, name, 0, math.inf, lo_open=True, hi_open=True)
+    common.require_range(cfg, "pretrained_decoder_lr", 0, math.inf, hi_open=True)
+    if cfg.pretrained_decoder_lr and cfg.task != "segmentation":
+        raise UserError("--pretrained-decoder-lr applies to --task segmentation only (classification loads no "
+                        "decoder)")
     for name in ("spacing", "weight_decay"):
         common.require_range(cfg, name, 0, math.inf, hi_open=True)
     for name in ("overlap", "dropout"):
         common.require_range(cfg, name, 0, 1, hi_open=True)
+
+
+def optimizer(cfg, model, decoder_report) -> tuple:
+    """(AdamW, the pretrained parameters): the encoder learns at --encoder-lr, the decoder tensors loaded from
+    a dense pretraining at --pretrained-decoder-lr (0: --encoder-lr), every new layer at --head-lr.  A
+    pretrained decoder at the new layers' rate trains each layer at the rate it has from scratch, which is
+    how the protocol compares a dense arm with scratch."""
+    loaded = set(decoder_report.loaded if decoder_report is not None else ())
+    encoder = list(model.encoder.parameters())
+    decoder = [p for n, p in model.named_parameters() if n in loaded]
+    pretrained_ids = {id(p) for p in encoder + decoder}
+    new = [p for p in model.parameters() if id(p) not in pretrained_ids]
+    groups = [{"params": encoder, "lr": cfg.encoder_lr}, {"params": new, "lr": cfg.head_lr}]
+    if decoder and cfg.pretrained_decoder_lr:
+        groups.append({"params": decoder, "lr": cfg.pretrained_decoder_lr})
+    else:  # one group fewer keeps the optimizer state of runs made before the option resumable
+        groups[0]["params"] = encoder + decoder
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay), encoder + decoder
 
 
 def main(argv=None) -> int:
@@ -288,13 +313,7 @@ def run(cfg, dist, ckpts, resume) -> int:
             print("decoder: random initialisation (the pretraining trained an encoder only, or --decoder duc)",
                   file=sys.stderr)
         print_split(split)
-    # pretrained layers learn at --encoder-lr, new ones at --head-lr
-    loaded_decoder = {n for n in (decoder_report.loaded if decoder_report is not None else [])}
-    enc_params = list(model.encoder.parameters()) + [p for n, p in model.named_parameters() if n in loaded_decoder]
-    enc_ids = {id(p) for p in enc_params}
-    head_params = [p for p in model.parameters() if id(p) not in enc_ids]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.encoder_lr}, {"params": head_params, "lr": cfg.head_lr}],
-                            weight_decay=cfg.weight_decay)
+    opt, pretrained_params = optimizer(cfg, model, decoder_report)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + dist.rank)
@@ -343,7 +362,7 @@ def run(cfg, dist, ckpts, resume) -> int:
     val_results: dict = {}
     while step < cfg.steps:
         frozen = step < cfg.freeze_steps
-        for p in enc_params:
+        for p in pretrained_params:
             p.requires_grad_(not frozen)
         xb, yb = batch()
         with amp():

@@ -170,7 +170,29 @@ def test_arms_and_the_matched_scale_follow_both_scripts_defaults():
                 script("pretrain").check_config(cfg)
 
 
+@pytest.mark.parametrize("rate", ["head", "encoder"])
+@pytest.mark.parametrize("task", ["segmentation", "classification"])
+def test_a_pretrained_decoder_learns_at_the_rate_the_protocol_says(tmp_path, monkeypatch, rate, task):
+    """head: finetune.py gets --pretrained-decoder-lr at the new layers' rate, so a dense arm trains every layer at
+    scratch's rate; encoder: finetune.py's default; classification loads no decoder and gets no flag."""
+    calls = []
+    monkeypatch.setattr(experiment.common, "run_main", lambda main, argv: calls.append(argv) or 0)
+    args = experiment.parse(["--out", str(tmp_path), "--pretrained-decoder-lr", rate])
+    args.own = None
+    experiment._finetune(task, "masked", 0.1, 2e-3, 3, {"masked": "pre"}, args, 5)
+    (argv,) = calls
+    cfg, _ = finetune.parse(argv)
+    assert cfg.encoder_lr == 2e-3 and cfg.head_lr == pytest.approx(2e-3 * experiment.HEAD_LR_RATIO)
+    want = cfg.head_lr if (rate, task) == ("head", "segmentation") else 0.0
+    assert cfg.pretrained_decoder_lr == want
+    sentence = experiment.decoder_rate_sentence({"pretrained_decoder_lr": rate, "head_lr_ratio": 3.0})
+    assert ("new layers' rate" in sentence) == (rate == "head") and f"--pretrained-decoder-lr {rate}" in sentence
+    # a results file from before the flag: finetune.py's default then, the encoder's rate
+    assert "--pretrained-decoder-lr encoder" in experiment.decoder_rate_sentence({"head_lr_ratio": 3.0})
+
+
 @pytest.mark.parametrize("argv,message", [
+    (["--pretrained-decoder-lr", "fast"], "argument --pretrained-decoder-lr: invalid choice"),
     (["--arms", "rubik,genesis"], "--arms: 'rubik,genesis' must name scratch"),
     (["--arms", "scratch,bogus"], "--arms: 'scratch,bogus' must name scratch"),
     (["--inits", "scratch"], "--arms: 'scratch' must name scratch and at least one of rubik"),
@@ -376,7 +398,7 @@ def test_experiment_end_to_end_writes_documents_only_when_asked_and_rebuilds_fro
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"] and len(doc["git_revision"].split("-")[0]) == 40
     assert doc["command"].startswith("python train/experiment.py --out ") and "--results" not in doc["command"]
     assert doc["pretraining"]["ordering"]["flags"].startswith("--steps 4 --rotations none --preset tiny")
-    assert doc["pretraining"]["rubik"]["summary"]["steps"] == 4
+    assert doc["pretraining"]["rubik"]["summary"]["steps"] == 4 and doc["pretrained_decoder_lr"] == "head"
     # each row's numbers are the run's own results.json
     r = next(r for r in doc["rows"] if r["task"] == "segmentation")
     res = json.load(open(experiment.run_folder(str(tmp_path / "exp"), "segmentation", r["arm"], r["fraction"], r["lr"],

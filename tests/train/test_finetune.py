@@ -70,6 +70,9 @@ BAD = [
     (["--task", "classification", "--label-fraction", "0"], "--label-fraction must be in (0, 1]"),
     (["--task", "classification", "--class-weights", "1,2"], "--class-weights: 2 weights for 4 classes"),
     (["--task", "segmentation", "--images", "x/*.nii.gz"], "--images and --labels go together"),
+    (["--task", "classification", "--pretrained-decoder-lr", "0.01"], "--pretrained-decoder-lr applies to --task "
+                                                                       "segmentation only"),
+    (["--task", "segmentation", "--pretrained-decoder-lr", "-1"], "--pretrained-decoder-lr must be in [0, inf)"),
 ]
 
 
@@ -234,6 +237,45 @@ def test_a_dense_pretraining_loads_encoder_and_decoder_for_unet_segmentation(den
     cfg, _ = finetune.parse(["--preset", "tiny", "--task", "segmentation", "--pretrained",
                              str(dense_run / "checkpoints" / step)])
     assert sorted(finetune.build_model(cfg, 6, 1)[2].loaded) == decoder_keys
+
+
+@pytest.mark.parametrize("decoder_lr", [0.0, 0.02])
+def test_each_parameter_learns_at_the_rate_of_its_origin(dense_run, decoder_lr):
+    """Encoder at --encoder-lr, the decoder tensors the pretraining trained at --pretrained-decoder-lr (0: the
+    encoder's), every new layer at --head-lr, each parameter in one group; freezing takes encoder and decoder."""
+    network = torch.load(dense_run / "network.pt")
+    cfg, _ = finetune.parse(["--preset", "tiny", "--task", "segmentation", "--pretrained", str(dense_run),
+                             "--encoder-lr", "0.001", "--head-lr", "0.005", "--pretrained-decoder-lr", str(decoder_lr)])
+    model, _, dec_report = finetune.build_model(cfg, num_classes=6, in_channels=1)
+    opt, pretrained = finetune.optimizer(cfg, model, dec_report)
+    lr_of = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            assert id(p) not in lr_of
+            lr_of[id(p)] = group["lr"]
+    expected_groups = 3 if decoder_lr else 2
+    assert len(opt.param_groups) == expected_groups
+    trained_decoder = {k for k in network if not k.startswith("encoder.")
+                       and model.state_dict().get(k) is not None and model.state_dict()[k].shape == network[k].shape}
+    assert trained_decoder and "out.weight" not in trained_decoder
+    for name, p in model.named_parameters():
+        origin = "encoder" if name.startswith("encoder.") else "decoder" if name in trained_decoder else "new"
+        want = {"encoder": 0.001, "decoder": decoder_lr or 0.001, "new": 0.005}[origin]
+        assert lr_of.pop(id(p)) == want, name
+    assert not lr_of
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in pretrained} == {n for n in names.values()
+                                                  if n.startswith("encoder.") or n in trained_decoder}
+
+
+def test_scratch_ignores_the_pretrained_decoder_rate(tmp_path, capsys):
+    """Nothing loaded, nothing at --pretrained-decoder-lr: the run equals one without it."""
+    losses = []
+    for i, extra in enumerate([[], ["--pretrained-decoder-lr", "0.5"]]):
+        rc, cap = _ft(capsys, "--task", "segmentation", "--out", str(tmp_path / f"ft{i}"), *extra)
+        assert rc == 0, cap.err
+        losses.append(json.load(open(tmp_path / f"ft{i}" / "results.json"))["metrics"])
+    assert losses[0] == losses[1]
 
 
 @pytest.mark.parametrize("task,extra", [("classification", []), ("segmentation", ["--decoder", "duc"])])
