@@ -227,7 +227,7 @@ def _verdict_parts(runs: list) -> tuple:
     for task, fraction in sorted({(k[0], k[2]) for k in chosen if k[1] == "scratch"}):
         base_mean, base_sd, base_n = chosen[(task, "scratch", fraction)]
         arms = sorted(k[1] for k in chosen if k[0] == task and k[2] == fraction and k[1] != "scratch")
-        # one seed has no spread: an unfinished grid must not read as a win (as experiment.compare)
+        # one seed has no spread: an unfinished grid must not read as a win (as protocol_stats.compare)
         ahead = [a for a in arms if chosen[(task, a, fraction)][0] > base_mean + base_sd
                  and min(base_n, chosen[(task, a, fraction)][2]) >= 2]
         any_ahead = any_ahead or bool(ahead)

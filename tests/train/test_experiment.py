@@ -14,19 +14,21 @@ from .helpers import script, smooth_volumes
 common = script("common")
 finetune = script("finetune")
 experiment = script("experiment")
+protocol_stats = script("protocol_stats")
+reporting = script("reporting")
 
 
 # -- the exact Wilcoxon signed-rank test -------------------------------------------------------------
 def test_wilcoxon_known_values():
     # n = 5, all positive: only one of the 32 sign assignments is as extreme on each side
-    assert experiment.wilcoxon_exact([0.1, 0.2, 0.3, 0.4, 0.5]) == (0.0, 2 / 32, 5)
-    assert experiment.wilcoxon_exact([1.0]) == (0.0, 1.0, 1)
-    assert experiment.wilcoxon_exact([0.0, 0.0]) == (0.0, 1.0, 0)  # nothing left after dropping zeros
-    stat, p, n = experiment.wilcoxon_exact([1, 2, -3, 4, 4, 0])  # a zero (dropped) and a tie (ranks 4.5, 4.5)
+    assert reporting.wilcoxon_exact([0.1, 0.2, 0.3, 0.4, 0.5]) == (0.0, 2 / 32, 5)
+    assert reporting.wilcoxon_exact([1.0]) == (0.0, 1.0, 1)
+    assert reporting.wilcoxon_exact([0.0, 0.0]) == (0.0, 1.0, 0)  # nothing left after dropping zeros
+    stat, p, n = reporting.wilcoxon_exact([1, 2, -3, 4, 4, 0])  # a zero (dropped) and a tie (ranks 4.5, 4.5)
     # T- = 3 or less: negatives {}, {1}, {2}, {3} or {1, 2}, 5 of 32 assignments, twice
     assert (stat, n) == (3.0, 5) and p == pytest.approx(10 / 32)
     with pytest.raises(ValueError, match="NaN"):
-        experiment.wilcoxon_exact([1.0, math.nan])
+        reporting.wilcoxon_exact([1.0, math.nan])
 
 
 @pytest.mark.parametrize("n", range(1, 9))
@@ -43,7 +45,7 @@ def test_wilcoxon_matches_scipy(n):
             ref = stats.wilcoxon(d, method="exact")
         else:  # ties or zeros: scipy's exact permutation distribution of the same statistic (2^n resamples)
             ref = stats.wilcoxon(d, method=stats.PermutationMethod(n_resamples=2 ** n + 1))
-        stat, p, m = experiment.wilcoxon_exact(d.tolist())
+        stat, p, m = reporting.wilcoxon_exact(d.tolist())
         assert m == np.count_nonzero(d)
         assert stat == pytest.approx(float(ref.statistic)), d
         assert p == pytest.approx(float(ref.pvalue), abs=1e-12), d
@@ -70,9 +72,9 @@ def test_lr_is_chosen_on_validation_and_test_never_looked_at():
     val = {1e-4: {"scratch": 0.5, "rubik": 0.5}, 1e-3: {"scratch": 0.9, "rubik": 0.6}, 1e-2: {"scratch": 0.6, "rubik": 0.8}}
     test = {1e-4: {"scratch": 0.95, "rubik": 0.2}, 1e-3: {"scratch": 0.7, "rubik": 0.99}, 1e-2: {"scratch": 0.3, "rubik": 0.4}}
     runs = _fake_runs(val, test)
-    assert experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-3
-    assert experiment.choose_lr(runs, "classification", "rubik", 0.1, lrs)[0] == 1e-2
-    (row,) = experiment.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
+    assert protocol_stats.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-3
+    assert protocol_stats.choose_lr(runs, "classification", "rubik", 0.1, lrs)[0] == 1e-2
+    (row,) = protocol_stats.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
     assert row["arms"]["scratch"]["lr"] == 1e-3 and row["arms"]["rubik"]["lr"] == 1e-2
     assert row["arms"]["scratch"]["mean"] == pytest.approx(0.71) and row["arms"]["rubik"]["mean"] == pytest.approx(0.41)
     assert row["winner"] == "scratch" and row["best_pretrained"] == "rubik"
@@ -80,12 +82,12 @@ def test_lr_is_chosen_on_validation_and_test_never_looked_at():
     rng = np.random.default_rng(0)
     for r in runs:
         r["test"] = float(rng.random())
-    (again,) = experiment.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
+    (again,) = protocol_stats.compare(runs, ["classification"], ["scratch", "rubik"], [0.1], lrs, [0, 1, 2])
     assert (again["arms"]["scratch"]["lr"], again["arms"]["rubik"]["lr"]) == (1e-3, 1e-2)
     # a run without a validation metric does not count towards its rate
     for r in runs:
         r["val"] = None if r["lr"] == 1e-3 else r["val"]
-    assert experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-2
+    assert protocol_stats.choose_lr(runs, "classification", "scratch", 0.1, lrs)[0] == 1e-2
 
 
 def test_a_validation_metric_that_ties_across_the_grid_is_refused():
@@ -94,13 +96,13 @@ def test_a_validation_metric_that_ties_across_the_grid_is_refused():
     runs = _fake_runs(flat, flat, seeds=(0,), task="segmentation", fraction=0.05)
     with pytest.raises(common.UserError, match=r"^segmentation, arm scratch, label fraction 0.05: the mean "
                                                r"validation mean Dice ties across learning rates"):
-        experiment.compare(runs, ["segmentation"], ["scratch", "rubik"], [0.05], lrs, [0])
+        protocol_stats.compare(runs, ["segmentation"], ["scratch", "rubik"], [0.05], lrs, [0])
     # two of three rates sharing the best mean: refused too; a tie below the best is harmless
     two = {1e-4: {"scratch": 0.7, "rubik": 0.2}, 1e-3: {"scratch": 0.7, "rubik": 0.2}, 1e-2: {"scratch": 0.6, "rubik": 0.3}}
     runs = _fake_runs(two, two, seeds=(0,))
     with pytest.raises(common.UserError, match=r"arm scratch, .*\['0.0001', '0.001'\]"):
-        experiment.choose_lr(runs, "classification", "scratch", 0.1, lrs)
-    assert experiment.choose_lr(runs, "classification", "rubik", 0.1, lrs) == (1e-2, 0.3)
+        protocol_stats.choose_lr(runs, "classification", "scratch", 0.1, lrs)
+    assert protocol_stats.choose_lr(runs, "classification", "rubik", 0.1, lrs) == (1e-2, 0.3)
 
 
 def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
@@ -109,7 +111,7 @@ def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
     test = {1e-3: {"scratch": 0.60, "rubik": 0.70, "genesis": 0.61}}
     runs = _fake_runs(val, test, seeds=seeds)
     arms = ["scratch", "rubik", "genesis"]
-    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    (row,) = protocol_stats.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
     assert row["winner"] == row["best_pretrained"] == "rubik"
     v = row["versus_scratch"]
     assert v["rubik"]["difference"] == pytest.approx(0.1) and row["arms"]["scratch"]["sd"] == pytest.approx(0.0158, abs=1e-4)
@@ -126,7 +128,7 @@ def test_rows_say_which_arm_wins_and_which_beat_scratch_by_one_sd():
     assert "**Incomplete: 14 of 15 runs finished.**" in experiment.table([row], _doc(runs, arms, seeds, [1e-3]), 14)
     # scratch ahead: it wins, and no arm is marked
     runs = _fake_runs(val, {1e-3: {"scratch": 0.8, "rubik": 0.70, "genesis": 0.61}}, seeds=seeds)
-    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    (row,) = protocol_stats.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
     assert row["winner"] == "scratch" and row["best_pretrained"] == "rubik"
     verdict = experiment.verdict([row], _doc(runs, arms, seeds, [1e-3]))
     assert "| classification | 0.1 | from scratch 0.820 ± 0.016 | 0.820 ± 0.016 | none |" in verdict
@@ -141,7 +143,7 @@ def test_an_arm_with_one_finished_seed_never_beats_scratch():
     test = {1e-3: {"scratch": 0.30, "rubik": 0.90}}
     runs = [r for r in _fake_runs(val, test, seeds=seeds) if r["arm"] == "scratch" or r["seed"] == 0]
     arms = ["scratch", "rubik"]
-    (row,) = experiment.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
+    (row,) = protocol_stats.compare(runs, ["classification"], arms, [0.1], [1e-3], seeds)
     assert row["versus_scratch"]["rubik"]["seeds"] == [0] and row["versus_scratch"]["rubik"]["difference"] > 0.5
     assert not row["versus_scratch"]["rubik"]["beats_by_one_sd"]
     text = experiment.table([row], _doc(runs, arms, seeds, [1e-3]), len(runs))
