@@ -13,24 +13,47 @@
 #include <cmath>
 #include <cstdlib>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace rubikops {
 
 // The op's arguments in schema order (rubikops/_schema.py), written once for
-// C++: the parameter list of every kernel entry below, and the names it forwards.
-#define RUBIKOPS_EXTRACT_CUBES_PARAMETERS                                                                         \
-  const at::Tensor &source, const at::Tensor &origins, at::IntArrayRef cube_size,                                 \
-      const std::optional<at::Tensor>&index, const std::optional<at::Tensor>&rotations,                           \
-      const std::optional<at::Tensor>&mask, double fill, double keep_prob, int64_t seed,                          \
-      const std::optional<at::Tensor>&scale, const std::optional<at::Tensor>&shift, double scale_value,           \
-      double shift_value, std::optional<double> clamp_lo, std::optional<double> clamp_hi,                         \
-      std::optional<c10::ScalarType> out_dtype, const std::optional<at::Tensor>&affine,                          \
-      const std::optional<at::Tensor>&read_box
-#define RUBIKOPS_EXTRACT_CUBES_NAMES                                                                              \
-  source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale, shift, scale_value,         \
-      shift_value, clamp_lo, clamp_hi, out_dtype, affine, read_box
+// C++: FIRST(type, name) for the first, NEXT(type, name) for each after it.
+// The parameter list of every kernel entry, the names it forwards, and the
+// fields and constructor of ExtractCubesArgs are expansions of this list.
+#define RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(FIRST, NEXT) \
+  FIRST(const at::Tensor&, source)                        \
+  NEXT(const at::Tensor&, origins)                        \
+  NEXT(at::IntArrayRef, cube_size)                        \
+  NEXT(const std::optional<at::Tensor>&, index)           \
+  NEXT(const std::optional<at::Tensor>&, rotations)       \
+  NEXT(const std::optional<at::Tensor>&, mask)            \
+  NEXT(double, fill)                                      \
+  NEXT(double, keep_prob)                                 \
+  NEXT(int64_t, seed)                                     \
+  NEXT(const std::optional<at::Tensor>&, scale)           \
+  NEXT(const std::optional<at::Tensor>&, shift)           \
+  NEXT(double, scale_value)                               \
+  NEXT(double, shift_value)                               \
+  NEXT(std::optional<double>, clamp_lo)                   \
+  NEXT(std::optional<double>, clamp_hi)                   \
+  NEXT(std::optional<c10::ScalarType>, out_dtype)         \
+  NEXT(const std::optional<at::Tensor>&, affine)          \
+  NEXT(const std::optional<at::Tensor>&, read_box)
+
+#define RUBIKOPS_ARGUMENT_PARAMETER_FIRST(type, name) type name
+#define RUBIKOPS_ARGUMENT_PARAMETER_NEXT(type, name) , type name
+#define RUBIKOPS_ARGUMENT_NAME_FIRST(type, name) name
+#define RUBIKOPS_ARGUMENT_NAME_NEXT(type, name) , name
+#define RUBIKOPS_ARGUMENT_FIELD(type, name) std::decay_t<type> name;
+#define RUBIKOPS_ARGUMENT_INIT_FIRST(type, name) name(name)
+#define RUBIKOPS_ARGUMENT_INIT_NEXT(type, name) , name(name)
+#define RUBIKOPS_EXTRACT_CUBES_PARAMETERS \
+  RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(RUBIKOPS_ARGUMENT_PARAMETER_FIRST, RUBIKOPS_ARGUMENT_PARAMETER_NEXT)
+#define RUBIKOPS_EXTRACT_CUBES_NAMES \
+  RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(RUBIKOPS_ARGUMENT_NAME_FIRST, RUBIKOPS_ARGUMENT_NAME_NEXT)
 
 inline bool is_supported_dtype(c10::ScalarType t) {
   return t == c10::kFloat || t == c10::kDouble || t == c10::kHalf || t == c10::kBFloat16 || t == c10::kShort ||
@@ -87,22 +110,15 @@ inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
 // One call's arguments, checked: the shape-level checks (no device sync)
 // that run on every call, validate=False included, and together with the
 // clamping in cube_geometry keep every kernel in bounds.  Each backend
-// implements its kernels on this struct.
+// implements its kernels on this struct.  It views the call's arguments
+// (cube_size is the caller's array), so it lives no longer than the call.
+//   affine (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
+//   read_box (B, 2, 3), with affine: the lowest and highest voxel per axis sample b's read may touch
+//   (clamped into the source by the kernels); none: the whole source.
 struct ExtractCubesArgs {
-  at::Tensor source, origins;
-  int64_t cube_size[3];
-  std::optional<at::Tensor> index, rotations, mask, scale, shift;
-  // (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
-  std::optional<at::Tensor> affine;
-  // (B, 2, 3) with affine: the lowest and highest voxel per axis sample b's read may touch (clamped into
-  // the source by the kernels); none: the whole source.
-  std::optional<at::Tensor> read_box;
-  double fill, keep_prob;
-  int64_t seed;
-  double scale_value, shift_value;
-  std::optional<double> clamp_lo, clamp_hi;
-  c10::ScalarType out_dtype;
-  bool arithmetic;  // values change on the way (scale, shift or clamp)
+  RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(RUBIKOPS_ARGUMENT_FIELD, RUBIKOPS_ARGUMENT_FIELD)
+  c10::ScalarType out_scalar_type;  // out_dtype resolved: the source's floating dtype, float32 for integers
+  bool arithmetic;                  // values change on the way (scale, shift or clamp)
 
   ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS);
   std::vector<int64_t> out_shape() const {
@@ -113,9 +129,7 @@ struct ExtractCubesArgs {
 };
 
 inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
-    : source(source), origins(origins), index(index), rotations(rotations), mask(mask), scale(scale), shift(shift),
-      affine(affine), read_box(read_box), fill(fill), keep_prob(keep_prob), seed(seed), scale_value(scale_value),
-      shift_value(shift_value), clamp_lo(clamp_lo), clamp_hi(clamp_hi) {
+    : RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(RUBIKOPS_ARGUMENT_INIT_FIRST, RUBIKOPS_ARGUMENT_INIT_NEXT) {
   TORCH_CHECK_VALUE(source.dim() == 5, "rubikops.extract_cubes: source must be (N, C, D, H, W), got shape ",
                     source.sizes());
   TORCH_CHECK_VALUE(origins.dim() == 3 && origins.size(2) == 3,
@@ -129,7 +143,6 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
                     " but source is on ", source.device());
   const int64_t B = origins.size(0), M = origins.size(1);
   for (int k = 0; k < 3; ++k) {
-    this->cube_size[k] = cube_size[k];
     TORCH_CHECK_VALUE(cube_size[k] >= 1 && cube_size[k] <= source.size(2 + k),
                       "rubikops.extract_cubes: cube_size[", k, "] = ", cube_size[k], " must be in [1, ",
                       source.size(2 + k), "] (the source's extent along that axis)");
@@ -161,7 +174,7 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   TORCH_CHECK_TYPE(at::isFloatingType(odt) || (odt == source.scalar_type() && !arithmetic),
                    "rubikops.extract_cubes: an integer out_dtype (", odt,
                    ") is only allowed as a plain copy of a source of the same dtype");
-  this->out_dtype = odt;
+  out_scalar_type = odt;
 }
 
 inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
@@ -171,7 +184,8 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   TORCH_CHECK_VALUE(out.is_contiguous(), "rubikops.extract_cubes: out must be contiguous");
   TORCH_CHECK_VALUE(out.device() == a.source.device(), "rubikops.extract_cubes: out is on ", out.device(),
                     " but source is on ", a.source.device());
-  TORCH_CHECK_TYPE(out.scalar_type() == a.out_dtype, "rubikops.extract_cubes: out must have dtype ", a.out_dtype,
+  TORCH_CHECK_TYPE(out.scalar_type() == a.out_scalar_type, "rubikops.extract_cubes: out must have dtype ",
+                   a.out_scalar_type,
                    " (out_dtype), got ", out.scalar_type());
   // The kernels read the inputs while they write out: an out that shares
   // memory with one of them would read its own results.
@@ -207,7 +221,7 @@ at::Tensor& extract_cubes_out(RUBIKOPS_EXTRACT_CUBES_PARAMETERS, at::Tensor& out
 template <ForwardKernel Kernel, void (*Prepare)(at::Tensor&) = &no_prepare>
 at::Tensor extract_cubes_functional(RUBIKOPS_EXTRACT_CUBES_PARAMETERS) {
   const ExtractCubesArgs a(RUBIKOPS_EXTRACT_CUBES_NAMES);
-  at::Tensor out = at::empty(a.out_shape(), source.options().dtype(a.out_dtype));
+  at::Tensor out = at::empty(a.out_shape(), source.options().dtype(a.out_scalar_type));
   Prepare(out);
   if (out.numel() > 0) Kernel(a, out);
   return out;

@@ -174,7 +174,7 @@ std::vector<CubeJob> cube_jobs(const ExtractCubesArgs& a, const at::Tensor& like
     for (int64_t m = 0; m < M; ++m) {
       CubeJob& j = jobs[b * M + m];
       const int64_t code = rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0;
-      cube_geometry(code, a.cube_size, stride, &j.start, j.step);
+      cube_geometry(code, a.cube_size.data(), stride, &j.start, j.step);
       j.start += n * like.stride(0);
       for (int k = 0; k < 3; ++k)
         j.start += clamp_index(org[(b * M + m) * 3 + k], 0, dims[k] - a.cube_size[k]) * stride[k];
@@ -224,7 +224,7 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   const at::Tensor& src = a.source;
   const int64_t B = a.origins.size(0), M = a.origins.size(1);
   const int64_t C = src.size(1);
-  const int64_t* size = a.cube_size;
+  const int64_t* size = a.cube_size.data();
   const int64_t o1 = size[1], o2 = size[2];
   const bool arith = a.arithmetic;
 
@@ -351,7 +351,7 @@ std::vector<AffineJob> affine_jobs(const ExtractCubesArgs& a, std::vector<double
     for (int64_t m = 0; m < M; ++m) {
       AffineJob& j = jobs[b * M + m];
       int p, flips;
-      kernel_code(rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0, a.cube_size, &p, &flips);
+      kernel_code(rotations.defined() ? rotations.const_data_ptr<int64_t>()[b * M + m] : 0, a.cube_size.data(), &p, &flips);
       for (int k = 0; k < 3; ++k) {
         j.box_axis[k] = axis_order(p, k);
         j.flipped[k] = (flips >> k) & 1;
@@ -396,7 +396,7 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
   const at::Tensor& src = a.source;
   const int64_t B = a.origins.size(0), M = a.origins.size(1), C = src.size(1);
-  const int64_t* size = a.cube_size;
+  const int64_t* size = a.cube_size.data();
   const int64_t numel = a.cube_numel();
   const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
   std::vector<double> A;
@@ -447,7 +447,7 @@ void extract_cubes_affine_backward_kernel(const ExtractCubesArgs& a, const at::T
   using acc_t = std::conditional_t<std::is_same_v<src_t, double> || std::is_same_v<grad_t, double>, double, float>;
   const at::Tensor& src = a.source;
   const int64_t B = a.origins.size(0), M = a.origins.size(1), N = src.size(0), C = src.size(1);
-  const int64_t* size = a.cube_size;
+  const int64_t* size = a.cube_size.data();
   const int64_t numel = a.cube_numel();
   const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
   const int64_t at_[5] = {acc.stride(0), acc.stride(1), acc.stride(2), acc.stride(3), acc.stride(4)};
@@ -524,7 +524,7 @@ void extract_cubes_backward_kernel(const ExtractCubesArgs& a, const at::Tensor& 
   const at::Tensor& src = a.source;
   const int64_t M = a.origins.size(1);
   const int64_t N = src.size(0), C = src.size(1);
-  const int64_t* size = a.cube_size;
+  const int64_t* size = a.cube_size.data();
   const int64_t o0 = size[0], o1 = size[1], o2 = size[2];
   const int64_t numel = o0 * o1 * o2;
 
