@@ -92,13 +92,18 @@ def test_protocol_verdict_names_arms_beating_scratch_by_one_sd(tmp_path):
                  dict(task="seg", arm="rubik", fraction=1.0, seed=seed, lr=1e-3, val=0.5, test=1.0)]
     (tmp_path / "experiment-20260101.json").write_text(json.dumps({"runs": runs}))
     text = docs_report.protocol_verdict(str(tmp_path))
-    parts = text.split("; seg at ")
-    assert text.startswith("yes, in part: seg at 0.1 of the labels: scratch 0.510 ± 0.014, rubik 0.720 ± 0.028; "
-                           "ahead by more than one sd of scratch: rubik"), text
-    assert "seg at 0.25 of the labels: scratch 0.720 ± 0.028, rubik 0.510 ± 0.014; no pretrained arm" in text
-    assert "seg at 1 of the labels: scratch 0.000 ± 0.000, rubik 1.000 ± 0.000; ahead" in text
-    assert len(parts) == 3 and text.endswith("(`" + os.path.relpath(
-        tmp_path / "experiment-20260101.json", docs_report.ROOT) + "`); 2 seeds, test scores")
+    assert text == ("yes, in part: seg at label fractions 0.1 / 0.25 / 1: scratch 0.510 ± 0.014 / 0.720 ± 0.028 / "
+                    "0.000 ± 0.000, rubik 0.720 ± 0.028 / 0.510 ± 0.014 / 1.000 ± 0.000; ahead by more than one sd of "
+                    "scratch: rubik at 0.1, 1 (`" + os.path.relpath(tmp_path / "experiment-20260101.json",
+                                                                     docs_report.ROOT) + "`); 2 seeds, test scores"), text
+    # a second task and an arm missing at one fraction: one sentence per task, n/a where no run finished
+    runs += [dict(task="cls", arm=a, fraction=f, seed=seed, lr=1e-3, val=0.5, test=0.6 + 0.1 * seed)
+             for a in ("scratch", "masked") for f in (0.05, 1.0) for seed in (0, 1) if (a, f) != ("masked", 1.0)]
+    (tmp_path / "experiment-20260101.json").write_text(json.dumps({"runs": runs}))
+    text = docs_report.protocol_verdict(str(tmp_path))
+    assert text.startswith("yes, in part: cls at label fractions 0.05 / 1: scratch 0.650 ± 0.071 / 0.650 ± 0.071, "
+                           "masked 0.650 ± 0.071 / n/a; no pretrained arm ahead by more than one sd of scratch; seg "
+                           "at label fractions 0.1 / 0.25 / 1: scratch"), text
 
 
 def test_protocol_verdict_reads_the_newest_file_of_each_pretraining_scale(tmp_path):
@@ -115,12 +120,12 @@ def test_protocol_verdict_reads_the_newest_file_of_each_pretraining_scale(tmp_pa
     text = docs_report.protocol_verdict(str(tmp_path))
     default, matched = text.split("; pretrained at the segmentation scale")
     matched = "pretrained at the segmentation scale" + matched
-    assert default == ("yes, in part: pretrained at train/pretrain.py's scale: seg at 0.05 of the labels: scratch "
-                       "0.310 ± 0.014, rubik 0.110 ± 0.014; no pretrained arm is ahead by more than one sd of "
+    assert default == ("yes, in part: pretrained at train/pretrain.py's scale: seg at label fractions 0.05: scratch "
+                       "0.310 ± 0.014, rubik 0.110 ± 0.014; no pretrained arm ahead by more than one sd of "
                        "scratch (`" + os.path.relpath(tmp_path / "experiment-20260102.json", docs_report.ROOT) + "`)")
-    assert matched.startswith("pretrained at the segmentation scale (--pretrain-scale matched): seg at 0.05 of the "
-                              "labels: scratch 0.310 ± 0.014, masked 0.510 ± 0.014; ahead by more than one sd of "
-                              "scratch: masked (`"), matched
+    assert matched.startswith("pretrained at the segmentation scale (--pretrain-scale matched): seg at label "
+                              "fractions 0.05: scratch 0.310 ± 0.014, masked 0.510 ± 0.014; ahead by more than one sd "
+                              "of scratch: masked at 0.05 (`"), matched
     assert text.endswith("; 2 seeds, test scores")
     # an unfinished grid: masked with one finished seed, far ahead, is not called ahead (one seed has no spread)
     write("experiment-20260104.json", "matched", "masked", 0.9)

@@ -212,7 +212,7 @@ def _protocol_marker(scale: str) -> str:
 
 
 def _verdict_parts(runs: list) -> tuple:
-    """(one sentence per task and label fraction, whether any pretrained arm is ahead): per task, arm and
+    """(one sentence per task, whether any pretrained arm is ahead): per task, arm and
     fraction the rate with the best mean validation score, then each arm's mean ± sd test score and the
     pretrained arms that beat scratch's mean by more than scratch's sd."""
     chosen = {}
@@ -224,18 +224,29 @@ def _verdict_parts(runs: list) -> tuple:
         best = max(by_lr.values(), key=lambda rs: reporting.mean_sd([r["val"] for r in rs])[0])
         chosen[key] = (*reporting.mean_sd([r["test"] for r in best]), len(best))
     parts, any_ahead = [], False
-    for task, fraction in sorted({(k[0], k[2]) for k in chosen if k[1] == "scratch"}):
-        base_mean, base_sd, base_n = chosen[(task, "scratch", fraction)]
-        arms = sorted(k[1] for k in chosen if k[0] == task and k[2] == fraction and k[1] != "scratch")
-        # one seed has no spread: an unfinished grid must not read as a win (as protocol_stats.compare)
-        ahead = [a for a in arms if chosen[(task, a, fraction)][0] > base_mean + base_sd
-                 and min(base_n, chosen[(task, a, fraction)][2]) >= 2]
+    for task in sorted({k[0] for k in chosen}):
+        fractions = sorted({k[2] for k in chosen if k[0] == task and k[1] == "scratch"})
+        arms = ["scratch"] + sorted({k[1] for k in chosen if k[0] == task and k[1] != "scratch"})
+        ahead = {}
+        for fraction in fractions:
+            base_mean, base_sd, base_n = chosen[(task, "scratch", fraction)]
+            for a in arms[1:]:
+                mean, _, n = chosen.get((task, a, fraction), (math.nan, math.nan, 0))
+                # one seed has no spread: an unfinished grid must not read as a win (as protocol_stats.compare)
+                if mean > base_mean + base_sd and min(base_n, n) >= 2:
+                    ahead.setdefault(a, []).append(f"{fraction:g}")
         any_ahead = any_ahead or bool(ahead)
-        scores = ", ".join(f"{a} {chosen[(task, a, fraction)][0]:.3f} ± {chosen[(task, a, fraction)][1]:.3f}"
-                           for a in arms)
-        parts.append(f"{task} at {fraction:g} of the labels: scratch {base_mean:.3f} ± {base_sd:.3f}, {scores}; "
-                     + (f"ahead by more than one sd of scratch: {', '.join(ahead)}" if ahead else
-                        "no pretrained arm is ahead by more than one sd of scratch"))
+
+        def scores(arm):
+            cells = [chosen.get((task, arm, f)) for f in fractions]
+            return " / ".join("n/a" if c is None else f"{c[0]:.3f} ± {c[1]:.3f}" for c in cells)
+        metric = next((r["metric"] for r in runs if r["task"] == task and r.get("metric")), None)
+        parts.append(f"{task}{f' ({metric})' if metric else ''} at label fractions "
+                     f"{' / '.join(f'{f:g}' for f in fractions)}: "
+                     + ", ".join(f"{a} {scores(a)}" for a in arms) + "; "
+                     + ("ahead by more than one sd of scratch: " + ", ".join(f"{a} at {', '.join(fs)}"
+                                                                             for a, fs in sorted(ahead.items()))
+                        if ahead else "no pretrained arm ahead by more than one sd of scratch"))
     return parts, any_ahead
 
 
