@@ -461,7 +461,7 @@ def _script_block(script: str, name: str, doc: str, *extra) -> Callable[[], str]
 
 def _protocol_block(scale: str) -> Block:
     """The protocol's table at one pretraining scale, once its raw results are committed
-    (docs/results/experiment-<date>.json)."""
+    (docs/results/experiment-<UTC time stamp>.json)."""
     marker = _protocol_marker(scale)
     return Block(marker, ("docs/experiment.md",), lambda: _script_block(
         "experiment.py", marker, "docs/experiment.md", "--results", protocol_files(scale=scale)[-1])(), needs=marker)

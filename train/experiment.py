@@ -2,10 +2,10 @@
 against fine-tuning each pretrained arm (--arms) on the offline
 classification and segmentation tasks, at several label fractions and seeds.
 
-    python train/experiment.py --results docs/results/experiment-DATE.json --docs docs
+    python train/experiment.py --results docs/results/experiment-YYYYMMDDTHHMMSSZ.json --docs docs
     python train/experiment.py --arms scratch,rubik --tasks classification --fractions 0.1,0.25 --lrs 1e-3,3e-3
     python train/experiment.py --arms scratch,rubik,rubik_small --pretrain-scale matched --device cuda
-    python train/experiment.py --report-only --results docs/results/experiment-DATE.json --docs docs
+    python train/experiment.py --report-only --results docs/results/experiment-YYYYMMDDTHHMMSSZ.json --docs docs
     python train/experiment.py --unlabelled scans/ --images "img/*.nii.gz" --labels "lab/*.nii.gz" --seeds 0-4
 
 Arms (ARMS: name -> label, train/pretrain.py flags): scratch (no
@@ -24,7 +24,8 @@ the gap scaled to the same millimetres; rubik_small keeps its own scale.
 
 Every arm gets the same tuning budget: each learning rate of --lrs (the
 encoder's; the new layers get the same multiple of it as finetune.py's
-defaults) is run for every seed, the rate with the best mean VALIDATION metric
+defaults, and so does a decoder loaded from a dense pretraining, genesis or
+masked, with --pretrained-decoder-lr head, the default) is run for every seed, the rate with the best mean VALIDATION metric
 over the seeds is chosen per (task, arm, label fraction), and only the test
 metrics at that rate are reported.  A validation metric that ties across the
 rates (nothing to choose on) is an error naming task, arm and fraction.
@@ -51,7 +52,7 @@ of their own (protocol-own-data, experiment-own-data.png).
 Outputs: every run in --out (resumable: a finished run is skipped, pretraining
 resumes from its checkpoints); the raw per-run results (task, metric,
 fraction, arm, seed, lr, val, test, with the command, git revision, machine
-and each arm's pretraining) in --results (default OUT/experiment-DATE.json),
+and each arm's pretraining) in --results (default OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time stamp),
 from which ``--report-only --results FILE`` rebuilds every table on a fresh
 clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
 section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
@@ -134,6 +135,9 @@ HEAD_LR_RATIO = finetune.FinetuneConfig.head_lr / finetune.FinetuneConfig.encode
 # what a pretrained decoder's learning rate is in the protocol (finetune.py --pretrained-decoder-lr)
 DECODER_RATES = ("head", "encoder")
 SECTION, VERDICT_SECTION = "protocol", "protocol-verdict"  # + "-matched" for --pretrain-scale matched
+# finetune.py flags every run gets from the protocol's own flags: refused in --finetune-args
+PROTOCOL_FINETUNE_FLAGS = ("--task", "--pretrained", "--label-fraction", "--encoder-lr", "--head-lr",
+                           "--pretrained-decoder-lr", "--seed", "--out", "--steps")
 # flags that say where results and documents go, not what was run: left out of the recorded command
 OUTPUT_FLAGS = ("--report-only", "--results", "--docs", "--readme")
 
@@ -167,7 +171,8 @@ def parse(argv=None):
     p.add_argument("--finetune-args", default="", help="extra flags for train/finetune.py (e.g. --val-fraction)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--results", default="", help="the raw per-run results file: written after the runs "
-                                                  "(empty: OUT/experiment-DATE.json); with --report-only, read")
+                                                  "(empty: OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time "
+                                                  "stamp); with --report-only, read")
     p.add_argument("--docs", default="", metavar="DIR", help="write DIR/experiment.md (its protocol section) and "
                                                              "DIR/experiment.png (empty: no documents)")
     p.add_argument("--readme", default="", metavar="FILE", help="write the verdict into this file's protocol-"
@@ -206,6 +211,10 @@ def check_args(args) -> tuple:
     lrs = common.parse_list(args.lrs, float, "--lrs")
     if not all(0 < lr < math.inf for lr in lrs) or len(set(lrs)) != len(lrs):
         raise UserError(f"--lrs: {args.lrs!r} must be distinct positive learning rates")
+    owned = sorted({a.split("=", 1)[0] for a in args.finetune_args.split()} & set(PROTOCOL_FINETUNE_FLAGS))
+    if owned:
+        raise UserError(f"--finetune-args: {', '.join(owned)} is set by the protocol itself (--lrs, --seeds, "
+                        "--fractions, --steps, --pretrained-decoder-lr); drop it from --finetune-args")
     if args.pretrain_steps:
         (args.pretrain_steps,) = common.parse_list(args.pretrain_steps, int, "--pretrain-steps")
         if args.pretrain_steps < 1:
@@ -278,6 +287,19 @@ def decoder_lr_flags(task: str, lr: float, args) -> list:
     return ["--pretrained-decoder-lr", repr(lr * HEAD_LR_RATIO)]
 
 
+def check_decoder_rate(folder: str, task: str, lr: float, args) -> None:
+    """A UserError when a dense arm's run in ``folder`` trained its pretrained decoder at another rate than
+    --pretrained-decoder-lr gives (a run made before the flag, or with the other choice, in the same --out):
+    its row would be reported under the wrong rate."""
+    made = float(common.read_config_file(os.path.join(folder, "config.yaml")).get("pretrained_decoder_lr") or 0.0)
+    wanted = decoder_lr_flags(task, lr, args)
+    if not math.isclose(made, float(wanted[1]) if wanted else 0.0):
+        other = "encoder" if args.pretrained_decoder_lr == "head" else "head"
+        raise UserError(f"{folder}: its pretrained decoder learned at {made:g} (finetune.py "
+                        f"--pretrained-decoder-lr; 0: the encoder's rate), not what --pretrained-decoder-lr "
+                        f"{args.pretrained_decoder_lr} gives; pass --pretrained-decoder-lr {other} or use another --out")
+
+
 def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
     folder = run_folder(args.out, task, arm_folder(arm, args.pretrain_scale), fraction, lr, seed)
     if os.path.exists(os.path.join(folder, "results.json")):
@@ -288,6 +310,8 @@ def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
             "--steps", str(steps), "--device", args.device, "--no-progress", "--no-tensorboard",
             *experiment_data.finetune_flags(args.own), *args.finetune_args.split()]
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
+        if ARMS[arm].decoder:
+            check_decoder_rate(folder, task, lr, args)
         argv = ["--out", folder, "--resume", "--no-progress"]
     print(f"== {task} {arm} fraction {fraction:g} lr {lr:g} seed {seed}", flush=True)
     if common.run_main(finetune.main, argv) != 0:
@@ -304,6 +328,8 @@ def collect(args, tasks, arms, fractions, lrs, seeds) -> list:
             continue
         with open(path) as fh:
             res = json.load(fh)
+        if ARMS[arm].decoder:
+            check_decoder_rate(os.path.dirname(path), task, lr, args)
         key = METRIC[task][0]
         val = (res.get("val_metrics") or {}).get(key)
         if val is None:
@@ -346,8 +372,11 @@ def recorded_command(argv) -> str:
 
 
 def results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, rows) -> dict:
+    if not any(a.split("=", 1)[0] == "--pretrained-decoder-lr" for a in argv):
+        argv = [*argv, "--pretrained-decoder-lr", args.pretrained_decoder_lr]  # the command reruns as made
+    now = datetime.datetime.now(datetime.timezone.utc)
     return {"command": recorded_command(argv), "git_revision": reporting.git_revision(),
-            "machine": reporting.machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "machine": reporting.machine(), "date": now.strftime("%Y-%m-%d"), "time": now.strftime("%H:%M:%SZ"),
             "tasks": tasks, "arms": arms, "fractions": fractions, "seeds": seeds, "lrs": lrs,
             "head_lr_ratio": HEAD_LR_RATIO, "pretrained_decoder_lr": args.pretrained_decoder_lr,
             "steps": steps, "pretrain_scale": args.pretrain_scale,
@@ -392,8 +421,8 @@ def decoder_rate_sentence(doc: dict) -> str:
     ratio = f"{doc.get('head_lr_ratio', HEAD_LR_RATIO):g}"
     if doc.get("pretrained_decoder_lr", "encoder") == "head":
         return (f"A decoder pretrained by a dense arm learned at the new layers' rate ({ratio} times the grid's), "
-                "as scratch's decoder does, so every layer learned at the same rate in every arm "
-                "(`--pretrained-decoder-lr head`).")
+                "as scratch's decoder does, so each layer learned at the same multiple of the grid's rate in every "
+                "arm (`--pretrained-decoder-lr head`).")
     return (f"A decoder pretrained by a dense arm learned at the encoder's rate (the grid's), 1/{ratio} of the "
             "rate scratch's decoder learned at (`--pretrained-decoder-lr encoder`).")
 
@@ -527,7 +556,7 @@ def report(args, argv, tasks, arms, fractions, seeds, lrs, steps) -> str:
     else:
         runs = collect(args, tasks, arms, fractions, lrs, seeds)
         doc = results_document(args, argv, tasks, arms, fractions, seeds, lrs, steps, runs)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # sorts by time
+        stamp = f"{doc['date'].replace('-', '')}T{doc['time'].replace(':', '')}"  # file names sort by time
         path = args.results or os.path.join(args.out, f"experiment-{stamp}.json")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         common.write_json(path, doc)

@@ -243,7 +243,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         common.require_range(cfg, name, 0, 1, hi_open=True)
 
 
-def optimizer(cfg, model, decoder_report) -> tuple:
+def make_optimizer(cfg, model: torch.nn.Module, decoder_report) -> tuple[torch.optim.Optimizer, list]:
     """(AdamW, the pretrained parameters): the encoder learns at --encoder-lr, the decoder tensors loaded from
     a dense pretraining at --pretrained-decoder-lr (0: --encoder-lr), every new layer at --head-lr.  A
     pretrained decoder at the new layers' rate trains each layer at the rate it has from scratch, which is
@@ -313,7 +313,7 @@ def run(cfg, dist, ckpts, resume) -> int:
             print("decoder: random initialisation (the pretraining trained an encoder only, or --decoder duc)",
                   file=sys.stderr)
         print_split(split)
-    opt, pretrained_params = optimizer(cfg, model, decoder_report)
+    opt, pretrained_params = make_optimizer(cfg, model, decoder_report)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + dist.rank)

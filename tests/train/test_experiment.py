@@ -193,8 +193,29 @@ def test_a_pretrained_decoder_learns_at_the_rate_the_protocol_says(tmp_path, mon
     assert "--pretrained-decoder-lr encoder" in experiment.decoder_rate_sentence({"head_lr_ratio": 3.0})
 
 
+@pytest.mark.parametrize("made", [None, 0.0, 0.006])
+@pytest.mark.parametrize("rate", ["head", "encoder"])
+def test_a_dense_run_made_at_another_decoder_rate_is_refused_naming_it(tmp_path, rate, made):
+    """A run in --out whose pretrained decoder learned at another rate than the flag gives (one made before the
+    flag: no key, the encoder's rate) would be reported under the wrong rate: an error naming its folder."""
+    folder = tmp_path / "segmentation" / "masked_matched_frac0.1_lr0.002_seed0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("encoder_lr: 0.002\n" + ("" if made is None else
+                                                                 f"pretrained_decoder_lr: {made}\n"))
+    args = experiment.parse(["--out", str(tmp_path), "--pretrained-decoder-lr", rate])
+    agrees = (rate == "head") == (made == 0.006)
+    if agrees:
+        experiment.check_decoder_rate(str(folder), "segmentation", 2e-3, args)
+    else:
+        with pytest.raises(common.UserError, match=f"{folder}: its pretrained decoder learned at"):
+            experiment.check_decoder_rate(str(folder), "segmentation", 2e-3, args)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--pretrained-decoder-lr", "fast"], "argument --pretrained-decoder-lr: invalid choice"),
+    (["--finetune-args", "--val-fraction 0.2 --encoder-lr 0.1"], "--finetune-args: --encoder-lr is set by the "
+                                                                  "protocol itself"),
+    (["--finetune-args=--pretrained-decoder-lr=0.1"], "--finetune-args: --pretrained-decoder-lr is set by"),
     (["--arms", "rubik,genesis"], "--arms: 'rubik,genesis' must name scratch"),
     (["--arms", "scratch,bogus"], "--arms: 'scratch,bogus' must name scratch"),
     (["--inits", "scratch"], "--arms: 'scratch' must name scratch and at least one of rubik"),
@@ -401,6 +422,7 @@ def test_experiment_end_to_end_writes_documents_only_when_asked_and_rebuilds_fro
     assert doc["command"].startswith("python train/experiment.py --out ") and "--results" not in doc["command"]
     assert doc["pretraining"]["ordering"]["flags"].startswith("--steps 4 --rotations none --preset tiny")
     assert doc["pretraining"]["rubik"]["summary"]["steps"] == 4 and doc["pretrained_decoder_lr"] == "head"
+    assert doc["command"].endswith(" --pretrained-decoder-lr head")  # the rate in effect, so that it reruns as made
     # each row's numbers are the run's own results.json
     r = next(r for r in doc["rows"] if r["task"] == "segmentation")
     res = json.load(open(experiment.run_folder(str(tmp_path / "exp"), "segmentation", r["arm"], r["fraction"], r["lr"],

@@ -247,7 +247,7 @@ def test_each_parameter_learns_at_the_rate_of_its_origin(dense_run, decoder_lr):
     cfg, _ = finetune.parse(["--preset", "tiny", "--task", "segmentation", "--pretrained", str(dense_run),
                              "--encoder-lr", "0.001", "--head-lr", "0.005", "--pretrained-decoder-lr", str(decoder_lr)])
     model, _, dec_report = finetune.build_model(cfg, num_classes=6, in_channels=1)
-    opt, pretrained = finetune.optimizer(cfg, model, dec_report)
+    opt, pretrained = finetune.make_optimizer(cfg, model, dec_report)
     lr_of = {}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -266,6 +266,25 @@ def test_each_parameter_learns_at_the_rate_of_its_origin(dense_run, decoder_lr):
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in pretrained} == {n for n in names.values()
                                                   if n.startswith("encoder.") or n in trained_decoder}
+
+
+def test_a_dense_run_checkpointed_before_the_decoder_rate_option_resumes(dense_run, tmp_path, capsys):
+    """A checkpoint whose config has no pretrained_decoder_lr (made before the option) resumes with its two
+    optimizer groups, the loaded decoder at the encoder's rate as it was trained."""
+    out = tmp_path / "ft"
+    rc, cap = _ft(capsys, "--task", "segmentation", "--pretrained", str(dense_run), "--out", str(out), "--steps", "2",
+                  "--checkpoint-every", "2")
+    assert rc == 0, cap.err
+    (ckpt,) = sorted((out / "checkpoints").glob("step_*.pt"))
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["pretrained_decoder_lr"]
+    assert len(state["optimizer"]["param_groups"]) == 2
+    torch.save(state, ckpt)
+    (out / "results.json").unlink()
+    rc, cap = _ft(capsys, "--out", str(out), "--resume", "--steps", "4")
+    assert rc == 0, cap.err
+    resumed = torch.load(sorted((out / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)
+    assert resumed["step"] == 4 and len(resumed["optimizer"]["param_groups"]) == 2
 
 
 def test_scratch_ignores_the_pretrained_decoder_rate(tmp_path, capsys):
