@@ -110,8 +110,9 @@ inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
 // One call's arguments, checked: the shape-level checks (no device sync)
 // that run on every call, validate=False included, and together with the
 // clamping in cube_geometry keep every kernel in bounds.  Each backend
-// implements its kernels on this struct.  It views the call's arguments
-// (cube_size is the caller's array), so it lives no longer than the call.
+// implements its kernels on this struct.  It owns its tensors but views
+// cube_size (the caller's array), so it must not outlive the call: it is
+// built on the stack of each kernel entry and cannot be copied.
 //   affine (B, 3, 4): cube voxels are read at affine[b] applied to their crop-frame position, trilinearly.
 //   read_box (B, 2, 3), with affine: the lowest and highest voxel per axis sample b's read may touch
 //   (clamped into the source by the kernels); none: the whole source.
@@ -121,6 +122,8 @@ struct ExtractCubesArgs {
   bool arithmetic;                  // values change on the way (scale, shift or clamp)
 
   ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS);
+  ExtractCubesArgs(const ExtractCubesArgs&) = delete;
+  ExtractCubesArgs& operator=(const ExtractCubesArgs&) = delete;
   std::vector<int64_t> out_shape() const {
     return {origins.size(0), origins.size(1), source.size(1), cube_size[0], cube_size[1], cube_size[2]};
   }
