@@ -25,8 +25,9 @@ the gap scaled to the same millimetres; rubik_small keeps its own scale.
 Every arm gets the same tuning budget: each learning rate of --lrs (the
 encoder's; the new layers get the same multiple of it as finetune.py's
 defaults, and so does a decoder loaded from a dense pretraining, genesis or
-masked, with --pretrained-decoder-lr head, the default) is run for every seed, the rate with the best mean VALIDATION metric
-over the seeds is chosen per (task, arm, label fraction), and only the test
+masked, with --pretrained-decoder-lr head, the default) is run for every
+seed, the rate with the best mean VALIDATION metric over the seeds is
+chosen per (task, arm, label fraction), and only the test
 metrics at that rate are reported.  A validation metric that ties across the
 rates (nothing to choose on) is an error naming task, arm and fraction.
 Validation data come from finetune.py's --val-fraction split (classification:
@@ -52,8 +53,8 @@ of their own (protocol-own-data, experiment-own-data.png).
 Outputs: every run in --out (resumable: a finished run is skipped, pretraining
 resumes from its checkpoints); the raw per-run results (task, metric,
 fraction, arm, seed, lr, val, test, with the command, git revision, machine
-and each arm's pretraining) in --results (default OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time stamp),
-from which ``--report-only --results FILE`` rebuilds every table on a fresh
+and each arm's pretraining) in --results (default
+OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time stamp), from which ``--report-only --results FILE`` rebuilds every table on a fresh
 clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
 section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
 DIR/experiment.png; --readme FILE writes the verdict between
