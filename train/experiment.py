@@ -54,7 +54,8 @@ Outputs: every run in --out (resumable: a finished run is skipped, pretraining
 resumes from its checkpoints); the raw per-run results (task, metric,
 fraction, arm, seed, lr, val, test, with the command, git revision, machine
 and each arm's pretraining) in --results (default
-OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time stamp), from which ``--report-only --results FILE`` rebuilds every table on a fresh
+OUT/experiment-YYYYMMDDTHHMMSSZ.json, a UTC time stamp), from which
+``--report-only --results FILE`` rebuilds every table on a fresh
 clone.  Documents only when asked: --docs DIR writes DIR/experiment.md's
 section between ``<!-- protocol:start -->`` and ``<!-- protocol:end -->`` and
 DIR/experiment.png; --readme FILE writes the verdict between
@@ -280,21 +281,17 @@ def run_folder(out: str, task: str, arm: str, fraction: float, lr: float, seed: 
     return os.path.join(out, task, f"{arm}_frac{fraction:g}_lr{lr:g}_seed{seed}")
 
 
-def decoder_lr_flags(task: str, lr: float, args) -> list:
-    """finetune.py's --pretrained-decoder-lr for --pretrained-decoder-lr head (every arm's decoder then learns
-    at the new layers' rate, pretrained or not); nothing for encoder (its default) or classification."""
-    if task != "segmentation" or args.pretrained_decoder_lr != "head":
-        return []
-    return ["--pretrained-decoder-lr", repr(lr * HEAD_LR_RATIO)]
+def pretrained_decoder_lr(task: str, lr: float, args) -> float:
+    """finetune.py's --pretrained-decoder-lr at grid rate ``lr``: with head, the new layers' rate (every
+    arm's decoder learns at it); 0, finetune.py's default (the encoder's rate), for encoder or classification."""
+    return lr * HEAD_LR_RATIO if task == "segmentation" and args.pretrained_decoder_lr == "head" else 0.0
 
 
 def check_decoder_rate(folder: str, task: str, lr: float, args) -> None:
-    """A UserError when a dense arm's run in ``folder`` trained its pretrained decoder at another rate than
-    --pretrained-decoder-lr gives (a run made before the flag, or with the other choice, in the same --out):
-    its row would be reported under the wrong rate."""
+    """A UserError when a dense arm's run in ``folder`` trained its decoder at another rate than the flag gives
+    (made before it, or with the other choice): its row would be reported under the wrong rate."""
     made = float(common.read_config_file(os.path.join(folder, "config.yaml")).get("pretrained_decoder_lr") or 0.0)
-    wanted = decoder_lr_flags(task, lr, args)
-    if not math.isclose(made, float(wanted[1]) if wanted else 0.0):
+    if not math.isclose(made, pretrained_decoder_lr(task, lr, args)):
         other = "encoder" if args.pretrained_decoder_lr == "head" else "head"
         raise UserError(f"{folder}: its pretrained decoder learned at {made:g} (finetune.py "
                         f"--pretrained-decoder-lr; 0: the encoder's rate), not what --pretrained-decoder-lr "
@@ -306,8 +303,9 @@ def _finetune(task, arm, fraction, lr, seed, pre, args, steps) -> None:
     if os.path.exists(os.path.join(folder, "results.json")):
         return
     argv = ["--task", task, "--pretrained", pre.get(arm, "none"), "--label-fraction", str(fraction),
-            "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO), *decoder_lr_flags(task, lr, args),
-            "--seed", str(seed), "--out", folder,
+            "--encoder-lr", repr(lr), "--head-lr", repr(lr * HEAD_LR_RATIO),
+            "--pretrained-decoder-lr", repr(pretrained_decoder_lr(task, lr, args)), "--seed", str(seed),
+            "--out", folder,
             "--steps", str(steps), "--device", args.device, "--no-progress", "--no-tensorboard",
             *experiment_data.finetune_flags(args.own), *args.finetune_args.split()]
     if common.Checkpoints(os.path.join(folder, "checkpoints")).latest():
