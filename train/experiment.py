@@ -465,19 +465,10 @@ def table(rows: list, doc: dict, n_runs: int) -> str:
     if pre:
         lines += ["", f"Pretraining (`--pretrain-scale {doc.get('pretrain_scale', 'default')}`), "
                       "`python train/pretrain.py` flags per arm: "
-                  + "; ".join(f"{_label(a)}: `{p['flags'] or '(the defaults)'}`{_pretext_scores(p['summary'])}"
+                  + "; ".join(f"{_label(a)}: `{p['flags'] or '(the defaults)'}`{reporting.pretext_scores(p['summary'])}"
                               for a, p in pre.items()) + "."]
     lines += ["", *targets(rows, arms)]
     return "\n".join(lines)
-
-
-def _pretext_scores(summary) -> str:
-    """ " (held-out ordering 0.625, chance 0.042)": the pretraining's held-out scores beside their chance levels."""
-    if not summary:
-        return " (not finished)"
-    scores = [f"{k} {_fmt(summary[k])}, chance {_fmt(summary['chance_' + k])}" for k in summary
-              if f"chance_{k}" in summary and summary[k] is not None]
-    return f" (held-out {'; '.join(scores)})" if scores else ""
 
 
 def targets(rows: list, arms) -> list:

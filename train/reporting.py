@@ -48,6 +48,19 @@ def write_doc_section(path: str, name: str, text: str) -> None:
     write_text(path, new)
 
 
+def pretext_scores(summary) -> str:
+    """" (held-out order_acc 0.625, chance 0.042; ...)": a pretraining summary's held-out scores beside
+    their chance levels, and a restoration's error beside returning its input unchanged and the mean."""
+    if not summary:
+        return " (not finished)"
+    scores = [f"{k} {summary[k]:.3f}, chance {summary['chance_' + k]:.3f}" for k in summary
+              if f"chance_{k}" in summary and summary[k] is not None]
+    if all(summary.get(k) is not None for k in ("mse", "identity_mse", "mean_mse")):
+        scores.append(f"MSE {summary['mse']:.3f}, identity {summary['identity_mse']:.3f}, "
+                      f"mean {summary['mean_mse']:.3f}")
+    return f" (held-out {'; '.join(scores)})" if scores else ""
+
+
 def mean_sd(values) -> tuple:
     """Mean and sample sd (0 for one value) of the finite values; (nan, nan) for none."""
     vals = [v for v in values if v is not None and not math.isnan(v)]

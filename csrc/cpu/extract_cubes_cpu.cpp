@@ -88,6 +88,11 @@ inline void prefetch_bytes(const void* p, size_t bytes) {
 #else
 #define RUBIKOPS_AVX512_CLONES
 #endif
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define RUBIKOPS_AVX2_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define RUBIKOPS_AVX2_CLONES
+#endif
 RUBIKOPS_AVX512_CLONES void keep_bits(uint8_t* keep, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold) {
   for (int64_t i = 0; i < w; ++i) keep[i] = keep_voxel(seed, k0 + i, threshold);
 }
@@ -391,6 +396,78 @@ inline double interpolate(const in_t* vol, const int64_t* st, const TrilinearRea
   return sum;
 }
 
+// Whether every read of an output row of n voxels lies strictly inside the read box on every axis
+// (bottom <= p < top), so that no read is clamped and each hi corner is lo + 1.  The positions are
+// start + i2 * step, rounded monotonically, so the row's two ends bound all of them; NaN is never
+// inside.  Most rows of a small rotation are (a 16^3 cube of the default crop: all but the edge's).
+inline bool row_is_interior(const AffineRow& row, int64_t n, const int64_t bottom[3], const int64_t top[3]) {
+  for (int a = 0; a < 3; ++a) {
+    const double first = row.start[a], last = mul_add_unfused(static_cast<double>(n - 1), row.step[a], row.start[a]);
+    const double low = first < last ? first : last, high = first < last ? last : first;
+    if (!(low >= static_cast<double>(bottom[a]) && high < static_cast<double>(top[a]))) return false;
+  }
+  return true;
+}
+
+// An interior row (row_is_interior) through the value stage into dst: interpolate's weights, corners
+// and summation order (bit-identical), without the clamps, in two loops over chunks of the row that the
+// compiler vectorises (the AVX2 clone: 4 voxels a lane): the positions, weights and int32 corner
+// offsets, then the eight reads and the sum.  The default geometry's cut (16 x 8 cubes of 16^3 from a
+// float32 bank, one thread, 2-core AMD VM): 9.6 -> 5.0 ms.
+constexpr int64_t kRowChunk = 64;
+
+template <typename in_t, typename op_t>
+RUBIKOPS_AVX2_CLONES void interpolate_interior_chunk(const in_t* __restrict vol, const int32_t st[3],
+                                                     const AffineRow& row, int64_t i0, int64_t n,
+                                                     op_t* __restrict values) {
+  double w0[kRowChunk], w1[kRowChunk], w2[kRowChunk];
+  int32_t corner[kRowChunk];
+  const int32_t sz = st[0], sy = st[1], sx = st[2];
+  const double s0 = row.step[0], s1 = row.step[1], s2 = row.step[2];
+  const double t0 = row.start[0], t1 = row.start[1], t2 = row.start[2];
+  for (int64_t k = 0; k < n; ++k) {
+    const double i2 = static_cast<double>(i0 + k);
+    const double p0 = i2 * s0 + t0, p1 = i2 * s1 + t1, p2 = i2 * s2 + t2;  // mul_add_unfused on the host
+    // interior reads are below the volume's extent, an int32
+    const int32_t l0 = static_cast<int32_t>(p0), l1 = static_cast<int32_t>(p1), l2 = static_cast<int32_t>(p2);
+    w0[k] = p0 - static_cast<double>(l0);
+    w1[k] = p1 - static_cast<double>(l1);
+    w2[k] = p2 - static_cast<double>(l2);
+    corner[k] = l0 * sz + l1 * sy + l2 * sx;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    const in_t* r = vol + corner[k];
+    const double a0 = 1.0 - w0[k], a1 = 1.0 - w1[k], a2 = 1.0 - w2[k];
+    const double b0 = w0[k], b1 = w1[k], b2 = w2[k];
+    double sum = 0.0;
+    sum += a0 * a1 * a2 * static_cast<double>(r[0]);
+    sum += a0 * a1 * b2 * static_cast<double>(r[sx]);
+    sum += a0 * b1 * a2 * static_cast<double>(r[sy]);
+    sum += a0 * b1 * b2 * static_cast<double>(r[sy + sx]);
+    sum += b0 * a1 * a2 * static_cast<double>(r[sz]);
+    sum += b0 * a1 * b2 * static_cast<double>(r[sz + sx]);
+    sum += b0 * b1 * a2 * static_cast<double>(r[sz + sy]);
+    sum += b0 * b1 * b2 * static_cast<double>(r[sz + sy + sx]);
+    values[k] = static_cast<op_t>(sum);
+  }
+}
+
+template <typename in_t, typename out_t, typename op_t>
+inline void interpolate_interior_row(const in_t* vol, const int32_t st[3], const AffineRow& row, int64_t n,
+                                     op_t scale_b, op_t shift_b, op_t lo, op_t hi, out_t* dst) {
+  op_t values[kRowChunk];
+  for (int64_t i0 = 0; i0 < n; i0 += kRowChunk) {
+    const int64_t m = std::min<int64_t>(kRowChunk, n - i0);
+    interpolate_interior_chunk(vol, st, row, i0, m, values);
+    for (int64_t k = 0; k < m; ++k) {
+      op_t x = values[k] * scale_b + shift_b;
+      x = lo > x ? lo : x;
+      x = hi < x ? hi : x;
+      dst[i0 + k] = static_cast<out_t>(x);
+    }
+  }
+}
+
 template <typename in_t, typename out_t>
 void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   using op_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>, double, float>;
@@ -399,6 +476,16 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   const int64_t* size = a.cube_size.data();
   const int64_t numel = a.cube_numel();
   const int64_t st[5] = {src.stride(0), src.stride(1), src.stride(2), src.stride(3), src.stride(4)};
+  // the interior rows' fast path addresses a volume in int32 (vectorised): where its voxels' offsets fit
+  int64_t last_offset = 0;
+  bool offsets_fit = true;
+  for (int a3 = 0; a3 < 3; ++a3) {
+    offsets_fit &= st[2 + a3] >= 0 && st[2 + a3] <= std::numeric_limits<int32_t>::max() &&
+                   src.size(2 + a3) <= std::numeric_limits<int32_t>::max();
+    last_offset += (src.size(2 + a3) - 1) * st[2 + a3];
+  }
+  offsets_fit &= last_offset <= std::numeric_limits<int32_t>::max();
+  const int32_t st32[3] = {static_cast<int32_t>(st[2]), static_cast<int32_t>(st[3]), static_cast<int32_t>(st[4])};
   std::vector<double> A;
   const std::vector<AffineJob> jobs = affine_jobs(a, &A);
   const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<op_t>(a);
@@ -421,6 +508,11 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       for (i[0] = 0; i[0] < size[0]; ++i[0]) {
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
           const AffineRow row = j.row(A_b, i, size);
+          if (offsets_fit && !masked && !j.direct && row_is_interior(row, size[2], j.bottom, j.top)) {
+            interpolate_interior_row(vol, st32, row, size[2], scale_b, shift_b, lo, hi, dst + v);
+            v += size[2];
+            continue;
+          }
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
             if (masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;

@@ -31,6 +31,16 @@ def test_wilcoxon_known_values():
         reporting.wilcoxon_exact([1.0, math.nan])
 
 
+def test_pretext_scores_state_puzzles_against_chance_and_restorations_against_their_baselines():
+    puzzle = {"steps": 1500, "order_acc": 0.6347, "chance_order_acc": 1 / 24, "orient_acc": 0.6831,
+              "chance_orient_acc": 1 / 3}
+    assert reporting.pretext_scores(puzzle) == " (held-out order_acc 0.635, chance 0.042; orient_acc 0.683, chance 0.333)"
+    dense = {"steps": 600, "mse": 0.15259, "identity_mse": 1.47631, "mean_mse": 1.03864, "restoration_gain": 0.8966}
+    assert reporting.pretext_scores(dense) == " (held-out MSE 0.153, identity 1.476, mean 1.039)"
+    assert reporting.pretext_scores(None) == " (not finished)"
+    assert reporting.pretext_scores({"steps": 10}) == ""
+
+
 @pytest.mark.parametrize("n", range(1, 9))
 def test_wilcoxon_matches_scipy(n):
     stats = pytest.importorskip("scipy.stats")
