@@ -25,6 +25,7 @@ from typing import Callable, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import protocol_stats  # noqa: E402
 import reporting  # noqa: E402
 from common import UserError  # noqa: E402
 
@@ -212,35 +213,28 @@ def _protocol_marker(scale: str) -> str:
 
 
 def _verdict_parts(runs: list) -> tuple:
-    """(one sentence per task, whether any pretrained arm is ahead): per task, arm and
-    fraction the rate with the best mean validation score, then each arm's mean ± sd test score and the
-    pretrained arms that beat scratch's mean by more than scratch's sd."""
-    chosen = {}
-    for key in {(r["task"], r["arm"], r["fraction"]) for r in runs}:
-        by_lr = {}
-        for r in runs:
-            if (r["task"], r["arm"], r["fraction"]) == key:
-                by_lr.setdefault(r["lr"], []).append(r)
-        best = max(by_lr.values(), key=lambda rs: reporting.mean_sd([r["val"] for r in rs])[0])
-        chosen[key] = (*reporting.mean_sd([r["test"] for r in best]), len(best))
+    """(one sentence per task, whether any pretrained arm is ahead): the protocol's own comparison
+    (protocol_stats.compare, as experiment.py's table: each arm at the rate with the best mean validation
+    score, paired with scratch by seed), each arm's mean ± sd test score per fraction and the pretrained
+    arms that beat scratch by more than scratch's sd."""
     parts, any_ahead = [], False
-    for task in sorted({k[0] for k in chosen}):
-        fractions = sorted({k[2] for k in chosen if k[0] == task and k[1] == "scratch"})
-        arms = ["scratch"] + sorted({k[1] for k in chosen if k[0] == task and k[1] != "scratch"})
+    for task in sorted({r["task"] for r in runs}):
+        mine = [r for r in runs if r["task"] == task]
+        fractions = sorted({r["fraction"] for r in mine if r["arm"] == "scratch"})
+        arms = ["scratch"] + sorted({r["arm"] for r in mine} - {"scratch"})
+        rows = protocol_stats.compare(mine, [task], arms, fractions, sorted({r["lr"] for r in mine}),
+                                      sorted({r["seed"] for r in mine}))
         ahead = {}
-        for fraction in fractions:
-            base_mean, base_sd, base_n = chosen[(task, "scratch", fraction)]
-            for a in arms[1:]:
-                mean, _, n = chosen.get((task, a, fraction), (math.nan, math.nan, 0))
-                # one seed has no spread: an unfinished grid must not read as a win (as protocol_stats.compare)
-                if mean > base_mean + base_sd and min(base_n, n) >= 2:
-                    ahead.setdefault(a, []).append(f"{fraction:g}")
+        for row in rows:
+            for arm, versus in row["versus_scratch"].items():
+                if versus["beats_by_one_sd"]:
+                    ahead.setdefault(arm, []).append(f"{row['fraction']:g}")
         any_ahead = any_ahead or bool(ahead)
 
         def scores(arm):
-            cells = [chosen.get((task, arm, f)) for f in fractions]
-            return " / ".join("n/a" if c is None else f"{c[0]:.3f} ± {c[1]:.3f}" for c in cells)
-        metric = next((r["metric"] for r in runs if r["task"] == task and r.get("metric")), None)
+            cells = [row["arms"][arm] for row in rows]
+            return " / ".join("n/a" if math.isnan(c["mean"]) else f"{c['mean']:.3f} ± {c['sd']:.3f}" for c in cells)
+        metric = next((r["metric"] for r in mine if r.get("metric")), None)
         parts.append(f"{task}{f' ({metric})' if metric else ''} at label fractions "
                      f"{' / '.join(f'{f:g}' for f in fractions)}: "
                      + ", ".join(f"{a} {scores(a)}" for a in arms) + "; "
