@@ -68,27 +68,36 @@ def test_matches_the_reference(backend, seed, cube):
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int16])
+_INTERIOR_CASES = ([(dtype, out, "contiguous") for dtype in (torch.float64, torch.float32, torch.float16,
+                                                              torch.bfloat16, torch.int16, torch.uint8)
+                    for out in (None, torch.float64)]
+                   + [(torch.float32, None, layout) for layout in ("strided", "channels_last")])
+
+
+@pytest.mark.parametrize("dtype, out_dtype, layout", _INTERIOR_CASES, ids=str)
 @pytest.mark.parametrize("cube", [(4, 3, 70), (16, 16, 16), (2, 5, 1)], ids=str)
-def test_rows_inside_the_volume_read_bit_for_bit_as_the_general_path(dtype, layout, cube):
+def test_rows_inside_the_volume_read_bit_for_bit_as_the_general_path(dtype, out_dtype, layout, cube):
     """Crops well inside a larger volume, small turns and zooms: most output rows read no clamped voxel
     and take the compiled kernel's vectorised interior path (rows longer than its 64-voxel chunk too);
     a masked cube always takes the general one.  The two agree bit for bit on every kept voxel (mask all
-    cubes, keep nearly every voxel), and both match the reference, whose direct products round the read
-    positions differently from the kernels' row form (within 1e-10); float64 and an int16 bank through
-    the value map; the source in every layout."""
+    cubes, keep nearly every voxel), in each input dtype with its own output dtype (float arithmetic)
+    and with float64 out (double), with every turn and flip that keeps the cube's shape (flipped rows
+    read backwards) and a read box inside the volume; the source in every layout.  Both match the
+    reference, whose direct products round the read positions differently from the kernels' row form."""
     gen = torch.Generator().manual_seed(7)
     source = random_volume(gen, (2, 2, 24, 22, 90), dtype, layout)
     B, M = 3, 4
     origins = torch.randint(0, 5, (B, M, 3), generator=gen)
     affine = _affines(gen, B, max_angle=8.0, zoom=(0.9, 1.1), move=0.0)
     affine[:, :, 3] += torch.tensor([6.0, 6.0, 8.0], dtype=torch.float64)  # the crop's corner inside
-    kw = dict(index=torch.randint(0, 2, (B,), generator=gen), affine=affine,
-              rotations=torch.randint(0, 4, (B, M), generator=gen) * (cube[0] == cube[1]),
-              out_dtype=torch.float64, scale=torch.tensor([2.0, 0.5, -1.0]), shift=0.25)
+    codes = torch.tensor([c for c in range(NUM_CODES) if preserves_shape(c, cube)])
+    read_box = torch.tensor([[1, 2, 3], [22, 21, 88]]).expand(B, 2, 3)
+    kw = dict(index=torch.randint(0, 2, (B,), generator=gen), affine=affine, read_box=read_box,
+              rotations=codes[torch.randint(0, len(codes), (B, M), generator=gen)], out_dtype=out_dtype,
+              scale=torch.tensor([2.0, 0.5, -1.0]), shift=0.25)
     got = rubikops.extract_cubes(source, origins, cube, **kw)
-    torch.testing.assert_close(got, reference.extract_cubes(source, origins, cube, **kw), rtol=1e-10, atol=1e-10)
+    rtol, atol = (1e-10, 1e-10) if got.dtype == torch.float64 else _tolerance(got.dtype)
+    torch.testing.assert_close(got, reference.extract_cubes(source, origins, cube, **kw), rtol=rtol, atol=atol)
     general = rubikops.extract_cubes(source, origins, cube, mask=torch.ones(B, M, dtype=torch.bool),
                                      keep_prob=0.999, fill=math.nan, seed=3, **kw)
     kept = ~general.isnan()

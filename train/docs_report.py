@@ -247,7 +247,8 @@ def _verdict_parts(runs: list) -> tuple:
 def protocol_verdict(results: str) -> str:
     """From the protocol's raw runs (task, arm, fraction, seed, lr, val, test) of the newest result file
     of each pretraining scale: per task and fraction each arm's mean ± sd test score (at the rate chosen
-    on validation) and which pretrained arms beat scratch's mean by more than scratch's sd."""
+    on validation) and which pretrained arms beat scratch by more than scratch's sd, paired by seed
+    (_verdict_parts: the protocol's own comparison)."""
     newest = [(scale, files[-1]) for scale in PROTOCOL_SCALES if (files := protocol_files(results, scale))]
     if not newest:
         return ("not shown: no committed result file of the protocol at this revision (the table in "

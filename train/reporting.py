@@ -53,11 +53,14 @@ def pretext_scores(summary) -> str:
     their chance levels, and a restoration's error beside returning its input unchanged and the mean."""
     if not summary:
         return " (not finished)"
-    scores = [f"{k} {summary[k]:.3f}, chance {summary['chance_' + k]:.3f}" for k in summary
+
+    def number(x) -> str:  # a diverged run's NaN or a missing chance level reads n/a, not a traceback
+        return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+    scores = [f"{k} {number(summary[k])}, chance {number(summary['chance_' + k])}" for k in summary
               if f"chance_{k}" in summary and summary[k] is not None]
     if all(summary.get(k) is not None for k in ("mse", "identity_mse", "mean_mse")):
-        scores.append(f"MSE {summary['mse']:.3f}, identity {summary['identity_mse']:.3f}, "
-                      f"mean {summary['mean_mse']:.3f}")
+        scores.append(f"MSE {number(summary['mse'])}, identity {number(summary['identity_mse'])}, "
+                      f"mean {number(summary['mean_mse'])}")
     return f" (held-out {'; '.join(scores)})" if scores else ""
 
 

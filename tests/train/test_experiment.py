@@ -39,6 +39,8 @@ def test_pretext_scores_state_puzzles_against_chance_and_restorations_against_th
     assert reporting.pretext_scores(dense) == " (held-out MSE 0.153, identity 1.476, mean 1.039)"
     assert reporting.pretext_scores(None) == " (not finished)"
     assert reporting.pretext_scores({"steps": 10}) == ""
+    diverged = {"mse": math.nan, "identity_mse": 1.0, "mean_mse": 0.5, "order_acc": 0.5, "chance_order_acc": None}
+    assert reporting.pretext_scores(diverged) == " (held-out order_acc 0.500, chance n/a; MSE n/a, identity 1.000, mean 0.500)"
 
 
 @pytest.mark.parametrize("n", range(1, 9))
