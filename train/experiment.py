@@ -409,8 +409,7 @@ def read_results(path: str) -> dict:
 
 
 # -- the report -----------------------------------------------------------------------------------------
-def _fmt(x, digits: int = 3, sign: str = "") -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:{sign}.{digits}f}"
+_fmt = reporting.fmt
 
 
 def _label(arm) -> str:

@@ -48,19 +48,21 @@ def write_doc_section(path: str, name: str, text: str) -> None:
     write_text(path, new)
 
 
+def fmt(x, digits: int = 3, sign: str = "") -> str:
+    """A table number: ``digits`` decimals, "n/a" for None or NaN (a missing level or a diverged run)."""
+    return "n/a" if x is None or math.isnan(x) else f"{x:{sign}.{digits}f}"
+
+
 def pretext_scores(summary) -> str:
     """" (held-out order_acc 0.625, chance 0.042; ...)": a pretraining summary's held-out scores beside
     their chance levels, and a restoration's error beside returning its input unchanged and the mean."""
     if not summary:
         return " (not finished)"
-
-    def number(x) -> str:  # a diverged run's NaN or a missing chance level reads n/a, not a traceback
-        return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
-    scores = [f"{k} {number(summary[k])}, chance {number(summary['chance_' + k])}" for k in summary
+    scores = [f"{k} {fmt(summary[k])}, chance {fmt(summary['chance_' + k])}" for k in summary
               if f"chance_{k}" in summary and summary[k] is not None]
     if all(summary.get(k) is not None for k in ("mse", "identity_mse", "mean_mse")):
-        scores.append(f"MSE {number(summary['mse'])}, identity {number(summary['identity_mse'])}, "
-                      f"mean {number(summary['mean_mse'])}")
+        scores.append(f"MSE {fmt(summary['mse'])}, identity {fmt(summary['identity_mse'])}, "
+                      f"mean {fmt(summary['mean_mse'])}")
     return f" (held-out {'; '.join(scores)})" if scores else ""
 
 

@@ -412,8 +412,8 @@ inline bool row_is_interior(const AffineRow& row, int64_t n, const int64_t botto
 // An interior row (row_is_interior) through the value stage into dst: interpolate's weights, corners
 // and summation order (bit-identical), without the clamps, in two loops over chunks of the row that the
 // compiler vectorises (the AVX2 clone: 4 voxels a lane): the positions, weights and int32 corner
-// offsets, then the eight reads and the sum.  The default geometry's cut (16 x 8 cubes of 16^3 from a
-// float32 bank, one thread, 2-core AMD VM): 9.6 -> 5.0 ms.
+// offsets, then the eight reads and the sum.  The default geometry's fused cut (benchmarks/affine_cut.py,
+// 16 x 8 cubes of 16^3 from a float32 bank, 2 threads of the idle 2-core AMD VM): 5.9 -> 3.05 ms.
 constexpr int64_t kRowChunk = 64;
 
 template <typename in_t, typename op_t>
