@@ -1,7 +1,9 @@
 """The augmented cut at the default pretraining geometry: resampling each
 crop (rubikops.augment.resample_crops, one grid_sample call) and cutting the
 puzzle from it, against one extract_cubes(affine=) call that reads the same
-cubes through the crop's affine (same puzzles, same output).
+cubes through the crop's affine (same puzzles, same output); and the fused
+cut with the default IntensityAugment's per-cube intensity stage in the
+same call (cube_intensity=), the whole default augmentation in one pass.
 
     python benchmarks/affine_cut.py                 # CPU, one thread per torch default
     python benchmarks/affine_cut.py --device cuda   # GPU: the fused cut on the CUDA kernel and on Triton
@@ -25,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import utils  # noqa: E402
 
 import rubikops  # noqa: E402
-from rubikops.augment import resample_crops, rotation_matrices  # noqa: E402
+from rubikops.augment import IntensityAugment, resample_crops, rotation_matrices  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -76,9 +78,13 @@ def main(argv=None):
         crops = resample_crops(storage, shapes, offsets, index, centres, matrices, (crop,) * 3)
         return rubikops.extract_cubes(crops, origins, (edge,) * 3, rotations=rotations, out=out, validate=False)
 
-    def fused(backend):
+    # the default IntensityAugment's draws for these unit-variance volumes: contrast, gamma, bias, noise
+    intensity = IntensityAugment().draw(B, M, gen).in_units(torch.zeros(B), torch.ones(B)).to(dev)
+
+    def fused(backend, cube_intensity=None):
         return lambda: rubikops.extract_cubes(source, origins, (edge,) * 3, index=index, rotations=rotations,
-                                              affine=affine, out=out, validate=False, backend=backend)
+                                              affine=affine, cube_intensity=cube_intensity, out=out,
+                                              validate=False, backend=backend)
 
     wl = f"B={B} M={M} {edge}^3 cubes from {crop}^3 crops of 4 x {args.volume}^3 f32"
     nbytes = 2 * out.numel() * out.element_size()  # the cut's own reads and writes, as run.py counts a cut
@@ -102,6 +108,12 @@ def main(argv=None):
                               extra={"max_abs_difference_to_two_pass": err}))
         print(f"fused affine cut ({backend}): {t1.median_s * 1e3:.3f} ms, {t2.median_s / t1.median_s:.2f}x faster "
               f"than grid_sample then cut; max |difference| {err:.2e}")
+        t3 = utils.time_fn(fused(backend, intensity), dev, repeats=args.repeats)
+        rows.append(utils.Row(f"fused affine cut + intensity stage ({backend})", wl, t3, nbytes,
+                              baseline_s=t2.median_s, extra={"ratio_to_fused_cut": t3.median_s / t1.median_s}))
+        print(f"fused affine cut + intensity stage ({backend}): {t3.median_s * 1e3:.3f} ms, "
+              f"{t2.median_s / t3.median_s:.2f}x faster than grid_sample then cut (without intensity), "
+              f"{t3.median_s / t1.median_s:.2f}x the fused cut alone")
     print()
     print(utils.format_table(rows))
     print("vs base: speed-up against grid_sample then cut.")

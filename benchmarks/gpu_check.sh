@@ -67,11 +67,12 @@ if [ "${RUBIKOPS_GPU_BENCH:-1}" != "0" ]; then  # RUBIKOPS_GPU_BENCH=0: build an
   bench_rc=$?; [ $bench_rc -eq 0 ] || failed "benchmarks/run.py" $bench_rc
   save_results
   tail -75 "$LOGS/bench.log"
-  # The augmented cut: resampling then cutting against the fused affine cut (CUDA kernel, Triton).
+  # The augmented cut: resampling then cutting against the fused affine cut, alone and with the
+  # default intensity stage (CUDA kernel, Triton).
   timeout ${RUBIKOPS_AFFINE_TIMEOUT:-60} $PY benchmarks/affine_cut.py --device cuda > "$LOGS/affine_cut.log" 2>&1
   affine_rc=$?
   save_results
-  tail -8 "$LOGS/affine_cut.log"
+  tail -12 "$LOGS/affine_cut.log"
   [ $affine_rc -eq 0 ] || failed "affine_cut.py" $affine_rc
 fi
 # Pretraining on the GPU: the default settings, then the paper preset (bf16);

@@ -62,13 +62,85 @@ RUBIKOPS_HD int64_t clamp_index(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// Rubik's Cube+ keep decision for output voxel k (splitmix64, normative).
-RUBIKOPS_HD bool keep_voxel(uint64_t seed, uint64_t k, uint64_t threshold) {
+// splitmix64 of seed + (k + 1) * golden (normative: the keep rule and the intensity stage's noise).
+RUBIKOPS_HD uint64_t splitmix64(uint64_t seed, uint64_t k) {
   uint64_t z = seed + (k + 1) * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (z >> 40) < threshold;
+  return z ^ (z >> 31);
+}
+
+// Rubik's Cube+ keep decision for output voxel k.
+RUBIKOPS_HD bool keep_voxel(uint64_t seed, uint64_t k, uint64_t threshold) {
+  return (splitmix64(seed, k) >> 40) < threshold;
+}
+
+// The per-cube intensity stage (rubikops/_schema.py, CUBE_INTENSITY_FIELDS: the normative rule), after the
+// per-sample scale and shift, in the arithmetic type T.
+constexpr int kCubeIntensityWidth = 10;
+constexpr int64_t kNoiseCentre = 131070;                 // 4 * (2^16 - 1) / 2
+constexpr double kNoiseUnit = 0x1.bb67ae8584caap-16;  // sqrt(3) / 2^16 (rubikops._schema.NOISE_UNIT): unit variance
+
+template <typename T>
+struct CubeIntensity {
+  T gain, offset, gamma, low, span, noise, bias[3];
+  T centre;  // the window's, low + span * 0.5: the bias field's fixed point
+  uint64_t key;
+  bool gamma_on, bias_on, noise_on;  // each step is skipped where it is the identity
+};
+
+// A cube's noise_key field (the row as given, in double): truncated, 0 unless in [0, 2^64).
+RUBIKOPS_HD uint64_t noise_key_of(double v) {
+  return v >= 0.0 && v < 18446744073709551616.0 ? static_cast<uint64_t>(v) : 0;
+}
+
+// One cube's row of cube_intensity (double, as given) in T.
+template <typename T>
+RUBIKOPS_HD CubeIntensity<T> cube_intensity_of(const double* row) {
+  CubeIntensity<T> q;
+  q.gain = static_cast<T>(row[0]);
+  q.offset = static_cast<T>(row[1]);
+  q.gamma = static_cast<T>(row[2]);
+  q.low = static_cast<T>(row[3]);
+  q.span = static_cast<T>(row[4]);
+  q.noise = static_cast<T>(row[5]);
+  q.centre = q.low + q.span * T(0.5);
+  for (int a = 0; a < 3; ++a) q.bias[a] = static_cast<T>(row[6 + a]);
+  q.key = noise_key_of(row[9]);
+  q.gamma_on = q.gamma != T(1);
+  q.bias_on = q.bias[0] != T(0) || q.bias[1] != T(0) || q.bias[2] != T(0);
+  q.noise_on = q.noise != T(0);
+  return q;
+}
+
+// exp(bias[a] * r) of output voxel i along an axis of n voxels, r = i * (2 / (n - 1)) - 1 (0 for n = 1).
+template <typename T>
+RUBIKOPS_HD T bias_factor(T coefficient, int64_t i, int64_t n) {
+  const T r = n > 1 ? static_cast<T>(i) * static_cast<T>(2.0 / static_cast<double>(n - 1)) - T(1) : T(0);
+  return exp(coefficient * r);
+}
+
+// The noise of cube voxel j (its index in the cube's (C, d, h, w) block): the four 16-bit fields of its
+// hash summed, centred and scaled (Irwin-Hall, unit variance).
+template <typename T>
+RUBIKOPS_HD T cube_noise(uint64_t key, uint64_t j) {
+  const uint64_t z = splitmix64(key, j);
+  const int64_t total = static_cast<int64_t>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + (z >> 48));
+  return static_cast<T>(total - kNoiseCentre) * static_cast<T>(kNoiseUnit);
+}
+
+// v through the cube's stage; `field` the voxel's bias factor (the product of its three bias_factor,
+// D and H first), read only where the bias is on.
+template <typename T>
+RUBIKOPS_HD T intensity_value(T v, const CubeIntensity<T>& q, T field, uint64_t j) {
+  v = v * q.gain + q.offset;
+  if (q.gamma_on) {
+    const T t = (v - q.low) / q.span;
+    if (t > T(0) && t < T(1)) v = q.low + q.span * pow(t, q.gamma);
+  }
+  if (q.bias_on) v = q.centre + (v - q.centre) * field;
+  if (q.noise_on) v = v + q.noise * cube_noise<T>(q.key, j);
+  return v;
 }
 
 // floor(keep_prob * 2^24), clamped to [0, 2^24].

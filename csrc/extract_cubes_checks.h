@@ -41,7 +41,8 @@ namespace rubikops {
   NEXT(std::optional<double>, clamp_hi)                   \
   NEXT(std::optional<c10::ScalarType>, out_dtype)         \
   NEXT(const std::optional<at::Tensor>&, affine)          \
-  NEXT(const std::optional<at::Tensor>&, read_box)
+  NEXT(const std::optional<at::Tensor>&, read_box)        \
+  NEXT(const std::optional<at::Tensor>&, cube_intensity)
 
 #define RUBIKOPS_ARGUMENT_PARAMETER_FIRST(type, name) type name
 #define RUBIKOPS_ARGUMENT_PARAMETER_NEXT(type, name) , type name
@@ -119,7 +120,7 @@ inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
 struct ExtractCubesArgs {
   RUBIKOPS_FOR_EXTRACT_CUBES_ARGUMENTS(RUBIKOPS_ARGUMENT_FIELD, RUBIKOPS_ARGUMENT_FIELD)
   c10::ScalarType out_scalar_type;  // out_dtype resolved: the source's floating dtype, float32 for integers
-  bool arithmetic;                  // values change on the way (scale, shift or clamp)
+  bool arithmetic;                  // values change on the way (scale, shift, clamp, affine, cube_intensity)
 
   ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS);
   ExtractCubesArgs(const ExtractCubesArgs&) = delete;
@@ -161,6 +162,7 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   check_vector(affine, "affine", source, {B, 3, 4}, Holds::kFloat);
   TORCH_CHECK_VALUE(!read_box || affine, "rubikops.extract_cubes: read_box bounds the affine read: it needs affine");
   check_vector(read_box, "read_box", source, {B, 2, 3}, Holds::kIndex);
+  check_vector(cube_intensity, "cube_intensity", source, {B, M, kCubeIntensityWidth}, Holds::kFloat);
   const auto odt = resolve_out_dtype(source, out_dtype);
   TORCH_CHECK_TYPE(is_supported_dtype(odt), "rubikops.extract_cubes: unsupported out_dtype ", odt);
   // An integer output stores fill as is: a value it cannot hold would wrap
@@ -173,7 +175,8 @@ inline ExtractCubesArgs::ExtractCubesArgs(RUBIKOPS_EXTRACT_CUBES_PARAMETERS)
   // shift_value -0.0 (what Python passes for shift=None) is an exact no-op:
   // x + (-0.0) == x for every x, -0.0 included, where x + 0.0 turns -0.0 into +0.0.
   const bool shift_is_noop = shift_value == 0.0 && std::signbit(shift_value);
-  arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop || affine;
+  arithmetic = scale || shift || clamp_lo || clamp_hi || scale_value != 1.0 || !shift_is_noop || affine ||
+               cube_intensity;
   TORCH_CHECK_TYPE(at::isFloatingType(odt) || (odt == source.scalar_type() && !arithmetic),
                    "rubikops.extract_cubes: an integer out_dtype (", odt,
                    ") is only allowed as a plain copy of a source of the same dtype");
@@ -194,7 +197,7 @@ inline void check_out(const ExtractCubesArgs& a, const at::Tensor& out) {
   // memory with one of them would read its own results.
   const std::pair<const char*, const std::optional<at::Tensor>*> inputs[] = {
       {"index", &a.index}, {"rotations", &a.rotations}, {"mask", &a.mask}, {"scale", &a.scale}, {"shift", &a.shift},
-      {"affine", &a.affine}, {"read_box", &a.read_box}};
+      {"affine", &a.affine}, {"read_box", &a.read_box}, {"cube_intensity", &a.cube_intensity}};
   TORCH_CHECK_VALUE(!may_overlap(out, a.source), "rubikops.extract_cubes: out overlaps source in memory");
   TORCH_CHECK_VALUE(!may_overlap(out, a.origins), "rubikops.extract_cubes: out overlaps origins in memory");
   for (const auto& [name, t] : inputs) {
@@ -238,6 +241,9 @@ at::Tensor extract_cubes_backward(const at::Tensor& grad, RUBIKOPS_EXTRACT_CUBES
                    "rubikops.extract_cubes_backward: source and grad must be floating point, got ",
                    source.scalar_type(), " and ", grad.scalar_type());
   const ExtractCubesArgs a(RUBIKOPS_EXTRACT_CUBES_NAMES);
+  // rubikops._library differentiates the intensity stage in plain torch; no kernel computes it.
+  TORCH_CHECK_VALUE(!a.cube_intensity, "rubikops.extract_cubes_backward: no kernel differentiates cube_intensity; "
+                    "autograd computes its gradient in plain torch");
   TORCH_CHECK_VALUE(grad.device() == source.device(), "rubikops.extract_cubes_backward: grad is on ", grad.device(),
                     " but source is on ", source.device());
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(a.out_shape()),

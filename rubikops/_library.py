@@ -10,12 +10,14 @@ import dataclasses
 import torch
 
 from . import reference
-from ._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA,
-                      EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams, opmath_dtype)
+from ._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA,
+                      EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams,
+                      opmath_dtype)
 from .checks import check_sample_puzzle
 
 LIBRARY = torch.library.Library("rubikops", "DEF")
-for schema in (EXTRACT_CUBES_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_BACKWARD_SCHEMA, SAMPLE_PUZZLE_SCHEMA):
+for schema in (EXTRACT_CUBES_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_BACKWARD_SCHEMA,
+               EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA, SAMPLE_PUZZLE_SCHEMA):
     LIBRARY.define(schema)
 
 
@@ -62,8 +64,9 @@ def extract_cubes_backward_generic(grad: torch.Tensor, *schema_args) -> torch.Te
     Overlapping boxes and repeated indices accumulate (index_add_)."""
     p = ExtractCubesParams.from_backward_args(grad, *schema_args)
     source = p.source
-    if p.affine is not None:
-        # The affine read's gradient is the reference's own (eight weighted corners a voxel).
+    if p.affine is not None or p.cube_intensity is not None:
+        # The affine read's gradient is the reference's own (eight weighted corners a voxel), and so is the
+        # intensity stage's (its gamma's derivative needs each voxel's value).
         with torch.enable_grad():
             x = source.detach().requires_grad_()
             cubes = reference.extract(dataclasses.replace(p, source=x))
@@ -96,11 +99,15 @@ def extract_cubes_backward_generic(grad: torch.Tensor, *schema_args) -> torch.Te
 
 
 LIBRARY.impl("extract_cubes_backward", extract_cubes_backward_generic, "CompositeExplicitAutograd")
+LIBRARY.impl("extract_cubes_backward_torch", extract_cubes_backward_generic, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("rubikops::extract_cubes_backward")
 def extract_cubes_backward_fake(grad, source, *args):
     return torch.empty_like(source, memory_format=torch.contiguous_format)
+
+
+for _backward in ("extract_cubes_backward", "extract_cubes_backward_torch"):
+    torch.library.register_fake(f"rubikops::{_backward}")(extract_cubes_backward_fake)
 
 
 def setup_context(ctx, inputs, output):
@@ -110,14 +117,20 @@ def setup_context(ctx, inputs, output):
     ctx.other_args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
 
 
+_CUBE_INTENSITY_SLOT = EXTRACT_CUBES_ARG_NAMES.index("cube_intensity")
+
+
 def backward_via(backward_op):
     """The autograd formula of a forward op, with its gradient computed by
-    ``backward_op`` (the generic scatter-add above, or a backend's kernel)."""
+    ``backward_op`` (the generic scatter-add above, or a backend's kernel);
+    a call with ``cube_intensity`` always by ``extract_cubes_backward_torch``
+    (the generic one), since no kernel differentiates the intensity stage."""
     def backward(ctx, grad):
         args = list(ctx.other_args)
         for i, t in zip(ctx.tensor_slots, ctx.saved_tensors):
             args[i] = t
-        return (backward_op(grad, *args),) + (None,) * (len(EXTRACT_CUBES_ARG_NAMES) - 1)
+        by = torch.ops.rubikops.extract_cubes_backward_torch if args[_CUBE_INTENSITY_SLOT] is not None else backward_op
+        return (by(grad, *args),) + (None,) * (len(EXTRACT_CUBES_ARG_NAMES) - 1)
     return backward
 
 

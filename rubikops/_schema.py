@@ -18,7 +18,7 @@ EXTRACT_CUBES_ARGS = (
     "Tensor source, Tensor origins, int[] cube_size, Tensor? index, Tensor? rotations, Tensor? mask, "
     "float fill, float keep_prob, int seed, Tensor? scale, Tensor? shift, float scale_value, "
     "float shift_value, float? clamp_lo, float? clamp_hi, ScalarType? out_dtype, Tensor? affine=None, "
-    "Tensor? read_box=None"
+    "Tensor? read_box=None, Tensor? cube_intensity=None"
 )
 EXTRACT_CUBES_SCHEMA = f"extract_cubes({EXTRACT_CUBES_ARGS}) -> Tensor"
 EXTRACT_CUBES_OUT_SCHEMA = f"extract_cubes.out({EXTRACT_CUBES_ARGS}, *, Tensor(a!) out) -> Tensor(a!)"
@@ -33,10 +33,32 @@ EXTRACT_CUBES_ARG_NAMES = tuple(_arg_name(arg) for arg in EXTRACT_CUBES_ARGS.spl
 # one argument list: fill is ignored (masked voxels get no gradient whatever their fill) and out_dtype is
 # the gradient's.
 EXTRACT_CUBES_BACKWARD_SCHEMA = f"extract_cubes_backward(Tensor grad, {EXTRACT_CUBES_ARGS}) -> Tensor"
+# The same gradient in plain torch on every device, for calls no backend kernel differentiates (an intensity
+# stage): an op of its own, so that traced graphs (torch.compile, opcheck) keep it opaque.
+EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA = f"extract_cubes_backward_torch(Tensor grad, {EXTRACT_CUBES_ARGS}) -> Tensor"
 SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
     "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
+
+# The per-cube intensity stage (``cube_intensity``, (B, M, len(CUBE_INTENSITY_FIELDS)), floating): after the
+# per-sample scale and shift, in the arithmetic dtype,
+#   v = gain * v + offset
+#   gamma on the window [low, low + span]: t = (v - low) / span; 0 < t < 1: v = low + span * t ** gamma
+#   bias field about the window's centre c = low + span * 0.5:
+#     v = c + (v - c) * exp(bias_d * r0) * exp(bias_h * r1) * exp(bias_w * r2)
+#   noise: v = v + noise * n(noise_key, j)
+# each step skipped where it is the identity (gamma 1, all three bias coefficients 0, noise 0).  r_a is
+# output voxel i_a at i_a * (2 / (n_a - 1)) - 1 (0 for n_a = 1); n is a standard normal
+# approximation of output voxel j = c * d * h * w + (its offset in the cube), keyed by the cube's
+# noise_key (an integer in [0, 2**53), held in the floating tensor).
+CUBE_INTENSITY_FIELDS = ("gain", "offset", "gamma", "low", "span", "noise", "bias_d", "bias_h", "bias_w",
+                         "noise_key")
+CUBE_INTENSITY_WIDTH = len(CUBE_INTENSITY_FIELDS)
+# Irwin-Hall: the sum S of the four 16-bit fields of one splitmix64 hash has mean 131070 and variance
+# 4 * (2**32 - 1) / 12; (S - 131070) * sqrt(3) / 65536 has mean 0 and variance 1 - 2**-32, within 3.46 sd.
+NOISE_CENTRE = 131070
+NOISE_UNIT = math.sqrt(3.0) / 65536.0
 
 # -0.0 is the exact additive identity (x + -0.0 == x, also for x = -0.0), so "no shift" costs nothing.
 NO_SHIFT = -0.0
@@ -103,7 +125,9 @@ class ExtractCubesParams:
     arguments; :meth:`from_schema_args` reads them back.  ``read_box``
     ((B, 2, 3) integer, with ``affine``): the lowest and highest voxel, per
     axis, that sample ``b``'s affine read may touch (its volume inside a
-    packed storage); None: the whole source.  ``cube_size`` is
+    packed storage); None: the whole source.  ``cube_intensity`` ((B, M,
+    CUBE_INTENSITY_WIDTH) floating): each cube's intensity stage (see
+    CUBE_INTENSITY_FIELDS).  ``cube_size`` is
     held as given until the checks (rubikops.checks) have read it."""
 
     source: torch.Tensor
@@ -121,13 +145,15 @@ class ExtractCubesParams:
     out_dtype: Optional[torch.dtype] = None
     affine: Optional[torch.Tensor] = None
     read_box: Optional[torch.Tensor] = None
+    cube_intensity: Optional[torch.Tensor] = None
 
     # -- derived questions -------------------------------------------------------------------------------
     @property
     def changes_values(self) -> bool:
-        """Whether values change on the way (scale, shift, clamp, or the interpolation of an affine read):
-        integer outputs allow none."""
-        return self.scale is not None or self.shift is not None or self.clamp is not None or self.affine is not None
+        """Whether values change on the way (scale, shift, clamp, the interpolation of an affine read, or the
+        per-cube intensity stage): integer outputs allow none."""
+        return (self.scale is not None or self.shift is not None or self.clamp is not None or self.affine is not None
+                or self.cube_intensity is not None)
 
     @property
     def has_shift(self) -> bool:
@@ -185,7 +211,8 @@ class ExtractCubesParams:
         return {name: t for name, t in (("origins", self.origins), ("index", self.index),
                                         ("rotations", self.rotations), ("mask", self.mask),
                                         ("scale", self.scale_tensor), ("shift", self.shift_tensor),
-                                        ("affine", self.affine), ("read_box", self.read_box))
+                                        ("affine", self.affine), ("read_box", self.read_box),
+                                        ("cube_intensity", self.cube_intensity))
                 if t is not None}
 
     # -- the schema's encoding ---------------------------------------------------------------------------

@@ -12,11 +12,11 @@ Two pieces, each one job:
   gives it back).
   No whole-crop flips or 90/180-degree turns: those are what the cube
   turns are, and would make the labels ambiguous.
-- :class:`IntensityAugment` changes each cube's intensities after cutting:
-  contrast, gamma, a smooth multiplicative bias field and Gaussian noise,
-  each cube on its own draw.  Geometry and labels are untouched, and
-  drawing per cube also stops the network from matching neighbours by
-  their brightness instead of their anatomy.
+- :class:`IntensityAugment` draws each cube's intensity change (contrast,
+  gamma, a smooth multiplicative bias field and noise, each cube on its own
+  draw, relative to its volume's mean and sd), which the same
+  ``extract_cubes`` call executes (``cube_intensity=``).  Geometry and
+  labels are untouched.
 
 Both draw from the generator given, on its device, with a fixed number of
 draws per call, so a run is reproducible and resumable.
@@ -179,75 +179,88 @@ class CropAffine:
 
 
 @dataclass
+class IntensityDraws:
+    """One batch's per-cube intensity draws, relative to each volume's
+    statistics: ``values`` (B, M, 7) float64, columns :attr:`FIELDS`
+    (contrast factor, gamma exponent, noise in volume sds, three bias-field
+    coefficients, the noise key), and the gamma ``window`` in sds.
+    :meth:`in_units` turns them into the op's ``cube_intensity`` for volumes
+    of given mean and sd (in the cut's output units); the task's cut does it
+    (``PretextTask(..., cube_intensity=draws)``)."""
+
+    FIELDS = ("contrast", "gamma", "noise", "bias_d", "bias_h", "bias_w", "noise_key")
+    values: torch.Tensor
+    window: float = 3.0
+
+    def in_units(self, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+        """(B, M, 10) float64 ``cube_intensity`` (rubikops._schema.CUBE_INTENSITY_FIELDS) for samples whose
+        volumes have ``mean`` and ``sd`` ((B,), output units): contrast about the mean; gamma on the window
+        mean +- window * sd after the contrast (values outside it pass unchanged); the bias field scales the
+        distance from the mean; noise in sds after the contrast."""
+        v = self.values
+        mean = mean.to(v.dtype)[:, None]
+        sd = sd.to(v.dtype).clamp_min(1e-6)[:, None]  # a constant volume still has a window
+        c = v[..., 0]
+        spread = c * sd
+        return torch.stack([c, (1 - c) * mean, v[..., 1], mean - self.window * spread, 2 * self.window * spread,
+                            v[..., 2] * spread, v[..., 3], v[..., 4], v[..., 5], v[..., 6]], -1)
+
+
+@dataclass
 class IntensityAugment:
-    """Per-cube intensity changes, each applied to a cube with probability
-    ``p``: contrast ``x -> mean + c (x - mean)`` with c in ``contrast``;
-    gamma on the cube's own [min, max] range with the exponent log-uniform
-    in ``gamma``; a smooth bias field ``exp(a . r)`` over the cube
-    (r in [-1, 1]^3, each |a_i| <= ``bias_field``) multiplying the values
-    above the cube's minimum; Gaussian noise of ``noise`` times the cube's
-    standard deviation.  ``augment(cubes, generator)`` on (B, M, C, d, h, w)
-    floating cubes returns new contiguous cubes of their dtype, computed in
-    float32 (float64 cubes too); the input is never changed, and the
-    puzzle's labels are unchanged."""
+    """Per-cube intensity augmentation, executed by the cut itself
+    (``extract_cubes(cube_intensity=)``, in the same pass as the read):
+    each of contrast, gamma, bias field and noise applies to a cube with
+    probability ``p``, on its own draw.  Contrast ``x -> mean + c (x -
+    mean)`` about the volume's mean, c in ``contrast``; gamma with the
+    exponent log-uniform in ``gamma`` on the window mean +- ``window`` sd
+    (after the contrast; values outside the window pass unchanged); a smooth
+    bias field ``exp(a . r)`` over the cube (r in [-1, 1]^3, each |a_i| <=
+    ``bias_field``) scaling the distance from the mean; noise of
+    ``noise`` volume sds (after the contrast), from a counter-based hash
+    keyed per cube (Irwin-Hall, 4 terms: within 3.46 sd).  Means and sds are
+    each volume's (a bank's ``stats``), in the cut's output units.  Geometry
+    and labels are untouched, and drawing per cube stops the network from
+    matching neighbours by their brightness instead of their anatomy.
+
+    ``draw(batch, cubes, generator)`` gives the batch's
+    :class:`IntensityDraws` (11 uniforms a cube from the generator, on its
+    device); ``VolumeBank.puzzles(intensity_transform=...)`` draws and cuts
+    in one call."""
 
     contrast: tuple = (0.75, 1.25)
     gamma: tuple = (0.7, 1.5)
     bias_field: float = 0.3
     noise: float = 0.05
     p: float = 0.8
+    window: float = 3.0
 
     def __post_init__(self):
         for name in ("contrast", "gamma"):
             lo, hi = (float(v) for v in getattr(self, name))
-            if not 0.0 < lo <= hi:
+            if not 0.0 < lo <= hi < math.inf:
                 raise ValueError(f"IntensityAugment: {name} must be (lo, hi) with 0 < lo <= hi, got "
                                  f"{getattr(self, name)!r}")
             setattr(self, name, (lo, hi))
         for name in ("bias_field", "noise"):
-            if not float(getattr(self, name)) >= 0.0:
+            if not 0.0 <= float(getattr(self, name)) < math.inf:
                 raise ValueError(f"IntensityAugment: {name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= float(self.p) <= 1.0:
             raise ValueError(f"IntensityAugment: p must be in [0, 1], got {self.p!r}")
+        if not 0.0 < float(self.window) < math.inf:
+            raise ValueError(f"IntensityAugment: window must be > 0 (sds), got {self.window!r}")
 
-    def __call__(self, cubes: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        if cubes.dim() != 6 or not cubes.dtype.is_floating_point:
-            raise ValueError(f"IntensityAugment: cubes must be floating (B, M, C, d, h, w), got "
-                             f"{cubes.dtype} {tuple(cubes.shape)}")
-        B, M, C, d, h, w = cubes.shape
-        dev, n = cubes.device, B * M
-        u = torch.rand(n, 6, generator=generator, device=dev)
-        on = u[:, :4] < self.p  # which of contrast, gamma, bias, noise apply to each cube
-        # one float32 copy, changed in place: each step is one read and one write of the batch and no
-        # allocation (it runs on every pretraining batch; docs/performance.md has its share of the step)
-        x = torch.empty((n, C, d * h * w), dtype=torch.float32, device=dev)
-        x.view(cubes.shape).copy_(cubes)  # one copy from any layout (a strided batch too)
-        # contrast about the cube's mean
-        c = torch.where(on[:, 0], self.contrast[0] + u[:, 4] * (self.contrast[1] - self.contrast[0]), 1.0)
-        mean = x.mean(-1, keepdim=True)
-        x.sub_(mean).mul_(c[:, None, None]).add_(mean)
-        # gamma on the cube's own range
-        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # aminmax is ~20x slower on CPU
-        span = (hi - lo).clamp_min(1e-6)
-        g = torch.exp(math.log(self.gamma[0]) + u[:, 5] * (math.log(self.gamma[1]) - math.log(self.gamma[0])))
-        g = torch.where(on[:, 1], g, 1.0)
-        x.sub_(lo).div_(span).clamp_(0.0, 1.0).pow_(g[:, None, None]).mul_(span)
-        # bias field: exp of a random linear ramp over the cube, a product of one exponential per axis
-        # (3 x 16 exponentials a cube instead of 16^3)
-        if self.bias_field > 0:
-            coeff = (torch.rand(n, 3, generator=generator, device=dev) * 2 - 1) * self.bias_field * on[:, 2:3]
-            factors = [torch.exp(coeff[:, a, None] * (torch.linspace(-1, 1, k, device=dev) if k > 1 else
-                                                      torch.zeros(1, device=dev))) for a, k in enumerate((d, h, w))]
-            field = (factors[0][:, :, None] * factors[1][:, None, :]).reshape(n, -1, 1) * factors[2][:, None, :]
-            x.mul_(field.reshape(n, 1, -1))
-        x.add_(lo)
-        # noise relative to the cube's spread (a two-pass standard deviation: torch's std is ~10x slower on CPU)
-        if self.noise > 0:
-            if x.shape[-1] > 1:
-                centred = x - x.mean(-1, keepdim=True)
-                std = centred.square_().sum(-1, keepdim=True).div_(x.shape[-1] - 1).sqrt_()
-            else:
-                std = torch.zeros_like(lo)
-            sigma = self.noise * std * on[:, 3, None, None]
-            x.add_(torch.randn(x.shape, generator=generator, device=dev).mul_(sigma))
-        return x.reshape(cubes.shape).to(cubes.dtype)
+    def draw(self, batch: int, cubes: int, generator: Optional[torch.Generator] = None,
+             device=None) -> IntensityDraws:
+        """The draws of ``batch`` samples of ``cubes`` cubes each, on ``device`` (default the generator's)."""
+        dev = device if device is not None else (generator.device if generator is not None else "cpu")
+        u = torch.rand(batch, cubes, 11, generator=generator, device=dev, dtype=torch.float64)
+        on = u[..., :4] < self.p  # which of contrast, gamma, bias field and noise apply to each cube
+        (c_lo, c_hi), (g_lo, g_hi) = self.contrast, self.gamma
+        contrast = torch.where(on[..., 0], c_lo + u[..., 4] * (c_hi - c_lo), 1.0)
+        gamma = torch.where(on[..., 1], torch.exp(math.log(g_lo) + u[..., 5] * (math.log(g_hi) - math.log(g_lo))), 1.0)
+        bias = (u[..., 6:9] * 2 - 1) * self.bias_field * on[..., 2:3]
+        noise = self.noise * on[..., 3].double()
+        key = torch.floor(u[..., 10] * 2.0 ** 53)  # rand's float64 draws are multiples of 2**-53: exact
+        return IntensityDraws(torch.cat([contrast[..., None], gamma[..., None], noise[..., None], bias,
+                                         key[..., None]], -1), float(self.window))

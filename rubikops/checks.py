@@ -10,7 +10,7 @@ from numbers import Integral, Real
 
 import torch
 
-from ._schema import SOURCE_DTYPES, ExtractCubesParams
+from ._schema import CUBE_INTENSITY_FIELDS, CUBE_INTENSITY_WIDTH, SOURCE_DTYPES, ExtractCubesParams
 from .rotations import NUM_CODES, preserves_shape
 
 
@@ -173,13 +173,22 @@ def check_tensors(p: ExtractCubesParams, out=None) -> tuple:
         if p.affine is None:
             _fail(ValueError, "read_box", "bounds the affine read: it needs affine")
         _check_int_tensor(p.read_box, "read_box", (B, 2, 3), dev)
+    if p.cube_intensity is not None:
+        q = p.cube_intensity
+        if not isinstance(q, torch.Tensor) or not q.dtype.is_floating_point:
+            _fail(TypeError, "cube_intensity", f"must be a floating tensor, got {getattr(q, 'dtype', type(q))}")
+        if tuple(q.shape) != (B, M, CUBE_INTENSITY_WIDTH):
+            _fail(ValueError, "cube_intensity", f"must have shape ({B}, {M}, {CUBE_INTENSITY_WIDTH}) (one row of "
+                  f"{', '.join(CUBE_INTENSITY_FIELDS)} per cube), got {tuple(q.shape)}")
+        if q.device != dev:
+            _fail(ValueError, "cube_intensity", f"is on {q.device} but source is on {dev}")
     odt = p.result_dtype
     if not isinstance(odt, torch.dtype) or odt not in SOURCE_DTYPES:
         _fail(TypeError, "out_dtype", f"is not a supported dtype: {p.out_dtype!r}")
     if not odt.is_floating_point:
         if odt != source.dtype or p.changes_values:
             _fail(TypeError, "out_dtype", f"{odt} is integer; an integer output is only allowed as a plain copy "
-                  "of a source of the same dtype (no scale, shift or clamp)")
+                  "of a source of the same dtype (no scale, shift, clamp, affine or cube_intensity)")
         lo, hi = _INT_RANGES[odt]
         if not (lo <= fill <= hi and float(fill).is_integer()):
             _fail(ValueError, "fill", f"= {fill} is not a value of the {odt} output (an integer in [{lo}, {hi}])")
@@ -249,6 +258,8 @@ def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = 
         if t is not None and not bool(torch.isfinite(t).all()):
             b = int((~torch.isfinite(t)).nonzero()[0, 0])
             _fail(ValueError, f"{name}[{b}]", f"= {float(t[b])} is not finite")
+    if p.cube_intensity is not None:
+        _check_cube_intensity(p.cube_intensity)
     if rotations is not None:
         if not bool(((rotations >= 0) & (rotations < NUM_CODES)).all()):
             bad = ((rotations < 0) | (rotations >= NUM_CODES)).nonzero()[0].tolist()
@@ -261,6 +272,22 @@ def validate_extract_cubes(p: ExtractCubesParams, out=None, data_checks: bool = 
                 bad = (~ok_codes).nonzero()[0].tolist()
                 _fail(ValueError, f"rotations[{bad[0]}, {bad[1]}]", f"= {int(rotations[bad[0], bad[1]])} "
                       f"reorders the axes of a non-cubic cube {size} (it would change its shape)")
+
+
+def _check_cube_intensity(q: torch.Tensor) -> None:
+    """Each cube's intensity row holds finite numbers, a positive gamma and span, a noise >= 0 and a
+    noise_key that is an integer in [0, 2**53) (exact in float64)."""
+    field = {name: q[..., k].double() for k, name in enumerate(CUBE_INTENSITY_FIELDS)}
+    key = field["noise_key"]
+    rules = (("is not finite", ~torch.isfinite(q.double()).all(-1)),
+             ("has gamma <= 0", ~(field["gamma"] > 0)), ("has span <= 0", ~(field["span"] > 0)),
+             ("has noise < 0", ~(field["noise"] >= 0)),
+             ("has a noise_key that is not an integer in [0, 2**53)", ~((key >= 0) & (key < 2.0 ** 53) &
+                                                                       (key == key.floor()))))
+    for problem, bad in rules:
+        if bool(bad.any()):
+            b, m = bad.nonzero()[0].tolist()
+            _fail(ValueError, f"cube_intensity[{b}, {m}]", f"= {q[b, m].tolist()} {problem}")
 
 
 def sample_puzzle_row_size(n_cells: int, M: int, rotations: bool, draw_mask: bool) -> int:

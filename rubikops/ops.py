@@ -75,6 +75,7 @@ def extract_cubes(
     out_dtype: Optional[torch.dtype] = None,
     affine: Optional[torch.Tensor] = None,
     read_box: Optional[torch.Tensor] = None,
+    cube_intensity: Optional[torch.Tensor] = None,
     out: Optional[torch.Tensor] = None,
     validate: bool = True,
     backend: Optional[str] = None,
@@ -93,12 +94,16 @@ def extract_cubes(
     the lowest and highest voxel per axis it may touch, e.g. one volume of a
     packed storage; default the whole source) and interpolated trilinearly:
     the augmentation of a resampled crop, in the same pass, on every backend.
-    Differentiable with
+    ``cube_intensity`` ((B, M, 10), floating) gives each cube an intensity
+    stage after the scale and shift: contrast, gamma on a window, a smooth
+    bias field and noise from a counter-based hash (the rule:
+    :data:`rubikops._schema.CUBE_INTENSITY_FIELDS`; draws:
+    :class:`rubikops.augment.IntensityAugment`).  Differentiable with
     respect to a floating ``source``.  ``validate=False`` skips the checks that
     read tensor values (a device sync); the kernels still never leave the source.
     """
     params = ExtractCubesParams(source, origins, cube_size, index, rotations, mask, fill, keep_prob, seed, scale,
-                                shift, clamp, out_dtype, affine, read_box)
+                                shift, clamp, out_dtype, affine, read_box, cube_intensity)
     validate_extract_cubes(params, out, data_checks=validate)
     return run(params, out=out, backend=backend)
 

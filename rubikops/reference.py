@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 import torch
 
 # The op's dtype rules and keep threshold belong to its arguments' meaning: rubikops._schema owns them.
-from ._schema import (FLOAT_DTYPES, INT_DTYPES, SOURCE_DTYPES, ExtractCubesParams,  # noqa: F401
-                      default_out_dtype, keep_threshold, opmath_dtype)
+from ._schema import (FLOAT_DTYPES, INT_DTYPES, NOISE_CENTRE, NOISE_UNIT, SOURCE_DTYPES,  # noqa: F401
+                      ExtractCubesParams, default_out_dtype, keep_threshold, opmath_dtype)
 from .rotations import AXIS_ORDERS, apply_code, kernel_code
 
 # splitmix64 constants (Steele, Lea, Flood 2014), as signed int64 bit patterns.
@@ -29,20 +29,61 @@ def _lshr(z: torch.Tensor, k: int) -> torch.Tensor:
     return (z >> k) & ((1 << (64 - k)) - 1)
 
 
-def keep_mask(numel: int, keep_prob: float, seed: int, device=None) -> torch.Tensor:
-    """The Rubik's Cube+ keep decision for output voxels 0..numel-1 (bool).
-
-    splitmix64 of ``seed + (k+1) * golden``; keep iff the top 24 bits are below
-    ``floor(keep_prob * 2**24)``.  All arithmetic mod 2**64 on int64 bit patterns.
-    """
+def splitmix64(numel: int, seed: int, device=None) -> torch.Tensor:
+    """splitmix64 of ``seed + (k+1) * golden`` for k = 0..numel-1, as int64 bit patterns (all arithmetic
+    mod 2**64)."""
     seed = int(seed) & ((1 << 64) - 1)
     seed = seed - (1 << 64) if seed >= (1 << 63) else seed
     k = torch.arange(1, numel + 1, dtype=torch.int64, device=device)
     z = k * _GOLDEN + seed
     z = (z ^ _lshr(z, 30)) * _MIX1
     z = (z ^ _lshr(z, 27)) * _MIX2
-    z = z ^ _lshr(z, 31)
-    return _lshr(z, 40) < keep_threshold(keep_prob)
+    return z ^ _lshr(z, 31)
+
+
+def keep_mask(numel: int, keep_prob: float, seed: int, device=None) -> torch.Tensor:
+    """The Rubik's Cube+ keep decision for output voxels 0..numel-1 (bool):
+    keep iff the top 24 bits of their splitmix64 hash are below ``floor(keep_prob * 2**24)``."""
+    return _lshr(splitmix64(numel, seed, device), 40) < keep_threshold(keep_prob)
+
+
+def noise_key(value) -> int:
+    """A cube's noise_key field as the kernels read it: truncated to an integer, 0 unless in [0, 2**64)."""
+    value = float(value)
+    return int(value) if 0.0 <= value < 2.0 ** 64 else 0
+
+
+def cube_noise(numel: int, key: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """The intensity stage's noise n of voxels 0..numel-1 of one cube: the four 16-bit fields of their
+    splitmix64 hash (seeded ``key``) summed, centred and scaled to unit variance (Irwin-Hall, 4 terms)."""
+    z = splitmix64(numel, key, device)
+    total = sum(_lshr(z, 16 * f) & 0xFFFF for f in range(4))
+    return (total - NOISE_CENTRE).to(dtype) * torch.tensor(NOISE_UNIT, dtype=dtype, device=device)
+
+
+def intensity_stage(v: torch.Tensor, q: torch.Tensor, key: int) -> torch.Tensor:
+    """One cube's intensity stage (rubikops._schema.CUBE_INTENSITY_FIELDS) on its (C, d, h, w) values ``v``
+    (the arithmetic dtype), with ``q`` its row of ``cube_intensity`` in that dtype and ``key`` its noise key
+    (:func:`noise_key` of the row as given: a float32 row would round it); differentiable in ``v``."""
+    gain, offset, gamma, low, span, noise, *bias = (q[f] for f in range(q.shape[0] - 1))
+    v = v * gain + offset
+    if float(gamma) != 1.0:
+        t = (v - low) / span
+        inside = (t > 0) & (t < 1)
+        # outside the window t is replaced by 1 before the power, so no 0 ** (gamma - 1) reaches the gradient
+        v = torch.where(inside, low + span * torch.where(inside, t, torch.ones_like(t)) ** gamma, v)
+    if any(float(c) != 0.0 for c in bias):
+        factors = []
+        for a, (c, n) in enumerate(zip(bias, v.shape[1:])):
+            r = (torch.arange(n, dtype=v.dtype, device=v.device) * torch.tensor(2.0 / (n - 1), dtype=v.dtype,
+                                                                                 device=v.device) - 1
+                 if n > 1 else torch.zeros(1, dtype=v.dtype, device=v.device))
+            factors.append(torch.exp(c * r).view([n if k == a else 1 for k in range(3)]))
+        centre = low + span * 0.5
+        v = centre + (v - centre) * (factors[0] * factors[1] * factors[2])
+    if float(noise) != 0.0:
+        v = v + noise * cube_noise(v.numel(), key, v.dtype, v.device).view(v.shape)
+    return v
 
 
 def _per_sample(value, b: int, dtype: torch.dtype):
@@ -80,6 +121,7 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
         n = min(max(int(index[b]), 0), N - 1) if index is not None else b
         s, t = _per_sample(p.scale, b, compute), _per_sample(p.shift, b, compute)
         for m in range(M):
+            q = None if p.cube_intensity is None else p.cube_intensity[b, m].to(compute)
             if p.affine is not None:
                 box = affine_box(source[n], p.affine[b], origins[b, m], size,
                                  None if p.read_box is None else p.read_box[b])
@@ -94,6 +136,8 @@ def extract(p: ExtractCubesParams) -> torch.Tensor:
                     v = v * s
                 if t is not None:
                     v = v + t
+                if q is not None:
+                    v = intensity_stage(v, q, noise_key(p.cube_intensity[b, m, -1]))
                 if lo is not None or hi is not None:
                     v = v.clamp(lo, hi)
                 box = v.to(out_dtype)

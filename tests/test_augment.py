@@ -1,6 +1,7 @@
 """Augmentation keeps every puzzle label valid: crops against grid_sample,
-puzzles cut from augmented crops invert to those crops, intensity changes
-leave the labels bit for bit and the geometry untouched."""
+puzzles cut from augmented crops invert to those crops, intensity draws
+leave the labels bit for bit and the geometry untouched, and the cut runs
+them in its output units."""
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from rubikops import RubikCube, apply_code
 from rubikops.augment import CropAffine, IntensityAugment, resample_crops, rotation_matrices
 from rubikops.data import VolumeBank
+
+from .testing import cube_intensity_numpy
 
 SHAPES = [(20, 31, 25), (40, 22, 33), (17, 17, 19)]  # awkward, unequal: the bank pads H and W
 
@@ -124,64 +127,94 @@ def test_crop_affine_refuses_bad_settings(bad):
         CropAffine(**bad)
 
 
-def _cubes(seed=0, shape=(3, 8, 2, 6, 7, 5)):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5
+def _puzzle(**kw):
+    return RubikCube(**dict(dict(grid=(2, 2, 2), cube_size=5, num_permutations=12, gap=(0, 3), mask_prob=0.3), **kw))
 
 
 def test_intensity_augment_leaves_labels_bit_for_bit():
-    bank = _bank(seed=6)
-    puzzle = RubikCube(grid=(2, 2, 2), cube_size=5, num_permutations=12, gap=(0, 3), mask_prob=0.3)
-    cubes, t = bank.puzzles(puzzle, 5, torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(1)
-    cubes2, t2 = bank.puzzles(puzzle, 5, g)
-    aug = IntensityAugment(p=1.0)(cubes2, g)
+    """The draws come after the puzzle's: the same generator gives the same labels with and without them."""
+    bank, puzzle = _bank(seed=6), _puzzle()
+    cubes, t = bank.puzzles(puzzle, 5, torch.Generator().manual_seed(1), crop_transform=CropAffine())
+    aug, t2 = bank.puzzles(puzzle, 5, torch.Generator().manual_seed(1), crop_transform=CropAffine(),
+                           intensity_transform=IntensityAugment(p=1.0))
     for f in ("permutation", "rotation", "mask", "origins", "codes", "index"):
         assert torch.equal(getattr(t, f), getattr(t2, f)), f
-    assert torch.equal(cubes, cubes2)  # the draw for the augmentation comes after the puzzle's
-    assert not torch.equal(aug, cubes2)
+    assert not torch.equal(aug, cubes)
 
 
-def test_contrast_and_gamma_are_increasing_per_cube():
-    """Without noise or bias field each cube's voxels keep their order (per channel): geometry is untouched."""
-    x = _cubes(1)
-    y = IntensityAugment(bias_field=0.0, noise=0.0, p=1.0)(x, torch.Generator().manual_seed(2))
+def test_contrast_and_gamma_keep_each_cubes_voxel_order():
+    """Without noise or bias field each cube's map is increasing (contrast, and gamma on a window with the
+    identity outside it): its voxels keep their order, so the geometry is untouched."""
+    bank, puzzle = _bank(seed=2), _puzzle(mask_prob=0.0)
+    x, _ = bank.puzzles(puzzle, 4, torch.Generator().manual_seed(2))
+    y, _ = bank.puzzles(puzzle, 4, torch.Generator().manual_seed(2),
+                        intensity_transform=IntensityAugment(bias_field=0.0, noise=0.0, p=1.0, gamma=(0.5, 2.0)))
     xf, yf = x.flatten(3), y.flatten(3)
-    order = xf.argsort(-1)
-    ys = yf.gather(-1, order)
+    ys = yf.gather(-1, xf.argsort(-1))
     assert bool((ys[..., 1:] >= ys[..., :-1] - 1e-5).all())
     assert not torch.allclose(x, y)
 
 
 def test_intensity_augment_off_is_identity_and_draws_are_reproducible():
-    x = _cubes(2)
-    torch.testing.assert_close(IntensityAugment(p=0.0)(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=1e-5)
-    a = IntensityAugment()(x, torch.Generator().manual_seed(3))
-    b = IntensityAugment()(x, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    bank, puzzle = _bank(seed=3), _puzzle()
+    x, _ = bank.puzzles(puzzle, 4, torch.Generator().manual_seed(0))
+    y, _ = bank.puzzles(puzzle, 4, torch.Generator().manual_seed(0), intensity_transform=IntensityAugment(p=0.0))
+    assert torch.equal(x, y)
+    a = IntensityAugment().draw(4, 8, torch.Generator().manual_seed(3))
+    b = IntensityAugment().draw(4, 8, torch.Generator().manual_seed(3))
+    assert torch.equal(a.values, b.values)
+    assert bool((a.values[..., -1] == a.values[..., -1].floor()).all()) and float(a.values[..., -1].max()) < 2 ** 53
 
 
-def test_intensity_augment_amounts():
-    """Contrast scales each cube's spread by a factor in the range; noise adds the requested spread."""
-    x = _cubes(3, (4, 8, 1, 12, 12, 12))
-    y = IntensityAugment(gamma=(1.0, 1.0), bias_field=0.0, noise=0.0, contrast=(0.5, 0.6), p=1.0)(x)
-    ratio = y.flatten(2).std(-1) / x.flatten(2).std(-1)
-    assert bool(((ratio > 0.5 - 1e-4) & (ratio < 0.6 + 1e-4)).all())
-    z = IntensityAugment(gamma=(1.0, 1.0), bias_field=0.0, noise=0.5, contrast=(1.0, 1.0), p=1.0)(
-        x, torch.Generator().manual_seed(4))
-    rel = (z - x).flatten(2).std(-1) / x.flatten(2).std(-1)
-    assert abs(float(rel.mean()) - 0.5) < 0.03
+def test_draws_in_a_volumes_units():
+    """in_units against the documented formula, each column by hand."""
+    aug = IntensityAugment(p=1.0, window=2.5)
+    draws = aug.draw(3, 4, torch.Generator().manual_seed(4))
+    mean, sd = torch.tensor([0.0, 10.0, -3.0], dtype=torch.float64), torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64)
+    rows = draws.in_units(mean, sd)
+    c, g, nu, bias, key = (draws.values[..., 0], draws.values[..., 1], draws.values[..., 2], draws.values[..., 3:6],
+                           draws.values[..., 6])
+    m, s = mean[:, None], sd[:, None]
+    for k, want in enumerate([c, (1 - c) * m, g, m - 2.5 * c * s, 5.0 * c * s, nu * c * s, *bias.unbind(-1), key]):
+        torch.testing.assert_close(rows[..., k], want, rtol=1e-15, atol=1e-15)
+    assert bool(((c >= 0.75) & (c <= 1.25)).all() and ((g >= 0.7) & (g <= 1.5)).all())
+    assert bool((bias.abs() <= 0.3).all()) and bool((nu == 0.05).all())
+
+
+@pytest.mark.parametrize("normalize", [None, "zscore", ("window", -1.0, 4.0)], ids=["none", "zscore", "window"])
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_the_task_runs_the_draws_in_its_output_units(normalize, dtype):
+    """A task's cubes with draws equal the same cubes without them, put through the NumPy stage with the
+    draws in the units of the task's output: each volume's mean and sd after its value map and the
+    task's normalisation, whose clamp (a window's) comes after the stage."""
+    bank = _bank(dtype, seed=8)
+    aug = IntensityAugment(p=0.9, gamma=(0.5, 2.0), noise=0.2)
+    got, t = bank.puzzles(_puzzle(normalize=normalize, mask_prob=0.0), 3, torch.Generator().manual_seed(5),
+                          intensity_transform=aug)
+    mean, std = (s.double()[t.index] for s in bank.stats)
+    g = torch.Generator().manual_seed(5)
+    base, _ = bank.puzzles(_puzzle(normalize="zscore" if normalize == "zscore" else None, mask_prob=0.0), 3, g)
+    base = base.double()
+    if normalize == "zscore":
+        mean_o, sd_o = torch.zeros_like(mean), std / std.clamp_min(1e-6)
+    elif isinstance(normalize, tuple):  # (x - lo) / (hi - lo) * 2 - 1 on (-1, 4)
+        base = base * 0.4 - 0.6
+        mean_o, sd_o = mean * 0.4 - 0.6, std * 0.4
+    else:
+        mean_o, sd_o = mean, std
+    rows = aug.draw(3, 8, g).in_units(mean_o, sd_o)
+    want = torch.from_numpy(np.stack([np.stack([cube_intensity_numpy(base[b, m].numpy(), rows[b, m].tolist())
+                                                for m in range(8)]) for b in range(3)]))
+    if isinstance(normalize, tuple):
+        want = want.clamp(-1.0, 1.0)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * (1 + float(want.abs().max())))
 
 
 @pytest.mark.parametrize("bad", [dict(contrast=(0, 1)), dict(gamma=(2, 1)), dict(noise=-1), dict(p=1.5),
-                                 dict(bias_field=float("nan"))])
+                                 dict(bias_field=float("nan")), dict(window=0.0), dict(gamma=(1, float("inf")))])
 def test_intensity_augment_refuses_bad_settings(bad):
     with pytest.raises(ValueError, match="IntensityAugment: " + next(iter(bad))):
         IntensityAugment(**bad)
-
-
-def test_intensity_augment_refuses_bad_cubes():
-    with pytest.raises(ValueError, match="IntensityAugment: cubes"):
-        IntensityAugment()(torch.zeros(2, 8, 1, 4, 4, 4, dtype=torch.int16))
 
 
 def test_grid_sample_path_matches_the_corner_gather_path(monkeypatch):
@@ -264,53 +297,3 @@ def test_a_task_reads_its_affine_through_any_view(task, view):
     assert torch.equal(got, want)
     for field in vars(want_t):
         assert torch.equal(getattr(got_t, field), getattr(want_t, field)), field
-
-
-def _intensity_reference(cubes, aug, seed):
-    """The documented per-cube formula in float64 NumPy, one cube and channel at a time, on the draws
-    IntensityAugment takes from a generator seeded ``seed`` (in its order: 6 uniforms per cube, then 3
-    bias coefficients per cube, then one normal per voxel)."""
-    B, M, C, d, h, w = cubes.shape
-    n = B * M
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, 6, generator=g).double().numpy()
-    coeff = (torch.rand(n, 3, generator=g).double().numpy() * 2 - 1) if aug.bias_field > 0 else np.zeros((n, 3))
-    z = torch.randn(n, C, d * h * w, generator=g).double().numpy() if aug.noise > 0 else np.zeros((n, C, d * h * w))
-    axes = np.meshgrid(*[np.linspace(-1, 1, k) if k > 1 else np.zeros(1) for k in (d, h, w)], indexing="ij")
-    x = cubes.double().numpy().reshape(n, C, -1)
-    out = np.empty_like(x)
-    for k in range(n):
-        on = u[k, :4] < aug.p
-        c = aug.contrast[0] + u[k, 4] * (aug.contrast[1] - aug.contrast[0]) if on[0] else 1.0
-        gam = math.exp(math.log(aug.gamma[0]) + u[k, 5] * (math.log(aug.gamma[1]) - math.log(aug.gamma[0]))) \
-            if on[1] else 1.0
-        a = coeff[k] * aug.bias_field * on[2]
-        field = np.exp(a[0] * axes[0] + a[1] * axes[1] + a[2] * axes[2]).ravel()
-        for ch in range(C):
-            v = x[k, ch]
-            v = v.mean() + c * (v - v.mean())
-            lo, span = v.min(), max(v.max() - v.min(), 1e-6)
-            v = lo + span * np.clip((v - lo) / span, 0, 1) ** gam
-            v = lo + (v - lo) * field
-            std = v.std(ddof=1) if v.size > 1 else 0.0
-            out[k, ch] = v + aug.noise * std * on[3] * z[k, ch]
-    return out.reshape(cubes.shape)
-
-
-@pytest.mark.parametrize("shape", [(3, 8, 2, 6, 7, 5), (2, 3, 1, 1, 4, 9), (1, 2, 3, 1, 1, 1), (4, 8, 1, 16, 16, 16)])
-@pytest.mark.parametrize("settings", [dict(), dict(p=1.0), dict(p=0.3, noise=0.0), dict(bias_field=0.0, gamma=(0.5, 2.0)),
-                                      dict(contrast=(0.2, 3.0), noise=0.5, p=0.9)])
-def test_intensity_augment_equals_the_per_cube_formula(shape, settings):
-    """Each cube against the formula its docstring gives, in float64, on the same draws; also from a
-    non-contiguous (transposed) batch, which must come back in its own layout and leave the input alone."""
-    x = _cubes(5, shape) * 30 - 7
-    aug = IntensityAugment(**settings)
-    want = torch.from_numpy(_intensity_reference(x, aug, 11))
-    scale = float(x.abs().max()) + 1
-    got = aug(x, torch.Generator().manual_seed(11))
-    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * scale)
-    strided = x.transpose(3, 5).contiguous().transpose(3, 5)
-    before = strided.clone()
-    got_strided = aug(strided, torch.Generator().manual_seed(11))
-    assert torch.equal(strided, before)
-    torch.testing.assert_close(got_strided, got, rtol=0, atol=1e-5 * scale)

@@ -142,8 +142,8 @@ def test_params_survive_the_schema_round_trip(scale, shift, lo, hi, seed, tensor
     clamp = None if lo is None and hi is None else (lo, hi)
     more = dict(index=torch.tensor([1, 0]), rotations=torch.zeros(2, 1, dtype=torch.long),
                 mask=torch.tensor([[True], [False]]), fill=fill, keep_prob=keep_prob, out_dtype=torch.float64,
-                affine=torch.zeros(2, 3, 4, dtype=torch.float64), read_box=torch.zeros(2, 2, 3, dtype=torch.long)
-                ) if extras else {}
+                affine=torch.zeros(2, 3, 4, dtype=torch.float64), read_box=torch.zeros(2, 2, 3, dtype=torch.long),
+                cube_intensity=torch.zeros(2, 1, 10, dtype=torch.float64)) if extras else {}
     p = _schema.ExtractCubesParams(src, origins, (2, 2, 2), scale=scale, shift=shift, clamp=clamp, seed=seed, **more)
     args = p.schema_args()
     named = dict(zip(_schema.EXTRACT_CUBES_ARG_NAMES, args))
@@ -151,7 +151,7 @@ def test_params_survive_the_schema_round_trip(scale, shift, lo, hi, seed, tensor
         assert named[name] is value if isinstance(value, torch.Tensor) else named[name] == value
         back_value = getattr(_schema.ExtractCubesParams.from_schema_args(*args), name)
         assert back_value is value if isinstance(value, torch.Tensor) else back_value == value
-    assert len(args) == len(_schema.EXTRACT_CUBES_ARG_NAMES) == 18 and -(1 << 63) <= args[8] < (1 << 63)
+    assert len(args) == len(_schema.EXTRACT_CUBES_ARG_NAMES) == 19 and -(1 << 63) <= args[8] < (1 << 63)
     assert args[8] % (1 << 64) == seed % (1 << 64)  # the same 64 bits
     back = _schema.ExtractCubesParams.from_schema_args(*args)
     assert back.scale is scale or back.scale == scale or (scale == 1.0 and back.scale is None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,45 @@ def assert_matches(actual: torch.Tensor, case: Case):
     diff = (actual.double() - exp.double()).abs()
     bad = diff > tol
     assert not bad.any(), f"{int(bad.sum())} voxels off; worst {diff[bad].max()} vs tol {tol[bad].min()}"
+
+
+# -- the per-cube intensity stage, independently in NumPy (the rule: rubikops._schema.CUBE_INTENSITY_FIELDS) ----
+_U64 = np.uint64
+
+
+def splitmix64_numpy(seed: int, count: int) -> np.ndarray:
+    """splitmix64 of seed + (k + 1) * golden for k < count, in NumPy's wrapping uint64 arithmetic."""
+    k = np.arange(1, count + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = _U64(seed % (1 << 64)) + k * _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def noise_numpy(key: int, count: int) -> np.ndarray:
+    """The stage's noise of voxels 0..count-1: the four 16-bit fields of each hash summed, centred, scaled
+    to unit variance (float64)."""
+    z = splitmix64_numpy(key, count)
+    total = sum(((z >> _U64(16 * f)) & _U64(0xFFFF)).astype(np.int64) for f in range(4))
+    return (total - 131070) * (np.sqrt(3.0) / 65536.0)
+
+
+def cube_intensity_numpy(v: np.ndarray, row) -> np.ndarray:
+    """One cube's (C, d, h, w) float64 values through its row (gain, offset, gamma, low, span, noise,
+    bias_d, bias_h, bias_w, noise_key) of cube_intensity."""
+    gain, offset, gamma, low, span, noise, *bias, key = (float(x) for x in row)
+    v = v * gain + offset
+    if gamma != 1.0:
+        t = (v - low) / span
+        inside = (t > 0) & (t < 1)
+        v = np.where(inside, low + span * np.clip(t, 0, 1) ** gamma, v)
+    if any(c != 0.0 for c in bias):
+        r = [np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in v.shape[1:]]
+        field = (np.exp(bias[0] * r[0])[:, None, None] * np.exp(bias[1] * r[1])[None, :, None]
+                 * np.exp(bias[2] * r[2])[None, None, :])
+        centre = low + span * 0.5
+        v = centre + (v - centre) * field
+    if noise != 0.0:
+        v = v + noise * noise_numpy(int(key), v.size).reshape(v.shape)
+    return v

@@ -35,7 +35,7 @@ from pretrain_report import draw_examples, evaluate, finish, fixed_puzzles  # no
 
 import rubikops  # noqa: E402
 import rubikops.augment  # noqa: E402
-from rubikops.tasks import ROTATION_AXES, TASKS, DenseTask, normalize_cubes  # noqa: E402
+from rubikops.tasks import ROTATION_AXES, TASKS, DenseTask  # noqa: E402
 from rubikops.data import DataError, Preprocessing, VolumeBank, load_volumes, make_bank, parse_size  # noqa: E402
 from rubikops.data.streaming import REFRESH_EVERY  # noqa: E402
 from rubikops.data import load_prepared, prepare, read_manifest, settings_differences  # noqa: E402
@@ -261,15 +261,10 @@ def make_augment(cfg: PretrainConfig):
 
 
 def make_batch(bank, puzzle, cfg, gen, augment):
-    """One training batch: cut (from augmented crops), then per-cube intensity augmentation, then the
-    puzzle's per-cube normalisation again (augmenting moved the cubes' range)."""
+    """One training batch in one cut: the crops read through their affines and each cube through its
+    intensity draws."""
     crop, intensity = augment
-    cubes, targets = bank.puzzles(puzzle, cfg.batch_size, gen, crop_transform=crop)
-    if intensity is not None:
-        cubes = intensity(cubes, gen)
-        if puzzle.normalize == "cube":
-            cubes = normalize_cubes(cubes)
-    return cubes, targets
+    return bank.puzzles(puzzle, cfg.batch_size, gen, crop_transform=crop, intensity_transform=intensity)
 
 
 def make_model(cfg: PretrainConfig, puzzle: rubikops.tasks.PretextTask) -> torch.nn.Module:

@@ -76,26 +76,55 @@ inline void prefetch_bytes(const void* p, size_t bytes) {
   __builtin_prefetch(c + bytes - 1, 0, 3);
 }
 
+// Vector versions of the hot loops (name_avx512, name_avx2 beside the baseline name_body), picked by the
+// CPU's features on first use.  Not target_clones: its arch= versions dispatch on the CPU model, and on
+// this project's 2-core AMD EPYC VM (AVX-512 and AVX2 both reported) every call ran the baseline version.
+enum class VectorIsa { kBaseline, kAvx2, kAvx512 };
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RUBIKOPS_TARGET_AVX2 __attribute__((target("avx2")))
+#define RUBIKOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+inline VectorIsa vector_isa() {
+  static const VectorIsa isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+      return VectorIsa::kAvx512;
+    return __builtin_cpu_supports("avx2") ? VectorIsa::kAvx2 : VectorIsa::kBaseline;
+  }();
+  return isa;
+}
+#else
+#define RUBIKOPS_TARGET_AVX2
+#define RUBIKOPS_TARGET_AVX512
+inline VectorIsa vector_isa() { return VectorIsa::kBaseline; }
+#endif
+#define RUBIKOPS_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define RUBIKOPS_UNPAREN(...) __VA_ARGS__
+// name_avx512 and name_avx2 around name_body, and `name`, which calls the widest the CPU runs.  TEMPLATE:
+// the parenthesised template head (or ()), PARAMS the parameter list, ARGS the arguments, both in
+// parentheses.
+#define RUBIKOPS_VECTOR_VERSIONS(TEMPLATE, name, PARAMS, ARGS)                          \
+  RUBIKOPS_UNPAREN TEMPLATE RUBIKOPS_TARGET_AVX512 void name##_avx512 PARAMS { name##_body ARGS; } \
+  RUBIKOPS_UNPAREN TEMPLATE RUBIKOPS_TARGET_AVX2 void name##_avx2 PARAMS { name##_body ARGS; }     \
+  RUBIKOPS_UNPAREN TEMPLATE void name PARAMS {                                           \
+    switch (vector_isa()) {                                                              \
+      case VectorIsa::kAvx512: return name##_avx512 ARGS;                                \
+      case VectorIsa::kAvx2: return name##_avx2 ARGS;                                    \
+      default: return name##_body ARGS;                                                  \
+    }                                                                                    \
+  }
+
 // Rubik's Cube+ keep decisions of `w` consecutive output voxels from k0.
 // splitmix64 needs 64-bit multiplies, which only AVX-512 (vpmullq) has as
-// vector instructions: where GCC can, the loop is also built for AVX-512 and
-// picked at load time on CPUs that have it.  2 cores (Xeon with AVX-512),
+// vector instructions.  2 cores (Xeon with AVX-512),
 // B=16 x 8 cubes of 48^3, 30% of cubes masked, keep_prob 0.5, out=: the
 // masked call went 33.6 ms (branch per voxel) -> 29.1 (branch-free select,
-// SSE2) -> 24.3 (scalar) -> 13.7 ms (this; the unmasked call: 4-7 ms).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define RUBIKOPS_AVX512_CLONES __attribute__((target_clones("arch=skylake-avx512", "default")))
-#else
-#define RUBIKOPS_AVX512_CLONES
-#endif
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define RUBIKOPS_AVX2_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define RUBIKOPS_AVX2_CLONES
-#endif
-RUBIKOPS_AVX512_CLONES void keep_bits(uint8_t* keep, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold) {
+// SSE2) -> 24.3 (scalar) -> 13.7 ms (the AVX-512 version; the unmasked call: 4-7 ms).
+RUBIKOPS_ALWAYS_INLINE void keep_bits_body(uint8_t* keep, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold) {
   for (int64_t i = 0; i < w; ++i) keep[i] = keep_voxel(seed, k0 + i, threshold);
 }
+RUBIKOPS_VECTOR_VERSIONS((), keep_bits, (uint8_t * keep, int64_t w, uint64_t k0, uint64_t seed, uint64_t threshold),
+                         (keep, w, k0, seed, threshold))
 
 // target[i] = fill where voxel k0 + i is not kept (a branch-free select: the
 // decision is a coin flip, which a branch would mispredict half the time).
@@ -138,6 +167,144 @@ ValueStage<T> value_stage(const ExtractCubesArgs& a) {
           a.clamp_lo ? static_cast<T>(*a.clamp_lo) : -std::numeric_limits<T>::infinity(),
           a.clamp_hi ? static_cast<T>(*a.clamp_hi) : std::numeric_limits<T>::infinity(), a.has_clamp(),
           keep_threshold(a.keep_prob), static_cast<uint64_t>(a.seed)};
+}
+
+// The per-cube intensity stages of one call in T (none without cube_intensity) and each cube's bias
+// factors along D, H and W (d + h + w values, 1 where its bias is off), formed once a call: the kernels
+// multiply two of them a row and one a voxel instead of taking three exponentials a voxel.
+template <typename T>
+struct IntensityStages {
+  std::vector<CubeIntensity<T>> cubes;
+  std::vector<T> factors;
+  int64_t per_cube = 0;
+  const CubeIntensity<T>* of(int64_t bm) const { return cubes.empty() ? nullptr : &cubes[bm]; }
+  const T* factors_of(int64_t bm) const { return factors.data() + bm * per_cube; }
+};
+
+template <typename T>
+IntensityStages<T> intensity_stages(const ExtractCubesArgs& a) {
+  IntensityStages<T> s;
+  if (!a.cube_intensity) return s;
+  const at::Tensor rows = a.cube_intensity->to(at::kDouble).contiguous();
+  const int64_t cubes = a.origins.size(0) * a.origins.size(1);
+  const int64_t* n = a.cube_size.data();
+  s.per_cube = n[0] + n[1] + n[2];
+  s.cubes.resize(cubes);
+  s.factors.assign(cubes * s.per_cube, T(1));
+  for (int64_t bm = 0; bm < cubes; ++bm) {
+    s.cubes[bm] = cube_intensity_of<T>(rows.const_data_ptr<double>() + bm * kCubeIntensityWidth);
+    if (!s.cubes[bm].bias_on) continue;
+    T* f = s.factors.data() + bm * s.per_cube;
+    for (int axis = 0; axis < 3; f += n[axis], ++axis)
+      for (int64_t i = 0; i < n[axis]; ++i) f[i] = bias_factor(s.cubes[bm].bias[axis], i, n[axis]);
+  }
+  return s;
+}
+
+// t ** gamma for 0 < t < 1 and gamma > 0 in float, as exp2(gamma * log2(t)) with polynomials that a loop
+// vectorises (glibc's powf does not: the default augmentation's gamma took 5.2 of the cut's 5.8 ms on one
+// thread).  The series' truncation errors are below 3e-9 (log, |s| <= 0.172 to s^9) and 2e-10 (exp,
+// |f| <= ln2 / 2 to f^8) relative, so the result is within a few float ulps of powf's (the tests' 1e-5
+// is several hundred).  A denormal t (below 1.2e-38) reads as a normal one of its exponent: its power is
+// below 1e-26 either way.
+RUBIKOPS_ALWAYS_INLINE float pow_unit(float t, float gamma) {
+  uint32_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+  const uint32_t mantissa = (bits & 0x007FFFFFu) | 0x3F800000u;
+  float m;
+  std::memcpy(&m, &mantissa, sizeof m);  // [1, 2)
+  const bool high = m > 1.41421356f;
+  m = high ? m * 0.5f : m;
+  e = high ? e + 1 : e;
+  const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+  const float log_m = 2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+  float y = gamma * (static_cast<float>(e) + log_m * 1.44269504f);
+  y = y > -126.0f ? y : -126.0f;  // 2^-126 is float's smallest normal; below it the power is 0 anyway
+  const float whole = std::floor(y + 0.5f);
+  const float f = (y - whole) * 0.693147181f;
+  const float p = 1.0f + f * (1.0f + f * (1.0f / 2 + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 +
+                  f * (1.0f / 720 + f * (1.0f / 5040 + f * (1.0f / 40320))))))));
+  const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(whole) + 127) << 23;
+  float two_to_whole;
+  std::memcpy(&two_to_whole, &scale_bits, sizeof two_to_whole);
+  return p * two_to_whole;
+}
+
+// The gamma step on a row: v = low + span * t ** gamma where 0 < t = (v - low) / span < 1.  float rows
+// through pow_unit (vectorised), double rows through std::pow (the reference's precision).
+template <typename T>
+RUBIKOPS_ALWAYS_INLINE void gamma_row_body(T* __restrict v, int64_t n, T low, T span, T gamma) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T t = (v[k] - low) / span;
+    const bool inside = (t > T(0)) & (t < T(1));  // no short circuit: one select, not two branches
+    if constexpr (std::is_same_v<T, float>) {
+      const T powered = pow_unit(inside ? t : 0.5f, gamma);
+      v[k] = inside ? low + span * powered : v[k];
+    } else {
+      if (inside) v[k] = low + span * std::pow(t, gamma);
+    }
+  }
+}
+
+RUBIKOPS_VECTOR_VERSIONS((template <typename T>), gamma_row, (T * v, int64_t n, T low, T span, T gamma),
+                         (v, n, low, span, gamma))
+
+// The noise step on a row of voxels j0, j0 + 1, ...: 64-bit multiplies, vectorised where AVX-512 has them.
+template <typename T>
+RUBIKOPS_ALWAYS_INLINE void noise_row_body(T* __restrict v, int64_t n, T noise, uint64_t key, uint64_t j0) {
+  for (int64_t k = 0; k < n; ++k) v[k] = v[k] + noise * cube_noise<T>(key, j0 + static_cast<uint64_t>(k));
+}
+RUBIKOPS_VECTOR_VERSIONS((template <typename T>), noise_row, (T * v, int64_t n, T noise, uint64_t key, uint64_t j0),
+                         (v, n, noise, key, j0))
+
+// values (one output row's, after scale and shift) through cube stage q: intensity_value's steps in its
+// order, a step a loop so that each vectorises.  row_field: the row's D and H bias factors multiplied; fw:
+// the W factors of its voxels; j0: the first voxel's index in the cube (the noise's).
+template <typename T>
+inline void intensity_row(T* __restrict values, int64_t n, const CubeIntensity<T>& q, T row_field,
+                          const T* __restrict fw, uint64_t j0) {
+  for (int64_t k = 0; k < n; ++k) values[k] = values[k] * q.gain + q.offset;
+  if (q.gamma_on) gamma_row(values, n, q.low, q.span, q.gamma);
+  if (q.bias_on)
+    for (int64_t k = 0; k < n; ++k) values[k] = q.centre + (values[k] - q.centre) * (row_field * fw[k]);
+  if (q.noise_on) noise_row(values, n, q.noise, q.key, j0);
+}
+
+// A whole cube's values (d * h * w, after scale and shift) through its stage q, as intensity_row does
+// row by row, each step one loop over the cube (rows of 16 voxels cost a call and a loop's set-up per
+// step and row).  factors: the cube's d + h + w bias factors; j0: the first voxel's index (the noise's).
+template <typename T>
+inline void intensity_cube(T* __restrict values, const CubeIntensity<T>& q, const T* factors, const int64_t size[3],
+                           uint64_t j0) {
+  const int64_t numel = size[0] * size[1] * size[2];
+  for (int64_t k = 0; k < numel; ++k) values[k] = values[k] * q.gain + q.offset;
+  if (q.gamma_on) gamma_row(values, numel, q.low, q.span, q.gamma);
+  if (q.bias_on) {
+    const T* fw = factors + size[0] + size[1];
+    for (int64_t i0 = 0; i0 < size[0]; ++i0) {
+      for (int64_t i1 = 0; i1 < size[1]; ++i1) {
+        const T row_field = factors[i0] * factors[size[0] + i1];
+        T* row = values + (i0 * size[1] + i1) * size[2];
+        for (int64_t k = 0; k < size[2]; ++k) row[k] = q.centre + (row[k] - q.centre) * (row_field * fw[k]);
+      }
+    }
+  }
+  if (q.noise_on) noise_row(values, numel, q.noise, q.key, j0);
+}
+
+// n values of one output row (after scale and shift) through the cube's stage (none: q null), the clamp
+// and the cast into dst.
+template <typename op_t, typename out_t>
+inline void finish_row(op_t* values, int64_t n, const CubeIntensity<op_t>* q, op_t row_field, const op_t* fw,
+                       uint64_t j0, op_t lo, op_t hi, out_t* dst) {
+  if (q) intensity_row(values, n, *q, row_field, fw, j0);
+  for (int64_t k = 0; k < n; ++k) {
+    op_t x = values[k];
+    x = lo > x ? lo : x;
+    x = hi < x ? hi : x;
+    dst[k] = static_cast<out_t>(x);
+  }
 }
 
 // The samples b that read each volume n, in order (the backward kernels split their work by volume).
@@ -235,6 +402,7 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
 
   const std::vector<CubeJob> jobs = cube_jobs(a, src, nullptr);
   const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<op_t>(a);
+  const IntensityStages<op_t> stages = intensity_stages<op_t>(a);
   const out_t fill = static_cast<out_t>(a.fill);
 
   const in_t* src_ptr = src.const_data_ptr<in_t>();
@@ -260,6 +428,9 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const CubeJob& j = jobs[cube];
       const int64_t b = cube / M;
       const op_t s = scale[b], t = shift[b];
+      const CubeIntensity<op_t>* q = stages.of(cube);
+      const op_t* factors = q ? stages.factors_of(cube) : nullptr;
+      const int64_t cube_voxel = (c * o0 + i0) * o1 * o2;  // of row i1 = 0, in the cube's (C, d, h, w) block
       const bool fill_all = j.masked && threshold == 0;
       const bool hash = j.masked && threshold > 0 && threshold < (uint64_t(1) << 24);
       const in_t* plane_src = src_ptr + j.start + c * src.stride(1) + i0 * j.step[0];
@@ -285,7 +456,17 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
             std::fill(target, target + w, fill);
           } else {
             const in_t* from = row_src + x0 * j.step[2];
-            if (arith)
+            if (q) {
+              const op_t row_field = factors[i0] * factors[o0 + i1];
+              const int64_t step = j.step[2];
+              for (int64_t s0 = 0; s0 < w; s0 += 256) {
+                const int64_t n = std::min<int64_t>(256, w - s0);
+                op_t values[256];
+                for (int64_t i = 0; i < n; ++i) values[i] = static_cast<op_t>(from[(s0 + i) * step]) * s + t;
+                finish_row(values, n, q, row_field, factors + o0 + o1 + x0 + s0,
+                           static_cast<uint64_t>(cube_voxel + i1 * o2 + x0 + s0), lo, hi, target + s0);
+              }
+            } else if (arith)
               copy_row<in_t, out_t, op_t, true>(from, j.step[2], target, w, s, t, lo, hi);
             else
               copy_row<in_t, out_t, op_t, false>(from, j.step[2], target, w, s, t, lo, hi);
@@ -417,7 +598,7 @@ inline bool row_is_interior(const AffineRow& row, int64_t n, const int64_t botto
 constexpr int64_t kRowChunk = 64;
 
 template <typename in_t, typename op_t>
-RUBIKOPS_AVX2_CLONES void interpolate_interior_chunk(const in_t* __restrict vol, const int32_t st[3],
+RUBIKOPS_ALWAYS_INLINE void interpolate_interior_chunk_body(const in_t* __restrict vol, const int32_t st[3],
                                                      const AffineRow& row, int64_t i0, int64_t n,
                                                      op_t* __restrict values) {
   double w0[kRowChunk], w1[kRowChunk], w2[kRowChunk];
@@ -452,19 +633,19 @@ RUBIKOPS_AVX2_CLONES void interpolate_interior_chunk(const in_t* __restrict vol,
   }
 }
 
-template <typename in_t, typename out_t, typename op_t>
+RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), interpolate_interior_chunk,
+                         (const in_t* vol, const int32_t st[3], const AffineRow& row, int64_t i0, int64_t n,
+                          op_t* values),
+                         (vol, st, row, i0, n, values))
+
+// An interior row's n values after scale and shift.
+template <typename in_t, typename op_t>
 inline void interpolate_interior_row(const in_t* vol, const int32_t st[3], const AffineRow& row, int64_t n,
-                                     op_t scale_b, op_t shift_b, op_t lo, op_t hi, out_t* dst) {
-  op_t values[kRowChunk];
+                                     op_t scale_b, op_t shift_b, op_t* values) {
   for (int64_t i0 = 0; i0 < n; i0 += kRowChunk) {
     const int64_t m = std::min<int64_t>(kRowChunk, n - i0);
-    interpolate_interior_chunk(vol, st, row, i0, m, values);
-    for (int64_t k = 0; k < m; ++k) {
-      op_t x = values[k] * scale_b + shift_b;
-      x = lo > x ? lo : x;
-      x = hi < x ? hi : x;
-      dst[i0 + k] = static_cast<out_t>(x);
-    }
+    interpolate_interior_chunk(vol, st, row, i0, m, values + i0);
+    for (int64_t k = 0; k < m; ++k) values[i0 + k] = values[i0 + k] * scale_b + shift_b;
   }
 }
 
@@ -489,10 +670,12 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
   std::vector<double> A;
   const std::vector<AffineJob> jobs = affine_jobs(a, &A);
   const auto [scale, shift, lo, hi, clamp, threshold, seed] = value_stage<op_t>(a);
+  const IntensityStages<op_t> stages = intensity_stages<op_t>(a);
   const out_t fill = static_cast<out_t>(a.fill);
   const in_t* src_ptr = src.const_data_ptr<in_t>();
   out_t* out_ptr = out.mutable_data_ptr<out_t>();
   at::parallel_for(0, B * M * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<op_t> cube_values(numel);  // an unmasked cube's values before the clamp and the cast
     for (int64_t cube = begin; cube < end; ++cube) {
       // the job, the sample's matrix and its value stage as locals: behind references, every store
       // to dst (which may alias them for all the compiler knows) reloaded them once a voxel
@@ -503,16 +686,37 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const in_t* vol = src_ptr + j.volume * st[0] + c * st[1];
       out_t* dst = out_ptr + cube * numel;
       const bool masked = j.masked, hash = j.masked && threshold > 0;
+      const CubeIntensity<op_t>* q = stages.of(cube / C);
+      const op_t* factors = q ? stages.factors_of(cube / C) : nullptr;
+      const op_t* fw = q ? factors + size[0] + size[1] : nullptr;
+      const uint64_t first_voxel = static_cast<uint64_t>(c * numel);  // in the cube's (C, d, h, w) block
       int64_t i[3];
       int64_t v = 0;
-      for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+      if (!masked) {  // the values of the whole cube, then its stage, clamp and cast
+        op_t* values = cube_values.data();
+        for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+          for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+            const AffineRow row = j.row(A_b, i, size);
+            if (offsets_fit && !j.direct && row_is_interior(row, size[2], j.bottom, j.top)) {
+              interpolate_interior_row(vol, st32, row, size[2], scale_b, shift_b, values + v);
+              v += size[2];
+              continue;
+            }
+            for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
+              TrilinearRead r;
+              j.read(A_b, row, i, size, &r);
+              values[v] = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
+            }
+          }
+        }
+        if (q) intensity_cube(values, *q, factors, size, first_voxel);
+        finish_row<op_t, out_t>(values, numel, nullptr, op_t(1), nullptr, 0, lo, hi, dst);
+        continue;
+      }
+      for (i[0] = 0; i[0] < size[0]; ++i[0]) {  // a masked cube: voxel by voxel, reading only the kept ones
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
           const AffineRow row = j.row(A_b, i, size);
-          if (offsets_fit && !masked && !j.direct && row_is_interior(row, size[2], j.bottom, j.top)) {
-            interpolate_interior_row(vol, st32, row, size[2], scale_b, shift_b, lo, hi, dst + v);
-            v += size[2];
-            continue;
-          }
+          const op_t row_field = q ? factors[i[0]] * factors[size[0] + i[1]] : op_t(1);
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
             if (masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
@@ -521,9 +725,7 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
             TrilinearRead r;
             j.read(A_b, row, i, size, &r);
             op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
-            x = lo > x ? lo : x;
-            x = hi < x ? hi : x;
-            dst[v] = static_cast<out_t>(x);
+            finish_row(&x, 1, q, row_field, fw ? fw + i[2] : nullptr, first_voxel + v, lo, hi, dst + v);
           }
         }
       }

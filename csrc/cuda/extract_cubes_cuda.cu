@@ -417,6 +417,45 @@ __device__ __forceinline__ op_t affine_value(const ExtractCubesParams& p, double
                 static_cast<op_t>(p.shift ? p.shift[b] : p.shift_value));
 }
 
+// Voxel v's value x (after scale and shift) through its cube's intensity stage, where there is one.
+template <typename op_t>
+__device__ __forceinline__ op_t cube_stage(const ExtractCubesParams& p, const AffineVoxel& v, op_t x) {
+  if (!p.cube_intensity) return x;
+  const CubeIntensity<op_t> q = cube_intensity_of<op_t>(p.cube_intensity + v.bm * kCubeIntensityWidth);
+  const op_t field = q.bias_on ? bias_factor(q.bias[0], v.i[0], p.cube[0]) * bias_factor(q.bias[1], v.i[1], p.cube[1]) *
+                                     bias_factor(q.bias[2], v.i[2], p.cube[2])
+                               : op_t(1);
+  const int64_t j = (v.c * p.cube[0] + v.i[0]) * p.cube[1] * p.cube[2] + v.i[1] * p.cube[2] + v.i[2];
+  return intensity_value(x, q, field, static_cast<uint64_t>(j));
+}
+
+// A plain copy with cube_intensity (no affine): one thread per output voxel, as the affine read, since
+// the stage needs each voxel's position in its cube (the copy kernel's vector and tiled paths do not
+// track it).
+template <typename in_t, typename out_t, typename op_t>
+__global__ void __launch_bounds__(kThreads) extract_cubes_intensity_kernel(ExtractCubesParams p, int64_t total) {
+  const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
+  out_t* __restrict__ out = static_cast<out_t*>(p.out);
+  const out_t fill = from_op<out_t>(static_cast<op_t>(p.fill));
+  const op_t lo = static_cast<op_t>(p.clamp_lo), hi = static_cast<op_t>(p.clamp_hi);
+  const int64_t numel = p.cube[0] * p.cube[1] * p.cube[2];
+  for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < total; k += gridDim.x * int64_t(kThreads)) {
+    const AffineVoxel v = affine_voxel(p, k);
+    if (affine_dropped(p, v.bm, k)) {
+      out[k] = fill;
+      continue;
+    }
+    const CubeGeom g = cube_geom(p, k / numel, p.src_stride);
+    const in_t raw = src[g.start + v.i[0] * g.step[0] + v.i[1] * g.step[1] + v.i[2] * g.step[2]];
+    op_t x = add_rn(mul_rn(to_op<op_t>(raw), static_cast<op_t>(p.scale ? p.scale[v.b] : p.scale_value)),
+                    static_cast<op_t>(p.shift ? p.shift[v.b] : p.shift_value));
+    x = cube_stage<op_t>(p, v, x);
+    x = lo > x ? lo : x;
+    x = hi < x ? hi : x;
+    out[k] = from_op<out_t>(x);
+  }
+}
+
 template <typename in_t, typename out_t, typename op_t>
 __global__ void __launch_bounds__(kThreads) extract_cubes_affine_kernel(ExtractCubesParams p, int64_t total) {
   const in_t* __restrict__ src = static_cast<const in_t*>(p.src);
@@ -432,7 +471,7 @@ __global__ void __launch_bounds__(kThreads) extract_cubes_affine_kernel(ExtractC
     }
     const int64_t n = clamp_index(p.index ? p.index[v.b] : v.b, 0, p.N - 1);
     const double interp = interpolate(src + n * p.src_stride[0] + v.c * p.src_stride[1], st, affine_position(p, v));
-    op_t x = affine_value<op_t>(p, interp, v.b);
+    op_t x = cube_stage<op_t>(p, v, affine_value<op_t>(p, interp, v.b));
     x = lo > x ? lo : x;  // the CPU kernel's clamp: NaN passes through, as in torch.clamp
     x = hi < x ? hi : x;
     out[k] = from_op<out_t>(x);
@@ -473,7 +512,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The affine read's forward (other_t: the output's type) or backward
+// The affine read's forward (or a copy with an intensity stage; other_t: the output's type) or backward
 // (other_t: the gradient's type) kernel over every output voxel; the
 // arithmetic is in double when either type is double, else float.
 template <typename src_t, typename other_t, bool kBackward>
@@ -485,8 +524,10 @@ cudaError_t launch_affine_typed(const ExtractCubesParams& p, cudaStream_t stream
   const dim3 grid(static_cast<unsigned>(blocks < kAffineBlocks ? blocks : kAffineBlocks));
   if constexpr (kBackward)
     extract_cubes_affine_backward_kernel<src_t, other_t, math_t><<<grid, kThreads, 0, stream>>>(p, total);
-  else
+  else if (p.affine)
     extract_cubes_affine_kernel<src_t, other_t, math_t><<<grid, kThreads, 0, stream>>>(p, total);
+  else
+    extract_cubes_intensity_kernel<src_t, other_t, math_t><<<grid, kThreads, 0, stream>>>(p, total);
   return cudaGetLastError();
 }
 
@@ -530,9 +571,11 @@ cudaError_t launch_extract_cubes(const ExtractCubesParams& p, cudaStream_t strea
       using out_t = decltype(out_tag);
       constexpr bool out_float = !std::is_integral_v<out_t>;
       if constexpr (out_float) {
-        if (p.affine) return launch_affine_typed<in_t, out_t, false>(p, stream);
+        // one thread a voxel: the affine read, and a copy with an intensity stage
+        if (p.affine || p.cube_intensity) return launch_affine_typed<in_t, out_t, false>(p, stream);
       }
-      if (p.affine) return cudaErrorInvalidValue;  // an affine read has a floating output (checked before)
+      // an affine read or an intensity stage has a floating output (checked before)
+      if (p.affine || p.cube_intensity) return cudaErrorInvalidValue;
       if constexpr (out_float || std::is_same_v<in_t, out_t>) {
         // 16-byte packs in flight per thread in the vector path.  H100, B=32 x 8
         // cubes of 64^3, paper codes, out=, one run: float32 4 -> 8 packs went

@@ -22,6 +22,7 @@ struct ExtractCubesParams {
   const double* shift;       // (B,) or null
   const double* affine;      // (B, 3, 4) row-major, or null (the plain copy)
   const int64_t* read_box;   // (B, 2, 3) with affine, or null (the whole source)
+  const double* cube_intensity;  // (B, M, kCubeIntensityWidth) row-major, or null (no intensity stage)
   DType in_dtype, out_dtype;
   int64_t N, C, D, H, W, B, M;
   int64_t src_stride[5];

@@ -44,7 +44,8 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   at::Tensor sft = a.shift ? a.shift->to(at::kDouble).contiguous() : at::Tensor();
   at::Tensor aff = a.affine ? a.affine->to(at::kDouble).contiguous() : at::Tensor();
   at::Tensor box = a.read_box ? as_long(*a.read_box) : at::Tensor();
-  keep = {org, idx, rot, msk, scl, sft, aff, box};
+  at::Tensor cin = a.cube_intensity ? a.cube_intensity->to(at::kDouble).contiguous() : at::Tensor();
+  keep = {org, idx, rot, msk, scl, sft, aff, box, cin};
   cuda::ExtractCubesParams p{};
   p.src = source.const_data_ptr();
   p.out = out.mutable_data_ptr();
@@ -56,6 +57,7 @@ cuda::ExtractCubesParams make_params(const ExtractCubesArgs& a, at::Tensor& out,
   p.shift = sft.defined() ? sft.const_data_ptr<double>() : nullptr;
   p.affine = aff.defined() ? aff.const_data_ptr<double>() : nullptr;
   p.read_box = box.defined() ? box.const_data_ptr<int64_t>() : nullptr;
+  p.cube_intensity = cin.defined() ? cin.const_data_ptr<double>() : nullptr;
   p.in_dtype = to_dtype(source.scalar_type());
   p.out_dtype = to_dtype(out.scalar_type());
   p.N = source.size(0);

@@ -57,6 +57,9 @@ def _out_variant(*args):
 def _backward(grad, *schema_args):
     p = ExtractCubesParams.from_backward_args(grad, *schema_args)
     check_tensors(p)
+    torch._check_value(p.cube_intensity is None,
+                       lambda: "rubikops.extract_cubes_backward: no kernel differentiates cube_intensity; autograd "
+                               "computes its gradient in plain torch")
     torch._check_value(grad.shape == p.out_shape and grad.device == p.source.device,
                        lambda: f"rubikops.extract_cubes_backward: grad must have shape {p.out_shape} on "
                                f"{p.source.device}, got {tuple(grad.shape)} on {grad.device}")

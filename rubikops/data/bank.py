@@ -257,7 +257,7 @@ class BankPuzzles:
 
     def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
                 index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
-                crop_transform=None):
+                crop_transform=None, intensity_transform=None):
         """One batch of ``puzzle`` (any pretext task, e.g. :class:`rubikops.RubikCube`), volumes drawn on
         the device: (cubes, targets).
 
@@ -265,7 +265,12 @@ class BankPuzzles:
         ``crop_transform.draw(bank.shapes, puzzle.crop_size, index, generator)``
         gives each sample's affine, and the puzzle is cut through it in the
         same ``extract_cubes`` pass (the origins in ``targets`` are then
-        positions in the crop frame)."""
+        positions in the crop frame).  ``intensity_transform`` (e.g.
+        :class:`rubikops.augment.IntensityAugment`):
+        ``intensity_transform.draw(batch, puzzle.num_cubes, generator)``
+        gives each cube's intensity draws, after the puzzle's own (the
+        labels are those of the same batch without it), executed by the
+        same call."""
         checked = self.__dict__.setdefault("_checked_puzzles", set())
         if id(puzzle) not in checked:
             self.check_puzzle(puzzle)
@@ -274,7 +279,7 @@ class BankPuzzles:
             index = self.sample_index(batch, generator)
         affine = None if crop_transform is None else crop_transform.draw(self.shapes, puzzle.crop_size, index,
                                                                           generator)
-        return puzzle(self, index, generator, out=out, seed=seed, affine=affine)
+        return puzzle(self, index, generator, out=out, seed=seed, affine=affine, cube_intensity=intensity_transform)
 
 
 class VolumeBank(BankPuzzles, VolumeSource):

@@ -350,13 +350,13 @@ class StreamingBank(BankPuzzles, VolumeSource):
 
     def puzzles(self, puzzle, batch: int, generator: Optional[torch.Generator] = None,
                 index: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, seed=None,
-                crop_transform=None):
+                crop_transform=None, intensity_transform=None):
         """One batch, as :meth:`VolumeBank.puzzles`; each call is one step of the schedule
         (``index``, when given, holds slots: see :meth:`slot_volumes`)."""
         self._ready()
         self._advance_to(self.calls // self.refresh_every)
         self.calls += 1
-        return super().puzzles(puzzle, batch, generator, index, out, seed, crop_transform)
+        return super().puzzles(puzzle, batch, generator, index, out, seed, crop_transform, intensity_transform)
 
     # -- facts and state ---------------------------------------------------------------------------
     @property

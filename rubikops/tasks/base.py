@@ -167,7 +167,7 @@ class PretextTask:
                  out: Optional[torch.Tensor] = None, *, seed: Optional[int] = None,
                  volume_shapes: Optional[torch.Tensor] = None, volume_offsets: Optional[torch.Tensor] = None,
                  intensity: Optional[tuple] = None, stats: Optional[tuple] = None,
-                 affine: Optional[torch.Tensor] = None):
+                 affine: Optional[torch.Tensor] = None, cube_intensity=None):
         """``cubes, targets = task(volumes, index=None, generator=None, out=None)``.
 
         volumes: a :class:`rubikops.volumes.VolumeSource` (e.g. a
@@ -179,8 +179,15 @@ class PretextTask:
         seed.  affine: (B, 3, 4), each sample's crop read through it
         (crop-frame voxel to voxel of volume ``index[b]``, as
         :meth:`rubikops.augment.CropAffine.draw` gives it) in the same pass;
-        the targets' origins are then crop-frame positions.  Returns cubes
-        (B, M, C, d, h, w) and the task's targets."""
+        the targets' origins are then crop-frame positions.
+        cube_intensity: each cube's intensity stage, in the same pass: an
+        augmentation with a ``draw(batch, cubes, generator, device)`` (e.g.
+        :class:`rubikops.augment.IntensityAugment`, drawn after the puzzle,
+        so the labels are those of the same call without it), its
+        :class:`rubikops.augment.IntensityDraws` (relative to each volume's
+        mean and sd, which the cut puts in its output units), or the op's
+        (B, M, 10) tensor as is.  Returns cubes (B, M, C, d, h, w) and the
+        task's targets."""
         src = self.source(volumes, volume_shapes, volume_offsets, intensity, stats)
         dev = src.device
         if index is None:
@@ -206,16 +213,19 @@ class PretextTask:
         frame = src.shapes if affine is None else \
             _shape_tensor(tuple(self.crop_size), dev).expand(src.shapes.shape[0], 3)
         cut, targets = self.sample(index.shape[0], frame, index, generator)
-        return self.cut(src, index, cut, generator, out, seed, affine), targets
+        if cube_intensity is not None and hasattr(cube_intensity, "draw"):
+            cube_intensity = cube_intensity.draw(index.shape[0], self.num_cubes, generator, device=dev)
+        return self.cut(src, index, cut, generator, out, seed, affine, cube_intensity), targets
 
     def op_seed(self, seed: Optional[int], generator: Optional[torch.Generator]) -> int:
         """The op's keep-mask seed (tasks that keep voxels of masked cubes draw one)."""
         return 0 if seed is None else seed
 
     def cut(self, src: VolumeSource, index: torch.Tensor, cut: Cut, generator=None, out=None, seed=None,
-            affine: Optional[torch.Tensor] = None):
+            affine: Optional[torch.Tensor] = None, cube_intensity=None):
         """One ``extract_cubes`` call: storage coordinates from the source, its
-        value mapping fused with the normalisation into the op's scale/shift."""
+        value mapping fused with the normalisation into the op's scale/shift,
+        and the cubes' intensity draws in the op's output units."""
         dev = src.device
         read = {}
         if affine is None:
@@ -229,6 +239,8 @@ class PretextTask:
         if value_map is not None:
             a, b = value_map[0].double()[index], value_map[1].double()[index]
         scale = shift = clamp = None
+        # output = physical * norm_scale + norm_shift (per sample or for all): the normalisation alone
+        norm_scale, norm_shift = 1.0, 0.0
         if self.normalize == "zscore":
             stats = src.volume_stats()
             if stats is None:
@@ -236,14 +248,22 @@ class PretextTask:
             mean, std = stats
             inv = 1.0 / std.double().clamp_min(1e-6)[index]
             m = mean.double()[index]
+            norm_scale, norm_shift = inv, -m * inv
             scale, shift = (inv, -m * inv) if a is None else (a * inv, (b - m) * inv)
         elif isinstance(self.normalize, tuple):
             _, lo, hi = self.normalize
             scale, shift, clamp = 2.0 / (hi - lo), -1.0 - 2.0 * lo / (hi - lo), (-1.0, 1.0)
+            norm_scale, norm_shift = scale, shift
             if a is not None:
                 scale, shift = a * scale, b * scale + shift
         elif a is not None:
             scale, shift = a, b
+        if cube_intensity is not None and not isinstance(cube_intensity, torch.Tensor):
+            stats = src.volume_stats()
+            if stats is None:
+                raise ValueError(f"{self.label}: intensity draws on packed volumes need their stats=(mean, std)")
+            mean, std = stats[0].double()[index], stats[1].double()[index]
+            cube_intensity = cube_intensity.in_units(mean * norm_scale + norm_shift, std * abs(norm_scale))
         volumes = src.storage
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
         # the op's per-sample arguments as dense tensors: B or B x M entries, copied only when the caller's
@@ -253,7 +273,7 @@ class PretextTask:
         kwargs = dict(index=op_index, rotations=dense(cut.codes), mask=dense(cut.mask), fill=self.mask_fill,
                       keep_prob=self.mask_keep_prob, seed=self.op_seed(seed, generator),
                       scale=scale, shift=shift, clamp=clamp, out_dtype=out_dtype, out=out, backend=self.backend,
-                      **{k: dense(v) for k, v in read.items()})
+                      cube_intensity=dense(cube_intensity), **{k: dense(v) for k, v in read.items()})
         if self.validate:
             cubes = ops.extract_cubes(volumes, op_origins, self.cube_size, validate=True, **kwargs)
         else:

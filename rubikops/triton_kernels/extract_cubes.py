@@ -29,7 +29,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 @triton.jit
 def _extract_cubes_kernel(
-    src_ptr, out_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr,
+    src_ptr, out_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr, params_ptr, intensity_ptr,
     N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
     scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
@@ -38,6 +38,7 @@ def _extract_cubes_kernel(
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     ARITH: tl.constexpr, F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
     BF16_RTNE: tl.constexpr, TO: tl.constexpr, TR: tl.constexpr, TW: tl.constexpr, PER_CUBE: tl.constexpr, WIDE: tl.constexpr,
+    HAS_INTENSITY: tl.constexpr,
 ):
     # A program writes a (TO, TR, TW) box of one (b, m, c) cube: TW along the
     # output W axis (contiguous stores), TR along the output axis `r`, TO along
@@ -82,30 +83,30 @@ def _extract_cubes_kernel(
         x = tl.load(src_ptr + start + o_part + (ir * st_r)[None, :, None] + (i2 * st2)[None, None, :],
                     mask=valid, other=0)
         _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                          scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
-                          HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
-                          PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
+                          intensity_ptr, C, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi,
+                          threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
+                          PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE, HAS_INTENSITY, CD, CH, CW)
     else:
         valid_t = (io < n_o)[:, None, None] & (i2 < CW)[None, :, None] & (ir < n_r)[None, None, :]
         xt = tl.load(src_ptr + start + o_part + (i2 * st2)[None, :, None] + (ir * st_r)[None, None, :],
                      mask=valid_t, other=0)
         _finish_and_store(tl.permute(xt, (0, 2, 1)), out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr,
-                          shift_ptr, params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi,
-                          threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, ARITH, F64,
-                          PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
+                          shift_ptr, params_ptr, intensity_ptr, C, scale_value, shift_value, clamp_lo, clamp_hi,
+                          fill, seed_lo, seed_hi, threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO,
+                          HAS_HI, ARITH, F64, PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE, HAS_INTENSITY, CD, CH, CW)
 
 
 @triton.jit
 def _extract_cubes_affine_kernel(
     src_ptr, out_ptr, affine_ptr, box_ptr, origins_ptr, index_ptr, rot_ptr, mask_ptr, scale_ptr, shift_ptr,
-    params_ptr, N, C, D, H, W, M,
+    params_ptr, intensity_ptr, N, C, D, H, W, M,
     s_n, s_c, s_d, s_h, s_w,
     scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
     CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr,
     HAS_INDEX: tl.constexpr, HAS_ROT: tl.constexpr, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
     F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr, BF16_RTNE: tl.constexpr,
-    BLOCK: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK: tl.constexpr, WIDE: tl.constexpr, HAS_INTENSITY: tl.constexpr,
 ):
     # The affine read (augmentation in the cut): one program interpolates
     # BLOCK consecutive output voxels of one (b, m, c) cube from eight source
@@ -122,9 +123,9 @@ def _extract_cubes_affine_kernel(
     x = _interpolate(src_ptr, base, zl, zh, fz, yl, yh, fy, xl, xh, fx, _as_index(s_d, WIDE),
                      _as_index(s_h, WIDE), _as_index(s_w, WIDE), read, WIDE)
     _finish_and_store(x, out_ptr, cube * (CD * CH * CW) + offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr,
-                      params_ptr, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
-                      HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, True, F64,
-                      PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE)
+                      params_ptr, intensity_ptr, C, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo,
+                      seed_hi, threshold, HAS_MASK, KEEP_RANDOM, HAS_SCALE, HAS_SHIFT, HAS_LO, HAS_HI, True, F64,
+                      PARAMS_IN_TENSOR, VIA_F32, BF16_RTNE, HAS_INTENSITY, CD, CH, CW)
 
 
 @triton.jit
@@ -256,6 +257,12 @@ def _flags(p: ExtractCubesParams) -> dict:
                 KEEP_RANDOM=p.masks_voxels and p.keep_threshold > 0,
                 HAS_SCALE=p.scale_tensor is not None, HAS_SHIFT=p.shift_tensor is not None,
                 HAS_LO=lo is not None, HAS_HI=hi is not None)
+
+
+def _intensity_pointer(p: ExtractCubesParams) -> Tensor:
+    """The (B, M, 10) cube_intensity as the kernels read it: float64 (its noise_key exact), contiguous; the
+    source when absent (never read)."""
+    return p.cube_intensity.to(torch.float64).contiguous() if p.cube_intensity is not None else p.source
 
 
 def _affine_pointer(p: ExtractCubesParams) -> Tensor:
@@ -400,17 +407,19 @@ def launch(p: ExtractCubesParams, out: Tensor, tile: Optional[Sequence[int]] = N
     scalar_args = (N, C, D, H, W, M, *source.stride(), *_scalars(p), float(p.fill), *seed_halves(p.seed),
                    p.keep_threshold)
     consts = dict(_flags(p), F64=f64, PARAMS_IN_TENSOR=params_in_tensor, VIA_F32=via_f32,
-                  BF16_RTNE=_INTERPRET and odt == torch.bfloat16, WIDE=not _fits_int32(source, out))
+                  BF16_RTNE=_INTERPRET and odt == torch.bfloat16, WIDE=not _fits_int32(source, out),
+                  HAS_INTENSITY=p.cube_intensity is not None)
     if p.affine is not None:
         block = _flat_block(p.cube_size, source.device, tile)
         grid = (B * M * C * triton.cdiv(math.prod(p.cube_size), block),)
         _extract_cubes_affine_kernel[grid](source, out, _affine_pointer(p), read_boxes(p), *_argument_pointers(p),
-                                           params,
+                                           params, _intensity_pointer(p),
                                            *scalar_args, **consts, BLOCK=block,
                                            num_warps=GPU_WARPS if source.device.type == "cuda" else 1)
         return
     to, tr, tw, warps = tile_shape(p.cube_size, source.device, odt, tile)
     per_cube = _programs_per_cube(p.cube_size, to, tr, tw)
     grid = (B * M * C * per_cube,)
-    _extract_cubes_kernel[grid](source, out, *_argument_pointers(p), params, *scalar_args, **consts,
+    _extract_cubes_kernel[grid](source, out, *_argument_pointers(p), params, _intensity_pointer(p), *scalar_args,
+                                **consts,
                                 ARITH=p.changes_values, TO=to, TR=tr, TW=tw, PER_CUBE=per_cube, num_warps=warps)

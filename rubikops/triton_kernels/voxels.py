@@ -2,9 +2,15 @@
 (rubikops.triton_kernels.extract_cubes): where a program's voxels lie in
 their cube and source (the copy's box geometry, the affine read's
 interpolation within a read box), and the value stage every kernel ends with
-(scale, shift, clamp, the keep mask, the cast)."""
+(scale, shift, the cube's intensity stage, clamp, the keep mask, the cast)."""
 import triton
 import triton.language as tl
+
+from .._schema import CUBE_INTENSITY_WIDTH, NOISE_CENTRE, NOISE_UNIT
+
+_NOISE_CENTRE = tl.constexpr(NOISE_CENTRE)
+_NOISE_UNIT = tl.constexpr(NOISE_UNIT)
+_INTENSITY_WIDTH = tl.constexpr(CUBE_INTENSITY_WIDTH)
 
 @triton.jit
 def _size_of(axis, CD: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr):
@@ -202,17 +208,72 @@ def _interpolate(ptr, base, zl, zh, fz, yl, yh, fy, xl, xh, fx, st_d, st_h, st_w
 
 
 @triton.jit
+def _splitmix64(seed, k):
+    """splitmix64 of seed + (k + 1) * golden (uint64 seed and k), as csrc/extract_cubes.h."""
+    z = seed + (k + 1) * 0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+@triton.jit
 def _keep(out_offs, seed_lo, seed_hi, threshold):
     """Rubik's Cube+ keep decision: splitmix64 of the output's linear index
     (normative, see the core issue).  The 64-bit seed arrives as two signed
     32-bit halves (see rubikops._schema.seed_halves)."""
     k = out_offs.to(tl.int64).to(tl.uint64, bitcast=True)
     seed = (tl.cast(seed_hi, tl.int64) << 32) | (tl.cast(seed_lo, tl.int64) & 0xFFFFFFFF)
-    z = seed.to(tl.uint64, bitcast=True) + (k + 1) * 0x9E3779B97F4A7C15
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-    z = z ^ (z >> 31)
+    z = _splitmix64(seed.to(tl.uint64, bitcast=True), k)
     return (z >> 40) < tl.full([], threshold, tl.int64).to(tl.uint64)
+
+
+@triton.jit
+def _bias_factor(coefficient, i, n: tl.constexpr, ctype: tl.constexpr):
+    """exp(coefficient * r) at output voxel i of an axis of n, r = i * (2 / (n - 1)) - 1 (0 for n = 1)."""
+    if n > 1:
+        r = i.to(ctype) * tl.full([], 2.0 / (n - 1), ctype) - 1.0
+    else:
+        r = tl.zeros_like(i).to(ctype)
+    return tl.exp(coefficient * r)
+
+
+@triton.jit
+def _intensity(v, out_offs, bm, C, intensity_ptr, ctype: tl.constexpr, CD: tl.constexpr, CH: tl.constexpr,
+               CW: tl.constexpr):
+    """Cube bm's intensity stage (rubikops._schema.CUBE_INTENSITY_FIELDS) on its values v (ctype) at
+    output offsets out_offs; its row of ``cube_intensity`` is float64.  Gamma as exp2(gamma * log2(t))
+    (within a few float32 ulps of pow, which Triton's core has not)."""
+    row = intensity_ptr + bm * _INTENSITY_WIDTH
+    gain = tl.load(row + 0).to(ctype)
+    offset = tl.load(row + 1).to(ctype)
+    gamma = tl.load(row + 2).to(ctype)
+    low = tl.load(row + 3).to(ctype)
+    span = tl.load(row + 4).to(ctype)
+    noise = tl.load(row + 5).to(ctype)
+    bias_d = tl.load(row + 6).to(ctype)
+    bias_h = tl.load(row + 7).to(ctype)
+    bias_w = tl.load(row + 8).to(ctype)
+    key_value = tl.load(row + 9)
+    v = v * gain + offset
+    t = (v - low) / span
+    zeros = tl.zeros_like(v)  # the per-cube conditions as blocks: the interpreter refuses scalar & block
+    inside = (t > 0) & (t < 1) & (zeros + gamma != 1)
+    powered = tl.exp2(gamma * tl.log2(tl.where(inside, t, 1.0)))
+    v = tl.where(inside, low + span * powered, v)
+    numel: tl.constexpr = CD * CH * CW
+    local = out_offs.to(tl.int64) % numel
+    field = (_bias_factor(bias_d, local // (CH * CW), CD, ctype) * _bias_factor(bias_h, (local // CW) % CH, CH, ctype)
+             * _bias_factor(bias_w, local % CW, CW, ctype))
+    bias_on = (zeros + bias_d != 0) | (zeros + bias_h != 0) | (zeros + bias_w != 0)
+    centre = low + span * 0.5
+    v = tl.where(bias_on, centre + (v - centre) * field, v)
+    key = tl.where((key_value >= 0) & (key_value < 18446744073709551616.0), key_value, 0.0).to(tl.uint64)
+    j = (out_offs.to(tl.int64) - bm.to(tl.int64) * C * numel).to(tl.uint64, bitcast=True)
+    z = _splitmix64(key, j)
+    # the four 16-bit fields by shifts alone (the interpreter refuses uint64 & int)
+    total = (((z << 48) >> 48) + ((z << 32) >> 48) + ((z << 16) >> 48) + (z >> 48)).to(tl.int64)
+    normal = (total - _NOISE_CENTRE).to(ctype) * tl.full([], _NOISE_UNIT, ctype)
+    return tl.where(zeros + noise != 0, v + noise * normal, v)
 
 
 @triton.jit
@@ -232,13 +293,14 @@ def _to_out(v, out_dtype: tl.constexpr, BF16_RTNE: tl.constexpr):
 
 @triton.jit
 def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, shift_ptr, params_ptr,
-                      scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi, threshold,
-                      HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
+                      intensity_ptr, C, scale_value, shift_value, clamp_lo, clamp_hi, fill, seed_lo, seed_hi,
+                      threshold, HAS_MASK: tl.constexpr, KEEP_RANDOM: tl.constexpr, HAS_SCALE: tl.constexpr,
                       HAS_SHIFT: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ARITH: tl.constexpr,
                       F64: tl.constexpr, PARAMS_IN_TENSOR: tl.constexpr, VIA_F32: tl.constexpr,
-                      BF16_RTNE: tl.constexpr):
-    """Intensity (float(x) * scale + shift, clamp, cast), the mask and its
-    random keep rule, then the store."""
+                      BF16_RTNE: tl.constexpr, HAS_INTENSITY: tl.constexpr, CD: tl.constexpr, CH: tl.constexpr,
+                      CW: tl.constexpr):
+    """Intensity (float(x) * scale + shift, the cube's intensity stage, clamp,
+    cast), the mask and its random keep rule, then the store."""
     out_dtype = out_ptr.dtype.element_ty
     if F64:
         ctype = tl.float64
@@ -259,6 +321,8 @@ def _finish_and_store(x, out_ptr, out_offs, valid, b, bm, mask_ptr, scale_ptr, s
             v = v + tl.load(shift_ptr + b).to(ctype)
         else:
             v = v + shift_value
+        if HAS_INTENSITY:
+            v = _intensity(v, out_offs, bm, C, intensity_ptr, ctype, CD, CH, CW)
         # Compare-and-select (not minimum/maximum) so NaN passes through, as in torch.clamp.
         if HAS_LO:
             v = tl.where(v < clamp_lo, clamp_lo, v)
