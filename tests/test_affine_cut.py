@@ -76,22 +76,30 @@ _INTERIOR_CASES = ([(dtype, out, "contiguous") for dtype in (torch.float64, torc
 
 @pytest.mark.parametrize("dtype, out_dtype, layout", _INTERIOR_CASES, ids=str)
 @pytest.mark.parametrize("cube", [(4, 3, 70), (16, 16, 16), (2, 5, 1)], ids=str)
-def test_rows_inside_the_volume_read_bit_for_bit_as_the_general_path(dtype, out_dtype, layout, cube):
-    """Crops well inside a larger volume, small turns and zooms: most output rows read no clamped voxel
-    and take the compiled kernel's vectorised interior path (rows longer than its 64-voxel chunk too);
-    a masked cube always takes the general one.  The two agree bit for bit on every kept voxel (mask all
-    cubes, keep nearly every voxel), in each input dtype with its own output dtype (float arithmetic)
-    and with float64 out (double), with every turn and flip that keeps the cube's shape (flipped rows
-    read backwards) and a read box inside the volume; the source in every layout.  Both match the
-    reference, whose direct products round the read positions differently from the kernels' row form."""
+@pytest.mark.parametrize("placement", ["inside", "across the edges"])
+def test_vectorised_rows_read_bit_for_bit_as_the_general_path(dtype, out_dtype, layout, cube, placement):
+    """Small turns and zooms of crops well inside a larger volume (most output rows read no clamped
+    voxel: the compiled kernel's vectorised interior rows, rows longer than its 64-voxel chunk too) or
+    across the read box's edges (its vectorised clamped rows); a masked cube always takes the general
+    voxel-by-voxel path.  The two agree bit for bit on every kept voxel (mask all cubes, keep nearly
+    every voxel), in each input dtype with its own output dtype (float arithmetic) and with float64 out
+    (double), with every turn and flip that keeps the cube's shape (flipped rows read backwards) and a
+    read box inside the volume, NaN outside it (floating sources); the source in every layout.  Both match the reference, whose direct
+    products round the read positions differently from the kernels' row form."""
     gen = torch.Generator().manual_seed(7)
     source = random_volume(gen, (2, 2, 24, 22, 90), dtype, layout)
     B, M = 3, 4
     origins = torch.randint(0, 5, (B, M, 3), generator=gen)
     affine = _affines(gen, B, max_angle=8.0, zoom=(0.9, 1.1), move=0.0)
-    affine[:, :, 3] += torch.tensor([6.0, 6.0, 8.0], dtype=torch.float64)  # the crop's corner inside
+    # the crop's corner inside, or out past the read box's low corner and (through a large zoom) its top
+    affine[:, :, 3] += torch.tensor([6.0, 6.0, 8.0] if placement == "inside" else [-3.0, -4.0, 60.0],
+                                    dtype=torch.float64)
     codes = torch.tensor([c for c in range(NUM_CODES) if preserves_shape(c, cube)])
     read_box = torch.tensor([[1, 2, 3], [22, 21, 88]]).expand(B, 2, 3)
+    if dtype.is_floating_point:  # a read past the box, even at weight 0, would bring a NaN in
+        outside = torch.ones(24, 22, 90, dtype=torch.bool)
+        outside[1:23, 2:22, 3:89] = False
+        source[:, :, outside] = math.nan
     kw = dict(index=torch.randint(0, 2, (B,), generator=gen), affine=affine, read_box=read_box,
               rotations=codes[torch.randint(0, len(codes), (B, M), generator=gen)], out_dtype=out_dtype,
               scale=torch.tensor([2.0, 0.5, -1.0]), shift=0.25)

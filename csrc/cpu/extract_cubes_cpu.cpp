@@ -590,64 +590,108 @@ inline bool row_is_interior(const AffineRow& row, int64_t n, const int64_t botto
   return true;
 }
 
-// An interior row (row_is_interior) through the value stage into dst: interpolate's weights, corners
-// and summation order (bit-identical), without the clamps, in two loops over chunks of the row that the
-// compiler vectorises (the AVX2 clone: 4 voxels a lane): the positions, weights and int32 corner
-// offsets, then the eight reads and the sum.  The default geometry's fused cut (benchmarks/affine_cut.py,
-// 16 x 8 cubes of 16^3 from a float32 bank, 2 threads of the idle 2-core AMD VM): 5.9 -> 3.05 ms.
+// A chunk of one output row's values (the interpolation, before scale and shift): interpolate's weights,
+// corners and summation order (bit-identical), in two loops that the compiler vectorises: the positions,
+// weights and int32 corner offsets, then the eight reads and the sum.  An interior row (row_is_interior)
+// skips the clamps and reads each hi corner one voxel on; any other (kClamped) clamps its positions into
+// the read box as clamped_read does, its hi corner staying on the top voxel.  The default geometry's fused
+// cut (benchmarks/affine_cut.py, 16 x 8 cubes of 16^3 from a float32 bank, 2 threads of the idle 2-core
+// AMD VM): 5.9 ms with every row voxel by voxel, 3.05 ms with the interior rows vectorised.
 constexpr int64_t kRowChunk = 64;
 
-template <typename in_t, typename op_t>
-RUBIKOPS_ALWAYS_INLINE void interpolate_interior_chunk_body(const in_t* __restrict vol, const int32_t st[3],
-                                                     const AffineRow& row, int64_t i0, int64_t n,
-                                                     op_t* __restrict values) {
+template <bool kClamped, typename in_t, typename op_t>
+RUBIKOPS_ALWAYS_INLINE void interpolate_chunk_body(const in_t* __restrict vol, const int32_t st[3],
+                                                   const AffineRow& row, const int64_t bottom[3],
+                                                   const int64_t top[3], int64_t i0, int64_t n,
+                                                   op_t* __restrict values) {
   double w0[kRowChunk], w1[kRowChunk], w2[kRowChunk];
-  int32_t corner[kRowChunk];
+  int32_t corner[kRowChunk], up0[kRowChunk], up1[kRowChunk], up2[kRowChunk];
   const int32_t sz = st[0], sy = st[1], sx = st[2];
   const double s0 = row.step[0], s1 = row.step[1], s2 = row.step[2];
   const double t0 = row.start[0], t1 = row.start[1], t2 = row.start[2];
+  const double lo0 = static_cast<double>(bottom[0]), lo1 = static_cast<double>(bottom[1]),
+               lo2 = static_cast<double>(bottom[2]);
+  const double hi0 = static_cast<double>(top[0]), hi1 = static_cast<double>(top[1]), hi2 = static_cast<double>(top[2]);
+  const int32_t top0 = static_cast<int32_t>(top[0]), top1 = static_cast<int32_t>(top[1]),
+                top2 = static_cast<int32_t>(top[2]);
   for (int64_t k = 0; k < n; ++k) {
     const double i2 = static_cast<double>(i0 + k);
-    const double p0 = i2 * s0 + t0, p1 = i2 * s1 + t1, p2 = i2 * s2 + t2;  // mul_add_unfused on the host
-    // interior reads are below the volume's extent, an int32
+    double p0 = i2 * s0 + t0, p1 = i2 * s1 + t1, p2 = i2 * s2 + t2;  // mul_add_unfused on the host
+    if constexpr (kClamped) {  // clamped_read's selects: NaN reads the bottom
+      p0 = p0 > lo0 ? (p0 < hi0 ? p0 : hi0) : lo0;
+      p1 = p1 > lo1 ? (p1 < hi1 ? p1 : hi1) : lo1;
+      p2 = p2 > lo2 ? (p2 < hi2 ? p2 : hi2) : lo2;
+    }
+    // the reads lie inside the volume, whose offsets fit an int32
     const int32_t l0 = static_cast<int32_t>(p0), l1 = static_cast<int32_t>(p1), l2 = static_cast<int32_t>(p2);
     w0[k] = p0 - static_cast<double>(l0);
     w1[k] = p1 - static_cast<double>(l1);
     w2[k] = p2 - static_cast<double>(l2);
     corner[k] = l0 * sz + l1 * sy + l2 * sx;
+    if constexpr (kClamped) {
+      up0[k] = l0 + 1 <= top0 ? sz : 0;
+      up1[k] = l1 + 1 <= top1 ? sy : 0;
+      up2[k] = l2 + 1 <= top2 ? sx : 0;
+    }
   }
   for (int64_t k = 0; k < n; ++k) {
     const in_t* r = vol + corner[k];
+    const int32_t dz = kClamped ? up0[k] : sz, dy = kClamped ? up1[k] : sy, dx = kClamped ? up2[k] : sx;
     const double a0 = 1.0 - w0[k], a1 = 1.0 - w1[k], a2 = 1.0 - w2[k];
     const double b0 = w0[k], b1 = w1[k], b2 = w2[k];
     double sum = 0.0;
     sum += a0 * a1 * a2 * static_cast<double>(r[0]);
-    sum += a0 * a1 * b2 * static_cast<double>(r[sx]);
-    sum += a0 * b1 * a2 * static_cast<double>(r[sy]);
-    sum += a0 * b1 * b2 * static_cast<double>(r[sy + sx]);
-    sum += b0 * a1 * a2 * static_cast<double>(r[sz]);
-    sum += b0 * a1 * b2 * static_cast<double>(r[sz + sx]);
-    sum += b0 * b1 * a2 * static_cast<double>(r[sz + sy]);
-    sum += b0 * b1 * b2 * static_cast<double>(r[sz + sy + sx]);
+    sum += a0 * a1 * b2 * static_cast<double>(r[dx]);
+    sum += a0 * b1 * a2 * static_cast<double>(r[dy]);
+    sum += a0 * b1 * b2 * static_cast<double>(r[dy + dx]);
+    sum += b0 * a1 * a2 * static_cast<double>(r[dz]);
+    sum += b0 * a1 * b2 * static_cast<double>(r[dz + dx]);
+    sum += b0 * b1 * a2 * static_cast<double>(r[dz + dy]);
+    sum += b0 * b1 * b2 * static_cast<double>(r[dz + dy + dx]);
     values[k] = static_cast<op_t>(sum);
   }
 }
 
-RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), interpolate_interior_chunk,
-                         (const in_t* vol, const int32_t st[3], const AffineRow& row, int64_t i0, int64_t n,
-                          op_t* values),
-                         (vol, st, row, i0, n, values))
-
-// An interior row's n values after scale and shift.
+// An unmasked cube's d * h * w values after scale and shift, row by row: in chunks through
+// interpolate_chunk_body where the volume's offsets fit an int32 and the affine is finite, voxel by voxel
+// otherwise.  One call a cube, so that the vector version is picked once a cube rather than once a row
+// (a 16^3 cube has 256 rows).
 template <typename in_t, typename op_t>
-inline void interpolate_interior_row(const in_t* vol, const int32_t st[3], const AffineRow& row, int64_t n,
-                                     op_t scale_b, op_t shift_b, op_t* values) {
-  for (int64_t i0 = 0; i0 < n; i0 += kRowChunk) {
-    const int64_t m = std::min<int64_t>(kRowChunk, n - i0);
-    interpolate_interior_chunk(vol, st, row, i0, m, values + i0);
-    for (int64_t k = 0; k < m; ++k) values[i0 + k] = values[i0 + k] * scale_b + shift_b;
+RUBIKOPS_ALWAYS_INLINE void affine_cube_values_body(const AffineJob& j, const double* A_b, const in_t* vol,
+                                                    const int64_t* st, const int32_t* st32, bool offsets_fit,
+                                                    const int64_t* size, op_t scale_b, op_t shift_b, op_t* values) {
+  int64_t i[3];
+  int64_t v = 0;
+  for (i[0] = 0; i[0] < size[0]; ++i[0]) {
+    for (i[1] = 0; i[1] < size[1]; ++i[1]) {
+      const AffineRow row = j.row(A_b, i, size);
+      if (offsets_fit && !j.direct) {
+        const bool interior = row_is_interior(row, size[2], j.bottom, j.top);
+        for (int64_t first = 0; first < size[2]; first += kRowChunk) {
+          const int64_t n = std::min<int64_t>(kRowChunk, size[2] - first);
+          if (interior)
+            interpolate_chunk_body<false>(vol, st32, row, j.bottom, j.top, first, n, values + v + first);
+          else
+            interpolate_chunk_body<true>(vol, st32, row, j.bottom, j.top, first, n, values + v + first);
+        }
+        for (int64_t k = 0; k < size[2]; ++k) values[v + k] = values[v + k] * scale_b + shift_b;
+        v += size[2];
+        continue;
+      }
+      for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
+        TrilinearRead r;
+        j.read(A_b, row, i, size, &r);
+        values[v] = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
+      }
+    }
   }
 }
+
+RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), affine_cube_values,
+                         (const AffineJob& j, const double* A_b, const in_t* vol, const int64_t* st,
+                          const int32_t* st32, bool offsets_fit, const int64_t* size, op_t scale_b, op_t shift_b,
+                          op_t* values),
+                         (j, A_b, vol, st, st32, offsets_fit, size, scale_b, shift_b, values))
 
 template <typename in_t, typename out_t>
 void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
@@ -694,21 +738,7 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       int64_t v = 0;
       if (!masked) {  // the values of the whole cube, then its stage, clamp and cast
         op_t* values = cube_values.data();
-        for (i[0] = 0; i[0] < size[0]; ++i[0]) {
-          for (i[1] = 0; i[1] < size[1]; ++i[1]) {
-            const AffineRow row = j.row(A_b, i, size);
-            if (offsets_fit && !j.direct && row_is_interior(row, size[2], j.bottom, j.top)) {
-              interpolate_interior_row(vol, st32, row, size[2], scale_b, shift_b, values + v);
-              v += size[2];
-              continue;
-            }
-            for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
-              TrilinearRead r;
-              j.read(A_b, row, i, size, &r);
-              values[v] = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
-            }
-          }
-        }
+        affine_cube_values(j, A_b, vol, st, st32, offsets_fit, size, scale_b, shift_b, values);
         if (q) intensity_cube(values, *q, factors, size, first_voxel);
         finish_row<op_t, out_t>(values, numel, nullptr, op_t(1), nullptr, 0, lo, hi, dst);
         continue;
