@@ -81,6 +81,18 @@ constexpr int kCubeIntensityWidth = 10;
 constexpr int64_t kNoiseCentre = 131070;                 // 4 * (2^16 - 1) / 2
 constexpr double kNoiseUnit = 0x1.bb67ae8584caap-16;  // sqrt(3) / 2^16 (rubikops._schema.NOISE_UNIT): unit variance
 
+// a * b rounded on its own: nvcc would otherwise fuse it with a following sum (a host build has
+// -ffp-contract=off).
+template <typename T>
+RUBIKOPS_HD T mul_rounded(T a, T b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 8) return __dmul_rn(a, b);
+  else return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 template <typename T>
 struct CubeIntensity {
   T gain, offset, gamma, low, span, noise, bias[3];
@@ -104,7 +116,7 @@ RUBIKOPS_HD CubeIntensity<T> cube_intensity_of(const double* row) {
   q.low = static_cast<T>(row[3]);
   q.span = static_cast<T>(row[4]);
   q.noise = static_cast<T>(row[5]);
-  q.centre = q.low + q.span * T(0.5);
+  q.centre = q.low + mul_rounded(q.span, T(0.5));
   for (int a = 0; a < 3; ++a) q.bias[a] = static_cast<T>(row[6 + a]);
   q.key = noise_key_of(row[9]);
   q.gamma_on = q.gamma != T(1);
@@ -116,7 +128,7 @@ RUBIKOPS_HD CubeIntensity<T> cube_intensity_of(const double* row) {
 // exp(bias[a] * r) of output voxel i along an axis of n voxels, r = i * (2 / (n - 1)) - 1 (0 for n = 1).
 template <typename T>
 RUBIKOPS_HD T bias_factor(T coefficient, int64_t i, int64_t n) {
-  const T r = n > 1 ? static_cast<T>(i) * static_cast<T>(2.0 / static_cast<double>(n - 1)) - T(1) : T(0);
+  const T r = n > 1 ? mul_rounded(static_cast<T>(i), static_cast<T>(2.0 / static_cast<double>(n - 1))) - T(1) : T(0);
   return exp(coefficient * r);
 }
 
@@ -129,17 +141,18 @@ RUBIKOPS_HD T cube_noise(uint64_t key, uint64_t j) {
   return static_cast<T>(total - kNoiseCentre) * static_cast<T>(kNoiseUnit);
 }
 
+
 // v through the cube's stage; `field` the voxel's bias factor (the product of its three bias_factor,
-// D and H first), read only where the bias is on.
+// D and H first), read only where the bias is on.  Each product and sum rounded as the reference's.
 template <typename T>
 RUBIKOPS_HD T intensity_value(T v, const CubeIntensity<T>& q, T field, uint64_t j) {
-  v = v * q.gain + q.offset;
+  v = mul_rounded(v, q.gain) + q.offset;
   if (q.gamma_on) {
     const T t = (v - q.low) / q.span;
-    if (t > T(0) && t < T(1)) v = q.low + q.span * pow(t, q.gamma);
+    if (t > T(0) && t < T(1)) v = q.low + mul_rounded(q.span, static_cast<T>(pow(t, q.gamma)));
   }
-  if (q.bias_on) v = q.centre + (v - q.centre) * field;
-  if (q.noise_on) v = v + q.noise * cube_noise<T>(q.key, j);
+  if (q.bias_on) v = q.centre + mul_rounded(v - q.centre, field);
+  if (q.noise_on) v = v + mul_rounded(q.noise, cube_noise<T>(q.key, j));
   return v;
 }
 

@@ -3,6 +3,10 @@
 sources through the value map, masks, clamps and turns, every view of the argument; the noise's
 distribution; gradients by finite differences; opcheck; clear errors."""
 import math
+import os
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -80,7 +84,8 @@ def _expected(source, origins, cube, kw, out_dtype):
 @pytest.mark.parametrize("cube", [(4, 4, 4), (3, 5, 2), (1, 6, 3)])
 def test_matches_the_numpy_formula(backend, dtype, affine, cube):
     name, device = backend
-    source, origins, cube, kw = _case(hash((str(dtype), affine, cube)) % 1000, dtype, cube, affine=affine)
+    source, origins, cube, kw = _case(zlib.crc32(repr((dtype, affine, cube)).encode()) % 1000, dtype, cube,
+                                      affine=affine)
     kw.update(mask=torch.tensor([[True, False, False, True]] * 3), keep_prob=0.5, seed=5, fill=-7.0, clamp=(-2.5, 3.0))
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     want = _expected(source, origins, cube, kw, out_dtype)
@@ -108,6 +113,78 @@ def test_cube_intensity_reads_as_its_values_through_any_view(backend, view):
     run = lambda q: rubikops.extract_cubes(source.to(device), origins.to(device), cube, backend=name,  # noqa: E731
                                            **dict({k: v.to(device) for k, v in kw.items()}, cube_intensity=q))
     assert torch.equal(run(viewed.to(device)).cpu(), run(dense.to(device)).cpu())
+
+
+@pytest.mark.parametrize("backend", NAMES, ids=IDS)
+@pytest.mark.parametrize("dtype, out_dtype", [(torch.float32, torch.float16), (torch.float32, torch.bfloat16),
+                                              (torch.uint8, torch.float32), (torch.float16, None)], ids=str)
+def test_other_dtypes_out_and_no_validation(backend, dtype, out_dtype):
+    """Half and bfloat16 outputs (the float32 result rounded once), a uint8 source, out= and
+    validate=False give the formula's values too."""
+    name, device = backend
+    source, origins, cube, kw = _case(31, torch.float32, affine=True)
+    source = (source * 40 + 120).clamp(0, 255).round().to(dtype) if dtype == torch.uint8 else source.to(dtype)
+    want = _expected(source, origins, cube, kw, torch.float32)
+    result_dtype = out_dtype or dtype
+    want = want.to(result_dtype)
+    moved = {k: v.to(device) for k, v in kw.items()}
+    out = torch.full(want.shape, float("nan"), dtype=result_dtype, device=device)
+    got = rubikops.extract_cubes(source.to(device), origins.to(device), cube, out_dtype=out_dtype, out=out,
+                                 validate=False, backend=name, **moved)
+    assert got is out
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2}.get(result_dtype, 1e-5 * float(want.abs().max() + 1))
+    torch.testing.assert_close(got.cpu().float(), want.float(), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("backend", NAMES, ids=IDS)
+def test_gamma_at_the_edges_of_float32(backend):
+    """Small gammas on denormal ratios t, a huge span, and (validate=False) gammas that are NaN,
+    negative or infinite: the kernels' float32 power agrees with the reference's, inf and NaN included
+    (the CPU kernel returns 0 for a power below float's normal range, 1.2e-38, where powf returns a
+    denormal)."""
+    name, device = backend
+    source = torch.tensor([3e-39, 1e-10, 0.25, 0.5, 1e-30, 2e-38, 0.999, 5e-45], dtype=torch.float32)
+    source = source.view(1, 1, 1, 1, 8).expand(1, 1, 2, 2, 8).contiguous()
+    gammas = [0.05, 1e-3, 1.0 / 3, 7.0, float("nan"), -2.0, -math.inf, math.inf]
+    spans = [1.0, 1e30, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    rows = torch.tensor([[1, 0, g, 0, s, 0, 0, 0, 0, 1] for g, s in zip(gammas, spans)], dtype=torch.float64)
+    origins = torch.zeros(1, 8, 3, dtype=torch.long)
+    run = lambda backend_name: rubikops.extract_cubes(  # noqa: E731
+        source.to(device), origins.to(device), (2, 2, 8), cube_intensity=rows[None].to(device), validate=False,
+        backend=backend_name).cpu()
+    torch.testing.assert_close(run(name), run("torch"), rtol=1e-5, atol=1.2e-38, equal_nan=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the CPU kernel's vector versions are x86-64 builds")
+def test_every_cpu_vector_version_gives_the_same_bits():
+    """RUBIKOPS_CPU_ISA caps the CPU kernel's vector versions (AVX-512, AVX2, baseline): the same calls
+    (affine and plain reads with the intensity stage in float32 and float64, masks with their keep rule)
+    give the same bits under each, the baseline and AVX2 bodies included, which the host's own choice
+    would never run."""
+    script = """
+import sys, torch, rubikops
+from tests.test_cube_intensity import _case
+outs = []
+for dtype in (torch.float32, torch.float64):
+    for affine in (False, True):
+        source, origins, cube, kw = _case(41, dtype, (5, 4, 7), affine=affine)
+        kw.update(mask=torch.tensor([[True, False, False, True]] * 3), keep_prob=0.5, seed=9)
+        outs.append(rubikops.extract_cubes(source, origins, cube, backend="compiled", **kw))
+torch.save(outs, sys.argv[1])
+"""
+    results = []
+    for isa in ("avx512", "avx2", "baseline"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rubikops-isa-{os.getpid()}-{isa}.pt")
+        env = dict(os.environ, RUBIKOPS_CPU_ISA=isa, OMP_NUM_THREADS="1")
+        done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300,
+                              env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(torch.load(path))
+        os.remove(path)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 def test_noise_is_a_unit_irwin_hall_variable():

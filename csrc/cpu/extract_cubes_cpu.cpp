@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -83,13 +84,17 @@ enum class VectorIsa { kBaseline, kAvx2, kAvx512 };
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RUBIKOPS_TARGET_AVX2 __attribute__((target("avx2")))
 #define RUBIKOPS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+// RUBIKOPS_CPU_ISA=baseline or avx2 (read once) caps the choice, so that the tests run every version.
 inline VectorIsa vector_isa() {
   static const VectorIsa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+    const char* cap = std::getenv("RUBIKOPS_CPU_ISA");
+    const bool no_avx512 = cap && (std::strcmp(cap, "avx2") == 0 || std::strcmp(cap, "baseline") == 0);
+    const bool no_avx2 = cap && std::strcmp(cap, "baseline") == 0;
+    if (!no_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
       return VectorIsa::kAvx512;
-    return __builtin_cpu_supports("avx2") ? VectorIsa::kAvx2 : VectorIsa::kBaseline;
+    return !no_avx2 && __builtin_cpu_supports("avx2") ? VectorIsa::kAvx2 : VectorIsa::kBaseline;
   }();
   return isa;
 }
@@ -205,12 +210,15 @@ IntensityStages<T> intensity_stages(const ExtractCubesArgs& a) {
 // vectorises (glibc's powf does not: the default augmentation's gamma took 5.2 of the cut's 5.8 ms on one
 // thread).  The series' truncation errors are below 3e-9 (log, |s| <= 0.172 to s^9) and 2e-10 (exp,
 // |f| <= ln2 / 2 to f^8) relative, so the result is within a few float ulps of powf's (the tests' 1e-5
-// is several hundred).  A denormal t (below 1.2e-38) reads as a normal one of its exponent: its power is
-// below 1e-26 either way.
+// is several hundred).  A denormal t (below 2^-126) is scaled by 2^24 first, which is exact.  gamma must be
+// finite and positive (gamma_row takes std::pow otherwise), so y <= 0; a result below 2^-126, float's
+// normal range, is 0 (powf's would be a denormal, below 1.2e-38).
 RUBIKOPS_ALWAYS_INLINE float pow_unit(float t, float gamma) {
+  const bool denormal = t < 1.17549435e-38f;
+  t = denormal ? t * 16777216.0f : t;
   uint32_t bits;
   std::memcpy(&bits, &t, sizeof bits);
-  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+  int32_t e = static_cast<int32_t>(bits >> 23) - (denormal ? 127 + 24 : 127);
   const uint32_t mantissa = (bits & 0x007FFFFFu) | 0x3F800000u;
   float m;
   std::memcpy(&m, &mantissa, sizeof m);  // [1, 2)
@@ -220,7 +228,8 @@ RUBIKOPS_ALWAYS_INLINE float pow_unit(float t, float gamma) {
   const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
   const float log_m = 2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
   float y = gamma * (static_cast<float>(e) + log_m * 1.44269504f);
-  y = y > -126.0f ? y : -126.0f;  // 2^-126 is float's smallest normal; below it the power is 0 anyway
+  const bool underflow = !(y >= -126.0f);
+  y = underflow ? 0.0f : (y < 0.0f ? y : 0.0f);
   const float whole = std::floor(y + 0.5f);
   const float f = (y - whole) * 0.693147181f;
   const float p = 1.0f + f * (1.0f + f * (1.0f / 2 + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 +
@@ -228,22 +237,28 @@ RUBIKOPS_ALWAYS_INLINE float pow_unit(float t, float gamma) {
   const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(whole) + 127) << 23;
   float two_to_whole;
   std::memcpy(&two_to_whole, &scale_bits, sizeof two_to_whole);
-  return p * two_to_whole;
+  return underflow ? 0.0f : p * two_to_whole;
 }
 
 // The gamma step on a row: v = low + span * t ** gamma where 0 < t = (v - low) / span < 1.  float rows
-// through pow_unit (vectorised), double rows through std::pow (the reference's precision).
+// through pow_unit (vectorised), double rows and a gamma that is not finite and positive (validate=False)
+// through std::pow (the reference's precision and its inf and NaN).
 template <typename T>
 RUBIKOPS_ALWAYS_INLINE void gamma_row_body(T* __restrict v, int64_t n, T low, T span, T gamma) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (gamma > 0.0f && gamma < std::numeric_limits<float>::infinity()) {
+      for (int64_t k = 0; k < n; ++k) {
+        const float t = (v[k] - low) / span;
+        const bool inside = (t > 0.0f) & (t < 1.0f);  // no short circuit: one select, not two branches
+        const float powered = pow_unit(inside ? t : 0.5f, gamma);
+        v[k] = inside ? low + span * powered : v[k];
+      }
+      return;
+    }
+  }
   for (int64_t k = 0; k < n; ++k) {
     const T t = (v[k] - low) / span;
-    const bool inside = (t > T(0)) & (t < T(1));  // no short circuit: one select, not two branches
-    if constexpr (std::is_same_v<T, float>) {
-      const T powered = pow_unit(inside ? t : 0.5f, gamma);
-      v[k] = inside ? low + span * powered : v[k];
-    } else {
-      if (inside) v[k] = low + span * std::pow(t, gamma);
-    }
+    if (t > T(0) && t < T(1)) v[k] = low + span * std::pow(t, gamma);
   }
 }
 

@@ -268,9 +268,9 @@ class BankPuzzles:
         positions in the crop frame).  ``intensity_transform`` (e.g.
         :class:`rubikops.augment.IntensityAugment`):
         ``intensity_transform.draw(batch, puzzle.num_cubes, generator)``
-        gives each cube's intensity draws, after the puzzle's own (the
-        labels are those of the same batch without it), executed by the
-        same call."""
+        gives each cube's intensity draws, after the task's sample (a
+        puzzle's labels are those of the same batch without it; a dense
+        task's corruptions draw after it), executed by the same call."""
         checked = self.__dict__.setdefault("_checked_puzzles", set())
         if id(puzzle) not in checked:
             self.check_puzzle(puzzle)

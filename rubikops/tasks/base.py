@@ -182,8 +182,9 @@ class PretextTask:
         the targets' origins are then crop-frame positions.
         cube_intensity: each cube's intensity stage, in the same pass: an
         augmentation with a ``draw(batch, cubes, generator, device)`` (e.g.
-        :class:`rubikops.augment.IntensityAugment`, drawn after the puzzle,
-        so the labels are those of the same call without it), its
+        :class:`rubikops.augment.IntensityAugment`, drawn after the task's
+        sample, so a puzzle's labels are those of the same call without
+        it), its
         :class:`rubikops.augment.IntensityDraws` (relative to each volume's
         mean and sd, which the cut puts in its output units), or the op's
         (B, M, 10) tensor as is.  Returns cubes (B, M, C, d, h, w) and the

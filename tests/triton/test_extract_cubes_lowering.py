@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("triton")
 
 FLAGS = ("HAS_INDEX", "HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_SCALE", "HAS_SHIFT", "HAS_LO", "HAS_HI", "ARITH",
-         "F64", "PARAMS_IN_TENSOR", "VIA_F32", "BF16_RTNE", "AFFINE")
+         "F64", "PARAMS_IN_TENSOR", "VIA_F32", "BF16_RTNE", "AFFINE", "HAS_INTENSITY")
 
 SCRIPT = r"""
 import importlib, json, sys
@@ -49,6 +49,9 @@ CASES = [
     ("fp64", "fp16", ("HAS_ROT", "ARITH", "F64", "PARAMS_IN_TENSOR", "VIA_F32", "HAS_MASK", "KEEP_RANDOM"), False),
     ("u8", "u8", ("HAS_MASK",), True),
     ("i16", "bf16", ("HAS_ROT", "VIA_F32", "HAS_MASK"), True),  # integer source into a half output, via float32
+    # the per-cube intensity stage: exp2/log2 gamma, the uint64 noise hash, a float64 key to uint64
+    ("fp32", "fp32", ("HAS_ROT", "ARITH", "HAS_INTENSITY", "HAS_MASK", "KEEP_RANDOM"), True),
+    ("fp64", "fp32", ("HAS_ROT", "ARITH", "F64", "PARAMS_IN_TENSOR", "HAS_INTENSITY"), False),
 ]
 
 
@@ -70,7 +73,8 @@ def test_kernel_lowers_for_sm90():
         if small:  # Triton passes integer arguments equal to 1 as constants (unit W stride, C = 1)
             const.update(s_w=1, C=1, seed_hi=1)  # a seed whose high half is 1
         ptrs = dict(src_ptr=f"*{src_t}", out_ptr=f"*{out_t}", origins_ptr="*i64", index_ptr="*i32",
-                    rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32", params_ptr="*fp64")
+                    rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32", params_ptr="*fp64",
+                    intensity_ptr="*fp64")
         cases.append(dict(kernel="_extract_cubes_kernel", const=const, ptrs=ptrs, small_ints=small, src=src_t,
                           out=out_t))
     lines = _lower(cases)
@@ -113,6 +117,8 @@ AFFINE_CASES = [
     ("bf16", "bf16", ("HAS_ROT", "HAS_MASK", "KEEP_RANDOM", "HAS_INDEX"), True),
     ("i16", "fp16", ("HAS_ROT", "HAS_SCALE", "HAS_SHIFT", "VIA_F32", "HAS_MASK"), True),
     ("fp64", "fp32", ("HAS_ROT", "F64", "PARAMS_IN_TENSOR", "HAS_LO", "HAS_MASK"), False),
+    ("fp32", "fp32", ("HAS_ROT", "HAS_INDEX", "HAS_INTENSITY", "HAS_LO", "HAS_MASK", "KEEP_RANDOM"), True),
+    ("fp64", "fp64", ("F64", "PARAMS_IN_TENSOR", "HAS_INTENSITY"), False),
 ]
 
 
@@ -126,7 +132,7 @@ def test_affine_kernel_lowers_for_sm90():
         ptrs = dict(src_ptr=f"*{src_t}", out_ptr=f"*{out_t}", affine_ptr="*fp64", box_ptr="*i32",
                     origins_ptr="*i64",
                     index_ptr="*i64", rot_ptr="*i64", mask_ptr="*i1", scale_ptr="*fp64", shift_ptr="*fp32",
-                    params_ptr="*fp64")
+                    params_ptr="*fp64", intensity_ptr="*fp64")
         cases.append(dict(kernel="_extract_cubes_affine_kernel", const=const, ptrs=ptrs, small_ints=small,
                           src=src_t, out=out_t))
     _lower(cases)
