@@ -273,47 +273,33 @@ RUBIKOPS_ALWAYS_INLINE void noise_row_body(T* __restrict v, int64_t n, T noise, 
 RUBIKOPS_VECTOR_VERSIONS((template <typename T>), noise_row, (T * v, int64_t n, T noise, uint64_t key, uint64_t j0),
                          (v, n, noise, key, j0))
 
-// values (one output row's, after scale and shift) through cube stage q: intensity_value's steps in its
-// order, a step a loop so that each vectorises.  row_field: the row's D and H bias factors multiplied; fw:
-// the W factors of its voxels; j0: the first voxel's index in the cube (the noise's).
+// n consecutive values of one channel of a cube (after scale and shift), from its voxel `first` in
+// (d, h, w) order, through its stage q: intensity_value's steps in its order, each step one loop over
+// them so that it vectorises (a whole cube's, where the kernel has it: rows of 16 voxels cost a call and
+// a loop's set-up per step and row).  factors: the cube's d + h + w bias factors; block: the channel's
+// first voxel in the cube's (C, d, h, w) block (the noise counts from it).
 template <typename T>
-inline void intensity_row(T* __restrict values, int64_t n, const CubeIntensity<T>& q, T row_field,
-                          const T* __restrict fw, uint64_t j0) {
+inline void intensity_span(T* __restrict values, int64_t n, const CubeIntensity<T>& q, const T* factors,
+                           const int64_t size[3], int64_t first, int64_t block) {
   for (int64_t k = 0; k < n; ++k) values[k] = values[k] * q.gain + q.offset;
   if (q.gamma_on) gamma_row(values, n, q.low, q.span, q.gamma);
-  if (q.bias_on)
-    for (int64_t k = 0; k < n; ++k) values[k] = q.centre + (values[k] - q.centre) * (row_field * fw[k]);
-  if (q.noise_on) noise_row(values, n, q.noise, q.key, j0);
-}
-
-// A whole cube's values (d * h * w, after scale and shift) through its stage q, as intensity_row does
-// row by row, each step one loop over the cube (rows of 16 voxels cost a call and a loop's set-up per
-// step and row).  factors: the cube's d + h + w bias factors; j0: the first voxel's index (the noise's).
-template <typename T>
-inline void intensity_cube(T* __restrict values, const CubeIntensity<T>& q, const T* factors, const int64_t size[3],
-                           uint64_t j0) {
-  const int64_t numel = size[0] * size[1] * size[2];
-  for (int64_t k = 0; k < numel; ++k) values[k] = values[k] * q.gain + q.offset;
-  if (q.gamma_on) gamma_row(values, numel, q.low, q.span, q.gamma);
   if (q.bias_on) {
     const T* fw = factors + size[0] + size[1];
-    for (int64_t i0 = 0; i0 < size[0]; ++i0) {
-      for (int64_t i1 = 0; i1 < size[1]; ++i1) {
-        const T row_field = factors[i0] * factors[size[0] + i1];
-        T* row = values + (i0 * size[1] + i1) * size[2];
-        for (int64_t k = 0; k < size[2]; ++k) row[k] = q.centre + (row[k] - q.centre) * (row_field * fw[k]);
-      }
+    for (int64_t k = 0; k < n;) {  // row by row: the row's D and H factors, then each voxel's W factor
+      const int64_t row = (first + k) / size[2], column = (first + k) % size[2];
+      const int64_t count = std::min(n - k, size[2] - column);
+      const T row_field = factors[row / size[1]] * factors[size[0] + row % size[1]];
+      T* v = values + k;
+      for (int64_t x = 0; x < count; ++x) v[x] = q.centre + (v[x] - q.centre) * (row_field * fw[column + x]);
+      k += count;
     }
   }
-  if (q.noise_on) noise_row(values, numel, q.noise, q.key, j0);
+  if (q.noise_on) noise_row(values, n, q.noise, q.key, static_cast<uint64_t>(block + first));
 }
 
-// n values of one output row (after scale and shift) through the cube's stage (none: q null), the clamp
-// and the cast into dst.
+// n values clamped and cast into dst.
 template <typename op_t, typename out_t>
-inline void finish_row(op_t* values, int64_t n, const CubeIntensity<op_t>* q, op_t row_field, const op_t* fw,
-                       uint64_t j0, op_t lo, op_t hi, out_t* dst) {
-  if (q) intensity_row(values, n, *q, row_field, fw, j0);
+inline void clamp_and_cast(const op_t* values, int64_t n, op_t lo, op_t hi, out_t* dst) {
   for (int64_t k = 0; k < n; ++k) {
     op_t x = values[k];
     x = lo > x ? lo : x;
@@ -445,7 +431,6 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const op_t s = scale[b], t = shift[b];
       const CubeIntensity<op_t>* q = stages.of(cube);
       const op_t* factors = q ? stages.factors_of(cube) : nullptr;
-      const int64_t cube_voxel = (c * o0 + i0) * o1 * o2;  // of row i1 = 0, in the cube's (C, d, h, w) block
       const bool fill_all = j.masked && threshold == 0;
       const bool hash = j.masked && threshold > 0 && threshold < (uint64_t(1) << 24);
       const in_t* plane_src = src_ptr + j.start + c * src.stride(1) + i0 * j.step[0];
@@ -472,14 +457,13 @@ void extract_cubes_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
           } else {
             const in_t* from = row_src + x0 * j.step[2];
             if (q) {
-              const op_t row_field = factors[i0] * factors[o0 + i1];
               const int64_t step = j.step[2];
               for (int64_t s0 = 0; s0 < w; s0 += 256) {
                 const int64_t n = std::min<int64_t>(256, w - s0);
                 op_t values[256];
                 for (int64_t i = 0; i < n; ++i) values[i] = static_cast<op_t>(from[(s0 + i) * step]) * s + t;
-                finish_row(values, n, q, row_field, factors + o0 + o1 + x0 + s0,
-                           static_cast<uint64_t>(cube_voxel + i1 * o2 + x0 + s0), lo, hi, target + s0);
+                intensity_span(values, n, *q, factors, size, (i0 * o1 + i1) * o2 + x0 + s0, c * o0 * o1 * o2);
+                clamp_and_cast(values, n, lo, hi, target + s0);
               }
             } else if (arith)
               copy_row<in_t, out_t, op_t, true>(from, j.step[2], target, w, s, t, lo, hi);
@@ -747,21 +731,18 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
       const bool masked = j.masked, hash = j.masked && threshold > 0;
       const CubeIntensity<op_t>* q = stages.of(cube / C);
       const op_t* factors = q ? stages.factors_of(cube / C) : nullptr;
-      const op_t* fw = q ? factors + size[0] + size[1] : nullptr;
-      const uint64_t first_voxel = static_cast<uint64_t>(c * numel);  // in the cube's (C, d, h, w) block
       int64_t i[3];
       int64_t v = 0;
       if (!masked) {  // the values of the whole cube, then its stage, clamp and cast
         op_t* values = cube_values.data();
         affine_cube_values(j, A_b, vol, st, st32, offsets_fit, size, scale_b, shift_b, values);
-        if (q) intensity_cube(values, *q, factors, size, first_voxel);
-        finish_row<op_t, out_t>(values, numel, nullptr, op_t(1), nullptr, 0, lo, hi, dst);
+        if (q) intensity_span(values, numel, *q, factors, size, 0, c * numel);
+        clamp_and_cast(values, numel, lo, hi, dst);
         continue;
       }
       for (i[0] = 0; i[0] < size[0]; ++i[0]) {  // a masked cube: voxel by voxel, reading only the kept ones
         for (i[1] = 0; i[1] < size[1]; ++i[1]) {
           const AffineRow row = j.row(A_b, i, size);
-          const op_t row_field = q ? factors[i[0]] * factors[size[0] + i[1]] : op_t(1);
           for (i[2] = 0; i[2] < size[2]; ++i[2], ++v) {
             if (masked && !(hash && keep_voxel(seed, static_cast<uint64_t>(cube * numel + v), threshold))) {
               dst[v] = fill;
@@ -770,7 +751,8 @@ void extract_cubes_affine_kernel(const ExtractCubesArgs& a, at::Tensor& out) {
             TrilinearRead r;
             j.read(A_b, row, i, size, &r);
             op_t x = static_cast<op_t>(interpolate(vol, st, r)) * scale_b + shift_b;
-            finish_row(&x, 1, q, row_field, fw ? fw + i[2] : nullptr, first_voxel + v, lo, hi, dst + v);
+            if (q) intensity_span(&x, 1, *q, factors, size, v, c * numel);
+            clamp_and_cast(&x, 1, lo, hi, dst + v);
           }
         }
       }
