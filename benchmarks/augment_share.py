@@ -8,8 +8,9 @@ the task, the data, the model, the batch) once per augmentation, one after
 the other on this machine, and prints from each run's summary the puzzles a
 second, the share of the step spent generating the batch (cut and
 augmentation), and the puzzles a second as a fraction of ``--augment none``'s.
-The geometric augmentation runs inside the cut (``extract_cubes(affine=)``);
-the intensity augmentation is separate tensor passes after it.
+Both augmentations run inside the cut: the geometry as each crop's affine
+(``extract_cubes(affine=)``), the intensity as each cube's stage
+(``cube_intensity=``).
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from typing import Optional
 
 import torch
 
+from ._constants import device_constant
+
 
 class VolumeSource:
     """The interface tasks use (see the module docstring); subclasses set
@@ -94,16 +96,8 @@ class VolumeSource:
         return int(small.nonzero()[0, 0]) if bool(small.any()) else None
 
 
-_SHAPE_TENSORS: dict = {}
-
-
 def _shape_tensor(shape: tuple, device: torch.device) -> torch.Tensor:
-    # Cached per device and shape: a fresh host-to-device tensor would be a
-    # blocking copy (a stream sync on CUDA) in every batch.
-    key = (str(device), shape)
-    if key not in _SHAPE_TENSORS:
-        _SHAPE_TENSORS[key] = torch.tensor(shape, device=device)
-    return _SHAPE_TENSORS[key]
+    return device_constant(tuple(shape), device)
 
 
 class TensorVolumes(VolumeSource):

@@ -76,6 +76,22 @@ def test_identity_resampling_is_the_box(path, monkeypatch):
             torch.testing.assert_close(out[b], box, atol=1e-4, rtol=0)
 
 
+def test_rotation_matrices_are_the_product_about_each_axis():
+    """R = R_d @ R_h @ R_w, each elementary rotation written out in NumPy (about D: the (h, w) plane
+    turns, ...), on random and on exactly-zero and right angles."""
+    a = (torch.rand(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1) * math.pi
+    a[:4] = torch.tensor([[0.0, 0.0, 0.0], [math.pi / 2, 0.0, 0.0], [0.0, -math.pi / 2, 0.0], [0.0, 0.0, math.pi]],
+                         dtype=torch.float64)
+    want = []
+    for d, h, w in a.numpy():
+        rd = np.array([[1, 0, 0], [0, np.cos(d), -np.sin(d)], [0, np.sin(d), np.cos(d)]])
+        rh = np.array([[np.cos(h), 0, np.sin(h)], [0, 1, 0], [-np.sin(h), 0, np.cos(h)]])
+        rw = np.array([[np.cos(w), -np.sin(w), 0], [np.sin(w), np.cos(w), 0], [0, 0, 1]])
+        want.append(rd @ rh @ rw)
+    np.testing.assert_allclose(rotation_matrices(a).numpy(), np.stack(want), rtol=0, atol=1e-15)
+    assert rotation_matrices(a[:, [2, 0, 1]].contiguous()[::2]).shape == (20, 3, 3)  # any (B, 3) view
+
+
 def test_rotation_matrices_are_rotations():
     a = (torch.rand(50, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * math.pi
     r = rotation_matrices(a.double())
@@ -164,6 +180,26 @@ def test_intensity_augment_off_is_identity_and_draws_are_reproducible():
     b = IntensityAugment().draw(4, 8, torch.Generator().manual_seed(3))
     assert torch.equal(a.values, b.values)
     assert bool((a.values[..., -1] == a.values[..., -1].floor()).all()) and float(a.values[..., -1].max()) < 2 ** 53
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_intensity_draws_follow_the_documented_uniforms(p):
+    """draw() against its rule, written out field by field in NumPy from the same generator's 11 uniforms
+    a cube: u[0:4] < p switch contrast, gamma, bias field and noise on; contrast in the contrast range
+    from u[4], gamma log-uniform from u[5], the bias coefficients in +-bias_field from u[6:9], the noise
+    key floor(u[10] * 2**53); an unused step is its identity (1, 1, 0, 0)."""
+    aug = IntensityAugment(contrast=(0.6, 1.3), gamma=(0.5, 2.0), bias_field=0.4, noise=0.07, p=p)
+    got = aug.draw(5, 6, torch.Generator().manual_seed(11)).values.numpy()
+    u = torch.rand(5, 6, 11, generator=torch.Generator().manual_seed(11), dtype=torch.float64).numpy()
+    on = u[..., :4] < p
+    want = np.empty((5, 6, 7))
+    want[..., 0] = np.where(on[..., 0], 0.6 + u[..., 4] * (1.3 - 0.6), 1.0)
+    want[..., 1] = np.where(on[..., 1], np.exp(np.log(0.5) + u[..., 5] * (np.log(2.0) - np.log(0.5))), 1.0)
+    want[..., 2] = np.where(on[..., 3], 0.07, 0.0)
+    want[..., 3:6] = np.where(on[..., 2:3], (u[..., 6:9] * 2 - 1) * 0.4, 0.0)
+    want[..., 6] = np.floor(u[..., 10] * 2.0 ** 53)
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+    assert np.array_equal(got[..., 6], want[..., 6])  # the key exactly: it seeds the noise
 
 
 def test_draws_in_a_volumes_units():

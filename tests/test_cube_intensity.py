@@ -159,11 +159,13 @@ def test_gamma_at_the_edges_of_float32(backend):
                     reason="the CPU kernel's vector versions are x86-64 builds")
 def test_every_cpu_vector_version_gives_the_same_bits():
     """RUBIKOPS_CPU_ISA caps the CPU kernel's vector versions (AVX-512, AVX2, baseline): the same calls
-    (affine and plain reads with the intensity stage in float32 and float64, masks with their keep rule)
-    give the same bits under each, the baseline and AVX2 bodies included, which the host's own choice
+    (affine and plain reads with the intensity stage in float32 and float64, masks with their keep rule;
+    affine reads of long interior rows from float32 and int16 banks) give the same bits under each, the baseline and AVX2 bodies included, which the host's own choice
     would never run."""
     script = """
 import sys, torch, rubikops
+from rubikops.augment import rotation_matrices
+from rubikops.rotations import preserves_shape
 from tests.test_cube_intensity import _case
 outs = []
 for dtype in (torch.float32, torch.float64):
@@ -171,6 +173,20 @@ for dtype in (torch.float32, torch.float64):
         source, origins, cube, kw = _case(41, dtype, (5, 4, 7), affine=affine)
         kw.update(mask=torch.tensor([[True, False, False, True]] * 3), keep_prob=0.5, seed=9)
         outs.append(rubikops.extract_cubes(source, origins, cube, backend="compiled", **kw))
+# rows of 19 voxels well inside the volume (AVX-512: two blocks of eight through the W-pair loads, then
+# three alone), float32 and int16 banks, every turn that keeps the cube's shape (backward rows too)
+gen = torch.Generator().manual_seed(5)
+angles = (torch.rand(3, 3, generator=gen, dtype=torch.float64) * 2 - 1) * 0.15
+affine = torch.cat([rotation_matrices(angles) * 0.95, torch.full((3, 3, 1), 6.0, dtype=torch.float64)], -1)
+for dtype in (torch.float32, torch.int16):
+    source = (torch.randn(2, 1, 26, 24, 40, generator=gen) * 500).to(dtype)
+    codes = torch.tensor([c for c in range(24) if preserves_shape(c, (5, 5, 19))])
+    kw = dict(index=torch.tensor([0, 1, 1]), affine=affine, out_dtype=torch.float32,
+              rotations=codes[torch.randint(0, len(codes), (3, 4), generator=gen)])
+    origins = torch.randint(0, 4, (3, 4, 3), generator=gen)
+    outs.append(rubikops.extract_cubes(source, origins, (5, 5, 19), backend="compiled", **kw))
+    outs.append(rubikops.extract_cubes(source, origins, (5, 5, 19), backend="compiled", out_dtype=torch.float64,
+                                       **{k: v for k, v in kw.items() if k != "out_dtype"}))
 torch.save(outs, sys.argv[1])
 """
     results = []
