@@ -211,6 +211,26 @@ def test_plain_tensors_and_their_source_give_the_same_cubes():
         assert torch.equal(cut_of(*a), cut_of(*b)), name
 
 
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_out_gets_the_batch_and_cuts_into_out_says_whether_the_op_wrote_it(name):
+    """task(out=buf) returns buf holding the batch it returns without out (buf holding a stale batch
+    and NaN beforehand: every voxel is written, masked ones too); cuts_into_out is True exactly where
+    the op wrote the cubes into buf (no copy), which pretrain.py relies on to reuse the last batch."""
+    vols = torch.randn(3, 1, 21, 22, 23, generator=torch.Generator().manual_seed(0))
+    task = make(name)  # a fresh task for each call: RubikCube counts the keep-mask seeds it drew
+    want, t = make(name)(vols, generator=torch.Generator().manual_seed(4))
+    buf = make(name)(vols, generator=torch.Generator().manual_seed(9))[0].clone()
+    buf.view(-1)[::3] = math.nan
+    writes = []
+    real = rubikops.ops.run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rubikops.ops, "run", lambda params, out=None, backend=None: writes.append(out is buf) or
+                      real(params, out=out, backend=backend))
+        got, u = task(vols, generator=torch.Generator().manual_seed(4), out=buf)
+    assert got is buf and torch.equal(got, want) and torch.equal(u.origins, t.origins)
+    assert writes == [task.cuts_into_out]
+
+
 # -- the registry's contract, for every task ------------------------------------------------------
 SMALL = dict(cube_size=4, gap=(0, 2), num_permutations=6, mask_prob=0.5, mask_keep_prob=0.3, grid=(2, 2, 1),
              patch=1, shuffle_window=2)

@@ -124,6 +124,9 @@ class PretextTask:
     reads shapes back from the device."""
 
     name = "?"
+    # __call__(out=) has the op write the cubes straight into out (a task that builds its inputs from the
+    # cut, as the dense ones do, copies them there instead)
+    cuts_into_out = True
     # tasks that mask cubes (RubikCube) set these: the op's fill value and share of voxels kept in a masked cube
     mask_fill = 0.0
     mask_keep_prob = 0.0

@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import ops
+from .._constants import device_constant
 from ..models.transfer import RestorationUNet
 from .base import Cut, PretextTask, Targets, as_ints
 
@@ -42,6 +43,7 @@ class DenseTask(PretextTask):
     subclasses implement :meth:`corrupt` (and may change the target)."""
 
     num_cubes = 1
+    cuts_into_out = False  # the corrupted inputs are new tensors: __call__(out=) copies them there
 
     def __init__(self, cube_size: Union[int, Sequence[int]] = 32, *, normalize=None, validate: bool = True,
                  backend: Optional[str] = None):
@@ -61,7 +63,7 @@ class DenseTask(PretextTask):
                generator: Optional[torch.Generator] = None):
         dev = index.device
         u = torch.rand(batch, 3, generator=generator, device=dev, dtype=torch.float64)
-        span = (volume_shapes[index] - torch.tensor(self.cube_size, device=dev) + 1).clamp_min(1)
+        span = (volume_shapes[index] - device_constant(tuple(self.cube_size), dev) + 1).clamp_min(1)
         origins = torch.minimum((u * span).long(), span - 1)[:, None, :]
         codes = torch.zeros(batch, 1, dtype=torch.int64, device=dev)  # code 0: no rotation
         return Cut(origins), Targets(origins=origins, codes=codes, index=index)
