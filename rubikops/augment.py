@@ -165,10 +165,12 @@ class CropAffine:
         half = device_constant(tuple((n - 1) / 2 for n in crop_size), dev, torch.float64)
         span = (shapes[index] - device_constant(tuple(crop_size), dev)).clamp_min(0).double()  # exact integers
         centres = half + u[:, :3] * span
-        angles = (u[:, 3:6] * 2 - 1) * math.radians(self.max_angle)
+        # angles (u * 2 - 1) * max_angle and log zoom, log(lo) + u * log(hi / lo), in two whole-tensor steps
         lo, hi = self.zoom
-        zoom = torch.exp(math.log(lo) + u[:, 6] * (math.log(hi) - math.log(lo)))
-        return centres, rotation_matrices(angles) * zoom[:, None, None], half
+        w = u[:, 3:] * device_constant((2.0, 2.0, 2.0, math.log(hi) - math.log(lo)), dev, torch.float64) \
+            + device_constant((-1.0, -1.0, -1.0, math.log(lo)), dev, torch.float64)
+        angles = w[:, :3] * math.radians(self.max_angle)
+        return centres, rotation_matrices(angles) * w[:, 3:].exp()[..., None], half
 
     def draw(self, shapes: torch.Tensor, crop_size: Sequence[int], index: torch.Tensor,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -204,13 +206,12 @@ class IntensityDraws:
         volumes have ``mean`` and ``sd`` ((B,), output units): contrast about the mean; gamma on the window
         mean +- window * sd after the contrast (values outside it pass unchanged); the bias field scales the
         distance from the mean; noise in sds after the contrast."""
-        v = self.values
-        mean = mean.to(v.dtype)[:, None]
-        sd = sd.to(v.dtype).clamp_min(1e-6)[:, None]  # a constant volume still has a window
-        c = v[..., 0]
+        c, gamma, noise, bias_d, bias_h, bias_w, key = self.values.unbind(-1)
+        mean = mean.to(c.dtype)[:, None]
+        sd = sd.to(c.dtype).clamp_min(1e-6)[:, None]  # a constant volume still has a window
         spread = c * sd
-        return torch.stack([c, (1 - c) * mean, v[..., 1], mean - self.window * spread, 2 * self.window * spread,
-                            v[..., 2] * spread, v[..., 3], v[..., 4], v[..., 5], v[..., 6]], -1)
+        return torch.stack([c, (1 - c) * mean, gamma, mean - self.window * spread, 2 * self.window * spread,
+                            noise * spread, bias_d, bias_h, bias_w, key], -1)
 
 
 @dataclass

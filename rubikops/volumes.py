@@ -70,15 +70,15 @@ class VolumeSource:
         """(storage affine, read box, storage index) of a (B, 3, 4) affine into volumes ``index``: the
         arguments ``extract_cubes(affine=, read_box=, index=)`` takes, so no read leaves its volume
         (a packed neighbour or the padding past a smaller volume)."""
-        lowest = torch.zeros(index.shape[0], 3, dtype=torch.int64, device=index.device)
-        if self.offsets is not None:
-            lowest = self.offsets[index].to(torch.int64)
-            # in float64 (the op's position math): a float32 translation deep in a packed storage (60k
-            # planes) would hold it to 0.004 voxel
-            affine = affine.to(torch.float64)
-            affine = torch.cat([affine[..., :3], affine[..., 3:] + lowest[..., None].to(torch.float64)], -1)
-        read_box = torch.stack([lowest, lowest + self.shapes[index].to(torch.int64) - 1], 1)
-        return affine, read_box, (index if self.offsets is None else torch.zeros_like(index))
+        extent = self.shapes[index].to(torch.int64)
+        if self.offsets is None:
+            return affine, torch.stack([torch.zeros_like(extent), extent - 1], 1), index
+        lowest = self.offsets[index].to(torch.int64)
+        # in float64 (the op's position math): a float32 translation deep in a packed storage (60k planes)
+        # would hold it to 0.004 voxel; a copy, since the caller's affine is the caller's
+        affine = affine.to(torch.float64, copy=True)
+        affine[..., 3] += lowest
+        return affine, torch.stack([lowest, lowest + extent - 1], 1), torch.zeros_like(index)
 
     def every_index(self) -> torch.Tensor:
         """One sample per volume: what a task cuts when it is given no ``index``."""

@@ -266,8 +266,10 @@ class PretextTask:
             stats = src.volume_stats()
             if stats is None:
                 raise ValueError(f"{self.label}: intensity draws on packed volumes need their stats=(mean, std)")
-            mean, std = stats[0].double()[index], stats[1].double()[index]
-            cube_intensity = cube_intensity.in_units(mean * norm_scale + norm_shift, std * abs(norm_scale))
+            mean, std = stats[0][index].double(), stats[1][index].double()
+            if not (isinstance(norm_scale, float) and norm_scale == 1.0 and norm_shift == 0.0):
+                mean, std = mean * norm_scale + norm_shift, std * abs(norm_scale)
+            cube_intensity = cube_intensity.in_units(mean, std)
         volumes = src.storage
         out_dtype = None if volumes.dtype.is_floating_point else torch.float32
         # the op's per-sample arguments as dense tensors: B or B x M entries, copied only when the caller's
