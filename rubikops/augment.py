@@ -36,24 +36,34 @@ def _uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device) * (hi - lo) + lo
 
 
-# rotation_matrices' elementary matrices R_d, R_h, R_w as entries of its table (cos a0..a3, sin a0..a3,
-# -sin a0..a3, where a3 = 0 gives the ones and zeros)
-_ELEMENTARY_ROTATIONS = (3, 7, 7, 7, 0, 8, 7, 4, 0,      # R_d: [[1, 0, 0], [0, c0, -s0], [0, s0, c0]]
-                         1, 7, 5, 7, 3, 7, 9, 7, 1,      # R_h: [[c1, 0, s1], [0, 1, 0], [-s1, 0, c1]]
-                         2, 10, 7, 6, 2, 7, 7, 7, 3)     # R_w: [[c2, -s2, 0], [s2, c2, 0], [0, 0, 1]]
+# R = R_d @ R_h @ R_w written out: each entry a + b, a and b products of three entries of the table
+# (cos a0..a3, sin a0..a3, -sin a0..a3, -cos a0..a3, where a3 = 0 gives the ones and zeros)
+_COS, _SIN, _NEG_SIN, _NEG_COS, _ONE, _ZERO = 0, 4, 8, 12, 3, 7
+_ROTATION_TERMS = (
+    (_COS + 1, _COS + 2, _ONE), (_ZERO, _ZERO, _ZERO),                     # c1 c2
+    (_COS + 1, _NEG_SIN + 2, _ONE), (_ZERO, _ZERO, _ZERO),                 # -c1 s2
+    (_SIN + 1, _ONE, _ONE), (_ZERO, _ZERO, _ZERO),                         # s1
+    (_COS, _SIN + 2, _ONE), (_SIN, _SIN + 1, _COS + 2),                    # c0 s2 + s0 s1 c2
+    (_COS, _COS + 2, _ONE), (_NEG_SIN, _SIN + 1, _SIN + 2),                # c0 c2 - s0 s1 s2
+    (_NEG_SIN, _COS + 1, _ONE), (_ZERO, _ZERO, _ZERO),                     # -s0 c1
+    (_SIN, _SIN + 2, _ONE), (_NEG_COS, _SIN + 1, _COS + 2),                # s0 s2 - c0 s1 c2
+    (_SIN, _COS + 2, _ONE), (_COS, _SIN + 1, _SIN + 2),                    # s0 c2 + c0 s1 s2
+    (_COS, _COS + 1, _ONE), (_ZERO, _ZERO, _ZERO))                         # c0 c1
 
 
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     """(B, 3) angles in radians about the D, H and W axes -> (B, 3, 3)
-    rotation matrices acting on (d, h, w) coordinates: R = R_d @ R_h @ R_w.
-    The three elementary matrices come from one table of cosines and sines
-    (eight small kernels a batch, where a stack per row and matrix took 26)."""
+    rotation matrices acting on (d, h, w) coordinates: R = R_d @ R_h @ R_w,
+    with R_d = [[1, 0, 0], [0, c, -s], [0, s, c]] (about D), R_h = [[c, 0, s],
+    [0, 1, 0], [-s, 0, c]] and R_w = [[c, -s, 0], [s, c, 0], [0, 0, 1]].
+    The product written out entry by entry over one table of cosines and
+    sines: elementwise kernels only (a batched matmul after the training
+    step's parallel regions cost more than the rest of the batch's draws)."""
     padded = torch.nn.functional.pad(angles, (0, 1))
-    sines = torch.sin(padded)
-    table = torch.cat([torch.cos(padded), sines, -sines], -1)
-    where = device_constant(_ELEMENTARY_ROTATIONS, angles.device)
-    rd, rh, rw = table[:, where].view(-1, 3, 3, 3).unbind(1)
-    return rd @ rh @ rw
+    cosines, sines = torch.cos(padded), torch.sin(padded)
+    table = torch.cat([cosines, sines, -sines, -cosines], -1)
+    terms = table[:, device_constant(tuple(i for term in _ROTATION_TERMS for i in term), angles.device)]
+    return terms.view(-1, 9, 2, 3).prod(-1).sum(-1).view(-1, 3, 3)
 
 
 def resample_crops(storage: torch.Tensor, shapes: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor,
