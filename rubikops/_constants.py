@@ -15,7 +15,11 @@ _CACHE: dict = {}
 
 def device_constant(values: tuple, device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``torch.tensor(values, device=device, dtype=dtype)``, cached; treat it as read-only."""
-    key = (str(torch.device(device)), dtype, values)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current device, which may change
+        device = torch.device("cuda", torch.cuda.current_device())
+    # repr: 1, 1.0 and True are equal keys (and 0.0 and -0.0), but not equal tensors
+    key = (str(device), dtype, repr(values))
     t = _CACHE.get(key)
     if t is None:
         t = _CACHE[key] = torch.tensor(values, device=device, dtype=dtype)

@@ -236,6 +236,27 @@ def test_wild_values_without_validation_stay_in_the_volume(backend):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16])
+def test_huge_cancelling_terms_never_read_past_the_read_box(dtype):
+    """Origins of 2**40 along H and W whose terms cancel (W position 0.7 w - 0.7 h + t): each product of
+    about 7.7e11 is rounded to 2**-13, so a row's stepped positions (t + i * 0.7) and its corners' direct
+    products differ by up to 1.2e-4 voxel.  Scanning t so that the row ends just past the read box's top
+    along W while its far corner's direct product lies just inside it, no read may leave the box (NaN
+    outside it; for int16, zeros inside and a negative sentinel outside, so any weight on it shows)."""
+    fence = math.nan if dtype.is_floating_point else -32768
+    source = torch.full((1, 1, 6, 6, 40), fence, dtype=dtype)
+    source[:, :, 1:5, 1:5, 1:39] = (torch.arange(4 * 4 * 38, dtype=torch.float32).view(4, 4, 38)
+                                    if dtype.is_floating_point else 0)
+    read_box = torch.tensor([[[1, 1, 1], [4, 4, 38]]])
+    origins = torch.tensor([[[0, 2 ** 40, 2 ** 40]]])
+    for t in torch.linspace(25.4 - 5e-5, 25.4 + 5e-5, 201, dtype=torch.float64).tolist():
+        affine = torch.tensor([[[0.0, 0.0, 0.0, 2.5], [0.0, 0.0, 0.0, 2.5], [0.0, -0.7, 0.7, t]]],
+                              dtype=torch.float64)
+        out = rubikops.extract_cubes(source, origins, (1, 1, 19), affine=affine, read_box=read_box,
+                                     out_dtype=torch.float32)
+        assert not out.isnan().any() and bool((out >= 0).all()), t
+
+
 @pytest.mark.skipif(not TRITON, reason="needs Triton and TRITON_INTERPRET=1")
 @pytest.mark.parametrize("tile", [(2, 2, 4), (4, 2, 4)], ids=str)
 @pytest.mark.parametrize("cube", [(3, 5, 2), (4, 4, 4)], ids=str)

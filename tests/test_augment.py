@@ -333,3 +333,14 @@ def test_a_task_reads_its_affine_through_any_view(task, view):
     assert torch.equal(got, want)
     for field in vars(want_t):
         assert torch.equal(getattr(got_t, field), getattr(want_t, field)), field
+
+
+def test_device_constants_keep_their_values_types_and_signs():
+    """The batch-drawing code's cached constants: equal Python values of other types (1, 1.0, True) or
+    signs (0.0, -0.0) are other tensors, and each is what torch.tensor makes of its values."""
+    from rubikops._constants import device_constant
+    made = [device_constant(v, "cpu") for v in ((1, 2), (1.0, 2.0), (True, False), (0.0,), (-0.0,))]
+    assert [t.dtype for t in made] == [torch.int64, torch.float32, torch.bool, torch.float32, torch.float32]
+    assert str(made[3].item()) == "0.0" and str(made[4].item()) == "-0.0"
+    assert device_constant((1.0, 2.0), "cpu") is made[1]  # cached
+    assert device_constant((1.0, 2.0), "cpu", torch.float64).dtype == torch.float64

@@ -597,19 +597,27 @@ inline bool row_is_interior(const AffineRow& row, int64_t n, const int64_t botto
 }
 
 // Whether every read of a cube lies inside the read box (row_is_interior for all its rows at once): its
-// positions are an affine map of its box voxels, whose extremes lie at the box's eight corners, and the
-// rounding of a row's positions (a few ulps of values below 2^31) stays far inside the 1e-6 margin.
-// Saves the per-row test on the cubes that are wholly inside (all of the default crop's but those at a
-// volume's edge).
+// positions are an affine map of its box voxels, whose extremes lie at the box's eight corners.  The rows
+// compute their positions another way (start + i2 * step) than the corners (affine_position), so the two
+// differ by their rounding, a few ulps of the largest term they add (A[a][k] * q_k, A[a][3]).  Where every
+// term is below 2^20 that is below 2^-30, far inside the 1e-6 margin; a larger term (an origin near 2^40,
+// a huge translation cancelled by it, validate=False) leaves the decision to row_is_interior, which tests
+// the row's own positions.  Saves the per-row test on the cubes wholly inside (all of the default crop's
+// but those at a volume's edge).
 inline bool cube_is_interior(const AffineJob& j, const double* A, const int64_t size[3]) {
+  constexpr double kLargestTerm = 1048576.0;  // 2^20
   for (int corner = 0; corner < 8; ++corner) {
     int64_t box[3];
     for (int a = 0; a < 3; ++a) box[j.box_axis[a]] = (corner >> a) & 1 ? size[a] - 1 : 0;
     double q[3];
     crop_position(j.origin, box, q);
     for (int a = 0; a < 3; ++a) {
+      const double terms = std::fabs(A[4 * a] * q[0]) + std::fabs(A[4 * a + 1] * q[1]) +
+                           std::fabs(A[4 * a + 2] * q[2]) + std::fabs(A[4 * a + 3]);
       const double p = affine_position(A, q, a);
-      if (!(p >= static_cast<double>(j.bottom[a]) + 1e-6 && p < static_cast<double>(j.top[a]) - 1e-6)) return false;
+      if (!(terms < kLargestTerm && p >= static_cast<double>(j.bottom[a]) + 1e-6 &&
+            p < static_cast<double>(j.top[a]) - 1e-6))
+        return false;
     }
   }
   return true;
@@ -712,15 +720,19 @@ RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), interior_row
 // (float32) or 32-bit loads (int16).
 RUBIKOPS_TARGET_AVX512 RUBIKOPS_ALWAYS_INLINE void corner_pairs(const float* base, const int32_t* at, __m512d* x0,
                                                                 __m512d* x1) {
-  const auto pair = [&](int k) { return reinterpret_cast<const double*>(base + at[k]); };
-  const __m128d q01 = _mm_loadh_pd(_mm_load_sd(pair(0)), pair(1)), q23 = _mm_loadh_pd(_mm_load_sd(pair(2)), pair(3));
-  const __m128d q45 = _mm_loadh_pd(_mm_load_sd(pair(4)), pair(5)), q67 = _mm_loadh_pd(_mm_load_sd(pair(6)), pair(7));
-  const __m512d q = _mm512_insertf64x4(
-      _mm512_castpd256_pd512(_mm256_insertf128_pd(_mm256_castpd128_pd256(q01), q23, 1)),
-      _mm256_insertf128_pd(_mm256_castpd128_pd256(q45), q67, 1), 1);
+  const auto pair = [&](int k) {  // memcpy: the pair is 4-byte aligned, and read as bytes, not as a double
+    long long bits;
+    std::memcpy(&bits, base + at[k], sizeof bits);
+    return bits;
+  };
+  const __m128i q01 = _mm_set_epi64x(pair(1), pair(0)), q23 = _mm_set_epi64x(pair(3), pair(2));
+  const __m128i q45 = _mm_set_epi64x(pair(5), pair(4)), q67 = _mm_set_epi64x(pair(7), pair(6));
+  const __m512i q = _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(q01), q23, 1)),
+      _mm256_inserti128_si256(_mm256_castsi128_si256(q45), q67, 1), 1);
   // 16 floats: voxel k's (x0, x1) at lanes 2k, 2k + 1; evens to the low half, odds to the high half
   const __m512i evens_then_odds = _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512 pairs = _mm512_permutexvar_ps(evens_then_odds, _mm512_castpd_ps(q));
+  const __m512 pairs = _mm512_permutexvar_ps(evens_then_odds, _mm512_castsi512_ps(q));
   *x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(pairs));
   *x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(pairs, 1));
 }
