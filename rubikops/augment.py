@@ -275,7 +275,7 @@ class IntensityAugment:
         # u[..., :4]: whether contrast, gamma, bias field and noise apply to the cube (u < p); u[..., 4]:
         # the contrast, 5: log gamma, 6-8: the bias coefficients, 10: the noise key (9 is not used).
         # Column by column of FIELDS in a few whole-tensor steps (12 small kernels a batch, where one
-        # per field took 30): values = where(on, u * width + low, identity), gamma exponentiated and the
+        # step per field took 31): values = where(on, u * width + low, identity), gamma exponentiated and the
         # key floored in place, the bias coefficients scaled.
         u = torch.rand(batch, cubes, 11, generator=generator, device=dev, dtype=torch.float64)
         (c_lo, c_hi), (g_lo, g_hi) = self.contrast, self.gamma

@@ -96,10 +96,6 @@ class VolumeSource:
         return int(small.nonzero()[0, 0]) if bool(small.any()) else None
 
 
-def _shape_tensor(shape: tuple, device: torch.device) -> torch.Tensor:
-    return device_constant(tuple(shape), device)
-
-
 class TensorVolumes(VolumeSource):
     """A plain (N, C, D, H, W) tensor of volumes as a source.
 
@@ -132,7 +128,7 @@ class TensorVolumes(VolumeSource):
         self.storage, self.device = volumes, dev
         if shapes is None:
             self.static_shape = tuple(volumes.shape[2:])
-            shapes = _shape_tensor(self.static_shape, dev).expand(volumes.shape[0], 3)
+            shapes = device_constant(tuple(self.static_shape), dev).expand(volumes.shape[0], 3)
         self.shapes, self.offsets = shapes, offsets
         self._intensity, self._stats = intensity, stats
 

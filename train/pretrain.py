@@ -461,7 +461,7 @@ def train(cfg: PretrainConfig, dist: common.Dist, resume_state: Optional[dict]) 
     finite_loss = FiniteLoss(dist, bank, augment, UserError)
     # The next batch is cut into the last one's cubes once its step is done.  A fresh 2 MB batch a step
     # (the default) came from newly mapped pages often enough that reusing it took the mean batch time
-    # from 3.5 to 3.2 ms and its tail from 6.5 to 3.9 ms (90th percentile; 2-core AMD VM).
+    # from 3.5 to 3.2 ms (2-core AMD VM).
     cubes_buffer = None
     model.train()
     while step < cfg.steps:

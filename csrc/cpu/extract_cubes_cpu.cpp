@@ -693,16 +693,21 @@ RUBIKOPS_ALWAYS_INLINE void scale_and_shift_body(T* __restrict values, int64_t n
 RUBIKOPS_VECTOR_VERSIONS((template <typename T>), scale_and_shift, (T * values, int64_t n, T scale, T shift),
                          (values, n, scale, shift))
 
-// Interior rows (row_is_interior) of `w` voxels each, one after the other into `values`, through
-// interpolate_chunk_body.
+// One row of `w` voxels, chunk by chunk through interpolate_chunk_body.
+template <bool kClamped, typename in_t, typename op_t>
+RUBIKOPS_ALWAYS_INLINE void interpolate_row(const in_t* vol, const int32_t st[3], const AffineRow& row,
+                                            const int64_t bottom[3], const int64_t top[3], int64_t w, op_t* values) {
+  for (int64_t first = 0; first < w; first += kRowChunk)
+    interpolate_chunk_body<kClamped>(vol, st, row, bottom, top, first, std::min<int64_t>(kRowChunk, w - first),
+                                     values + first);
+}
+
+// Interior rows (row_is_interior) of `w` voxels each, one after the other into `values`.
 template <typename in_t, typename op_t>
 RUBIKOPS_ALWAYS_INLINE void interior_rows_body(const in_t* __restrict vol, const int32_t st[3], const AffineRow* rows,
                                                int64_t count, int64_t w, const int64_t bottom[3],
                                                const int64_t top[3], op_t* __restrict values) {
-  for (int64_t r = 0; r < count; ++r, values += w)
-    for (int64_t first = 0; first < w; first += kRowChunk)
-      interpolate_chunk_body<false>(vol, st, rows[r], bottom, top, first, std::min<int64_t>(kRowChunk, w - first),
-                                    values + first);
+  for (int64_t r = 0; r < count; ++r, values += w) interpolate_row<false>(vol, st, rows[r], bottom, top, w, values);
 }
 RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), interior_rows,
                          (const in_t* vol, const int32_t st[3], const AffineRow* rows, int64_t count, int64_t w,
@@ -711,11 +716,13 @@ RUBIKOPS_VECTOR_VERSIONS((template <typename in_t, typename op_t>), interior_row
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The same rows where the volume is float32 or int16 with unit W stride, with AVX-512, eight voxels at a
-// time: a voxel's two corners along W are adjacent, so one 64-bit (float32) or 32-bit (int16) gather
-// brings both, and four gathers serve the eight corners of eight voxels.  The compiler's version of
-// interpolate_chunk_body emulates its 64 reads with scalar loads and inserts (its gathers and spills
-// were 33% of the default pretraining's batch, perf on the 2-core AMD EPYC VM).  Same positions,
-// weights, products and summation order: bit-identical.
+// time: a voxel's two corners along W are adjacent, so one 64-bit (float32) or 32-bit (int16) load
+// brings both, and four loads a voxel serve its eight corners.  The compiler's version of
+// interpolate_chunk_body emulates its 64 reads with scalar loads and inserts (they and their spills
+// were 33% of the default pretraining's batch, perf on the 2-core AMD EPYC VM; hardware gathers of the
+// pairs ran no faster than these loads).  Same positions, weights, products and summation order:
+// bit-identical.
+
 // The two W-adjacent corners of eight voxels at base + at[k] (x0, x1), from eight 64-bit loads
 // (float32) or 32-bit loads (int16).
 RUBIKOPS_TARGET_AVX512 RUBIKOPS_ALWAYS_INLINE void corner_pairs(const float* base, const int32_t* at, __m512d* x0,
@@ -833,10 +840,8 @@ void affine_cube_values(const AffineJob& j, const double* A_b, const in_t* vol, 
     if (interior[r]) {
       while (r + run < count && interior[r + run]) ++run;
       interior_rows_any(vol, st32, rows + r, run, w, j.bottom, j.top, values + r * w);
-    } else if (offsets_fit && !j.direct) {
-      for (int64_t first = 0; first < w; first += kRowChunk)
-        interpolate_chunk_body<true>(vol, st32, rows[r], j.bottom, j.top, first, std::min<int64_t>(kRowChunk, w - first),
-                                     values + r * w + first);
+    } else if (fast) {
+      interpolate_row<true>(vol, st32, rows[r], j.bottom, j.top, w, values + r * w);
     } else {
       i[0] = r / size[1];
       i[1] = r % size[1];

@@ -30,8 +30,9 @@ from typing import Optional
 import torch
 
 from .. import ops
+from .._constants import device_constant
 from ..models.heads import SiameseClassifier
-from ..volumes import TensorVolumes, VolumeSource, _shape_tensor
+from ..volumes import TensorVolumes, VolumeSource
 
 TASKS: dict = {}
 
@@ -215,7 +216,7 @@ class PretextTask:
                              f"the volumes' storage {storage_extent}")
         # an affine read cuts the puzzle from a crop-sized frame: every volume is one crop
         frame = src.shapes if affine is None else \
-            _shape_tensor(tuple(self.crop_size), dev).expand(src.shapes.shape[0], 3)
+            device_constant(tuple(self.crop_size), dev).expand(src.shapes.shape[0], 3)
         cut, targets = self.sample(index.shape[0], frame, index, generator)
         if cube_intensity is not None and hasattr(cube_intensity, "draw"):
             cube_intensity = cube_intensity.draw(index.shape[0], self.num_cubes, generator, device=dev)
