@@ -10,14 +10,16 @@ import dataclasses
 import torch
 
 from . import reference
-from ._schema import (EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA,
+from ._schema import (CUBE_INTENSITY_WIDTH, DRAW_CROP_AFFINE_SCHEMA, DRAW_CUBE_INTENSITY_SCHEMA,
+                      EXTRACT_CUBES_ARG_NAMES, EXTRACT_CUBES_BACKWARD_SCHEMA, EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA,
                       EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_SCHEMA, SAMPLE_PUZZLE_SCHEMA, ExtractCubesParams,
                       opmath_dtype)
-from .checks import check_sample_puzzle
+from .checks import check_draw_crop_affine, check_draw_cube_intensity, check_sample_puzzle
 
 LIBRARY = torch.library.Library("rubikops", "DEF")
 for schema in (EXTRACT_CUBES_SCHEMA, EXTRACT_CUBES_OUT_SCHEMA, EXTRACT_CUBES_BACKWARD_SCHEMA,
-               EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA, SAMPLE_PUZZLE_SCHEMA):
+               EXTRACT_CUBES_BACKWARD_TORCH_SCHEMA, SAMPLE_PUZZLE_SCHEMA, DRAW_CROP_AFFINE_SCHEMA,
+               DRAW_CUBE_INTENSITY_SCHEMA):
     LIBRARY.define(schema)
 
 
@@ -154,3 +156,28 @@ def sample_puzzle_fake(uniforms, volume_shapes, index, cells, permutations, code
     return (uniforms.new_empty((B, M, 3), dtype=torch.int64), uniforms.new_empty((B, M), dtype=torch.int64),
             uniforms.new_empty((B,), dtype=torch.int64), uniforms.new_empty((B, M), dtype=torch.int64),
             uniforms.new_empty((B, M), dtype=torch.bool))
+
+
+# -- the augmentation's draws ----------------------------------------------------------------------------
+def draw_crop_affine_generic(*args):
+    check_draw_crop_affine(*args)
+    return reference.draw_crop_affine(*args)
+
+
+def draw_cube_intensity_generic(*args):
+    check_draw_cube_intensity(*args)
+    return reference.draw_cube_intensity(*args)
+
+
+LIBRARY.impl("draw_crop_affine", draw_crop_affine_generic, "CompositeExplicitAutograd")
+LIBRARY.impl("draw_cube_intensity", draw_cube_intensity_generic, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("rubikops::draw_crop_affine")
+def draw_crop_affine_fake(uniforms, *args):
+    return uniforms.new_empty((uniforms.shape[0], 3, 4))
+
+
+@torch.library.register_fake("rubikops::draw_cube_intensity")
+def draw_cube_intensity_fake(uniforms, *args):
+    return uniforms.new_empty((uniforms.shape[0], uniforms.shape[1], CUBE_INTENSITY_WIDTH))

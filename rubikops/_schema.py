@@ -40,6 +40,14 @@ SAMPLE_PUZZLE_SCHEMA = (
     "sample_puzzle(Tensor uniforms, Tensor volume_shapes, Tensor index, Tensor cells, Tensor permutations, "
     "Tensor code_table, int[] crop_size, int jitter, float mask_prob) "
     "-> (Tensor origins, Tensor codes, Tensor permutation, Tensor state, Tensor mask)")
+# The augmentation's draws: uniforms in, the arguments extract_cubes reads the draws through out
+# (rubikops.augment.CropAffine's affine, IntensityAugment's cube_intensity); csrc/augment_draws.h has the rules.
+DRAW_CROP_AFFINE_SCHEMA = (
+    "draw_crop_affine(Tensor uniforms, Tensor volume_shapes, Tensor index, int[] crop_size, float max_angle, "
+    "float zoom_low, float zoom_high) -> Tensor")
+DRAW_CUBE_INTENSITY_SCHEMA = (
+    "draw_cube_intensity(Tensor uniforms, Tensor mean, Tensor sd, float contrast_low, float contrast_high, "
+    "float gamma_low, float gamma_high, float bias_field, float noise, float p, float window) -> Tensor")
 
 # The per-cube intensity stage (``cube_intensity``, (B, M, len(CUBE_INTENSITY_FIELDS)), floating): after the
 # per-sample scale and shift, in the arithmetic dtype,

@@ -29,41 +29,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._constants import device_constant
-
-
-def _uniform(n: int, lo: float, hi: float, generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) * (hi - lo) + lo
-
-
-# R = R_d @ R_h @ R_w written out: each entry a + b, a and b products of three entries of the table
-# (cos a0..a3, sin a0..a3, -sin a0..a3, -cos a0..a3, where a3 = 0 gives the ones and zeros)
-_COS, _SIN, _NEG_SIN, _NEG_COS, _ONE, _ZERO = 0, 4, 8, 12, 3, 7
-_ROTATION_TERMS = (
-    (_COS + 1, _COS + 2, _ONE), (_ZERO, _ZERO, _ZERO),                     # c1 c2
-    (_COS + 1, _NEG_SIN + 2, _ONE), (_ZERO, _ZERO, _ZERO),                 # -c1 s2
-    (_SIN + 1, _ONE, _ONE), (_ZERO, _ZERO, _ZERO),                         # s1
-    (_COS, _SIN + 2, _ONE), (_SIN, _SIN + 1, _COS + 2),                    # c0 s2 + s0 s1 c2
-    (_COS, _COS + 2, _ONE), (_NEG_SIN, _SIN + 1, _SIN + 2),                # c0 c2 - s0 s1 s2
-    (_NEG_SIN, _COS + 1, _ONE), (_ZERO, _ZERO, _ZERO),                     # -s0 c1
-    (_SIN, _SIN + 2, _ONE), (_NEG_COS, _SIN + 1, _COS + 2),                # s0 s2 - c0 s1 c2
-    (_SIN, _COS + 2, _ONE), (_COS, _SIN + 1, _SIN + 2),                    # s0 c2 + c0 s1 s2
-    (_COS, _COS + 1, _ONE), (_ZERO, _ZERO, _ZERO))                         # c0 c1
-
-
-def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
-    """(B, 3) angles in radians about the D, H and W axes -> (B, 3, 3)
-    rotation matrices acting on (d, h, w) coordinates: R = R_d @ R_h @ R_w,
-    with R_d = [[1, 0, 0], [0, c, -s], [0, s, c]] (about D), R_h = [[c, 0, s],
-    [0, 1, 0], [-s, 0, c]] and R_w = [[c, -s, 0], [s, c, 0], [0, 0, 1]].
-    The product written out entry by entry over one table of cosines and
-    sines: elementwise kernels only (a batched matmul after the training
-    step's parallel regions cost more than the rest of the batch's draws)."""
-    padded = torch.nn.functional.pad(angles, (0, 1))
-    cosines, sines = torch.cos(padded), torch.sin(padded)
-    table = torch.cat([cosines, sines, -sines, -cosines], -1)
-    terms = table[:, device_constant(tuple(i for term in _ROTATION_TERMS for i in term), angles.device)]
-    return terms.view(-1, 9, 2, 3).prod(-1).sum(-1).view(-1, 3, 3)
+from . import ops, reference
+from .reference import rotation_matrices  # noqa: F401 (part of this module's API: CropAffine's rotations)
 
 
 def resample_crops(storage: torch.Tensor, shapes: torch.Tensor, offsets: torch.Tensor, index: torch.Tensor,
@@ -167,31 +134,21 @@ class CropAffine:
             raise ValueError(f"CropAffine: zoom must be (lo, hi) with 0 < lo <= hi, got {self.zoom!r}")
         self.zoom = (lo, hi)
 
-    def _centres_and_matrices(self, shapes: torch.Tensor, crop_size: Sequence[int], index: torch.Tensor,
-                              generator: Optional[torch.Generator]) -> tuple:
-        dev = index.device
-        B = index.shape[0]
-        u = torch.rand(B, 7, generator=generator, device=dev, dtype=torch.float64)
-        half = device_constant(tuple((n - 1) / 2 for n in crop_size), dev, torch.float64)
-        span = (shapes[index] - device_constant(tuple(crop_size), dev)).clamp_min(0).double()  # exact integers
-        centres = half + u[:, :3] * span
-        # angles (u * 2 - 1) * max_angle and log zoom, log(lo) + u * log(hi / lo), in two whole-tensor steps
-        lo, hi = self.zoom
-        w = u[:, 3:] * device_constant((2.0, 2.0, 2.0, math.log(hi) - math.log(lo)), dev, torch.float64) \
-            + device_constant((-1.0, -1.0, -1.0, math.log(lo)), dev, torch.float64)
-        angles = w[:, :3] * math.radians(self.max_angle)
-        return centres, rotation_matrices(angles) * w[:, 3:].exp()[..., None], half
-
     def draw(self, shapes: torch.Tensor, crop_size: Sequence[int], index: torch.Tensor,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, 3, 4) float64: crop voxel ``p`` of sample ``b`` is volume voxel
-        ``A[b, :, :3] @ p + A[b, :, 3]`` of volume ``index[b]`` (``shapes``: (N, 3) extents)."""
-        centres, matrices, half = self._centres_and_matrices(shapes, crop_size, index, generator)
-        return torch.cat([matrices, (centres - matrices @ half)[..., None]], -1)
+        ``A[b, :, :3] @ p + A[b, :, 3]`` of volume ``index[b]`` (``shapes``: (N, 3) extents).  Seven
+        uniforms a sample from ``generator`` (the centre, three angles, the zoom), turned into the affine
+        by one op (``rubikops::draw_crop_affine``; :func:`rubikops.reference.draw_crop_affine` is the rule)."""
+        u = torch.rand(index.shape[0], 7, generator=generator, device=index.device, dtype=torch.float64)
+        return ops.draw_crop_affine(u, shapes, index, crop_size, self.max_angle, *self.zoom)
 
     def crops(self, bank, crop_size: Sequence[int], index: torch.Tensor,
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        centres, matrices, _ = self._centres_and_matrices(bank.shapes, crop_size, index, generator)
+        affine = self.draw(bank.shapes, crop_size, index, generator)
+        matrices = affine[..., :3]
+        half = torch.tensor([(n - 1) / 2 for n in crop_size], dtype=torch.float64, device=index.device)
+        centres = affine[..., 3] + (matrices * half).sum(-1)  # the crop's centre: where A maps half
         scale, shift = (bank.scale, bank.shift) if bank.quantised else (None, None)
         return resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, matrices, crop_size,
                               scale, shift)
@@ -199,29 +156,39 @@ class CropAffine:
 
 @dataclass
 class IntensityDraws:
-    """One batch's per-cube intensity draws, relative to each volume's
-    statistics: ``values`` (B, M, 7) float64, columns :attr:`FIELDS`
-    (contrast factor, gamma exponent, noise in volume sds, three bias-field
-    coefficients, the noise key), and the gamma ``window`` in sds.
+    """One batch's per-cube intensity draws: ``uniforms`` (B, M, 11) float64
+    from the generator and the ``augment`` that draws from them.
+    :attr:`values` (B, M, 7), columns :attr:`FIELDS` (contrast factor, gamma
+    exponent, noise in volume sds, three bias-field coefficients, the noise
+    key), are the draws relative to each volume's statistics;
     :meth:`in_units` turns them into the op's ``cube_intensity`` for volumes
-    of given mean and sd (in the cut's output units); the task's cut does it
-    (``PretextTask(..., cube_intensity=draws)``)."""
+    of given mean and sd (in the cut's output units), which the task's cut
+    does (``PretextTask(..., cube_intensity=draws)``)."""
 
     FIELDS = ("contrast", "gamma", "noise", "bias_d", "bias_h", "bias_w", "noise_key")
-    values: torch.Tensor
-    window: float = 3.0
+    uniforms: torch.Tensor
+    augment: "IntensityAugment"
+
+    @property
+    def window(self) -> float:
+        """The gamma window's half width, in sds."""
+        return float(self.augment.window)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """(B, M, 7) float64: the draws relative to each volume (:func:`rubikops.reference.cube_intensity_values`)."""
+        a = self.augment
+        return reference.cube_intensity_values(self.uniforms, *a.contrast, *a.gamma, float(a.bias_field),
+                                               float(a.noise), float(a.p))
 
     def in_units(self, mean: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
         """(B, M, 10) float64 ``cube_intensity`` (rubikops._schema.CUBE_INTENSITY_FIELDS) for samples whose
-        volumes have ``mean`` and ``sd`` ((B,), output units): contrast about the mean; gamma on the window
-        mean +- window * sd after the contrast (values outside it pass unchanged); the bias field scales the
-        distance from the mean; noise in sds after the contrast."""
-        c, gamma, noise, bias_d, bias_h, bias_w, key = self.values.unbind(-1)
-        mean = mean.to(c.dtype)[:, None]
-        sd = sd.to(c.dtype).clamp_min(1e-6)[:, None]  # a constant volume still has a window
-        spread = c * sd
-        return torch.stack([c, (1 - c) * mean, gamma, mean - self.window * spread, 2 * self.window * spread,
-                            noise * spread, bias_d, bias_h, bias_w, key], -1)
+        volumes have ``mean`` and ``sd`` ((B,), output units), in one op (``rubikops::draw_cube_intensity``):
+        contrast about the mean; gamma on the window mean +- window * sd after the contrast (values outside it
+        pass unchanged); the bias field scales the distance from the mean; noise in sds after the contrast."""
+        a = self.augment
+        return ops.draw_cube_intensity(self.uniforms, mean, sd, a.contrast, a.gamma, a.bias_field, a.noise, a.p,
+                                       a.window)
 
 
 @dataclass
@@ -270,23 +237,9 @@ class IntensityAugment:
 
     def draw(self, batch: int, cubes: int, generator: Optional[torch.Generator] = None,
              device=None) -> IntensityDraws:
-        """The draws of ``batch`` samples of ``cubes`` cubes each, on ``device`` (default the generator's)."""
+        """The draws of ``batch`` samples of ``cubes`` cubes each, on ``device`` (default the generator's):
+        11 uniforms a cube (whether contrast, gamma, the bias field and noise apply, and their values;
+        :func:`rubikops.reference.cube_intensity_values` is the rule)."""
         dev = device if device is not None else (generator.device if generator is not None else "cpu")
-        # u[..., :4]: whether contrast, gamma, bias field and noise apply to the cube (u < p); u[..., 4]:
-        # the contrast, 5: log gamma, 6-8: the bias coefficients, 10: the noise key (9 is not used).
-        # Column by column of FIELDS in a few whole-tensor steps (12 small kernels a batch, where one
-        # step per field took 31): values = where(on, u * width + low, identity), gamma exponentiated and the
-        # key floored in place, the bias coefficients scaled.
-        u = torch.rand(batch, cubes, 11, generator=generator, device=dev, dtype=torch.float64)
-        (c_lo, c_hi), (g_lo, g_hi) = self.contrast, self.gamma
-        log_lo, log_hi = math.log(g_lo), math.log(g_hi)
-        const = lambda values: device_constant(values, dev, torch.float64)  # noqa: E731
-        values = u[..., device_constant((4, 5, 9, 6, 7, 8, 10), dev)] \
-            * const((c_hi - c_lo, log_hi - log_lo, 0.0, 2.0, 2.0, 2.0, 2.0 ** 53)) \
-            + const((c_lo, log_lo, float(self.noise), -1.0, -1.0, -1.0, 0.0))
-        values[..., 1].exp_()
-        values[..., 6].floor_()  # rand's float64 draws are multiples of 2**-53: the key is exact
-        bias = float(self.bias_field)
-        values = values * const((1.0, 1.0, 1.0, bias, bias, bias, 1.0))
-        on = u[..., device_constant((0, 1, 3, 2, 2, 2, 0), dev)] < const((self.p,) * 6 + (2.0,))  # the key: always
-        return IntensityDraws(torch.where(on, values, const((1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))), float(self.window))
+        return IntensityDraws(torch.rand(batch, cubes, 11, generator=generator, device=dev, dtype=torch.float64),
+                              self)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import backends
+from . import _library, backends
 from ._schema import ExtractCubesParams
 from .checks import as_integers, check_out, sample_puzzle_row_size, validate_extract_cubes  # noqa: F401 (used by tasks)
 
@@ -155,6 +155,40 @@ def sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_tabl
     if name not in ("auto", "compiled"):
         return backends.get(name).sample_puzzle(*args)
     return torch.ops.rubikops.sample_puzzle(*args)
+
+
+def _draw_kernel(op: str, backend: Optional[str]):
+    """The kernel of one of the augmentation's draw ops: the plain-torch reference for ``backend="torch"``,
+    else the dispatcher's (C++ on CPU, CUDA C++ where built, the reference on every other device; the Triton
+    backend has no kernel of its own for a few hundred rows of arithmetic)."""
+    name = _ALIASES.get(backend or DEFAULT_BACKEND, backend or DEFAULT_BACKEND)
+    if name != "auto" and name not in backends.REGISTRY:
+        raise ValueError(f"rubikops.{op}: backend must be one of {('auto', *backends.REGISTRY)} (or cpu/cuda), "
+                         f"got {name!r}")
+    return getattr(_library, f"{op}_generic") if name == "torch" else getattr(torch.ops.rubikops, op)
+
+
+def draw_crop_affine(uniforms, volume_shapes, index, crop_size, max_angle: float, zoom_low: float, zoom_high: float,
+                     *, backend: Optional[str] = None) -> torch.Tensor:
+    """Each sample's crop affine ((B, 3, 4) float64) from its row of 7
+    uniforms, in one dispatch (:func:`rubikops.reference.draw_crop_affine`
+    gives the rule; :class:`rubikops.augment.CropAffine` draws the uniforms)."""
+    if not (type(crop_size) is tuple and len(crop_size) == 3 and all(type(c) is int for c in crop_size)):
+        crop_size = as_integers(crop_size, 3, "rubikops.draw_crop_affine: crop_size")
+    return _draw_kernel("draw_crop_affine", backend)(uniforms, volume_shapes, index, list(crop_size),
+                                                     float(max_angle), float(zoom_low), float(zoom_high))
+
+
+def draw_cube_intensity(uniforms, mean, sd, contrast: Sequence[float], gamma: Sequence[float], bias_field: float,
+                        noise: float, p: float, window: float, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Each cube's ``cube_intensity`` row ((B, M, 10) float64) from its 11
+    uniforms and its volume's ``mean`` and ``sd`` ((B,), output units), in
+    one dispatch (:func:`rubikops.reference.draw_cube_intensity` gives the
+    rule; :class:`rubikops.augment.IntensityAugment` draws the uniforms)."""
+    (contrast_low, contrast_high), (gamma_low, gamma_high) = contrast, gamma
+    return _draw_kernel("draw_cube_intensity", backend)(
+        uniforms, mean, sd, float(contrast_low), float(contrast_high), float(gamma_low), float(gamma_high),
+        float(bias_field), float(noise), float(p), float(window))
 
 
 def available_backends() -> dict:

@@ -9,6 +9,7 @@ indexing) used by the backward pass and the benchmarks.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -300,3 +301,85 @@ def sample_puzzle(
     else:
         mask = torch.zeros(B, M, dtype=torch.bool, device=dev)
     return origins, codes, permutation, state, mask
+
+
+# -- the augmentation's draws (csrc/augment_draws.h has the normative rules) -----------------------------
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """(B, 3) angles in radians about the D, H and W axes -> (B, 3, 3)
+    rotation matrices acting on (d, h, w) coordinates: R = R_d @ R_h @ R_w,
+    with R_d = [[1, 0, 0], [0, c, -s], [0, s, c]] (about D), R_h = [[c, 0, s],
+    [0, 1, 0], [-s, 0, c]] and R_w = [[c, -s, 0], [s, c, 0], [0, 0, 1]]."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def matrix(*rows):
+        return torch.stack([torch.stack(row, -1) for row in rows], -2)
+
+    r_d = matrix((one, zero, zero), (zero, c[:, 0], -s[:, 0]), (zero, s[:, 0], c[:, 0]))
+    r_h = matrix((c[:, 1], zero, s[:, 1]), (zero, one, zero), (-s[:, 1], zero, c[:, 1]))
+    r_w = matrix((c[:, 2], -s[:, 2], zero), (s[:, 2], c[:, 2], zero), (zero, zero, one))
+    return r_d @ r_h @ r_w
+
+
+def draw_crop_affine(uniforms: torch.Tensor, volume_shapes: torch.Tensor, index: torch.Tensor,
+                     crop_size: Sequence[int], max_angle: float, zoom_low: float, zoom_high: float) -> torch.Tensor:
+    """Reference semantics of ``rubikops::draw_crop_affine``: row ``b`` of
+    ``uniforms`` ((B, 7) float64: the centre, three angles, the zoom) as the
+    (B, 3, 4) float64 affine that reads sample ``b``'s crop from volume
+    ``index[b]`` (clamped into range): crop voxel ``p`` at
+    ``A[:, :3] @ p + A[:, 3]``, a rotation of up to ``max_angle`` degrees about
+    each axis and a log-uniform zoom in [zoom_low, zoom_high] about a centre
+    uniform over where the unturned crop fits."""
+    dev = uniforms.device
+    index = index.long().clamp(0, max(volume_shapes.shape[0] - 1, 0))
+    crop = torch.tensor([int(c) for c in crop_size], dtype=torch.int64, device=dev)
+    half = (crop - 1).double() / 2
+    span = (volume_shapes.long()[index] - crop).clamp_min(0).double()
+    centres = half + uniforms[:, :3] * span
+    angles = (uniforms[:, 3:6] * 2 - 1) * math.radians(max_angle)
+    log_low = math.log(zoom_low)
+    zoom = torch.exp(uniforms[:, 6] * (math.log(zoom_high) - log_low) + log_low)
+    matrices = rotation_matrices(angles) * zoom[:, None, None]
+    return torch.cat([matrices, (centres - (matrices * half).sum(-1))[..., None]], -1)
+
+
+def cube_intensity_values(uniforms: torch.Tensor, contrast_low: float, contrast_high: float, gamma_low: float,
+                          gamma_high: float, bias_field: float, noise: float, p: float) -> torch.Tensor:
+    """Each cube's intensity draws relative to its volume, (B, M, 7) float64
+    (rubikops.augment.IntensityDraws.FIELDS: contrast, gamma, noise in sds,
+    the three bias coefficients, the noise key), from its 11 uniforms: u[0..3]
+    < p switch contrast, gamma, the bias field and noise on; u[4], u[5] and
+    u[6..8] draw them; u[10] the key (u[9] is not used)."""
+    u = uniforms
+    on = u[..., :4] < p
+    contrast = torch.where(on[..., 0], u[..., 4] * (contrast_high - contrast_low) + contrast_low, 1.0)
+    log_low = math.log(gamma_low)
+    gamma = torch.where(on[..., 1], torch.exp(u[..., 5] * (math.log(gamma_high) - log_low) + log_low), 1.0)
+    bias = torch.where(on[..., 2:3], (u[..., 6:9] * 2 - 1) * bias_field, 0.0)
+    noise_sd = on[..., 3].to(torch.float64) * float(noise)  # noise or 0, exactly
+    key = torch.floor(u[..., 10] * 2.0 ** 53)  # float64 uniforms are multiples of 2**-53: the key is exact
+    return torch.cat([torch.stack([contrast, gamma, noise_sd], -1), bias, key[..., None]], -1)
+
+
+def cube_intensity_in_units(values: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor, window: float) -> torch.Tensor:
+    """Relative draws (B, M, 7) as the op's ``cube_intensity`` (B, M, 10) for
+    samples whose volumes have ``mean`` and ``sd`` ((B,), output units):
+    contrast about the mean; gamma on the window mean +- window * sd after the
+    contrast; the bias field scales the distance from the mean; noise in sds
+    after the contrast."""
+    c, gamma, noise, bias_d, bias_h, bias_w, key = values.unbind(-1)
+    mean = mean.to(torch.float64)[:, None]
+    sd = sd.to(torch.float64).clamp_min(1e-6)[:, None]  # a constant volume still has a window
+    spread = c * sd
+    return torch.stack([c, (1 - c) * mean, gamma, mean - window * spread, (2 * window) * spread, noise * spread,
+                        bias_d, bias_h, bias_w, key], -1)
+
+
+def draw_cube_intensity(uniforms: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor, contrast_low: float,
+                        contrast_high: float, gamma_low: float, gamma_high: float, bias_field: float, noise: float,
+                        p: float, window: float) -> torch.Tensor:
+    """Reference semantics of ``rubikops::draw_cube_intensity``: each cube's
+    uniforms ((B, M, 11) float64) as its ``cube_intensity`` row (B, M, 10):
+    :func:`cube_intensity_values` in the units of :func:`cube_intensity_in_units`."""
+    values = cube_intensity_values(uniforms, contrast_low, contrast_high, gamma_low, gamma_high, bias_field, noise, p)
+    return cube_intensity_in_units(values, mean, sd, window)

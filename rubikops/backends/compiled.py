@@ -17,7 +17,11 @@ _FEATURES = {"cpu": has_kernel("rubikops::extract_cubes", "CPU"),
              "cpu_sampler": has_kernel("rubikops::sample_puzzle", "CPU"),
              "cuda": has_kernel("rubikops::extract_cubes", "CUDA"),
              "cuda_backward": has_kernel("rubikops::extract_cubes_backward", "CUDA"),
-             "cuda_sampler": has_kernel("rubikops::sample_puzzle", "CUDA")}
+             "cuda_sampler": has_kernel("rubikops::sample_puzzle", "CUDA"),
+             "cpu_draws": has_kernel("rubikops::draw_crop_affine", "CPU")
+             and has_kernel("rubikops::draw_cube_intensity", "CPU"),
+             "cuda_draws": has_kernel("rubikops::draw_crop_affine", "CUDA")
+             and has_kernel("rubikops::draw_cube_intensity", "CUDA")}
 
 
 def features() -> dict:
