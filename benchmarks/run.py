@@ -172,6 +172,26 @@ def _add_augment_rows(rows, dev, B, cube, vol, rep):
                               extra={"ratio_to_no_augmentation": ratios[name]}))
     print("augmentation, relative to cutting the same puzzles without it: " +
           ", ".join(f"{name.split(' (')[0]} {ratio:.2f}x" for name, ratio in ratios.items()))
+    # The draws alone (each sample's crop affine, each cube's intensity row) from the same uniforms:
+    # the two draw ops against their plain-torch reference.
+    index = bank.sample_index(B, gen)
+    u_crop = torch.rand(B, 7, generator=gen, device=dev, dtype=torch.float64)
+    u_cube = torch.rand(B, puzzle.num_cubes, 11, generator=gen, device=dev, dtype=torch.float64)
+    mean, sd = bank.stats[0][index], bank.stats[1][index]
+
+    def draws(backend):
+        rubikops.ops.draw_crop_affine(u_crop, bank.shapes, index, puzzle.crop_size, crop.max_angle, *crop.zoom,
+                                      backend=backend)
+        rubikops.ops.draw_cube_intensity(u_cube, mean, sd, intensity.contrast, intensity.gamma, intensity.bias_field,
+                                         intensity.noise, intensity.p, intensity.window, backend=backend)
+
+    t_ref = utils.time_fn(lambda: draws("torch"), dev, repeats=rep)
+    rows.append(utils.Row("augmentation draws, plain-torch reference", wl, t_ref, 0))
+    t_ops = utils.time_fn(lambda: draws(None), dev, repeats=rep)
+    rows.append(utils.Row("augmentation draws, rubikops::draw_crop_affine + draw_cube_intensity", wl, t_ops, 0,
+                          baseline_s=t_ref.median_s))
+    print(f"augmentation draws: the two ops {t_ops.median_s * 1e6:.1f} us, plain-torch reference "
+          f"{t_ref.median_s * 1e6:.1f} us ({t_ref.median_s / t_ops.median_s:.1f}x)")
 
 
 def bench_cuda(args) -> list[utils.Row]:

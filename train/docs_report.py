@@ -296,13 +296,25 @@ def augmentation_block(results: str = reporting.RESULTS) -> str:
         speed = f"{row['speedup_vs_baseline']:.1f}x" if row.get("speedup_vs_baseline") else "-"
         lines.append(f"| {row['name']} | {1e3 * t['median_s']:.3f} | {1e3 * t['p20_s']:.3f}-{1e3 * t['p80_s']:.3f} "
                      f"| {speed} |")
+    rounds = share["rows"][0].get("rounds", 1)
+    how = "one after the other" if rounds == 1 else \
+        f"in {rounds} interleaved rounds; the median, with the lowest and highest round in brackets"
     lines += ["", f"`{share['command']}` (`{_rel(share_path)}`, {_cpu_name(share['machine'])}): "
-              f"`python train/pretrain.py --steps {share['rows'][0]['steps']}` with each augmentation, one after the "
-              "other:", "", "| `--augment` | puzzles/s | vs `none` | batch generation, % of the step |",
+              f"`python train/pretrain.py --steps {share['rows'][0]['steps']}` with each augmentation, {how}:", "",
+              "| `--augment` | puzzles/s | vs `none` (same round) | batch generation, % of the step |",
               "|---|---:|---:|---:|"]
+
+    def cell(row, key, form, scale=1.0):
+        value = form.format(scale * row[key])
+        if f"{key}_range" not in row:
+            return value
+        lo, hi = row[f"{key}_range"]
+        return f"{value} ({form.format(scale * lo)}-{form.format(scale * hi)})"
+
     for row in share["rows"]:
-        lines.append(f"| `{row['augment']}` | {row['puzzles_per_s']:.1f} | {row['throughput_vs_none']:.2f} | "
-                     f"{100 * row['batch_gen_fraction']:.1f} |")
+        lines.append(f"| `{row['augment']}` | {cell(row, 'puzzles_per_s', '{:.1f}')} | "
+                     f"{cell(row, 'throughput_vs_none', '{:.2f}')} | "
+                     f"{cell(row, 'batch_gen_fraction', '{:.1f}', 100)} |")
     return "\n".join(lines)
 
 
