@@ -1,6 +1,9 @@
 // The augmentation's draws, shared by their CPU and CUDA kernels (one
 // function per output row, so both backends compute the same thing by
-// construction).  Torch-free, like extract_cubes.h: nvcc compiles it in CI.
+// construction: every product that an add follows is rounded on its own, as
+// the CPU build does, where nvcc would fuse it; only CUDA's cos, sin and exp
+// may differ from the CPU's libm in the last bit).  Torch-free, like
+// extract_cubes.h: nvcc compiles it in CI.
 //
 // Normative rules (rubikops/reference.py::draw_crop_affine and
 // ::draw_cube_intensity are the readable forms), all in float64:
@@ -37,7 +40,6 @@ namespace rubikops {
 
 constexpr int kCropAffineDraws = 7;
 constexpr int kCubeIntensityDraws = 11;
-constexpr int kCubeIntensityFields = 10;
 
 struct CropAffineParams {
   const double* u;               // (B, 7) contiguous
@@ -71,22 +73,24 @@ RUBIKOPS_HD void crop_affine_row(const CropAffineParams& p, int64_t b) {
     const int64_t extent = p.volume_shapes[n * p.shapes_stride[0] + i * p.shapes_stride[1]];
     const int64_t span = extent > p.crop[i] ? extent - p.crop[i] : 0;
     half[i] = static_cast<double>(p.crop[i] - 1) * 0.5;
-    centre[i] = half[i] + u[i] * static_cast<double>(span);
+    centre[i] = half[i] + mul_rounded(u[i], static_cast<double>(span));
     const double angle = (u[3 + i] * 2.0 - 1.0) * p.max_angle;
     c[i] = cos(angle);
     s[i] = sin(angle);
   }
-  const double zoom = exp(u[6] * p.log_zoom_span + p.log_zoom_low);
+  const double zoom = exp(mul_rounded(u[6], p.log_zoom_span) + p.log_zoom_low);
   const double rotation[3][3] = {
       {c[1] * c[2], -(c[1] * s[2]), s[1]},
-      {c[0] * s[2] + s[0] * s[1] * c[2], c[0] * c[2] - s[0] * s[1] * s[2], -(s[0] * c[1])},
-      {s[0] * s[2] - c[0] * s[1] * c[2], s[0] * c[2] + c[0] * s[1] * s[2], c[0] * c[1]}};
+      {mul_rounded(c[0], s[2]) + mul_rounded(s[0] * s[1], c[2]),
+       mul_rounded(c[0], c[2]) - mul_rounded(s[0] * s[1], s[2]), -(s[0] * c[1])},
+      {mul_rounded(s[0], s[2]) - mul_rounded(c[0] * s[1], c[2]),
+       mul_rounded(s[0], c[2]) + mul_rounded(c[0] * s[1], s[2]), c[0] * c[1]}};
   double* a = p.affine + b * 12;
   for (int i = 0; i < 3; ++i) {
     double moved = 0.0;
     for (int j = 0; j < 3; ++j) {
       a[i * 4 + j] = rotation[i][j] * zoom;
-      moved += a[i * 4 + j] * half[j];
+      moved += mul_rounded(a[i * 4 + j], half[j]);
     }
     a[i * 4 + 3] = centre[i] - moved;
   }
@@ -95,18 +99,18 @@ RUBIKOPS_HD void crop_affine_row(const CropAffineParams& p, int64_t b) {
 // Writes cube (b, m)'s cube_intensity row.
 RUBIKOPS_HD void cube_intensity_row(const CubeIntensityParams& p, int64_t b, int64_t m) {
   const double* u = p.u + (b * p.M + m) * kCubeIntensityDraws;
-  const double contrast = u[0] < p.p ? u[4] * p.contrast_span + p.contrast_low : 1.0;
-  const double gamma = u[1] < p.p ? exp(u[5] * p.log_gamma_span + p.log_gamma_low) : 1.0;
+  const double contrast = u[0] < p.p ? mul_rounded(u[4], p.contrast_span) + p.contrast_low : 1.0;
+  const double gamma = u[1] < p.p ? exp(mul_rounded(u[5], p.log_gamma_span) + p.log_gamma_low) : 1.0;
   const bool bias = u[2] < p.p;
   const double noise = u[3] < p.p ? p.noise : 0.0;
   const double mean = p.mean[b];
   const double sd = p.sd[b] < 1e-6 ? 1e-6 : p.sd[b];  // a constant volume still has a window (NaN stays NaN)
   const double spread = contrast * sd;
-  double* row = p.out + (b * p.M + m) * kCubeIntensityFields;
+  double* row = p.out + (b * p.M + m) * kCubeIntensityWidth;
   row[0] = contrast;
   row[1] = (1.0 - contrast) * mean;
   row[2] = gamma;
-  row[3] = mean - p.window * spread;
+  row[3] = mean - mul_rounded(p.window, spread);
   row[4] = (2.0 * p.window) * spread;
   row[5] = noise * spread;
   for (int i = 0; i < 3; ++i) row[6 + i] = bias ? (u[6 + i] * 2.0 - 1.0) * p.bias_field : 0.0;

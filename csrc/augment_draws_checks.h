@@ -123,7 +123,7 @@ inline DrawSetup<CubeIntensityParams> prepare_cube_intensity(const at::Tensor& u
   p.noise = noise;
   p.p = p_apply;
   p.window = window;
-  s.output = at::empty({B, M, kCubeIntensityFields}, uniforms.options());
+  s.output = at::empty({B, M, kCubeIntensityWidth}, uniforms.options());
   p.out = s.output.mutable_data_ptr<double>();
   return s;
 }

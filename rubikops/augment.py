@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops, reference
+from ._constants import device_constant
 from .reference import rotation_matrices  # noqa: F401 (part of this module's API: CropAffine's rotations)
 
 
@@ -147,7 +148,7 @@ class CropAffine:
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
         affine = self.draw(bank.shapes, crop_size, index, generator)
         matrices = affine[..., :3]
-        half = torch.tensor([(n - 1) / 2 for n in crop_size], dtype=torch.float64, device=index.device)
+        half = device_constant(tuple((n - 1) / 2 for n in crop_size), index.device, torch.float64)
         centres = affine[..., 3] + (matrices * half).sum(-1)  # the crop's centre: where A maps half
         scale, shift = (bank.scale, bank.shift) if bank.quantised else (None, None)
         return resample_crops(bank.storage, bank.shapes, bank.offsets, index, centres, matrices, crop_size,
@@ -167,7 +168,16 @@ class IntensityDraws:
 
     FIELDS = ("contrast", "gamma", "noise", "bias_d", "bias_h", "bias_w", "noise_key")
     uniforms: torch.Tensor
-    augment: "IntensityAugment"
+    augment: "IntensityAugment"  # its settings as they are when the draws are read (values, in_units)
+
+    def __post_init__(self):
+        if not isinstance(self.augment, IntensityAugment):
+            raise TypeError(f"IntensityDraws: augment must be the IntensityAugment that drew them, got "
+                            f"{type(self.augment).__name__}")
+        u = self.uniforms
+        if not (isinstance(u, torch.Tensor) and u.dtype == torch.float64 and u.dim() == 3 and u.shape[-1] == 11):
+            raise ValueError(f"IntensityDraws: uniforms must be a (B, M, 11) float64 tensor, got "
+                             f"{getattr(u, 'dtype', type(u).__name__)} of shape {tuple(getattr(u, 'shape', ()))}")
 
     @property
     def window(self) -> float:

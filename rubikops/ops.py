@@ -175,6 +175,8 @@ def draw_crop_affine(uniforms, volume_shapes, index, crop_size, max_angle: float
     gives the rule; :class:`rubikops.augment.CropAffine` draws the uniforms)."""
     if not (type(crop_size) is tuple and len(crop_size) == 3 and all(type(c) is int for c in crop_size)):
         crop_size = as_integers(crop_size, 3, "rubikops.draw_crop_affine: crop_size")
+    if not all(0 < c < 1 << 62 for c in crop_size):  # the schema's int64, with room for extent - crop
+        raise ValueError(f"rubikops.draw_crop_affine: crop_size must be 3 positive ints, got {list(crop_size)}")
     return _draw_kernel("draw_crop_affine", backend)(uniforms, volume_shapes, index, list(crop_size),
                                                      float(max_angle), float(zoom_low), float(zoom_high))
 

@@ -17,6 +17,7 @@ import torch
 # The op's dtype rules and keep threshold belong to its arguments' meaning: rubikops._schema owns them.
 from ._schema import (FLOAT_DTYPES, INT_DTYPES, NOISE_CENTRE, NOISE_UNIT, SOURCE_DTYPES,  # noqa: F401
                       ExtractCubesParams, default_out_dtype, keep_threshold, opmath_dtype)
+from ._constants import device_constant
 from .rotations import AXIS_ORDERS, apply_code, kernel_code
 
 # splitmix64 constants (Steele, Lea, Flood 2014), as signed int64 bit patterns.
@@ -332,7 +333,7 @@ def draw_crop_affine(uniforms: torch.Tensor, volume_shapes: torch.Tensor, index:
     uniform over where the unturned crop fits."""
     dev = uniforms.device
     index = index.long().clamp(0, max(volume_shapes.shape[0] - 1, 0))
-    crop = torch.tensor([int(c) for c in crop_size], dtype=torch.int64, device=dev)
+    crop = device_constant(tuple(int(c) for c in crop_size), dev)  # no host-to-device copy a call
     half = (crop - 1).double() / 2
     span = (volume_shapes.long()[index] - crop).clamp_min(0).double()
     centres = half + uniforms[:, :3] * span

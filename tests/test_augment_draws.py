@@ -129,7 +129,12 @@ def test_kernels_equal_the_reference(device):
 
 def _views(t, kind):
     """``t``'s values as a view of another layout: strided (every other row of a bigger tensor), offset
-    (a slice past the storage's start), transposed, or stride-0 (an expanded row, values made equal)."""
+    (a slice past the storage's start), transposed (for a 1-D tensor: every third entry from the second),
+    or stride-0 (an expanded row, values made equal)."""
+    if kind == "transposed" and t.dim() == 1:
+        big = torch.empty(3 * t.shape[0] + 1, dtype=t.dtype, device=t.device)
+        big[1::3] = t
+        return big[1::3]
     if kind == "strided":
         big = torch.empty((t.shape[0] * 2,) + t.shape[1:], dtype=t.dtype, device=t.device)
         big[::2] = t
@@ -187,6 +192,22 @@ def test_out_of_range_volume_indices_are_clamped(path):
                                atol=0)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_and_inf_pass_through_like_the_reference(path):
+    """Statistics and uniforms that are NaN or infinite give the reference's rows (NaN where it has NaN), and
+    a NaN or huge key stays a float the cut reads as key 0; nothing reads out of bounds."""
+    name, device = path
+    u, mean, sd = intensity_inputs(12, B=4, device=device)
+    mean[0], sd[1], sd[2], mean[3] = math.nan, math.nan, math.inf, -math.inf
+    u[0, 0, 4], u[1, 1, 10], u[2, 2, 5] = math.nan, math.inf, -math.inf
+    got, want = cube_intensity(name, u, mean, sd, p=1.0), cube_intensity("torch", u, mean, sd, p=1.0)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-11, equal_nan=True)
+    u, shapes, index = crop_inputs(13, B=3, device=device)
+    u[0, 0], u[1, 4], u[2, 6] = math.nan, math.inf, -math.inf
+    torch.testing.assert_close(crop_affine(name, u, shapes, index), crop_affine("torch", u, shapes, index),
+                               rtol=1e-14, atol=1e-11, equal_nan=True)
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), B=st.integers(0, 9), M=st.integers(1, 30), N=st.integers(1, 5),
        crop=st.tuples(*[st.integers(1, 40)] * 3), max_angle=st.floats(0, 180), zoom_low=st.floats(0.1, 3),
@@ -202,12 +223,6 @@ def test_kernels_equal_the_reference_on_any_settings(seed, B, M, N, crop, max_an
               window=window)
     torch.testing.assert_close(cube_intensity("compiled", u, mean, sd, **kw), cube_intensity("torch", u, mean, sd, **kw),
                                rtol=1e-14, atol=1e-11)
-
-
-def test_schemas_match_python():
-    assert str(torch.ops.rubikops.draw_crop_affine.default._schema) == "rubikops::" + _schema.DRAW_CROP_AFFINE_SCHEMA
-    assert str(torch.ops.rubikops.draw_cube_intensity.default._schema) == \
-        "rubikops::" + _schema.DRAW_CUBE_INTENSITY_SCHEMA
 
 
 def _schema_args(device):
@@ -239,6 +254,14 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(rows, 1 + reference.draw_cube_intensity(*intensity), rtol=1e-15, atol=1e-13)
 
 
+def test_public_crop_size_is_checked_before_the_schema():
+    """A crop_size the schema's int64 cannot hold, or one that is not integers, names crop_size."""
+    crop, _ = _schema_args("cpu")
+    for bad, exc in (((2 ** 63, 4, 4), ValueError), ((4, 4, 2.5), ValueError), ("444", TypeError), ((4, 4), TypeError)):
+        with pytest.raises(exc, match="rubikops.draw_crop_affine: crop_size"):
+            crop_affine("compiled", *crop[:3], crop_size=bad)
+
+
 def test_backend_torch_runs_the_reference(monkeypatch):
     crop, intensity = _schema_args("cpu")
     calls = []
@@ -257,8 +280,7 @@ def test_backend_torch_runs_the_reference(monkeypatch):
 def test_compiled_kernels_are_reported():
     compiled = ops.available_backends()["compiled"]
     assert compiled["cpu_draws"] is True
-    assert compiled["cuda_draws"] == (_library.has_kernel("rubikops::draw_crop_affine", "CUDA")
-                                      and _library.has_kernel("rubikops::draw_cube_intensity", "CUDA"))
+    assert compiled["cuda_draws"] == compiled["cuda"]  # a CUDA build has the draws' kernels too
 
 
 def _with(args, i, value):
@@ -275,6 +297,8 @@ CROP_ERRORS = [
     (lambda a: _with(a, 1, a[1].float()), TypeError, "volume_shapes must be int32 or int64"),
     (lambda a: _with(a, 2, a[2][:-1]), ValueError, "index must have shape"),
     (lambda a: _with(a, 2, a[2][:, None]), ValueError, "index must be 1-D"),
+    (lambda a: _with(a, 0, a[0][0, 0]), ValueError, r"uniforms must be \(B, 7\)"),
+    (lambda a: _with(a, 2, a[2] > 0), TypeError, "index must be int32 or int64"),
     (lambda a: _with(a, 3, [1, 2]), ValueError, "crop_size must be 3 positive ints"),
     (lambda a: _with(a, 3, [4, 0, 4]), ValueError, "crop_size must be 3 positive ints"),
     (lambda a: _with(a, 4, -1.0), ValueError, "max_angle must be finite and >= 0"),
@@ -288,6 +312,8 @@ INTENSITY_ERRORS = [
     (lambda a: _with(a, 0, a[0][..., :10]), ValueError, r"uniforms must be \(B, M, 11\)"),
     (lambda a: _with(a, 0, a[0][0]), ValueError, r"uniforms must be \(B, M, 11\)"),
     (lambda a: _with(a, 1, a[1].long()), TypeError, "mean must be floating"),
+    (lambda a: _with(a, 1, a[1] > 0), TypeError, "mean must be floating"),
+    (lambda a: _with(a, 2, a[2][0]), ValueError, r"sd must have shape \(5,\)"),
     (lambda a: _with(a, 2, a[2][:-1]), ValueError, r"sd must have shape \(5,\)"),
     (lambda a: _with(a, 3, 0.0), ValueError, "contrast must be 0 < low <= high"),
     (lambda a: _with(a, 5, 2.0), ValueError, "gamma must be 0 < low <= high"),
@@ -303,10 +329,21 @@ INTENSITY_ERRORS = [
 @pytest.mark.parametrize("op,change,exc,match", [("draw_crop_affine", *e) for e in CROP_ERRORS]
                          + [("draw_cube_intensity", *e) for e in INTENSITY_ERRORS])
 def test_errors_name_the_argument(path, op, change, exc, match):
-    """The C++ checks (compiled kernels) and the Python ones (reference) give the same error for the same
-    mistake."""
+    """The C++ checks (compiled kernels) and the Python ones (reference) give the same error type and
+    message for the same mistake (up to how each spells a dtype or a float)."""
     crop, intensity = _schema_args("cpu")
     args = change(crop if op == "draw_crop_affine" else intensity)
     kernel = getattr(torch.ops.rubikops, op) if path == "compiled" else getattr(_library, f"{op}_generic")
     with pytest.raises(exc, match=f"rubikops.{op}: {match}"):
         kernel(*args)
+
+
+def test_intensity_draws_refuse_what_is_not_their_uniforms():
+    """The old IntensityDraws(values, window) call, or uniforms of another layout, fail where they are made."""
+    from rubikops.augment import IntensityAugment, IntensityDraws
+
+    draws = IntensityAugment().draw(2, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="IntensityDraws: augment must be the IntensityAugment"):
+        IntensityDraws(draws.values, 3.0)
+    with pytest.raises(ValueError, match=r"IntensityDraws: uniforms must be a \(B, M, 11\) float64 tensor"):
+        IntensityDraws(draws.values, draws.augment)
