@@ -17,7 +17,8 @@ def describe() -> str:
         if not compiled["loaded"] or not compiled[device]:
             return "no"
         return "yes" + (" (forward and backward)" if compiled[f"{device}_backward"] else "") + \
-            (", puzzle sampler" if compiled[f"{device}_sampler"] else "")
+            (", puzzle sampler" if compiled[f"{device}_sampler"] else "") + \
+            (", augmentation draws" if compiled[f"{device}_draws"] else "")
 
     lines = [
         f"rubikops {rubikops.__version__}",
