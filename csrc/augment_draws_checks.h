@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "augment_draws.h"
+#include "op_checks.h"
 
 namespace rubikops {
 
@@ -38,15 +39,8 @@ inline DrawSetup<CropAffineParams> prepare_crop_affine(const at::Tensor& uniform
                                                        const at::Tensor& index, at::IntArrayRef crop_size,
                                                        double max_angle, double zoom_low, double zoom_high) {
   check_uniforms(uniforms, "draw_crop_affine", 2, kCropAffineDraws, "(B, 7)");
-  for (const auto& [name, t, dim] : {std::make_tuple("volume_shapes", &volume_shapes, 2L),
-                                     std::make_tuple("index", &index, 1L)}) {
-    TORCH_CHECK_VALUE(t->dim() == dim, "rubikops.draw_crop_affine: ", name, " must be ", dim, "-D, got shape ",
-                      t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == c10::kLong || t->scalar_type() == c10::kInt,
-                     "rubikops.draw_crop_affine: ", name, " must be int32 or int64, got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == uniforms.device(), "rubikops.draw_crop_affine: ", name, " is on ",
-                      t->device(), " but uniforms is on ", uniforms.device());
-  }
+  check_int_argument("draw_crop_affine", volume_shapes, "volume_shapes", 2, uniforms);
+  check_int_argument("draw_crop_affine", index, "index", 1, uniforms);
   const int64_t B = uniforms.size(0), N = volume_shapes.size(0);
   TORCH_CHECK_VALUE(volume_shapes.size(1) == 3 && (N >= 1 || B == 0), "rubikops.draw_crop_affine: volume_shapes "
                     "must be (N, 3) with N >= 1, got shape ", volume_shapes.sizes());

@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "op_checks.h"
 #include "sample_puzzle.h"
 
 namespace rubikops {
@@ -21,14 +22,6 @@ struct SamplePuzzleSetup {
   SamplePuzzleOutputs outputs;   // origins, codes, permutation, state, mask
 };
 
-inline void check_sample_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& uniforms) {
-  TORCH_CHECK_VALUE(t.dim() == dim, "rubikops.sample_puzzle: ", name, " must be ", dim, "-D, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == c10::kLong || t.scalar_type() == c10::kInt,
-                   "rubikops.sample_puzzle: ", name, " must be int32 or int64, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == uniforms.device(), "rubikops.sample_puzzle: ", name, " is on ", t.device(),
-                    " but uniforms is on ", uniforms.device());
-}
-
 inline SamplePuzzleSetup prepare_sample_puzzle(const at::Tensor& uniforms, const at::Tensor& volume_shapes,
                                                const at::Tensor& index, const at::Tensor& cells,
                                                const at::Tensor& permutations, const at::Tensor& code_table,
@@ -37,11 +30,11 @@ inline SamplePuzzleSetup prepare_sample_puzzle(const at::Tensor& uniforms, const
                    uniforms.scalar_type());
   TORCH_CHECK_VALUE(uniforms.dim() == 2, "rubikops.sample_puzzle: uniforms must be (B, n), got shape ",
                     uniforms.sizes());
-  check_sample_tensor(volume_shapes, "volume_shapes", 2, uniforms);
-  check_sample_tensor(index, "index", 1, uniforms);
-  check_sample_tensor(cells, "cells", 2, uniforms);
-  check_sample_tensor(permutations, "permutations", 2, uniforms);
-  check_sample_tensor(code_table, "code_table", 1, uniforms);
+  check_int_argument("sample_puzzle", volume_shapes, "volume_shapes", 2, uniforms);
+  check_int_argument("sample_puzzle", index, "index", 1, uniforms);
+  check_int_argument("sample_puzzle", cells, "cells", 2, uniforms);
+  check_int_argument("sample_puzzle", permutations, "permutations", 2, uniforms);
+  check_int_argument("sample_puzzle", code_table, "code_table", 1, uniforms);
   TORCH_CHECK_VALUE(crop_size.size() == 3, "rubikops.sample_puzzle: crop_size must have 3 entries, got ",
                     crop_size.size());
   TORCH_CHECK_VALUE(jitter >= 0, "rubikops.sample_puzzle: jitter must be >= 0, got ", jitter);

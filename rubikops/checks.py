@@ -298,8 +298,26 @@ def sample_puzzle_row_size(n_cells: int, M: int, rotations: bool, draw_mask: boo
     return 3 + 3 * n_cells + 1 + (M if rotations else 0) + (M if draw_mask else 0)
 
 
+def _op_fail(op: str, cls, problem: str):
+    raise cls(f"rubikops.{op}: {problem}")
+
+
 def _sampler_fail(cls, problem: str):
-    raise cls(f"rubikops.sample_puzzle: {problem}")
+    _op_fail("sample_puzzle", cls, problem)
+
+
+def _check_int_arguments(op: str, uniforms, named) -> None:
+    """Each (name, tensor, dim) of ``named`` is a ``dim``-D int32 or int64 tensor on the uniforms' device
+    (csrc/op_checks.h's check_int_argument)."""
+    for name, t, dim in named:
+        if not isinstance(t, torch.Tensor):
+            _op_fail(op, TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != dim:
+            _op_fail(op, ValueError, f"{name} must be {dim}-D, got shape {list(t.shape)}")
+        if t.dtype not in (torch.int32, torch.int64):
+            _op_fail(op, TypeError, f"{name} must be int32 or int64, got {t.dtype}")
+        if t.device != uniforms.device:
+            _op_fail(op, ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
 
 
 def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, code_table, crop_size, jitter,
@@ -311,16 +329,9 @@ def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, cod
         _sampler_fail(TypeError, f"uniforms must be float64, got {getattr(uniforms, 'dtype', type(uniforms))}")
     if uniforms.dim() != 2:
         _sampler_fail(ValueError, f"uniforms must be (B, n), got shape {list(uniforms.shape)}")
-    for name, t, dim in (("volume_shapes", volume_shapes, 2), ("index", index, 1), ("cells", cells, 2),
-                         ("permutations", permutations, 2), ("code_table", code_table, 1)):
-        if not isinstance(t, torch.Tensor):
-            _sampler_fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != dim:
-            _sampler_fail(ValueError, f"{name} must be {dim}-D, got shape {list(t.shape)}")
-        if t.dtype not in (torch.int32, torch.int64):
-            _sampler_fail(TypeError, f"{name} must be int32 or int64, got {t.dtype}")
-        if t.device != uniforms.device:
-            _sampler_fail(ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
+    _check_int_arguments("sample_puzzle", uniforms, (("volume_shapes", volume_shapes, 2), ("index", index, 1),
+                                                     ("cells", cells, 2), ("permutations", permutations, 2),
+                                                     ("code_table", code_table, 1)))
     if len(crop_size) != 3:
         _sampler_fail(ValueError, f"crop_size must have 3 entries, got {len(crop_size)}")
     if jitter < 0:
@@ -346,15 +357,11 @@ def check_sample_puzzle(uniforms, volume_shapes, index, cells, permutations, cod
         _sampler_fail(ValueError, f"uniforms must have {n} columns ({parts}), got {uniforms.shape[1]}")
 
 
-def _draw_fail(op: str, cls, problem: str):
-    raise cls(f"rubikops.{op}: {problem}")
-
-
 def _check_uniforms(op: str, uniforms, dim: int, last: int, layout: str):
     if not isinstance(uniforms, torch.Tensor) or uniforms.dtype != torch.float64:
-        _draw_fail(op, TypeError, f"uniforms must be float64, got {getattr(uniforms, 'dtype', type(uniforms))}")
+        _op_fail(op, TypeError, f"uniforms must be float64, got {getattr(uniforms, 'dtype', type(uniforms))}")
     if uniforms.dim() != dim or uniforms.shape[-1] != last:
-        _draw_fail(op, ValueError, f"uniforms must be {layout}, got shape {list(uniforms.shape)}")
+        _op_fail(op, ValueError, f"uniforms must be {layout}, got shape {list(uniforms.shape)}")
 
 
 def _finite(*values) -> bool:
@@ -366,27 +373,19 @@ def check_draw_crop_affine(uniforms, volume_shapes, index, crop_size, max_angle,
     csrc/augment_draws_checks.h."""
     op = "draw_crop_affine"
     _check_uniforms(op, uniforms, 2, 7, "(B, 7)")
-    for name, t, dim in (("volume_shapes", volume_shapes, 2), ("index", index, 1)):
-        if not isinstance(t, torch.Tensor):
-            _draw_fail(op, TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != dim:
-            _draw_fail(op, ValueError, f"{name} must be {dim}-D, got shape {list(t.shape)}")
-        if t.dtype not in (torch.int32, torch.int64):
-            _draw_fail(op, TypeError, f"{name} must be int32 or int64, got {t.dtype}")
-        if t.device != uniforms.device:
-            _draw_fail(op, ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
+    _check_int_arguments(op, uniforms, (("volume_shapes", volume_shapes, 2), ("index", index, 1)))
     B = uniforms.shape[0]
     if volume_shapes.shape[1] != 3 or (volume_shapes.shape[0] < 1 and B > 0):
-        _draw_fail(op, ValueError, f"volume_shapes must be (N, 3) with N >= 1, got shape {list(volume_shapes.shape)}")
+        _op_fail(op, ValueError, f"volume_shapes must be (N, 3) with N >= 1, got shape {list(volume_shapes.shape)}")
     if index.shape[0] != B:
-        _draw_fail(op, ValueError, f"index must have shape ({B},) (one volume per row of uniforms), "
+        _op_fail(op, ValueError, f"index must have shape ({B},) (one volume per row of uniforms), "
                                    f"got {list(index.shape)}")
     if len(crop_size) != 3 or min(crop_size) < 1:
-        _draw_fail(op, ValueError, f"crop_size must be 3 positive ints, got {list(crop_size)}")
+        _op_fail(op, ValueError, f"crop_size must be 3 positive ints, got {list(crop_size)}")
     if not (_finite(max_angle) and max_angle >= 0):
-        _draw_fail(op, ValueError, f"max_angle must be finite and >= 0 (degrees), got {max_angle}")
+        _op_fail(op, ValueError, f"max_angle must be finite and >= 0 (degrees), got {max_angle}")
     if not (_finite(zoom_high) and 0 < zoom_low <= zoom_high):
-        _draw_fail(op, ValueError, f"zoom must be 0 < zoom_low <= zoom_high (finite), got {zoom_low}, {zoom_high}")
+        _op_fail(op, ValueError, f"zoom must be 0 < zoom_low <= zoom_high (finite), got {zoom_low}, {zoom_high}")
 
 
 def check_draw_cube_intensity(uniforms, mean, sd, contrast_low, contrast_high, gamma_low, gamma_high, bias_field,
@@ -398,17 +397,17 @@ def check_draw_cube_intensity(uniforms, mean, sd, contrast_low, contrast_high, g
     B = uniforms.shape[0]
     for name, t in (("mean", mean), ("sd", sd)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            _draw_fail(op, TypeError, f"{name} must be floating, got {getattr(t, 'dtype', type(t).__name__)}")
+            _op_fail(op, TypeError, f"{name} must be floating, got {getattr(t, 'dtype', type(t).__name__)}")
         if t.dim() != 1 or t.shape[0] != B:
-            _draw_fail(op, ValueError, f"{name} must have shape ({B},) (one value per sample), got {list(t.shape)}")
+            _op_fail(op, ValueError, f"{name} must have shape ({B},) (one value per sample), got {list(t.shape)}")
         if t.device != uniforms.device:
-            _draw_fail(op, ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
+            _op_fail(op, ValueError, f"{name} is on {t.device} but uniforms is on {uniforms.device}")
     for name, low, high in (("contrast", contrast_low, contrast_high), ("gamma", gamma_low, gamma_high)):
         if not (_finite(high) and 0 < low <= high):
-            _draw_fail(op, ValueError, f"{name} must be 0 < low <= high (finite), got {low}, {high}")
+            _op_fail(op, ValueError, f"{name} must be 0 < low <= high (finite), got {low}, {high}")
     if not (_finite(bias_field, noise) and bias_field >= 0 and noise >= 0):
-        _draw_fail(op, ValueError, f"bias_field and noise must be finite and >= 0, got {bias_field}, {noise}")
+        _op_fail(op, ValueError, f"bias_field and noise must be finite and >= 0, got {bias_field}, {noise}")
     if not 0 <= p <= 1:
-        _draw_fail(op, ValueError, f"p must be in [0, 1], got {p}")
+        _op_fail(op, ValueError, f"p must be in [0, 1], got {p}")
     if not (_finite(window) and window > 0):
-        _draw_fail(op, ValueError, f"window must be finite and > 0 (sds), got {window}")
+        _op_fail(op, ValueError, f"window must be finite and > 0 (sds), got {window}")
